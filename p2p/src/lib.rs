@@ -1,10 +1,12 @@
 //! shoal's data plane library.
 //!
+//! - [`chunk`]: chunk manifests (the sha256 of each fixed-size chunk of a blob).
 //! - [`digest`]: validated sha256 digests and an incremental hasher.
 //! - [`reference`]: image references (`registry/name:tag`, `name@digest`).
 //! - [`registry`]: the OCI distribution client (resolve, auth, blob streams); the registry is
 //!   one more chunk source for the swarm.
 
+pub mod chunk;
 pub mod digest;
 pub mod reference;
 pub mod registry;

@@ -225,7 +225,10 @@ mod tests {
         let mut b = ChunkManifestBuilder::new(MIN_CHUNK_SIZE).unwrap();
         b.update(b"abc");
         let err = b.finish(&Digest::of(b"abd")).unwrap_err();
-        assert!(matches!(err, ChunkManifestError::BlobDigest { .. }), "{err}");
+        assert!(
+            matches!(err, ChunkManifestError::BlobDigest { .. }),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,0 +1,67 @@
+//! Finding and running the outside tools the tests drive.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use anyhow::{bail, Context, Result};
+
+/// Whether `name` is an executable on `PATH` (or an existing path).
+pub fn have(name: &str) -> bool {
+    if name.contains('/') {
+        return Path::new(name).exists();
+    }
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
+        .unwrap_or(false)
+}
+
+/// Whether this process runs as root (mounts, mknod, chown and trusted.* xattrs need it).
+pub fn is_root() -> bool {
+    effective_uid() == 0
+}
+
+fn effective_uid() -> u32 {
+    // /proc/self/status is always there on Linux and needs no unsafe code.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
+        })
+        .and_then(|uid| uid.parse().ok())
+        .unwrap_or(u32::MAX)
+}
+
+/// Prints why a test is skipped and returns true when any of `tools` is missing or when root
+/// is needed and absent. Use as `if skip_unless(&["ctr"], true) { return; }`.
+pub fn skip_unless(tools: &[&str], needs_root: bool) -> bool {
+    if needs_root && !is_root() {
+        eprintln!("SKIP: needs root");
+        return true;
+    }
+    for tool in tools {
+        if !have(tool) {
+            eprintln!("SKIP: {tool} not installed (scripts/install-deps.sh installs it)");
+            return true;
+        }
+    }
+    false
+}
+
+/// Runs `cmd`, failing with its stderr when it exits non-zero.
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed ({}): {}{}",
+            cmd,
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    Ok(out)
+}

@@ -1,0 +1,21 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in shoald's library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Registry(#[from] shoal_p2p::registry::RegistryError),
+    #[error(transparent)]
+    Unpack(#[from] crate::unpack::UnpackError),
+    #[error("{path:?}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("internal task failed: {0}")]
+    Task(String),
+}

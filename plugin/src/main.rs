@@ -1,0 +1,143 @@
+//! `shoald`: the shoal node daemon and its command-line tools.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use shoal_p2p::reference::ImageReference;
+use shoal_p2p::registry::{Platform, RegistryClient};
+use shoal_plugin::config::Config;
+use shoal_plugin::image::{unpack_image, LayerReport};
+
+#[derive(Parser)]
+#[command(name = "shoald", version, about = "shoal node daemon")]
+struct Cli {
+    /// shoald's configuration file (TOML); defaults apply without one.
+    #[arg(long, global = true, env = "SHOALD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stream every layer of IMAGE from its registry through the unpacker into DEST, one
+    /// overlayfs-format directory per layer, and print each layer's time and throughput.
+    Unpack {
+        /// Image reference, e.g. 127.0.0.1:5000/app:v1 or registry/name@sha256:...
+        image: String,
+        /// Directory to unpack into (one subdirectory per layer).
+        #[arg(long)]
+        dest: PathBuf,
+        /// Platform to pick from a multi-platform index (os/arch[/variant]); default: this host.
+        #[arg(long)]
+        platform: Option<String>,
+        /// Talk plain HTTP to this registry host (repeatable); same as `plain_http = true` in
+        /// the config's [registry.hosts."HOST"].
+        #[arg(long = "plain-http", value_name = "HOST")]
+        plain_http: Vec<String>,
+        /// Layers unpacked at once (default: the config's unpack.concurrency).
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let mut config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Unpack {
+            image,
+            dest,
+            platform,
+            plain_http,
+            concurrency,
+        } => {
+            for host in plain_http {
+                config.registry.hosts.entry(host).or_default().plain_http = true;
+            }
+            let concurrency = concurrency.unwrap_or(config.unpack.concurrency).max(1);
+            unpack(config, &image, &dest, platform.as_deref(), concurrency).await
+        }
+    }
+}
+
+async fn unpack(
+    config: Config,
+    image: &str,
+    dest: &std::path::Path,
+    platform: Option<&str>,
+    concurrency: usize,
+) -> Result<()> {
+    let reference: ImageReference = image
+        .parse()
+        .with_context(|| format!("image reference {image:?}"))?;
+    let platform = match platform {
+        Some(p) => p.parse().with_context(|| format!("platform {p:?}"))?,
+        None => Platform::host(),
+    };
+    let client = RegistryClient::new(config.registry)?;
+    let start = Instant::now();
+    let resolved = client.resolve(&reference, &platform).await?;
+    println!(
+        "{reference}: manifest {} ({} layers, resolved in {:.0} ms)",
+        resolved.manifest_digest,
+        resolved.layers.len(),
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    println!(
+        "{:>5}  {:<19}  {:>11}  {:>13}  {:>8}  {:>9}  {:>8}",
+        "layer", "digest", "compressed", "uncompressed", "entries", "time", "MB/s"
+    );
+    let reports = unpack_image(&client, &resolved, dest, concurrency, print_layer).await?;
+    let wall = start.elapsed();
+    let compressed: u64 = reports.iter().map(|r| r.stats.compressed_bytes).sum();
+    let uncompressed: u64 = reports.iter().map(|r| r.stats.uncompressed_bytes).sum();
+    println!(
+        "total: {} layers, {} compressed, {} uncompressed in {:.2} s ({:.1} MB/s compressed) -> {}",
+        reports.len(),
+        human(compressed),
+        human(uncompressed),
+        wall.as_secs_f64(),
+        compressed as f64 / wall.as_secs_f64().max(1e-9) / 1e6,
+        dest.display()
+    );
+    Ok(())
+}
+
+fn print_layer(r: &LayerReport) {
+    println!(
+        "{:>5}  {:<19}  {:>11}  {:>13}  {:>8}  {:>7.0}ms  {:>8.1}",
+        r.index,
+        format!("{}…", &r.digest.to_string()[..18]),
+        human(r.stats.compressed_bytes),
+        human(r.stats.uncompressed_bytes),
+        r.stats.entries,
+        r.elapsed.as_secs_f64() * 1e3,
+        r.throughput() / 1e6
+    );
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}

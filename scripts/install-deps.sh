@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs what shoal's builds, tests, demo and benchmarks need on Debian, idempotently:
+# nothing is installed twice and nothing else is touched. Run as root.
+set -euo pipefail
+
+packages=(
+  containerd      # containerd 1.6 + ctr: the tests run their own instance
+  docker-registry # the distribution registry, started on 127.0.0.1 by the tests
+  skopeo          # pushes the OCI layouts the tests write
+  umoci           # OCI layout tool
+  iproute2        # ip netns / veth / tc for the emulated nodes
+  apache2-utils   # htpasswd, for the registry auth tests
+  pigz            # unpigz, a baseline of the unpack benchmark
+  zstd            # zstd, a baseline of the unpack benchmark
+  tar
+  curl            # the demo waits for the registry with it
+  gcc             # the zstd crate builds libzstd
+  pkg-config
+  ca-certificates
+  protobuf-compiler # protoc: containerd-snapshots generates containerd's snapshots gRPC API at build time
+  attr            # getfattr/setfattr, for looking at unpacked layers by hand
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  # `dpkg-query` prints "install ok installed" only for a package fully installed.
+  if [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" != "install ok installed" ]; then
+    missing+=("$p")
+  fi
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: need root to install: ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Debian packages start their services where systemd runs; the tests start their own
+# instances on private sockets and ports, so the system ones are not needed.
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "install-deps: cargo not found: install the Rust toolchain (rustup) first" >&2
+  exit 1
+fi

@@ -18,6 +18,8 @@ packages=(
   pkg-config
   ca-certificates
   protobuf-compiler # protoc: containerd-snapshots generates containerd's snapshots gRPC API at build time
+  golang-go       # builds containerd's snapshotter conformance suite (../shared/conformance)
+  golang-github-containerd-containerd-dev # the suite's sources (containerd 1.6)
   attr            # getfattr/setfattr, for looking at unpacked layers by hand
 )
 

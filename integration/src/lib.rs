@@ -7,6 +7,7 @@
 
 pub mod compare;
 pub mod containerd;
+pub mod cri;
 pub mod image;
 pub mod registry;
 pub mod token_server;

@@ -41,6 +41,28 @@ enum Command {
         #[arg(long)]
         concurrency: Option<usize>,
     },
+    /// Serve the overlayfs snapshotter (containerd proxy plugin) on a unix socket until
+    /// SIGTERM or SIGINT.
+    Snapshotter {
+        /// State directory (metadata.redb, snapshots/ID/{fs,work}).
+        #[arg(long, default_value = "/var/lib/shoal/snapshotter")]
+        root: PathBuf,
+        /// Unix socket to serve containerd's snapshots API on.
+        #[arg(long, default_value = "/run/shoal/shoald.sock")]
+        address: PathBuf,
+    },
+    /// Pull IMAGE through containerd's CRI (ImageService/PullImage, as kubelet does), showing
+    /// containerd's downloads while it runs and the image's layers afterwards.
+    Pull {
+        /// Image reference, e.g. 127.0.0.1:5000/app:v1
+        image: String,
+        /// containerd's gRPC socket (serves CRI and containerd's own API).
+        #[arg(long, default_value = "/run/containerd/containerd.sock")]
+        cri_address: PathBuf,
+        /// Seconds to wait for the pull.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
 }
 
 #[tokio::main]
@@ -67,6 +89,35 @@ async fn main() -> Result<()> {
             }
             let concurrency = concurrency.unwrap_or(config.unpack.concurrency).max(1);
             unpack(config, &image, &dest, platform.as_deref(), concurrency).await
+        }
+        Command::Snapshotter { root, address } => {
+            Ok(shoal_plugin::snapshot::run(&root, &address, terminated()).await?)
+        }
+        Command::Pull {
+            image,
+            cri_address,
+            timeout,
+        } => Ok(shoal_plugin::cri::pull_command(
+            &cri_address,
+            &image,
+            std::time::Duration::from_secs(timeout),
+        )
+        .await?),
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn terminated() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

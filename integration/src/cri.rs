@@ -1,0 +1,364 @@
+//! containerd with its CRI plugin on, and shoald registered as its `shoal` proxy snapshotter:
+//! the kubelet path (`ImageService/PullImage`) end to end, driven by `shoald pull`.
+//!
+//! The tests run the real `shoald` binary. Cargo sets `CARGO_BIN_EXE_shoald` only for
+//! shoal-plugin's own tests, so [`shoald_binary`] finds it in the target directory next to
+//! the running test (`target/debug/deps/TEST` -> `target/debug/shoald`). `cargo test
+//! --workspace` builds it (shoal-plugin's tests need it); with `cargo test -p
+//! shoal-integration` alone, run `cargo build -p shoal-plugin --bin shoald` first, or point
+//! `SHOALD_BIN` at a binary.
+
+use std::fs;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tempfile::TempDir;
+
+use crate::containerd::{parse_view_mounts, scratch_dir, ContainerdConfig, TestContainerd};
+use crate::tools::run;
+
+/// The containerd namespace CRI keeps its images and snapshots in.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+/// The name shoald is registered under (`[proxy_plugins.shoal]`).
+pub const SNAPSHOTTER: &str = "shoal";
+
+/// The `shoald` binary the tests run: `$SHOALD_BIN`, or `shoald` in the target directory of
+/// the running test executable.
+pub fn shoald_binary() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("SHOALD_BIN") {
+        let bin = PathBuf::from(bin);
+        if !bin.is_file() {
+            bail!("SHOALD_BIN={} does not exist", bin.display());
+        }
+        return Ok(bin);
+    }
+    let exe = std::env::current_exe()?;
+    // target/debug/deps/cri_pull-HASH -> target/debug/shoald
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable has no target directory")?;
+    let bin = dir.join("shoald");
+    if !bin.is_file() {
+        bail!(
+            "the shoald binary is not at {}: build it first with \
+             `cargo build -p shoal-plugin --bin shoald` (`cargo test --workspace` builds it), \
+             or set SHOALD_BIN",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// `shoald snapshotter` on a temporary root and socket, killed on drop.
+pub struct Shoald {
+    dir: TempDir,
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Shoald {
+    /// Starts `shoald snapshotter` and waits until it reports ready over the sd_notify
+    /// protocol (a `$NOTIFY_SOCKET` datagram socket in its temp dir, as systemd would).
+    pub fn start() -> Result<Self> {
+        let bin = shoald_binary()?;
+        let dir = tempfile::Builder::new()
+            .prefix("shoal-shoald-")
+            .tempdir_in(scratch_dir())?;
+        let socket = dir.path().join("run/shoald.sock");
+        let notify_path = dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path)?;
+        let log = fs::File::create(dir.path().join("shoald.log"))?;
+        let child = Command::new(&bin)
+            .arg("snapshotter")
+            .arg("--root")
+            .arg(dir.path().join("root"))
+            .arg("--address")
+            .arg(&socket)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env(
+                "SHOAL_LOG",
+                std::env::var("SHOAL_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut me = Self { dir, child, socket };
+        me.wait_ready(&notify)?;
+        Ok(me)
+    }
+
+    fn wait_ready(&mut self, notify: &UnixDatagram) -> Result<()> {
+        notify.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut buf = [0u8; 1024];
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("shoald exited ({status}): {}", self.log());
+            }
+            match notify.recv(&mut buf) {
+                Ok(n) => {
+                    let msg = String::from_utf8_lossy(&buf[..n]);
+                    if msg.lines().any(|l| l == "READY=1") {
+                        if !self.socket.exists() {
+                            bail!("shoald sent READY=1 before binding {:?}", self.socket);
+                        }
+                        return Ok(());
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if Instant::now() > deadline {
+                bail!("shoald sent no READY=1 within 30s: {}", self.log());
+            }
+        }
+    }
+
+    /// The snapshots gRPC socket containerd connects to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The snapshotter's state directory (`--root`).
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// shoald's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("shoald.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Shoald {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A private containerd with the CRI plugin on, pulling through a private shoald.
+pub struct CriContainerd {
+    // Dropped in this order: containerd (and its mounts) before the snapshotter.
+    containerd: TestContainerd,
+    shoald: Shoald,
+    _hosts: TempDir,
+}
+
+impl CriContainerd {
+    /// Starts shoald, then containerd with CRI's snapshotter set to it
+    /// (`disable_snapshot_annotations = false`), and CRI's registry hosts in a
+    /// `config_path` directory where every registry in `plain_http` ("127.0.0.1:PORT") is
+    /// reached over plain HTTP.
+    pub fn start(plain_http: &[String]) -> Result<Self> {
+        let shoald = Shoald::start()?;
+        let hosts = tempfile::Builder::new()
+            .prefix("shoal-certs.d-")
+            .tempdir_in(scratch_dir())?;
+        for registry in plain_http {
+            let dir = hosts.path().join(registry);
+            fs::create_dir_all(&dir)?;
+            fs::write(
+                dir.join("hosts.toml"),
+                format!(
+                    "server = \"http://{registry}\"\n\
+                     [host.\"http://{registry}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+                ),
+            )?;
+        }
+        let cni = hosts.path().join("cni");
+        let extra = format!(
+            "[proxy_plugins.{SNAPSHOTTER}]\n  type = \"snapshot\"\n  address = {sock:?}\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n\
+             \x20 snapshotter = \"{SNAPSHOTTER}\"\n\
+             \x20 disable_snapshot_annotations = false\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = {hosts:?}\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
+             \x20 bin_dir = {cni_bin:?}\n  conf_dir = {cni_conf:?}\n",
+            sock = shoald.socket(),
+            hosts = hosts.path(),
+            cni_bin = cni.join("bin"),
+            cni_conf = cni.join("net.d"),
+        );
+        let containerd = TestContainerd::start_with(ContainerdConfig { cri: true, extra })?;
+        let me = Self {
+            containerd,
+            shoald,
+            _hosts: hosts,
+        };
+        me.check_cri_loaded()?;
+        Ok(me)
+    }
+
+    /// Fails unless containerd reports the CRI plugin loaded (`ctr plugins ls`: `ok`).
+    pub fn check_cri_loaded(&self) -> Result<()> {
+        let plugins = self.ctr(&["plugins", "ls"])?;
+        let cri = plugins.lines().find(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.len() >= 4 && w[0] == "io.containerd.grpc.v1" && w[1] == "cri"
+        });
+        match cri {
+            Some(line) if line.split_whitespace().last() == Some("ok") => Ok(()),
+            other => bail!(
+                "containerd's CRI plugin is not running ({other:?}):\n{}",
+                self.containerd.log()
+            ),
+        }
+    }
+
+    pub fn containerd(&self) -> &TestContainerd {
+        &self.containerd
+    }
+
+    pub fn shoald(&self) -> &Shoald {
+        &self.shoald
+    }
+
+    /// Runs `ctr` against this containerd in [`CRI_NAMESPACE`], returning its stdout.
+    pub fn ctr(&self, args: &[&str]) -> Result<String> {
+        let out = run(Command::new("ctr")
+            .arg("--address")
+            .arg(self.containerd.address())
+            .args(["--namespace", CRI_NAMESPACE])
+            .args(args))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs `shoald pull IMAGE` against this containerd's CRI (the real binary), returning
+    /// its output; fails with its output and both daemons' logs when it fails.
+    pub fn shoald_pull(&self, image: &str, timeout: Duration) -> Result<Output> {
+        let out = Command::new(shoald_binary()?)
+            .arg("pull")
+            .arg(image)
+            .arg("--cri-address")
+            .arg(self.containerd.address())
+            .arg("--timeout")
+            .arg(timeout.as_secs().max(1).to_string())
+            .output()
+            .context("running shoald pull")?;
+        if !out.status.success() {
+            bail!(
+                "shoald pull {image} failed ({}):\n{}{}\n--- containerd log:\n{}\n--- shoald log:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.containerd.log(),
+                self.shoald.log()
+            );
+        }
+        Ok(out)
+    }
+
+    /// `(name, parent, kind)` of every snapshot in the shoal snapshotter ([`CRI_NAMESPACE`]).
+    pub fn snapshots(&self) -> Result<Vec<(String, String, String)>> {
+        let out = self.ctr(&["snapshots", "--snapshotter", SNAPSHOTTER, "ls"])?;
+        Ok(out
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                match w.as_slice() {
+                    [key, kind] => Some((key.to_string(), String::new(), kind.to_string())),
+                    [key, parent, kind] => {
+                        Some((key.to_string(), parent.to_string(), kind.to_string()))
+                    }
+                    _ => None,
+                }
+            })
+            .collect())
+    }
+
+    /// Creates a view on `chain_id` and returns the mount command `ctr` prints for it at
+    /// `target`, in the same call: containerd's garbage collector (run after every pull)
+    /// removes unreferenced snapshots such as this view at any moment, so it is labelled a
+    /// GC root at once; its mounts name only the committed (image-referenced) snapshots.
+    fn view(&self, key: &str, chain_id: &str, target: &str) -> Result<String> {
+        let cmd = self.ctr(&[
+            "snapshots",
+            "--snapshotter",
+            SNAPSHOTTER,
+            "view",
+            "--target",
+            target,
+            key,
+            chain_id,
+        ])?;
+        let _ = self.ctr(&[
+            "snapshots",
+            "--snapshotter",
+            SNAPSHOTTER,
+            "label",
+            key,
+            "containerd.io/gc.root=shoal-test",
+        ]);
+        Ok(cmd)
+    }
+
+    fn remove(&self, key: &str) {
+        let _ = self.ctr(&["snapshots", "--snapshotter", SNAPSHOTTER, "rm", key]);
+    }
+
+    /// Makes a view on the committed snapshot `chain_id` and mounts it at `target` exactly as
+    /// `ctr snapshots view --target` prints; unmounted and removed when the guard drops.
+    pub fn mount_view(&self, chain_id: &str, target: &Path) -> Result<MountedView<'_>> {
+        let key = format!("shoal-cri-view-{}", std::process::id());
+        fs::create_dir_all(target)?;
+        let target_str = target.to_str().context("mount target is not UTF-8")?;
+        let cmd = self.view(&key, chain_id, target_str);
+        let mut view = MountedView {
+            node: self,
+            key,
+            target: target.to_owned(),
+            mounted: false,
+        };
+        let cmd = cmd?;
+        let words: Vec<&str> = cmd.split_whitespace().collect();
+        if words.first() != Some(&"mount") {
+            bail!("unexpected `ctr snapshots view --target` output {cmd:?}");
+        }
+        run(Command::new("mount").args(&words[1..]))?;
+        view.mounted = true;
+        Ok(view)
+    }
+
+    /// The snapshot directories of the committed chain ending in `chain_id`, bottom first.
+    pub fn layer_dirs(&self, chain_id: &str) -> Result<Vec<PathBuf>> {
+        let key = format!("shoal-cri-dirs-{}", std::process::id());
+        let mounts = self.view(&key, chain_id, "/nonexistent");
+        self.remove(&key);
+        parse_view_mounts(&mounts?)
+    }
+}
+
+/// A mounted view made by [`CriContainerd::mount_view`].
+pub struct MountedView<'a> {
+    node: &'a CriContainerd,
+    key: String,
+    target: PathBuf,
+    mounted: bool,
+}
+
+impl MountedView<'_> {
+    pub fn path(&self) -> &Path {
+        &self.target
+    }
+}
+
+impl Drop for MountedView<'_> {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount").arg(&self.target).status();
+        }
+        self.node.remove(&self.key);
+    }
+}

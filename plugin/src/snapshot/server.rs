@@ -1,0 +1,83 @@
+//! Serving a snapshotter over containerd's snapshots gRPC API on a unix socket, the way
+//! containerd talks to a `[proxy_plugins.NAME] type = "snapshot"`.
+
+use std::future::Future;
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use containerd_snapshots::tonic::transport::Server;
+use tokio::net::{UnixListener, UnixStream};
+
+use super::{OverlaySnapshotter, SnapshotError};
+
+/// Binds the unix socket `path`, creating its directory and replacing a stale socket left by
+/// an earlier run (anything else at `path` is an error, not deleted). Needs a tokio runtime.
+pub fn bind_socket(path: &Path) -> Result<UnixListener, SnapshotError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(SnapshotError::io(dir))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(SnapshotError::io(path))?
+        }
+        Ok(_) => {
+            return Err(SnapshotError::io(path)(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a socket",
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(SnapshotError::io(path)(e)),
+    }
+    UnixListener::bind(path).map_err(SnapshotError::io(path))
+}
+
+/// Serves `snapshotter` on `listener` until `shutdown` completes.
+pub async fn serve<S: containerd_snapshots::Snapshotter>(
+    snapshotter: S,
+    listener: UnixListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SnapshotError> {
+    let incoming = futures::stream::unfold(listener, |listener| async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    return Some((Ok::<UnixStream, std::io::Error>(stream), listener))
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: keep serving the others.
+                    tracing::warn!(error = %e, "snapshotter socket: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    Server::builder()
+        .add_service(containerd_snapshots::server(Arc::new(snapshotter)))
+        .serve_with_incoming_shutdown(Box::pin(incoming), shutdown)
+        .await
+        .map_err(|e| SnapshotError::Task(format!("gRPC server: {e}")))
+}
+
+/// Opens the overlay snapshotter at `root` and serves it on the unix socket `address`
+/// until `shutdown` completes; the socket file is removed afterwards.
+pub async fn run(
+    root: &Path,
+    address: &Path,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SnapshotError> {
+    let root_owned = root.to_owned();
+    let snapshotter = tokio::task::spawn_blocking(move || OverlaySnapshotter::open(&root_owned))
+        .await
+        .map_err(|e| SnapshotError::Task(e.to_string()))??;
+    let listener = bind_socket(address)?;
+    tracing::info!(root = %root.display(), address = %address.display(), "snapshotter serving");
+    if let Err(e) = crate::sd_notify::ready(&format!("serving {}", address.display())) {
+        tracing::warn!(error = %e, "sd_notify READY=1");
+    }
+    let served = serve(snapshotter, listener, shutdown).await;
+    let _ = std::fs::remove_file(address);
+    served
+}

@@ -2,19 +2,23 @@
 //!
 //!     sudo cargo bench -p shoal-integration --bench unpack
 //!
-//! Inputs, made in the run: a rootfs-like layer of many small files (a tree of this machine,
-//! `/usr/share` by default: SHOAL_BENCH_TREE) and a layer of a few large files (SHOAL_BENCH_LARGE_MIB
-//! MiB in 4 files, default 256, half-compressible), each gzip-compressed and uncompressed.
-//! For each input, in the same run and on the same disk, best of SHOAL_BENCH_RUNS (default 3):
+//! Inputs, made in the run: a rootfs-like layer of many small files (a tree of this machine:
+//! SHOAL_BENCH_TREE, default `/usr/include`, about 9,000 files) and a layer of a few large
+//! files (SHOAL_BENCH_LARGE_MIB MiB in 4 files, default 256, half-compressible), each
+//! gzip-compressed and uncompressed.
+//! For each input, in the same run and on the same disk, best of SHOAL_BENCH_RUNS (default 3),
+//! the tools taking turns, each run into a new directory after a `sync`:
 //! - shoal: `unpack_reader` from the blob file (digest + diff ID checked, overlay format);
 //! - `tar -xzf` / `tar -xf`, and `unpigz -c | tar -x` when installed;
 //! - containerd 1.6's own unpack of the same image: `ctr images pull` with the content already
 //!   in its store and the snapshot removed, so only the unpack runs (as root only).
 //!
-//! Prints MB/s of compressed and of uncompressed bytes, and each tool's ratio to containerd.
+//! Prints MB/s of compressed and of uncompressed bytes, and each tool's speed relative to
+//! containerd's (containerd's time / the tool's time: above 1 is faster). SHOAL_BENCH_JSON=FILE
+//! also writes the figures as JSON.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -65,20 +69,9 @@ fn large_files_tar(total_mib: usize) -> Result<Vec<u8>> {
     b.finish()
 }
 
-fn best_of(runs: usize, mut once: impl FnMut() -> Result<Duration>) -> Result<Duration> {
-    let mut best = Duration::MAX;
-    for _ in 0..runs {
-        best = best.min(once()?);
-    }
-    Ok(best)
-}
-
-fn fresh_dir(path: &Path) -> Result<()> {
-    if path.exists() {
-        fs::remove_dir_all(path)?;
-    }
-    fs::create_dir_all(path)?;
-    Ok(())
+/// Flushes dirty pages, so the next timed run starts without another's write-back.
+fn sync() {
+    let _ = Command::new("sync").status();
 }
 
 fn shell(script: &str) -> Result<Duration> {
@@ -88,7 +81,7 @@ fn shell(script: &str) -> Result<Duration> {
 }
 
 fn main() -> Result<()> {
-    let tree = PathBuf::from(std::env::var("SHOAL_BENCH_TREE").unwrap_or("/usr/share".into()));
+    let tree = PathBuf::from(std::env::var("SHOAL_BENCH_TREE").unwrap_or("/usr/include".into()));
     let large_mib: usize = env_or("SHOAL_BENCH_LARGE_MIB", 256);
     let runs: usize = env_or("SHOAL_BENCH_RUNS", 3);
     let work = tempfile::Builder::new()
@@ -149,75 +142,82 @@ fn main() -> Result<()> {
     };
 
     println!(
-        "\n{:<22} {:<22} {:>9} {:>14} {:>16} {:>12}",
+        "\n{:<22} {:<26} {:>9} {:>12} {:>16} {:>12}",
         "input", "unpacker", "time", "MB/s (blob)", "MB/s (unpacked)", "vs containerd"
     );
     let mut json = Vec::new();
     for (i, input) in inputs.iter().enumerate() {
         let gz = input.name.ends_with(".gz");
         let blob = input.blob_path.display().to_string();
-        let o = out.display().to_string();
-        let mut results: Vec<(String, Duration)> = Vec::new();
-
-        let containerd_time = match &containerd_env {
-            Some((registry, containerd)) => {
-                let image = format!("{}/bench/unpack:in{i}", registry.addr());
-                let pull = || {
-                    containerd.ctr(&["images", "pull", "--plain-http", &image])?;
-                    Ok::<_, anyhow::Error>(())
-                };
-                pull()?; // fetch the content once
-                let chain = input.layer.diff_id.to_string();
-                let t = best_of(runs, || {
-                    containerd.ctr(&["snapshots", "rm", &chain])?;
-                    let start = Instant::now();
-                    pull()?;
-                    Ok(start.elapsed())
-                })?;
-                results.push(("containerd 1.6 (ctr pull)".into(), t));
-                Some(t)
-            }
-            None => None,
-        };
-
         let spec = LayerSpec {
             digest: input.layer.digest.clone(),
             diff_id: Some(input.layer.diff_id.clone()),
             media_type: input.layer.media_type.clone(),
         };
-        let t = best_of(runs, || {
-            if out.exists() {
-                fs::remove_dir_all(&out)?;
-            }
-            let start = Instant::now();
-            let file = fs::File::open(&input.blob_path)?;
-            unpack_reader(file, &spec, &out, &UnpackOptions::default())
-                .with_context(|| format!("shoal unpack of {}", input.name))?;
-            Ok(start.elapsed())
-        })?;
-        results.push(("shoal".into(), t));
-
         let flag = if gz { "-xzf" } else { "-xf" };
-        let t = best_of(runs, || {
-            fresh_dir(&out)?;
-            shell(&format!("tar {flag} {blob} -C {o}"))
-        })?;
-        results.push((format!("tar {flag}"), t));
-        if gz && have("unpigz") {
-            let t = best_of(runs, || {
-                fresh_dir(&out)?;
-                shell(&format!("unpigz -c {blob} | tar -x -C {o}"))
-            })?;
-            results.push(("unpigz | tar -x".into(), t));
+        let mut tools: Vec<&str> = Vec::new();
+        if containerd_env.is_some() {
+            tools.push("containerd 1.6 (ctr pull)");
         }
-
-        for (tool, t) in &results {
+        tools.push("shoal");
+        tools.push(if gz { "tar -xzf" } else { "tar -xf" });
+        if gz && have("unpigz") {
+            tools.push("unpigz | tar -x");
+        }
+        if let Some((registry, containerd)) = &containerd_env {
+            // Fetch the content once; later pulls only unpack.
+            let image = format!("{}/bench/unpack:in{i}", registry.addr());
+            containerd.ctr(&["images", "pull", "--plain-http", &image])?;
+        }
+        fs::create_dir_all(&out)?;
+        let mut best = vec![Duration::MAX; tools.len()];
+        // Round robin, each run into a new directory, the page cache flushed before each:
+        // no tool pays for another's write-back or deletions.
+        for run in 0..runs {
+            for (t, tool) in tools.iter().enumerate() {
+                let dir = out.join(format!("{i}-{t}-{run}"));
+                let o = dir.display().to_string();
+                let elapsed = match *tool {
+                    "containerd 1.6 (ctr pull)" => {
+                        let (registry, containerd) = containerd_env.as_ref().expect("containerd");
+                        let image = format!("{}/bench/unpack:in{i}", registry.addr());
+                        containerd.ctr(&["snapshots", "rm", &input.layer.diff_id.to_string()])?;
+                        sync();
+                        let start = Instant::now();
+                        containerd.ctr(&["images", "pull", "--plain-http", &image])?;
+                        start.elapsed()
+                    }
+                    "shoal" => {
+                        sync();
+                        let start = Instant::now();
+                        let file = fs::File::open(&input.blob_path)?;
+                        unpack_reader(file, &spec, &dir, &UnpackOptions::default())
+                            .with_context(|| format!("shoal unpack of {}", input.name))?;
+                        start.elapsed()
+                    }
+                    "unpigz | tar -x" => {
+                        fs::create_dir_all(&dir)?;
+                        sync();
+                        shell(&format!("unpigz -c {blob} | tar -x -C {o}"))?
+                    }
+                    _ => {
+                        fs::create_dir_all(&dir)?;
+                        sync();
+                        shell(&format!("tar {flag} {blob} -C {o}"))?
+                    }
+                };
+                best[t] = best[t].min(elapsed);
+            }
+        }
+        fs::remove_dir_all(&out)?;
+        let containerd_time = containerd_env.as_ref().map(|_| best[0]);
+        for (tool, t) in tools.iter().zip(&best) {
             let secs = t.as_secs_f64();
             let ratio = containerd_time
                 .map(|c| format!("{:.2}x", c.as_secs_f64() / secs))
                 .unwrap_or_else(|| "-".into());
             println!(
-                "{:<22} {:<22} {:>8.2}s {:>14.1} {:>16.1} {:>12}",
+                "{:<22} {:<26} {:>8.2}s {:>12.1} {:>16.1} {:>12}",
                 input.name,
                 tool,
                 secs,

@@ -161,6 +161,19 @@ impl TestRegistry {
     }
 
     /// `127.0.0.1:PORT`.
+    /// A shoal registry client that talks plain HTTP to this registry, anonymously.
+    pub fn plain_http_client(&self) -> Result<shoal_p2p::registry::RegistryClient> {
+        let mut config = shoal_p2p::registry::ClientConfig::default();
+        config.hosts.insert(
+            self.addr(),
+            shoal_p2p::registry::HostConfig {
+                plain_http: true,
+                ..Default::default()
+            },
+        );
+        Ok(shoal_p2p::registry::RegistryClient::new(config)?)
+    }
+
     pub fn addr(&self) -> String {
         self.addr.clone()
     }

@@ -6,7 +6,6 @@ use shoal_integration::registry::TestRegistry;
 use shoal_integration::tools::skip_unless;
 use shoal_p2p::chunk::MIN_CHUNK_SIZE;
 use shoal_p2p::reference::ImageReference;
-use shoal_p2p::registry::{ClientConfig, HostConfig, RegistryClient};
 use shoal_p2p::Digest;
 use shoal_registry_ext::{chunk_manifest, Error};
 
@@ -20,15 +19,7 @@ async fn chunk_manifest_of_a_pushed_blob() -> Result<()> {
         .map(|i| (i * 7 % 253) as u8)
         .collect();
     let digest = registry.push_blob("chunks/test", &blob).await?;
-    let mut config = ClientConfig::default();
-    config.hosts.insert(
-        registry.addr(),
-        HostConfig {
-            plain_http: true,
-            ..Default::default()
-        },
-    );
-    let client = RegistryClient::new(config)?;
+    let client = registry.plain_http_client()?;
     let image: ImageReference = format!("{}/chunks/test:any", registry.addr()).parse()?;
 
     let m = chunk_manifest(&client, &image, &digest, MIN_CHUNK_SIZE).await?;

@@ -13,7 +13,7 @@ use shoal_integration::image::{Attrs, Compression, Layer, LayerBuilder, OciLayou
 use shoal_integration::registry::TestRegistry;
 use shoal_integration::tools::skip_unless;
 use shoal_p2p::reference::ImageReference;
-use shoal_p2p::registry::{ClientConfig, HostConfig, Platform, RegistryClient};
+use shoal_p2p::registry::Platform;
 use shoal_p2p::Digest;
 use shoal_plugin::unpack::{unpack_stream, LayerSpec, UnpackOptions};
 
@@ -206,15 +206,7 @@ async fn unpacked_layers_match_containerd_overlayfs() -> Result<()> {
     layout.push("v1", &registry.addr(), "shoal/e2e")?;
 
     // shoal: resolve the index to this platform, stream each layer through the unpacker.
-    let mut config = ClientConfig::default();
-    config.hosts.insert(
-        registry.addr(),
-        HostConfig {
-            plain_http: true,
-            ..Default::default()
-        },
-    );
-    let client = RegistryClient::new(config)?;
+    let client = registry.plain_http_client()?;
     let reference: ImageReference = format!("{}/shoal/e2e:v1", registry.addr()).parse()?;
     let resolved = client.resolve(&reference, &host).await?;
     assert_eq!(resolved.layers.len(), amd.len());

@@ -64,18 +64,48 @@ impl Shoald {
     /// Starts `shoald snapshotter` and waits until it reports ready over the sd_notify
     /// protocol (a `$NOTIFY_SOCKET` datagram socket in its temp dir, as systemd would).
     pub fn start() -> Result<Self> {
-        let bin = shoald_binary()?;
+        Self::start_with_config("")
+    }
+
+    /// [`Self::start`] with `config` (shoald's TOML) as its `--config` file.
+    pub fn start_with_config(config: &str) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("shoal-shoald-")
             .tempdir_in(scratch_dir())?;
+        fs::write(dir.path().join("shoald.toml"), config)?;
+        let (child, notify) = Self::spawn(dir.path())?;
         let socket = dir.path().join("run/shoald.sock");
-        let notify_path = dir.path().join("notify.sock");
+        let mut me = Self { dir, child, socket };
+        me.wait_ready(&notify)?;
+        Ok(me)
+    }
+
+    /// Kills shoald with SIGKILL (as a crash would) and starts it again on the same root,
+    /// socket and config.
+    pub fn restart(&mut self) -> Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, notify) = Self::spawn(self.dir.path())?;
+        self.child = child;
+        self.wait_ready(&notify)
+    }
+
+    fn spawn(dir: &Path) -> Result<(Child, UnixDatagram)> {
+        let bin = shoald_binary()?;
+        let socket = dir.join("run/shoald.sock");
+        let notify_path = dir.join("notify.sock");
+        let _ = fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path)?;
-        let log = fs::File::create(dir.path().join("shoald.log"))?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("shoald.log"))?;
         let child = Command::new(&bin)
+            .arg("--config")
+            .arg(dir.join("shoald.toml"))
             .arg("snapshotter")
             .arg("--root")
-            .arg(dir.path().join("root"))
+            .arg(dir.join("root"))
             .arg("--address")
             .arg(&socket)
             .env("NOTIFY_SOCKET", &notify_path)
@@ -88,9 +118,7 @@ impl Shoald {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let mut me = Self { dir, child, socket };
-        me.wait_ready(&notify)?;
-        Ok(me)
+        Ok((child, notify))
     }
 
     fn wait_ready(&mut self, notify: &UnixDatagram) -> Result<()> {
@@ -161,7 +189,12 @@ impl CriContainerd {
     /// `config_path` directory where every registry in `plain_http` ("127.0.0.1:PORT") is
     /// reached over plain HTTP.
     pub fn start(plain_http: &[String]) -> Result<Self> {
-        let shoald = Shoald::start()?;
+        Self::start_with_config(plain_http, "")
+    }
+
+    /// [`Self::start`] with shoald running on the configuration `shoald_config` (TOML).
+    pub fn start_with_config(plain_http: &[String], shoald_config: &str) -> Result<Self> {
+        let shoald = Shoald::start_with_config(shoald_config)?;
         let hosts = tempfile::Builder::new()
             .prefix("shoal-certs.d-")
             .tempdir_in(scratch_dir())?;
@@ -222,6 +255,11 @@ impl CriContainerd {
 
     pub fn shoald(&self) -> &Shoald {
         &self.shoald
+    }
+
+    /// Kills shoald (SIGKILL) and starts it again on the same state ([`Shoald::restart`]).
+    pub fn restart_shoald(&mut self) -> Result<()> {
+        self.shoald.restart()
     }
 
     /// Runs `ctr` against this containerd in [`CRI_NAMESPACE`], returning its stdout.

@@ -15,6 +15,15 @@ use tar::{EntryType, Header};
 
 use crate::tools::run;
 
+/// The chain IDs of `layers`, bottom first: the names containerd gives their snapshots.
+pub fn chain_ids(layers: &[Layer]) -> Vec<String> {
+    let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
+    shoal_plugin::remote::chain_ids(&diff_ids)
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
 /// How a layer blob is compressed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compression {

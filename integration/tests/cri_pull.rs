@@ -1,7 +1,9 @@
 //! The kubelet path end to end: a 3-layer image pushed to a real `docker-registry`, pulled with
 //! `shoald pull` through containerd 1.6's CRI `ImageService/PullImage` into shoal's proxy
-//! snapshotter. shoald has no remote (streaming) path yet, so containerd downloads and applies
-//! the layers itself through shoal's snapshots: the image must show up in CRI's namespace,
+//! snapshotter. This shoald has no configuration for the plain-HTTP test registry, so its
+//! remote (streaming) path cannot fetch and every Prepare falls back to an ordinary one:
+//! containerd downloads and applies the layers itself through shoal's overlay snapshots (what
+//! happens for any registry shoal cannot reach). The image must show up in CRI's namespace,
 //! its three chain IDs committed in the shoal snapshotter, and a view on the top one must
 //! show the union of the layers.
 
@@ -10,23 +12,12 @@ use std::time::Duration;
 use anyhow::Result;
 use shoal_integration::containerd::scratch_dir;
 use shoal_integration::cri::CriContainerd;
-use shoal_integration::image::{Attrs, Compression, Layer, LayerBuilder, OciLayout, PlatformImage};
+use shoal_integration::image::{
+    chain_ids, Attrs, Compression, Layer, LayerBuilder, OciLayout, PlatformImage,
+};
 use shoal_integration::registry::TestRegistry;
 use shoal_integration::tools::skip_unless;
 use shoal_p2p::registry::Platform;
-use shoal_p2p::Digest;
-
-fn chain_ids(diff_ids: &[Digest]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for d in diff_ids {
-        let next = match out.last() {
-            None => d.to_string(),
-            Some(prev) => Digest::of(format!("{prev} {d}").as_bytes()).to_string(),
-        };
-        out.push(next);
-    }
-    out
-}
 
 fn layers() -> Result<Vec<Layer>> {
     let mut base = LayerBuilder::new();
@@ -105,7 +96,7 @@ fn shoald_pull_through_cri_into_shoal_snapshotter() -> Result<()> {
     );
 
     // Every layer committed in the shoal snapshotter under its chain ID, on the right parent.
-    let chain = chain_ids(&layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>());
+    let chain = chain_ids(&layers);
     let snapshots = node.snapshots()?;
     for (i, id) in chain.iter().enumerate() {
         let parent = if i == 0 { "" } else { chain[i - 1].as_str() };

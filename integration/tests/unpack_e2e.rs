@@ -9,12 +9,13 @@ use anyhow::{Context, Result};
 use futures::TryStreamExt;
 use shoal_integration::compare::assert_same_tree;
 use shoal_integration::containerd::{scratch_dir, TestContainerd};
-use shoal_integration::image::{Attrs, Compression, Layer, LayerBuilder, OciLayout, PlatformImage};
+use shoal_integration::image::{
+    chain_ids, Attrs, Compression, Layer, LayerBuilder, OciLayout, PlatformImage,
+};
 use shoal_integration::registry::TestRegistry;
 use shoal_integration::tools::skip_unless;
 use shoal_p2p::reference::ImageReference;
 use shoal_p2p::registry::Platform;
-use shoal_p2p::Digest;
 use shoal_plugin::unpack::{unpack_stream, LayerSpec, UnpackOptions};
 
 /// A base layer with every entry type and attribute the unpacker must carry over.
@@ -151,18 +152,6 @@ fn top_layer() -> Result<Vec<u8>> {
     b.finish()
 }
 
-fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
-    let mut out: Vec<Digest> = Vec::new();
-    for d in diff_ids {
-        let next = match out.last() {
-            None => d.clone(),
-            Some(prev) => Digest::of(format!("{prev} {d}").as_bytes()),
-        };
-        out.push(next);
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpacked_layers_match_containerd_overlayfs() -> Result<()> {
     if skip_unless(&["docker-registry", "skopeo", "containerd", "ctr"], true) {
@@ -261,8 +250,8 @@ async fn unpacked_layers_match_containerd_overlayfs() -> Result<()> {
         &format!("linux/{}", host.architecture),
         &format!("{}/shoal/e2e:v1", registry.addr()),
     ])?;
-    let chain = chain_ids(&amd.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>());
-    let native_dirs = containerd.layer_dirs("overlayfs", &chain.last().unwrap().to_string())?;
+    let chain = chain_ids(&amd);
+    let native_dirs = containerd.layer_dirs("overlayfs", chain.last().unwrap())?;
     assert_eq!(native_dirs.len(), shoal_dirs.len());
     // etc/ in layer 1 is an implicit parent: its mtime is the time of writing.
     let implicit: [&[&Path]; 3] = [&[], &[Path::new("etc")], &[]];

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use shoal_p2p::registry::ClientConfig;
 
 /// The whole of shoald's configuration.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Registry hosts, credentials and timeouts.
@@ -35,7 +35,7 @@ pub struct Config {
 }
 
 /// `[unpack]`: how images are unpacked.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnpackConfig {
     /// Layers of one image fetched and unpacked at the same time. Default 4, at least 1.

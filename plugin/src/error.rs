@@ -16,6 +16,14 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// A CRI snapshot label that is missing or malformed.
+    #[error("label {label}: {reason}")]
+    Label { label: &'static str, reason: String },
+    /// The remote path could not make a layer.
+    #[error("remote layer {layer}: {reason}")]
+    Remote { layer: String, reason: String },
     #[error("internal task failed: {0}")]
     Task(String),
 }

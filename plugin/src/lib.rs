@@ -4,12 +4,15 @@
 //!   the blob arrives, digests verified, hostile entries refused).
 //! - [`image`]: a whole image from its registry through the unpacker, layers in parallel.
 //! - [`config`]: shoald's TOML configuration.
+//! - [`remote`]: the CRI remote path: layers streamed from the registry into committed
+//!   snapshots on Prepare, all layers of an image at once.
 //! - [`snapshot`]: the containerd proxy snapshotter (overlayfs semantics, redb metadata, gRPC).
 
 pub mod config;
 pub mod cri;
 pub mod error;
 pub mod image;
+pub mod remote;
 pub mod sd_notify;
 pub mod snapshot;
 pub mod unpack;

@@ -91,7 +91,7 @@ async fn main() -> Result<()> {
             unpack(config, &image, &dest, platform.as_deref(), concurrency).await
         }
         Command::Snapshotter { root, address } => {
-            Ok(shoal_plugin::snapshot::run(&root, &address, terminated()).await?)
+            Ok(shoal_plugin::snapshot::run(&root, &address, &config, terminated()).await?)
         }
         Command::Pull {
             image,

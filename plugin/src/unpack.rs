@@ -113,6 +113,10 @@ pub struct UnpackStats {
     pub entries: u64,
     /// sha256 of the uncompressed tar.
     pub diff_id: Digest,
+    /// Implicit parent directories (no member of their own) that got the default
+    /// attributes because no parent layer had them, relative to the layer root, parents
+    /// first. See [`inherit_parent_attrs`] for fixing them once the parents are known.
+    pub implicit_dirs: Vec<PathBuf>,
 }
 
 /// Why a layer could not be unpacked. Every variant names the layer; nothing is left at
@@ -217,6 +221,38 @@ where
         layer: layer.digest.clone(),
         reason: e.to_string(),
     })?
+}
+
+/// Gives the implicit directories `implicit` of the unpacked layer `layer` (see
+/// [`UnpackStats::implicit_dirs`]) the owner, mode, atime and xattrs of the same directory in
+/// the top-most of `parents` (lower layer directories, top-most first) that has it, as they
+/// would have got had `parents` been given to the unpack. For layers unpacked before their
+/// parent layers were known.
+pub fn inherit_parent_attrs(
+    layer: &Path,
+    implicit: &[PathBuf],
+    parents: &[PathBuf],
+) -> io::Result<()> {
+    if implicit.is_empty() || parents.is_empty() {
+        return Ok(());
+    }
+    let open = |p: &Path| {
+        rfs::open(
+            p,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    let root =
+        open(layer).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", layer.display())))?;
+    let parents: Vec<OwnedFd> = parents.iter().filter_map(|p| open(p).ok()).collect();
+    let rels: Vec<&[u8]> = implicit.iter().map(|p| p.as_os_str().as_bytes()).collect();
+    apply::inherit_parent_attrs(&root, &rels, &parents).map_err(|(rel, op, e)| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("{op} {:?}: {e}", String::from_utf8_lossy(&rel)),
+        )
+    })
 }
 
 /// `Read` over the pieces of the async stream.
@@ -353,6 +389,11 @@ fn run<R: Read + Send>(
         uncompressed_bytes,
         entries: a.entries,
         diff_id,
+        implicit_dirs: a
+            .implicit_dirs
+            .into_iter()
+            .map(|d| PathBuf::from(OsStr::from_bytes(&d)))
+            .collect(),
     })
 }
 

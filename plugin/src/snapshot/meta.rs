@@ -178,7 +178,8 @@ fn must_get(tx: &(impl MetaRead + ?Sized), key: &str) -> Result<Record, Snapshot
 }
 
 /// IDs of `parent` and its ancestors, nearest first.
-fn parent_ids(tx: &(impl MetaRead + ?Sized), parent: &str) -> Result<Vec<u64>, SnapshotError> {
+/// IDs of `parent` and its ancestors, nearest first (empty for no parent).
+pub fn parent_ids(tx: &(impl MetaRead + ?Sized), parent: &str) -> Result<Vec<u64>, SnapshotError> {
     let mut ids = Vec::new();
     let mut name = parent.to_owned();
     while !name.is_empty() {

@@ -419,6 +419,13 @@ impl OverlaySnapshotter {
         Ok(doomed)
     }
 
+    /// The layer directories (`fs`) of snapshot `name` and its ancestors, nearest first:
+    /// the `lowerdir` of a snapshot prepared on `name` (empty for no parent).
+    pub fn chain_dirs_blocking(&self, name: &str) -> Result<Vec<PathBuf>, SnapshotError> {
+        let ids = meta::read(&*self.store, |tx| meta::parent_ids(tx, name))?;
+        Ok(ids.into_iter().map(|id| self.upper_path(id)).collect())
+    }
+
     /// Makes the committed snapshot `name` on `parent` from `fill`, which writes the layer
     /// into the directory it is given (an active snapshot's upperdir, so overlay whiteouts
     /// apply). Nothing is left behind when `fill` or the commit fails. Blocking.

@@ -61,17 +61,24 @@ pub async fn serve<S: containerd_snapshots::Snapshotter>(
         .map_err(|e| SnapshotError::Task(format!("gRPC server: {e}")))
 }
 
-/// Opens the overlay snapshotter at `root` and serves it on the unix socket `address`
-/// until `shutdown` completes; the socket file is removed afterwards.
+/// Opens the overlay snapshotter at `root` with the remote (CRI streaming) path of
+/// [`crate::remote`] built from `config`, and serves it on the unix socket `address` until
+/// `shutdown` completes; the socket file is removed afterwards.
 pub async fn run(
     root: &Path,
     address: &Path,
+    config: &crate::config::Config,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), SnapshotError> {
+) -> Result<(), crate::Error> {
     let root_owned = root.to_owned();
-    let snapshotter = tokio::task::spawn_blocking(move || OverlaySnapshotter::open(&root_owned))
-        .await
-        .map_err(|e| SnapshotError::Task(e.to_string()))??;
+    let config = config.clone();
+    let snapshotter = tokio::task::spawn_blocking(move || {
+        let sn = OverlaySnapshotter::open(&root_owned)?;
+        let remote = crate::remote::RemoteLayers::new(&config, &sn)?;
+        Ok::<_, crate::Error>(sn.with_interceptor(Arc::new(remote)))
+    })
+    .await
+    .map_err(|e| SnapshotError::Task(e.to_string()))??;
     let listener = bind_socket(address)?;
     tracing::info!(root = %root.display(), address = %address.display(), "snapshotter serving");
     if let Err(e) = crate::sd_notify::ready(&format!("serving {}", address.display())) {
@@ -79,5 +86,5 @@ pub async fn run(
     }
     let served = serve(snapshotter, listener, shutdown).await;
     let _ = std::fs::remove_file(address);
-    served
+    Ok(served?)
 }

@@ -99,6 +99,9 @@ fn chown_at(dir: BorrowedFd<'_>, name: &[u8], h: &Header) -> Result<(), Errno> {
 /// Result of applying a whole archive.
 pub(crate) struct Applied {
     pub entries: u64,
+    /// Implicit parent directories made with the default attributes (no parent layer had
+    /// them) and not named by a member afterwards, in creation order (parents first).
+    pub implicit_dirs: Vec<Vec<u8>>,
 }
 
 pub(crate) struct Applier<'a> {
@@ -109,6 +112,8 @@ pub(crate) struct Applier<'a> {
     cache: Option<(Vec<u8>, Rc<OwnedFd>)>,
     /// Directory members, for the final timestamp pass: path components, times.
     dirs: Vec<(Vec<u8>, Timestamps)>,
+    /// Implicit parent directories made with default attributes, in creation order.
+    implicit: Vec<Vec<u8>>,
     zeros: Vec<u8>,
 }
 
@@ -120,6 +125,7 @@ impl<'a> Applier<'a> {
             parents,
             cache: None,
             dirs: Vec::new(),
+            implicit: Vec::new(),
             zeros: Vec::new(),
         }
     }
@@ -190,7 +196,10 @@ impl<'a> Applier<'a> {
         tr.input
             .drain()
             .map_err(|e| self.tar_err(TarError::Io(e), None))?;
-        Ok(Applied { entries })
+        Ok(Applied {
+            entries,
+            implicit_dirs: std::mem::take(&mut self.implicit),
+        })
     }
 
     /// The directory holding `comps` (relative to the root), without following or
@@ -276,7 +285,7 @@ impl<'a> Applier<'a> {
     /// owner, times and xattrs of the same directory in the top-most parent layer that
     /// has it (stopping at a parent layer where it is not a directory).
     fn mkparent(
-        &self,
+        &mut self,
         dir: &OwnedFd,
         comps: &[&[u8]],
         i: usize,
@@ -284,10 +293,11 @@ impl<'a> Applier<'a> {
     ) -> Result<OwnedFd, UnpackError> {
         let c = comps[i];
         let e = |op, err: Errno| self.err(h, op, err);
-        match rfs::mkdirat(dir, c, Mode::from_raw_mode(0o755)) {
-            Ok(()) | Err(Errno::EXIST) => {}
+        let made = match rfs::mkdirat(dir, c, Mode::from_raw_mode(0o755)) {
+            Ok(()) => true,
+            Err(Errno::EXIST) => false,
             Err(err) => return Err(e("create parent directory", err)),
-        }
+        };
         let new = rfs::openat(dir, c, DIR_FLAGS, Mode::empty())
             .map_err(|err| e("open parent directory", err))?;
         let rel = comps[..=i].join(&b"/"[..]);
@@ -328,6 +338,9 @@ impl<'a> Applier<'a> {
         }
         rfs::fchmod(&new, Mode::from_raw_mode(0o755))
             .map_err(|err| e("chmod parent directory", err))?;
+        if made {
+            self.implicit.push(rel);
+        }
         Ok(new)
     }
 
@@ -336,6 +349,11 @@ impl<'a> Applier<'a> {
         let Some((&base, parent)) = comps.split_last() else {
             return Ok(()); // resolves to the root: ignored, as containerd does
         };
+        if !self.implicit.is_empty() {
+            // A member naming an implicit directory gives it its own attributes.
+            let name = comps.join(&b"/"[..]);
+            self.implicit.retain(|d| *d != name);
+        }
         let dir = self.lookup(parent, Some(h))?.expect("created");
 
         if let Some(orig) = base.strip_prefix(WHITEOUT_PREFIX) {
@@ -692,6 +710,68 @@ fn write_zeros(fd: &OwnedFd, zeros: &[u8], mut n: u64) -> io::Result<()> {
 /// Moves the finished staging directory to `target`, never replacing anything.
 pub(crate) fn commit(dir: &OwnedFd, staging: &[u8], target: &[u8]) -> Result<(), Errno> {
     rfs::renameat_with(dir, staging, dir, target, RenameFlags::NOREPLACE)
+}
+
+/// Gives the implicit directories `implicit` (relative paths, parents first) of the layer at
+/// `layer` the attributes containerd's `mkparent` would have taken from the parent layers
+/// `parents` (top-most first): owner, mode, atime and xattrs of the same directory in the
+/// top-most parent that has it (none if that one is not a directory). The mtime stays: in
+/// containerd it is bumped by the directory's children anyway. Used for layers unpacked
+/// before their parents were known. Nothing is followed outside `layer`.
+pub(crate) fn inherit_parent_attrs(
+    layer: &OwnedFd,
+    implicit: &[&[u8]],
+    parents: &[OwnedFd],
+) -> Result<(), (Vec<u8>, &'static str, Errno)> {
+    for rel in implicit {
+        let err = |op: &'static str| move |e: Errno| (rel.to_vec(), op, e);
+        let dir = match rfs::openat2(
+            layer,
+            *rel,
+            DIR_FLAGS,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        ) {
+            Ok(d) => d,
+            Err(_) => continue, // replaced or removed later in the layer
+        };
+        for p in parents {
+            let lower = match rfs::openat2(
+                p,
+                *rel,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+            ) {
+                Ok(l) => l,
+                Err(Errno::NOENT) => continue,
+                Err(_) => break,
+            };
+            let st = rfs::fstat(&lower).map_err(err("stat parent layer directory"))?;
+            rfs::fchown(
+                &dir,
+                Some(rfs::Uid::from_raw(st.st_uid)),
+                Some(rfs::Gid::from_raw(st.st_gid)),
+            )
+            .map_err(err("chown implicit directory"))?;
+            rfs::fchmod(&dir, Mode::from_raw_mode(st.st_mode & 0o7777))
+                .map_err(err("chmod implicit directory"))?;
+            let ts = Timestamps {
+                last_access: Timespec {
+                    tv_sec: st.st_atime as i64,
+                    tv_nsec: st.st_atime_nsec as _,
+                },
+                last_modification: Timespec {
+                    tv_sec: 0,
+                    tv_nsec: rfs::UTIME_OMIT,
+                },
+            };
+            rfs::futimens(&dir, &ts).map_err(err("set implicit directory times"))?;
+            copy_xattrs(&lower, &dir).map_err(err("copy parent directory xattrs"))?;
+            break;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod compare;
 pub mod containerd;
 pub mod cri;
 pub mod image;
+pub mod netns;
 pub mod registry;
 pub mod token_server;
 pub mod tools;

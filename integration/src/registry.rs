@@ -56,6 +56,12 @@ impl TestRegistry {
         Self::start(Auth::Anonymous, "")
     }
 
+    /// Anonymous, inside network namespace `netns`, listening on `ip:5000` (an address of
+    /// that namespace, reachable from the host through a veth pair; see [`crate::netns`]).
+    pub fn start_in_netns(netns: &str, ip: &str) -> Result<Self> {
+        Self::start_at(Auth::Anonymous, "", Some((netns, ip)))
+    }
+
     /// Basic auth with one user, from a bcrypt htpasswd file (`htpasswd -Bbn`).
     pub fn start_htpasswd(username: &str, password: &str) -> Result<Self> {
         let auth = Auth::Basic {
@@ -78,6 +84,10 @@ impl TestRegistry {
     }
 
     fn start(auth: Auth, root_cert_pem: &str) -> Result<Self> {
+        Self::start_at(auth, root_cert_pem, None)
+    }
+
+    fn start_at(auth: Auth, root_cert_pem: &str, netns: Option<(&str, &str)>) -> Result<Self> {
         if !Self::available() {
             bail!("{REGISTRY_BIN} is not installed");
         }
@@ -108,8 +118,11 @@ impl TestRegistry {
             .build()?;
         let mut last_err = None;
         for _ in 0..5 {
-            let port = free_port()?;
-            let addr = format!("127.0.0.1:{port}");
+            let addr = match netns {
+                // A namespace of the test's own: nothing else listens there.
+                Some((_, ip)) => format!("{ip}:5000"),
+                None => format!("127.0.0.1:{}", free_port()?),
+            };
             let config = dir.path().join("config.yml");
             std::fs::write(
                 &config,
@@ -126,7 +139,15 @@ impl TestRegistry {
                 .create(true)
                 .append(true)
                 .open(dir.path().join("registry.log"))?;
-            let child = Command::new(REGISTRY_BIN)
+            let mut cmd = match netns {
+                Some((ns, _)) => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", ns, REGISTRY_BIN]);
+                    c
+                }
+                None => Command::new(REGISTRY_BIN),
+            };
+            let child = cmd
                 .arg("serve")
                 .arg(&config)
                 .stdin(Stdio::null())
@@ -160,7 +181,6 @@ impl TestRegistry {
         Err(last_err.unwrap_or_else(|| anyhow::anyhow!("registry did not start")))
     }
 
-    /// `127.0.0.1:PORT`.
     /// A shoal registry client that talks plain HTTP to this registry, anonymously.
     pub fn plain_http_client(&self) -> Result<shoal_p2p::registry::RegistryClient> {
         let mut config = shoal_p2p::registry::ClientConfig::default();
@@ -174,6 +194,7 @@ impl TestRegistry {
         Ok(shoal_p2p::registry::RegistryClient::new(config)?)
     }
 
+    /// `127.0.0.1:PORT`, or `IP:5000` for a registry in a network namespace.
     pub fn addr(&self) -> String {
         self.addr.clone()
     }

@@ -65,9 +65,11 @@ impl TestContainerd {
              disabled_plugins = {disabled}\n\
              [grpc]\n  address = {address:?}\n\
              [ttrpc]\n  address = {ttrpc:?}\n\
-             [debug]\n  address = \"\"\n\
+             [debug]\n  address = \"\"\n  level = {level:?}\n\
              {extra}\n",
             ttrpc = dir.path().join("containerd.sock.ttrpc"),
+            // SHOAL_CONTAINERD_LOG=debug for containerd's debug log in failing tests.
+            level = std::env::var("SHOAL_CONTAINERD_LOG").unwrap_or_else(|_| "info".into()),
         );
         let config_path = dir.path().join("config.toml");
         fs::write(&config_path, config)?;

@@ -153,6 +153,18 @@ impl Shoald {
     }
 
     /// The snapshots gRPC socket containerd connects to.
+    /// The shoald process's peak resident memory so far (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> Result<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .context("no VmHWM in /proc/PID/status")?
+            .parse()?;
+        Ok(kib * 1024)
+    }
+
     pub fn socket(&self) -> &Path {
         &self.socket
     }
@@ -194,6 +206,16 @@ impl CriContainerd {
 
     /// [`Self::start`] with shoald running on the configuration `shoald_config` (TOML).
     pub fn start_with_config(plain_http: &[String], shoald_config: &str) -> Result<Self> {
+        Self::start_inner(plain_http, shoald_config, SNAPSHOTTER)
+    }
+
+    /// The baseline: the same containerd, CRI pulling with containerd's own overlayfs
+    /// snapshotter (shoald runs, registered, but CRI does not use it).
+    pub fn start_native(plain_http: &[String]) -> Result<Self> {
+        Self::start_inner(plain_http, "", "overlayfs")
+    }
+
+    fn start_inner(plain_http: &[String], shoald_config: &str, snapshotter: &str) -> Result<Self> {
         let shoald = Shoald::start_with_config(shoald_config)?;
         let hosts = tempfile::Builder::new()
             .prefix("shoal-certs.d-")
@@ -213,7 +235,7 @@ impl CriContainerd {
         let extra = format!(
             "[proxy_plugins.{SNAPSHOTTER}]\n  type = \"snapshot\"\n  address = {sock:?}\n\
              [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n\
-             \x20 snapshotter = \"{SNAPSHOTTER}\"\n\
+             \x20 snapshotter = \"{snapshotter}\"\n\
              \x20 disable_snapshot_annotations = false\n\
              [plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = {hosts:?}\n\
              [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
@@ -270,6 +292,17 @@ impl CriContainerd {
             .args(["--namespace", CRI_NAMESPACE])
             .args(args))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Digests of the blobs in containerd's content store ([`CRI_NAMESPACE`]).
+    pub fn content_digests(&self) -> Result<Vec<String>> {
+        let table = self.ctr(&["content", "ls"])?;
+        Ok(table
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|d| d.starts_with("sha256:"))
+            .map(str::to_owned)
+            .collect())
     }
 
     /// Runs `shoald pull IMAGE` against this containerd's CRI (the real binary), returning

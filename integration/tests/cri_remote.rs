@@ -119,10 +119,10 @@ fn plain_http_config(registry: &TestRegistry) -> String {
 
 /// Layer blobs containerd's content store (k8s.io) holds, of `layers`.
 fn layer_blobs_in_content_store(node: &CriContainerd, layers: &[Layer]) -> Result<Vec<Digest>> {
-    let content = node.ctr(&["content", "ls", "-q"])?;
+    let content = node.content_digests()?;
     Ok(layers
         .iter()
-        .filter(|l| content.lines().any(|c| c.trim() == l.digest.to_string()))
+        .filter(|l| content.contains(&l.digest.to_string()))
         .map(|l| l.digest.clone())
         .collect())
 }

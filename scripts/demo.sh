@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# The main job, end to end on one machine: installs what is needed, builds shoal, starts a
-# local registry (Debian's docker-registry) on 127.0.0.1, writes a test image (a rootfs-like
-# layer of many small files from /usr/share, a layer of a few large files, a binaries layer;
-# gzip, zstd and uncompressed), pushes it with skopeo, and streams every layer through
-# `shoald unpack`, printing per-layer time and throughput. Run as root.
+# The main job, end to end on one machine. Run as root.
+#  1. Installs what is needed, builds shoal, starts a local registry (Debian's docker-registry)
+#     on 127.0.0.1, writes a test image (a rootfs-like layer of many small files, a layer of a
+#     few large files, a binaries layer; gzip, zstd and uncompressed), pushes it with skopeo,
+#     and streams every layer through `shoald unpack`, printing per-layer time and throughput.
+#  2. A real pull through shoal as kubelet does it: a private containerd 1.6 with shoald as
+#     its CRI snapshotter pulls a multi-layer image through CRI PullImage from a registry in a
+#     network namespace capped at 400 Mbit/s, next to the same pull with containerd's own
+#     overlayfs snapshotter (the cri_pull benchmark, one run each).
 #
 # Environment: SHOAL_DEMO_PORT (default 5055), SHOAL_DEMO_DIR (default a new temp dir, removed
 # at the end unless SHOAL_DEMO_KEEP=1), CARGO_TARGET_DIR (default /var/tmp/shoal-target).
@@ -50,16 +54,17 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-libdir=/usr/lib/x86_64-linux-gnu
-[ -d "$libdir" ] || libdir=/usr/lib
 echo "== building and pushing $registry/shoal-demo:latest"
 "$bin/shoal-testimage" --out "$work/layout" --tag latest \
-  --layer gzip:/usr/share \
+  --layer gzip:/usr/include \
   --layer zstd:random:96:6 \
   --layer none:/usr/bin \
-  --layer gzip:"$libdir" \
+  --layer gzip:/usr/share/doc \
   --push "$registry/shoal-demo"
 
 echo "== shoald unpack"
 rm -rf "$work/unpacked"
 "$bin/shoald" unpack "$registry/shoal-demo:latest" --plain-http "$registry" --dest "$work/unpacked"
+
+echo "== CRI pull through shoal (as kubelet) vs containerd's overlayfs snapshotter"
+SHOAL_BENCH_RUNS="${SHOAL_BENCH_RUNS:-1}" cargo bench --locked -p shoal-integration --bench cri_pull

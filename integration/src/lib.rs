@@ -11,5 +11,6 @@ pub mod cri;
 pub mod image;
 pub mod netns;
 pub mod registry;
+pub mod tamper;
 pub mod token_server;
 pub mod tools;

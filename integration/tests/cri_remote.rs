@@ -24,6 +24,7 @@ use shoal_integration::image::{
     chain_ids, Attrs, Compression, Layer, LayerBuilder, OciLayout, PlatformImage,
 };
 use shoal_integration::registry::TestRegistry;
+use shoal_integration::tamper::TamperProxy;
 use shoal_integration::tools::skip_unless;
 use shoal_p2p::registry::Platform;
 use shoal_p2p::Digest;
@@ -280,6 +281,50 @@ fn unreachable_registry_falls_back_to_containerd() -> Result<()> {
     let chain = chain_ids(&layers);
     assert_committed(&node, &chain)?;
     check_union(&node, work.path(), chain.last().unwrap())?;
+    assert_nothing_half_made(&node)?;
+    Ok(())
+}
+
+#[test]
+fn corrupted_blob_falls_back_to_containerd() -> Result<()> {
+    if skip_unless(TOOLS, true) {
+        return Ok(());
+    }
+    let work = tempfile::Builder::new()
+        .prefix("shoal-cri-remote-")
+        .tempdir_in(scratch_dir())?;
+    // One plain-tar layer: a byte flipped in the middle lands in file data, so the tar still
+    // parses and only the digest check can catch it.
+    let mut big = LayerBuilder::new();
+    big.file("data/blob", Attrs::new(0o644), &vec![b'x'; 1 << 20])?;
+    let layers = vec![Layer::new(&big.finish()?, Compression::None)];
+    let registry = TestRegistry::start_anonymous()?;
+    push(work.path(), &registry, "shoal/tamper", &layers)?;
+    // Both shoald and containerd pull through the proxy; only shoald's bytes are corrupted.
+    let proxy = TamperProxy::start(&registry.addr(), "shoal/")?;
+    let image = format!("{}/shoal/tamper:v1", proxy.addr());
+    let config = format!("[registry.hosts.\"{}\"]\nplain_http = true\n", proxy.addr());
+    let node = CriContainerd::start_with_config(&[proxy.addr()], &config)?;
+    node.shoald_pull(&image, Duration::from_secs(120))?;
+    assert!(proxy.corrupted() >= 1, "shoald never fetched the blob");
+    let log = node.shoald().log();
+    assert!(
+        log.contains("remote layer failed")
+            && log.contains(&layers[0].digest.to_string())
+            && log.contains("digest"),
+        "{log}"
+    );
+    assert!(!log.contains("remote layer committed"), "{log}");
+    // containerd downloaded the genuine blob and applied it.
+    assert_eq!(layer_blobs_in_content_store(&node, &layers)?.len(), 1);
+    let chain = chain_ids(&layers);
+    assert_committed(&node, &chain)?;
+    let view = node.mount_view(chain.last().unwrap(), &work.path().join("view"))?;
+    assert_eq!(
+        std::fs::read(view.path().join("data/blob"))?,
+        vec![b'x'; 1 << 20]
+    );
+    drop(view);
     assert_nothing_half_made(&node)?;
     Ok(())
 }

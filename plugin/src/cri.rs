@@ -19,6 +19,8 @@ use containerd_client::tonic::{Request, Status};
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::{ImageSpec, ImageStatusRequest, PullImageRequest};
 
+use crate::report::human_bytes;
+
 /// The containerd namespace the CRI plugin keeps its images in.
 pub const CRI_NAMESPACE: &str = "k8s.io";
 
@@ -323,7 +325,7 @@ impl ProgressPrinter {
                     "{:>6.1}s  {:<32}  done ({})",
                     elapsed.as_secs_f64(),
                     short_ref(reference),
-                    human(was.total.max(was.offset) as u64)
+                    human_bytes(was.total.max(was.offset) as u64)
                 ));
             }
         }
@@ -338,8 +340,8 @@ impl ProgressPrinter {
                     "{:>6.1}s  {:<32}  {pct}  {} / {}",
                     elapsed.as_secs_f64(),
                     short_ref(reference),
-                    human(i.offset as u64),
-                    human(i.total as u64)
+                    human_bytes(i.offset as u64),
+                    human_bytes(i.total as u64)
                 ));
             }
         }
@@ -368,21 +370,6 @@ fn short_ref(reference: &str) -> String {
     }
 }
 
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
-
 /// `shoald pull`: pulls `image` through CRI on `address`, printing progress and then the image
 /// and its layers to stdout.
 pub async fn pull_command(address: &Path, image: &str, timeout: Duration) -> Result<(), CriError> {
@@ -405,12 +392,12 @@ pub async fn pull_command(address: &Path, image: &str, timeout: Duration) -> Res
     for digest in &outcome.repo_digests {
         println!("  digest  {digest}");
     }
-    println!("  size    {}", human(outcome.size));
+    println!("  size    {}", human_bytes(outcome.size));
     for (i, l) in outcome.layers.iter().enumerate() {
         println!(
             "  layer {i:>2}  {}  {:>10}  {}",
             l.digest,
-            human(l.size.max(0) as u64),
+            human_bytes(l.size.max(0) as u64),
             l.media_type
         );
     }

@@ -7,12 +7,15 @@
 //! - [`remote`]: the CRI remote path: layers streamed from the registry into committed
 //!   snapshots on Prepare, all layers of an image at once.
 //! - [`snapshot`]: the containerd proxy snapshotter (overlayfs semantics, redb metadata, gRPC).
+//! - [`cri`]: `shoald pull` through CRI; [`sd_notify`]: readiness for systemd; [`report`]:
+//!   figures for the command line.
 
 pub mod config;
 pub mod cri;
 pub mod error;
 pub mod image;
 pub mod remote;
+pub mod report;
 pub mod sd_notify;
 pub mod snapshot;
 pub mod unpack;

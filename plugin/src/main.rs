@@ -9,6 +9,7 @@ use shoal_p2p::reference::ImageReference;
 use shoal_p2p::registry::{Platform, RegistryClient};
 use shoal_plugin::config::Config;
 use shoal_plugin::image::{unpack_image, LayerReport};
+use shoal_plugin::report::human_bytes;
 
 #[derive(Parser)]
 #[command(name = "shoald", version, about = "shoal node daemon")]
@@ -156,8 +157,8 @@ async fn unpack(
     println!(
         "total: {} layers, {} compressed, {} uncompressed in {:.2} s ({:.1} MB/s compressed) -> {}",
         reports.len(),
-        human(compressed),
-        human(uncompressed),
+        human_bytes(compressed),
+        human_bytes(uncompressed),
         wall.as_secs_f64(),
         compressed as f64 / wall.as_secs_f64().max(1e-9) / 1e6,
         dest.display()
@@ -170,25 +171,10 @@ fn print_layer(r: &LayerReport) {
         "{:>5}  {:<19}  {:>11}  {:>13}  {:>8}  {:>7.0}ms  {:>8.1}",
         r.index,
         format!("{}…", &r.digest.to_string()[..18]),
-        human(r.stats.compressed_bytes),
-        human(r.stats.uncompressed_bytes),
+        human_bytes(r.stats.compressed_bytes),
+        human_bytes(r.stats.uncompressed_bytes),
         r.stats.entries,
         r.elapsed.as_secs_f64() * 1e3,
         r.throughput() / 1e6
     );
-}
-
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }

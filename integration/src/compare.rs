@@ -278,12 +278,11 @@ mod tests {
                 .or_else(|_| fs::File::open(b.path().join(p)))?
                 .set_modified(t)?;
         }
-        let sym_a = fs::symlink_metadata(a.path().join("s"))?;
-        let sym_b = fs::symlink_metadata(b.path().join("s"))?;
+        // The symlinks were made at different moments and std cannot set a symlink's times.
         let diffs = compare_trees(a.path(), b.path(), &[])?;
         let unexpected: Vec<_> = diffs
             .iter()
-            .filter(|d| !(d.path == Path::new("s") && sym_a.mtime() != sym_b.mtime()))
+            .filter(|d| !(d.path == Path::new("s") && d.what.starts_with("mtime")))
             .collect();
         assert!(unexpected.is_empty(), "{unexpected:?}");
 

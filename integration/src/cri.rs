@@ -72,6 +72,15 @@ impl Shoald {
         let dir = tempfile::Builder::new()
             .prefix("shoal-shoald-")
             .tempdir_in(scratch_dir())?;
+        // Each shoald gets its own blob cache unless the test chose one.
+        let config = if config.contains("[cache]") {
+            config.to_owned()
+        } else {
+            format!(
+                "{config}\n[cache]\ndir = {:?}\n",
+                dir.path().join("blobs").display().to_string()
+            )
+        };
         fs::write(dir.path().join("shoald.toml"), config)?;
         let (child, notify) = Self::spawn(dir.path())?;
         let socket = dir.path().join("run/shoald.sock");

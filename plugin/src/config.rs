@@ -15,6 +15,11 @@
 //! # The streaming unpacker.
 //! [unpack]
 //! concurrency = 4             # default 4: layers of one image fetched and unpacked at once
+//!
+//! # The bounded cache of compressed blobs (layers) this node fetched, least recently used out.
+//! [cache]
+//! dir = "/var/lib/shoal/blobs" # default; an absolute path
+//! max_bytes = 10737418240     # default 10 GiB, at least 1
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -32,6 +37,9 @@ pub struct Config {
     /// The streaming unpacker.
     #[serde(default)]
     pub unpack: UnpackConfig,
+    /// The blob cache.
+    #[serde(default)]
+    pub cache: CacheConfig,
 }
 
 /// `[unpack]`: how images are unpacked.
@@ -51,6 +59,38 @@ impl Default for UnpackConfig {
     fn default() -> Self {
         Self {
             concurrency: default_concurrency(),
+        }
+    }
+}
+
+/// `[cache]`: the node's bounded on-disk cache of the compressed blobs it fetched
+/// ([`shoal_p2p::cache::BlobCache`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Directory of the cached blobs (created if missing). Absolute. Default
+    /// `/var/lib/shoal/blobs`.
+    #[serde(default = "default_cache_dir")]
+    pub dir: PathBuf,
+    /// Most bytes the cached blobs may take; the least recently used are removed first.
+    /// Default 10 GiB, at least 1.
+    #[serde(default = "default_cache_max_bytes")]
+    pub max_bytes: u64,
+}
+
+fn default_cache_dir() -> PathBuf {
+    PathBuf::from("/var/lib/shoal/blobs")
+}
+
+fn default_cache_max_bytes() -> u64 {
+    10 << 30
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_cache_dir(),
+            max_bytes: default_cache_max_bytes(),
         }
     }
 }
@@ -91,11 +131,21 @@ impl Config {
             path: path.to_path_buf(),
             source: Box::new(e),
         })?;
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
         if config.unpack.concurrency == 0 {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                reason: "unpack.concurrency must be at least 1".into(),
-            });
+            return Err(invalid("unpack.concurrency must be at least 1".into()));
+        }
+        if !config.cache.dir.is_absolute() {
+            return Err(invalid(format!(
+                "cache.dir {:?} must be an absolute path",
+                config.cache.dir
+            )));
+        }
+        if config.cache.max_bytes == 0 {
+            return Err(invalid("cache.max_bytes must be at least 1".into()));
         }
         Ok(config)
     }
@@ -110,6 +160,8 @@ mod tests {
         let c = Config::parse("", Path::new("x.toml")).unwrap();
         assert_eq!(c.unpack.concurrency, 4);
         assert!(c.registry.hosts.is_empty());
+        assert_eq!(c.cache.dir, Path::new("/var/lib/shoal/blobs"));
+        assert_eq!(c.cache.max_bytes, 10 << 30);
     }
 
     #[test]
@@ -132,6 +184,8 @@ mod tests {
         .unwrap();
         let d = Config::default();
         assert_eq!(c.unpack.concurrency, d.unpack.concurrency);
+        assert_eq!(c.cache.dir, d.cache.dir);
+        assert_eq!(c.cache.max_bytes, d.cache.max_bytes);
         assert_eq!(c.registry.retries, d.registry.retries);
         assert_eq!(
             c.registry.request_timeout_secs,
@@ -149,5 +203,22 @@ mod tests {
         assert!(e.to_string().contains("x.toml"), "{e}");
         let e = Config::parse("[unpack]\nconcurrency = 0\n", Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("at least 1"), "{e}");
+    }
+
+    #[test]
+    fn reads_and_checks_the_cache_section() {
+        let c = Config::parse(
+            "[cache]\ndir = \"/srv/blobs\"\nmax_bytes = 1048576\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.cache.dir, Path::new("/srv/blobs"));
+        assert_eq!(c.cache.max_bytes, 1 << 20);
+        let e = Config::parse("[cache]\ndir = \"blobs\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("absolute"), "{e}");
+        let e = Config::parse("[cache]\nmax_bytes = 0\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("cache.max_bytes"), "{e}");
+        let e = Config::parse("[cache]\nmax_bytes = -1\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("x.toml"), "{e}");
     }
 }

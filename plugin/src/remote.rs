@@ -3,6 +3,10 @@
 //! containerd asked for, so that the Prepare answers `ALREADY_EXISTS` and containerd never
 //! downloads the blob.
 //!
+//! Layer blobs come through the node's blob cache ([`shoal_p2p::cache::CachingSource`] in
+//! front of the registry, `[cache]` in the config): a blob fetched once is read from disk
+//! the next time, and is kept for the swarm to seed.
+//!
 //! # What containerd 1.6 does, and what shoal answers
 //!
 //! containerd's unpacker (`unpacker.go`) calls `Prepare(key, parent)` one layer at a time
@@ -51,8 +55,10 @@ use std::time::{Duration, Instant};
 
 use containerd_snapshots::tonic;
 use futures::TryStreamExt;
+use shoal_p2p::cache::{BlobCache, CachingSource};
 use shoal_p2p::reference::ImageReference;
 use shoal_p2p::registry::{Platform, RegistryClient, ResolvedImage};
+use shoal_p2p::source::BlobSource;
 use shoal_p2p::Digest;
 use tokio::sync::{watch, Semaphore};
 
@@ -112,6 +118,8 @@ struct Fetch {
 /// The remote-layer interceptor (see the module documentation).
 pub struct RemoteLayers {
     client: RegistryClient,
+    /// Where layer blobs come from: the blob cache in front of the registry.
+    blobs: Arc<dyn BlobSource>,
     staging: PathBuf,
     limit: Arc<Semaphore>,
     manifests: Mutex<HashMap<Digest, Arc<ResolvedImage>>>,
@@ -183,11 +191,25 @@ impl Request {
 }
 
 impl RemoteLayers {
-    /// The interceptor for `snapshotter`, with registry access and concurrency from
-    /// `config`. Removes what an earlier run left: its staging directory
+    /// The interceptor for `snapshotter`, with registry access, the blob cache and
+    /// concurrency from `config`. Removes what an earlier run left: its staging directory
     /// (`ROOT/remote`) and the temporary active snapshots of interrupted commits. Blocking.
     pub fn new(config: &Config, snapshotter: &OverlaySnapshotter) -> Result<Self, Error> {
         let client = RegistryClient::new(config.registry.clone())?;
+        // Without its cache shoald still streams layers: a cache it cannot open (permissions,
+        // a full disk) costs re-downloads, never a pull.
+        let blobs: Arc<dyn BlobSource> =
+            match BlobCache::open(&config.cache.dir, config.cache.max_bytes) {
+                Ok(cache) => Arc::new(CachingSource::new(client.clone(), cache)),
+                Err(e) => {
+                    tracing::warn!(
+                        dir = %config.cache.dir.display(),
+                        error = %e,
+                        "blob cache unavailable; fetching without it"
+                    );
+                    Arc::new(client.clone())
+                }
+            };
         let staging = snapshotter.root().join("remote");
         remove_dir_all_if_exists(&staging).map_err(io_err(&staging))?;
         std::fs::create_dir_all(&staging).map_err(io_err(&staging))?;
@@ -199,6 +221,7 @@ impl RemoteLayers {
         }
         Ok(Self {
             client,
+            blobs,
             staging,
             limit: Arc::new(Semaphore::new(config.unpack.concurrency.max(1))),
             manifests: Mutex::new(HashMap::new()),
@@ -261,14 +284,14 @@ impl RemoteLayers {
             layer.digest.hex(),
             self.seq.fetch_add(1, Ordering::Relaxed)
         ));
-        let (client, reference) = (self.client.clone(), image.reference.clone());
+        let (blobs, reference) = (self.blobs.clone(), image.reference.clone());
         let (limit, fetches, me) = (self.limit.clone(), self.fetches.clone(), fetch.clone());
         tokio::spawn(async move {
             let unpacked = async {
                 let _permit = limit.acquire_owned().await.expect("never closed");
                 let start = Instant::now();
-                let stream = client
-                    .blob(&reference, &spec.digest, None)
+                let stream = blobs
+                    .fetch(&reference, &spec.digest)
                     .await?
                     .map_err(std::io::Error::other);
                 let stats = unpack_stream(stream, &spec, &dir, &UnpackOptions::default()).await?;
@@ -534,6 +557,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_cache_that_cannot_open_does_not_stop_the_remote_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let sn = OverlaySnapshotter::with_store(
+            dir.path(),
+            Arc::new(crate::snapshot::MemStore::default()),
+        )
+        .unwrap();
+        // The cache directory would have to live under a regular file.
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        let mut config = Config::default();
+        config.cache.dir = dir.path().join("file/blobs");
+        assert!(RemoteLayers::new(&config, &sn).is_ok());
+    }
+
+    #[tokio::test]
     async fn unreachable_registry_falls_back_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let sn = OverlaySnapshotter::with_store(
@@ -542,6 +580,7 @@ mod tests {
         )
         .unwrap();
         let mut config = Config::default();
+        config.cache.dir = dir.path().join("blobs");
         config.registry.retries = 0;
         config.registry.connect_timeout_secs = 1;
         config.registry.request_timeout_secs = 1;

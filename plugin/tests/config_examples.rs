@@ -114,6 +114,14 @@ fn unit_starts_shoald_before_containerd_on_the_configured_socket() {
         .map(|i| args[i + 1])
         .expect("--root");
     assert!(root.starts_with("/var/lib/shoal"));
+    // The default blob cache must be writable under ProtectSystem=strict.
+    let cache = shoal_plugin::config::Config::default().cache.dir;
+    assert!(
+        unit_value(&e, "ReadWritePaths")
+            .split_whitespace()
+            .any(|p| cache.starts_with(p)),
+        "{cache:?} is not in ReadWritePaths"
+    );
     let caps = unit_value(&e, "CapabilityBoundingSet");
     for cap in [
         "CAP_SYS_ADMIN",

@@ -23,7 +23,16 @@ fn containerd_snapshotter_suite_passes() {
         "{} snapshotter --root {{root}} --address {{address}}",
         env!("CARGO_BIN_EXE_shoald")
     );
-    let out = Command::new(RUN_SH).arg(&cmd).output().expect("run run.sh");
+    // shoald's blob cache in a temp dir, not the default /var/lib/shoal/blobs.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("shoald.toml");
+    let cache = dir.path().join("blobs").display().to_string();
+    std::fs::write(&config, format!("[cache]\ndir = {cache:?}\n")).unwrap();
+    let out = Command::new(RUN_SH)
+        .arg(&cmd)
+        .env("SHOALD_CONFIG", &config)
+        .output()
+        .expect("run run.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");

@@ -24,7 +24,17 @@ struct Daemon {
 
 impl Daemon {
     fn start(root: &Path, sock: &Path) -> Daemon {
+        // Its own blob cache, next to the root (not the default /var/lib/shoal/blobs).
+        let config = root.with_extension("toml");
+        let cache = root.with_extension("blobs");
+        std::fs::write(
+            &config,
+            format!("[cache]\ndir = {:?}\n", cache.display().to_string()),
+        )
+        .expect("write shoald.toml");
         let child = Command::new(env!("CARGO_BIN_EXE_shoald"))
+            .arg("--config")
+            .arg(&config)
             .args(["snapshotter", "--root"])
             .arg(root)
             .arg("--address")

@@ -113,6 +113,14 @@ pub enum RegistryError {
     /// The registry's answer is malformed (missing header, bad JSON, ...).
     #[error("bad response from {url}: {reason}")]
     BadResponse { url: String, reason: String },
+
+    /// The on-disk blob cache ([`crate::cache::BlobCache`]) failed at `path`.
+    #[error("blob cache {path:?}: {source}")]
+    Cache {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What kind of transport failure happened.

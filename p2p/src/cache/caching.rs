@@ -1,0 +1,250 @@
+//! [`CachingSource`]: a [`BlobSource`] that serves blobs from a [`BlobCache`] when it has
+//! them, and otherwise fetches them from another source while copying them into the cache.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::Stream;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch};
+
+use super::{BlobCache, CachedBlob};
+use crate::digest::{Digest, Hasher};
+use crate::reference::ImageReference;
+use crate::registry::{BlobStream, RegistryError};
+use crate::source::BlobSource;
+
+/// Bytes read from a cached file per stream item.
+const READ_CHUNK: usize = 256 << 10;
+/// Chunks the tee may queue for the cache writer; when it is this far behind, the blob is
+/// not cached (the stream is never slowed down for the cache).
+const TEE_QUEUE: usize = 1024;
+
+/// A [`BlobSource`] in front of `inner` with a [`BlobCache`]:
+///
+/// - a cached blob is streamed from its file (hashed again on the way: a blob found corrupt
+///   on disk ends its stream with an error and is removed from the cache);
+/// - otherwise the blob is fetched from `inner` and its bytes are passed on unchanged while
+///   a blocking task writes them to the cache, which keeps them only if the stream ended
+///   and they hash to the digest. A slow or failing cache write is logged and abandoned;
+///   it never slows down or fails the stream.
+pub struct CachingSource<S> {
+    inner: S,
+    cache: BlobCache,
+    /// Cache writes in flight.
+    writes: Arc<watch::Sender<usize>>,
+}
+
+impl<S> CachingSource<S> {
+    pub fn new(inner: S, cache: BlobCache) -> Self {
+        Self {
+            inner,
+            cache,
+            writes: Arc::new(watch::Sender::new(0)),
+        }
+    }
+
+    pub fn cache(&self) -> &BlobCache {
+        &self.cache
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// Waits until every cache write started so far has committed or given up.
+    pub async fn flush(&self) {
+        let mut rx = self.writes.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// `stream` passed through, copied into the cache under `digest`.
+    fn tee(&self, stream: BlobStream, digest: Digest) -> BlobStream {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(TEE_QUEUE);
+        let complete = Arc::new(AtomicBool::new(false));
+        let in_flight = InFlight::new(self.writes.clone());
+        let (cache, done, blob) = (self.cache.clone(), complete.clone(), digest.clone());
+        tokio::task::spawn_blocking(move || {
+            let _in_flight = in_flight;
+            let mut writer = match cache.writer() {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(%blob, error = %e, "blob cache: cannot start a write");
+                    return;
+                }
+            };
+            while let Some(chunk) = rx.blocking_recv() {
+                if let Some(Err(e)) = writer.as_mut().map(|w| w.write(&chunk)) {
+                    tracing::warn!(%blob, error = %e, "blob cache: write failed; not caching");
+                    writer = None;
+                    break;
+                }
+            }
+            drop(rx);
+            let Some(writer) = writer else { return };
+            if !done.load(Ordering::Acquire) {
+                tracing::debug!(%blob, "blob stream did not complete; not cached");
+                return;
+            }
+            let bytes = writer.bytes_written();
+            match writer.finish(&blob) {
+                Ok(()) => tracing::debug!(%blob, bytes, "blob cached"),
+                Err(e) => tracing::warn!(%blob, error = %e, "blob not cached"),
+            }
+        });
+        Box::pin(Tee {
+            inner: stream,
+            tx: Some(tx),
+            complete,
+            digest,
+        })
+    }
+}
+
+impl<S: BlobSource> BlobSource for CachingSource<S> {
+    fn fetch<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        Box::pin(async move {
+            let (cache, d) = (self.cache.clone(), digest.clone());
+            let hit = tokio::task::spawn_blocking(move || cache.get(&d))
+                .await
+                .ok()
+                .flatten();
+            if let Some(blob) = hit {
+                tracing::debug!(%digest, bytes = blob.size, "blob served from the cache");
+                return Ok(serve_cached(self.cache.clone(), digest.clone(), blob));
+            }
+            let stream = self.inner.fetch(image, digest).await?;
+            Ok(self.tee(stream, digest.clone()))
+        })
+    }
+}
+
+/// Counts one cache write in flight while it lives.
+struct InFlight(Arc<watch::Sender<usize>>);
+
+impl InFlight {
+    fn new(writes: Arc<watch::Sender<usize>>) -> Self {
+        writes.send_modify(|n| *n += 1);
+        Self(writes)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// Passes `inner` through, offering each chunk to the cache writer without waiting.
+struct Tee {
+    inner: BlobStream,
+    /// `None` once the cache copy is abandoned or the stream ended.
+    tx: Option<mpsc::Sender<Bytes>>,
+    /// Set when `inner` ended cleanly with every chunk queued.
+    complete: Arc<AtomicBool>,
+    digest: Digest,
+}
+
+impl Stream for Tee {
+    type Item = Result<Bytes, RegistryError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let item = std::task::ready!(this.inner.as_mut().poll_next(cx));
+        match &item {
+            Some(Ok(chunk)) => {
+                if let Some(tx) = &this.tx {
+                    if let Err(e) = tx.try_send(chunk.clone()) {
+                        if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                            tracing::debug!(blob = %this.digest,
+                                "blob cache write fell behind; not caching");
+                        }
+                        this.tx = None;
+                    }
+                }
+            }
+            Some(Err(_)) => this.tx = None,
+            None => {
+                if this.tx.take().is_some() {
+                    this.complete.store(true, Ordering::Release);
+                }
+            }
+        }
+        Poll::Ready(item)
+    }
+}
+
+/// State of a cached blob being streamed.
+struct Serving {
+    file: tokio::fs::File,
+    path: std::path::PathBuf,
+    size: u64,
+    cache: BlobCache,
+    digest: Digest,
+    hasher: Hasher,
+    read: u64,
+    done: bool,
+}
+
+/// The cached `blob` as a stream, checked against `digest` at the end.
+fn serve_cached(cache: BlobCache, digest: Digest, blob: CachedBlob) -> BlobStream {
+    let state = Serving {
+        file: tokio::fs::File::from_std(blob.file),
+        path: blob.path,
+        size: blob.size,
+        cache,
+        digest,
+        hasher: Hasher::new(),
+        read: 0,
+        done: false,
+    };
+    Box::pin(futures::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let item = match st.file.read_buf(&mut buf).await {
+            Ok(0) => {
+                st.done = true;
+                let actual = std::mem::take(&mut st.hasher).finish();
+                if actual == st.digest && st.read == st.size {
+                    return None;
+                }
+                let cache = st.cache.clone();
+                let d = st.digest.clone();
+                let _ = tokio::task::spawn_blocking(move || cache.remove(&d)).await;
+                Err(RegistryError::Cache {
+                    path: st.path.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "cached blob is {actual} ({} bytes), not {}; removed",
+                            st.read, st.digest
+                        ),
+                    ),
+                })
+            }
+            Ok(n) => {
+                st.read += n as u64;
+                st.hasher.update(&buf);
+                Ok(buf.freeze())
+            }
+            Err(e) => {
+                st.done = true;
+                Err(RegistryError::Cache {
+                    path: st.path.clone(),
+                    source: e,
+                })
+            }
+        };
+        Some((item, st))
+    }))
+}

@@ -1,0 +1,243 @@
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::*;
+use crate::reference::ImageReference;
+use crate::source::{BlobSource, RecordingSource};
+
+fn put(cache: &BlobCache, data: &[u8]) -> Digest {
+    let d = Digest::of(data);
+    let mut w = cache.writer().unwrap();
+    for part in data.chunks(4) {
+        w.write(part).unwrap();
+    }
+    w.finish(&d).unwrap();
+    d
+}
+
+fn read(cache: &BlobCache, d: &Digest) -> Option<Vec<u8>> {
+    let mut blob = cache.get(d)?;
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut blob.file, &mut out).unwrap();
+    assert_eq!(out.len() as u64, blob.size);
+    Some(out)
+}
+
+fn tmp_entries(cache: &BlobCache) -> usize {
+    std::fs::read_dir(cache.dir().join(TMP_DIR))
+        .unwrap()
+        .count()
+}
+
+/// File timestamps are coarse (a clock tick); keep uses apart.
+fn tick() {
+    std::thread::sleep(Duration::from_millis(20));
+}
+
+#[test]
+fn insert_then_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = BlobCache::open(dir.path().join("blobs"), 1 << 20).unwrap();
+    assert!(cache.is_empty());
+    let d = put(&cache, b"hello blob cache");
+    assert!(cache.contains(&d));
+    assert_eq!(cache.len(), 1);
+    assert_eq!(cache.bytes(), 16);
+    assert_eq!(read(&cache, &d).unwrap(), b"hello blob cache");
+    assert!(cache.path_of(&d).is_file());
+    assert!(cache.get(&Digest::of(b"other")).is_none());
+    // The same blob again: still one copy.
+    put(&cache, b"hello blob cache");
+    assert_eq!((cache.len(), cache.bytes()), (1, 16));
+    assert_eq!(tmp_entries(&cache), 0);
+}
+
+#[test]
+fn wrong_digest_is_never_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = BlobCache::open(dir.path(), 1 << 20).unwrap();
+    let claimed = Digest::of(b"the real content");
+    let mut w = cache.writer().unwrap();
+    w.write(b"something else").unwrap();
+    let e = w.finish(&claimed).unwrap_err().to_string();
+    assert!(e.contains(&claimed.to_string()), "{e}");
+    assert!(!cache.contains(&claimed));
+    assert!(!cache.path_of(&claimed).exists());
+    assert_eq!(tmp_entries(&cache), 0);
+    assert_eq!(cache.bytes(), 0);
+}
+
+#[test]
+fn an_unfinished_write_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = BlobCache::open(dir.path(), 1 << 20).unwrap();
+    let mut w = cache.writer().unwrap();
+    w.write(b"half a bl").unwrap();
+    assert_eq!(tmp_entries(&cache), 1);
+    drop(w);
+    assert_eq!(tmp_entries(&cache), 0);
+    assert!(cache.is_empty());
+    // Truncated content finished under the whole blob's digest is refused.
+    let whole = Digest::of(b"half a blob");
+    let mut w = cache.writer().unwrap();
+    w.write(b"half a bl").unwrap();
+    assert!(w.finish(&whole).is_err());
+    assert!(!cache.path_of(&whole).exists());
+}
+
+#[test]
+fn evicts_least_recently_used_to_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = BlobCache::open(dir.path(), 30).unwrap();
+    let a = put(&cache, &[b'a'; 10]);
+    let b = put(&cache, &[b'b'; 10]);
+    let c = put(&cache, &[b'c'; 10]);
+    assert_eq!(cache.bytes(), 30);
+    read(&cache, &a).unwrap(); // a is now the most recently used
+    let d = put(&cache, &[b'd'; 10]);
+    assert!(!cache.contains(&b), "the least recently used goes first");
+    assert!(!cache.path_of(&b).exists());
+    for kept in [&a, &c, &d] {
+        assert!(cache.contains(kept));
+    }
+    assert_eq!(cache.bytes(), 30);
+    // A bigger blob pushes out as many as needed, oldest first.
+    let e = put(&cache, &[b'e'; 25]);
+    assert!(cache.contains(&e) && !cache.contains(&c) && !cache.contains(&a));
+    assert!(!cache.contains(&d));
+    assert_eq!(cache.bytes(), 25);
+    // A blob larger than the whole cache is not kept, and evicts nothing.
+    let mut w = cache.writer().unwrap();
+    let err = w.write(&[b'x'; 31]).unwrap_err().to_string();
+    assert!(err.contains("30 byte limit"), "{err}");
+    drop(w);
+    assert!(cache.contains(&e));
+    assert_eq!(tmp_entries(&cache), 0);
+}
+
+#[test]
+fn an_open_blob_survives_its_eviction() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = BlobCache::open(dir.path(), 10).unwrap();
+    let a = put(&cache, &[b'a'; 10]);
+    let mut open = cache.get(&a).unwrap();
+    put(&cache, &[b'b'; 10]);
+    assert!(!cache.contains(&a));
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut open.file, &mut out).unwrap();
+    assert_eq!(out, [b'a'; 10]);
+}
+
+#[test]
+fn reopening_finds_the_blobs_and_their_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b);
+    {
+        let cache = BlobCache::open(dir.path(), 30).unwrap();
+        a = put(&cache, &[b'a'; 10]);
+        tick();
+        b = put(&cache, &[b'b'; 10]);
+        tick();
+        read(&cache, &a).unwrap();
+        // Leftovers of a crash and files that are not blobs.
+        std::fs::write(dir.path().join(TMP_DIR).join("1-0"), b"partial").unwrap();
+    }
+    std::fs::write(dir.path().join("notes.txt"), b"not a blob").unwrap();
+    let cache = BlobCache::open(dir.path(), 30).unwrap();
+    assert_eq!((cache.len(), cache.bytes()), (2, 20));
+    assert_eq!(read(&cache, &b).unwrap(), [b'b'; 10]);
+    assert_eq!(tmp_entries(&cache), 0);
+    assert!(dir.path().join("notes.txt").exists());
+    drop(cache);
+
+    // Reopened with a smaller limit: the least recently used (b was read last above) goes.
+    let cache = BlobCache::open(dir.path(), 10).unwrap();
+    assert!(cache.contains(&b) && !cache.contains(&a));
+    assert_eq!(cache.bytes(), 10);
+}
+
+fn image() -> ImageReference {
+    "127.0.0.1:5000/a/b:v1".parse().unwrap()
+}
+
+async fn collect(s: &CachingSource<RecordingSource>, d: &Digest) -> Result<Vec<u8>, String> {
+    let mut stream = s.fetch(&image(), d).await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    while let Some(item) = stream.next().await {
+        let chunk: Bytes = item.map_err(|e| e.to_string())?;
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+fn caching(dir: &Path) -> CachingSource<RecordingSource> {
+    CachingSource::new(
+        RecordingSource::new(),
+        BlobCache::open(dir, 1 << 20).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn second_fetch_comes_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = caching(dir.path());
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let d = src.inner().add(&data);
+    assert_eq!(collect(&src, &d).await.unwrap(), data);
+    src.flush().await;
+    assert!(src.cache().contains(&d));
+    assert_eq!(collect(&src, &d).await.unwrap(), data);
+    assert_eq!(src.inner().fetches_of(&d), 1);
+    // Unknown blobs: the inner source's error, nothing cached.
+    let missing = Digest::of(b"missing");
+    assert!(collect(&src, &missing).await.unwrap_err().contains("404"));
+    src.flush().await;
+    assert_eq!(src.cache().len(), 1);
+}
+
+#[tokio::test]
+async fn corrupt_or_cut_streams_are_not_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = caching(dir.path());
+    // Wrong content: passed through (the consumer verifies), never cached.
+    let d = Digest::of(b"the real blob");
+    src.inner().add_as(d.clone(), b"a corrupt blob");
+    assert_eq!(collect(&src, &d).await.unwrap(), b"a corrupt blob");
+    src.flush().await;
+    assert!(!src.cache().contains(&d));
+    collect(&src, &d).await.unwrap();
+    assert_eq!(src.inner().fetches_of(&d), 2);
+
+    // Cut mid-stream: the error reaches the consumer, nothing is cached.
+    let cut = Digest::of(b"a whole blob");
+    src.inner().add_cut(cut.clone(), b"a whole");
+    assert!(collect(&src, &cut).await.unwrap_err().contains("cut"));
+    // Dropped by the consumer half-way: nothing is cached either.
+    let whole = src.inner().add(b"read only in part");
+    let mut stream = src.fetch(&image(), &whole).await.unwrap();
+    stream.next().await.unwrap().unwrap();
+    drop(stream);
+    src.flush().await;
+    assert!(src.cache().is_empty());
+    assert_eq!(tmp_entries(src.cache()), 0);
+}
+
+#[tokio::test]
+async fn a_blob_corrupted_on_disk_is_refused_and_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = caching(dir.path());
+    let d = src.inner().add(b"good bytes");
+    collect(&src, &d).await.unwrap();
+    src.flush().await;
+    std::fs::write(src.cache().path_of(&d), b"bad  bytes").unwrap();
+    let e = collect(&src, &d).await.unwrap_err();
+    assert!(e.contains("removed"), "{e}");
+    assert!(!src.cache().contains(&d));
+    // The next fetch goes to the inner source again, and re-caches.
+    assert_eq!(collect(&src, &d).await.unwrap(), b"good bytes");
+    src.flush().await;
+    assert_eq!(src.inner().fetches_of(&d), 2);
+    assert!(src.cache().contains(&d));
+}

@@ -1,0 +1,167 @@
+//! Where whole blobs come from: the [`BlobSource`] seam (the registry today; the cache in
+//! front of it, and later the swarm), with a recording fake for tests.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream;
+
+use crate::digest::Digest;
+use crate::reference::ImageReference;
+use crate::registry::{BlobStream, OciError, RegistryClient, RegistryError};
+
+/// A source of whole blobs. The stream is unverified: whoever consumes it checks the digest
+/// (the unpacker does), and a source that keeps bytes ([`crate::cache::CachingSource`])
+/// checks it before keeping them.
+pub trait BlobSource: Send + Sync {
+    /// The bytes of blob `digest` of `image`'s repository, as they arrive.
+    fn fetch<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>>;
+}
+
+impl BlobSource for RegistryClient {
+    fn fetch<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        Box::pin(self.blob(image, digest, None))
+    }
+}
+
+/// What [`RecordingSource`] serves for one digest.
+#[derive(Clone)]
+enum Served {
+    /// These bytes, in a few chunks.
+    Bytes(Vec<u8>),
+    /// These bytes, then a transport-like error (a connection cut mid-body).
+    CutAfter(Vec<u8>),
+}
+
+/// A [`BlobSource`] fake: serves blobs from memory (in several chunks) and records every
+/// fetch. Unknown digests answer like a registry's 404 `BLOB_UNKNOWN`.
+#[derive(Default)]
+pub struct RecordingSource {
+    blobs: Mutex<HashMap<Digest, Served>>,
+    calls: Mutex<Vec<(ImageReference, Digest)>>,
+}
+
+impl RecordingSource {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serve `data` under its own digest, which is returned.
+    pub fn add(&self, data: &[u8]) -> Digest {
+        let digest = Digest::of(data);
+        self.add_as(digest.clone(), data);
+        digest
+    }
+
+    /// Serve `data` under `digest`, whatever `data` hashes to (a corrupt source).
+    pub fn add_as(&self, digest: Digest, data: &[u8]) {
+        let mut blobs = self.blobs.lock().expect("lock");
+        blobs.insert(digest, Served::Bytes(data.to_vec()));
+    }
+
+    /// Serve `prefix` under `digest`, then end the stream with an error.
+    pub fn add_cut(&self, digest: Digest, prefix: &[u8]) {
+        let mut blobs = self.blobs.lock().expect("lock");
+        blobs.insert(digest, Served::CutAfter(prefix.to_vec()));
+    }
+
+    /// Every fetch so far, in order.
+    pub fn calls(&self) -> Vec<(ImageReference, Digest)> {
+        self.calls.lock().expect("lock").clone()
+    }
+
+    /// How many fetches asked for `digest`.
+    pub fn fetches_of(&self, digest: &Digest) -> usize {
+        let calls = self.calls.lock().expect("lock");
+        calls.iter().filter(|(_, d)| d == digest).count()
+    }
+}
+
+/// `data` cut into (at most) three chunks.
+fn chunked(data: &[u8]) -> Vec<Result<Bytes, RegistryError>> {
+    let step = data.len().div_ceil(3).max(1);
+    data.chunks(step)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect()
+}
+
+impl BlobSource for RecordingSource {
+    fn fetch<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        let calls = &self.calls;
+        calls
+            .lock()
+            .expect("lock")
+            .push((image.clone(), digest.clone()));
+        let served = self.blobs.lock().expect("lock").get(digest).cloned();
+        let url = format!("fake://{}/blobs/{digest}", image.repository);
+        Box::pin(async move {
+            let items = match served {
+                None => {
+                    return Err(RegistryError::Http {
+                        method: "GET".into(),
+                        url,
+                        repository: image.repository.clone(),
+                        status: 404,
+                        errors: vec![OciError {
+                            code: "BLOB_UNKNOWN".into(),
+                            message: "blob unknown to registry".into(),
+                            detail: None,
+                        }],
+                    });
+                }
+                Some(Served::Bytes(data)) => chunked(&data),
+                Some(Served::CutAfter(prefix)) => {
+                    let mut items = chunked(&prefix);
+                    items.push(Err(RegistryError::BadResponse {
+                        url,
+                        reason: "connection cut (fake)".into(),
+                    }));
+                    items
+                }
+            };
+            Ok(Box::pin(stream::iter(items)) as BlobStream)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::TryStreamExt;
+
+    #[tokio::test]
+    async fn recording_source_serves_records_and_404s() {
+        let src = RecordingSource::new();
+        let image: ImageReference = "127.0.0.1:5000/a/b:v1".parse().unwrap();
+        let d = src.add(b"hello world");
+        let got: Vec<Bytes> = src
+            .fetch(&image, &d)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(got.len() > 1);
+        assert_eq!(got.concat(), b"hello world");
+        let missing = Digest::of(b"nope");
+        let e = src.fetch(&image, &missing).await.err().unwrap();
+        assert!(e.is_not_found(), "{e}");
+        assert_eq!(src.fetches_of(&d), 1);
+        assert_eq!(src.calls().len(), 2);
+        assert_eq!(src.calls()[1].1, missing);
+    }
+}

@@ -14,4 +14,11 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 cargo build --workspace --all-targets --locked 2>&1 | tail -n 3
 # Two cores: the end-to-end tests start containerd and registries of their own; two test
 # threads keep them from starving each other.
-cargo test --workspace --locked -- --test-threads=2
+log=$(mktemp /tmp/shoal-test.XXXXXX)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked -- --test-threads=2 2>&1 | tee "$log" || status=$?
+# One closing line for the whole run (cargo prints one per test binary, the last of which is
+# often a crate's empty doc-test run).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"

@@ -178,6 +178,11 @@ impl Shoald {
         &self.socket
     }
 
+    /// The blob cache directory shoald gets when the test's config names none.
+    pub fn default_cache_dir(&self) -> PathBuf {
+        self.dir.path().join("blobs")
+    }
+
     /// The snapshotter's state directory (`--root`).
     pub fn root(&self) -> PathBuf {
         self.dir.path().join("root")

@@ -250,6 +250,88 @@ fn cri_pull_streams_every_layer_and_matches_containerd() -> Result<()> {
     Ok(())
 }
 
+/// How many blob GETs the registry served for `layer`.
+fn blob_gets(registry: &TestRegistry, layer: &Layer) -> usize {
+    let needle = format!("/blobs/{}", layer.digest);
+    registry
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"GET ") && l.contains(&needle))
+        .count()
+}
+
+#[test]
+fn a_second_pull_comes_from_the_blob_cache() -> Result<()> {
+    if skip_unless(TOOLS, true) {
+        return Ok(());
+    }
+    let work = tempfile::Builder::new()
+        .prefix("shoal-cri-remote-")
+        .tempdir_in(scratch_dir())?;
+    let layers = layers()?;
+    let registry = TestRegistry::start_anonymous()?;
+    let image = push(work.path(), &registry, "shoal/cache", &layers)?;
+    let node = CriContainerd::start_with_config(&[registry.addr()], &plain_http_config(&registry))?;
+    node.shoald_pull(&image, Duration::from_secs(120))?;
+    let first: Vec<usize> = layers.iter().map(|l| blob_gets(&registry, l)).collect();
+    assert!(
+        first.iter().all(|&n| n >= 1),
+        "{first:?}\n{}",
+        registry.log()
+    );
+
+    // shoald commits a blob to its cache just after the stream ends (hashed, fsynced,
+    // renamed): wait until all are there.
+    let cached = |l: &Layer| {
+        node.shoald()
+            .default_cache_dir()
+            .join(format!("sha256-{}", l.digest.hex()))
+            .is_file()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !layers.iter().all(cached) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "layers not cached: {:?}\n{}",
+            layers
+                .iter()
+                .filter(|l| !cached(l))
+                .map(|l| &l.digest)
+                .collect::<Vec<_>>(),
+            node.shoald().log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Image and snapshots gone (as after kubelet's image GC), the blobs still in the cache.
+    // CRI names the image three ways (tag, repo digest, image ID): remove them all.
+    let names = node.ctr(&["images", "ls", "-q"])?;
+    let mut rm = vec!["images", "rm", "--sync"];
+    rm.extend(names.split_whitespace());
+    node.ctr(&rm)?;
+    let chain = chain_ids(&layers);
+    let left: Vec<_> = node
+        .snapshots()?
+        .into_iter()
+        .filter(|(name, _, _)| chain.iter().any(|c| name.contains(c.as_str())))
+        .collect();
+    assert!(left.is_empty(), "snapshots left after image rm: {left:?}");
+
+    node.shoald_pull(&image, Duration::from_secs(120))?;
+    let second: Vec<usize> = layers.iter().map(|l| blob_gets(&registry, l)).collect();
+    assert_eq!(first, second, "the registry served layers again");
+    let log = node.shoald().log();
+    assert_eq!(
+        log.matches("remote layer committed").count(),
+        2 * layers.len(),
+        "{log}"
+    );
+    assert_committed(&node, &chain)?;
+    check_union(&node, work.path(), chain.last().unwrap())?;
+    assert!(layer_blobs_in_content_store(&node, &layers)?.is_empty());
+    Ok(())
+}
+
 #[test]
 fn unreachable_registry_falls_back_to_containerd() -> Result<()> {
     if skip_unless(TOOLS, true) {

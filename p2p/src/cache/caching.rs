@@ -86,14 +86,15 @@ impl<S> CachingSource<S> {
             }
             drop(rx);
             let Some(writer) = writer else { return };
-            if !done.load(Ordering::Acquire) {
-                tracing::debug!(%blob, "blob stream did not complete; not cached");
-                return;
-            }
+            // The digest decides, not how the stream ended: a consumer may stop polling after
+            // the last byte without waiting for the end of the stream (the unpacker does once
+            // the tar is done), and a cut or corrupt stream never hashes to the digest.
+            let complete = done.load(Ordering::Acquire);
             let bytes = writer.bytes_written();
             match writer.finish(&blob) {
                 Ok(()) => tracing::debug!(%blob, bytes, "blob cached"),
-                Err(e) => tracing::warn!(%blob, error = %e, "blob not cached"),
+                Err(e) if complete => tracing::warn!(%blob, error = %e, "blob not cached"),
+                Err(e) => tracing::debug!(%blob, error = %e, "blob stream cut short; not cached"),
             }
         });
         Box::pin(Tee {

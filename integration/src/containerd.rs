@@ -123,31 +123,53 @@ impl TestContainerd {
 
     /// Runs `ctr` against this containerd in [`NAMESPACE`], returning its stdout.
     pub fn ctr(&self, args: &[&str]) -> Result<String> {
+        self.ctr_in(NAMESPACE, args)
+    }
+
+    /// Runs `ctr` against this containerd in `namespace`, returning its stdout.
+    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Result<String> {
         let out = run(Command::new("ctr")
             .arg("--address")
             .arg(&self.address)
-            .args(["--namespace", NAMESPACE])
+            .args(["--namespace", namespace])
             .args(args))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// The overlayfs snapshot directories (`.../snapshots/N/fs`) of the committed chain that
-    /// ends in `top_chain_id`, bottom layer first, read from the mounts of a view on it.
+    /// The snapshot directories (`.../snapshots/N/fs`) of the committed chain that ends in
+    /// `top_chain_id` in [`NAMESPACE`], bottom layer first ([`Self::layer_dirs_in`]).
     pub fn layer_dirs(&self, snapshotter: &str, top_chain_id: &str) -> Result<Vec<PathBuf>> {
-        let key = format!("shoal-compare-{}", std::process::id());
+        self.layer_dirs_in(NAMESPACE, snapshotter, top_chain_id)
+    }
+
+    /// The snapshot directories of the committed chain that ends in `top_chain_id` in
+    /// `namespace`, bottom layer first, read from the mounts of a view on it.
+    pub fn layer_dirs_in(
+        &self,
+        namespace: &str,
+        snapshotter: &str,
+        top_chain_id: &str,
+    ) -> Result<Vec<PathBuf>> {
+        let key = format!("shoal-layer-dirs-{}", std::process::id());
         // `view --target` prints the mounts in the same call: containerd's garbage collector
         // may remove an unreferenced view at any moment after it is made.
-        let mounts = self.ctr(&[
-            "snapshots",
-            "--snapshotter",
-            snapshotter,
-            "view",
-            "--target",
-            "/nonexistent",
-            &key,
-            top_chain_id,
-        ])?;
-        let _ = self.ctr(&["snapshots", "--snapshotter", snapshotter, "rm", &key]);
+        let mounts = self.ctr_in(
+            namespace,
+            &[
+                "snapshots",
+                "--snapshotter",
+                snapshotter,
+                "view",
+                "--target",
+                "/nonexistent",
+                &key,
+                top_chain_id,
+            ],
+        )?;
+        let _ = self.ctr_in(
+            namespace,
+            &["snapshots", "--snapshotter", snapshotter, "rm", &key],
+        );
         parse_view_mounts(&mounts)
     }
 }

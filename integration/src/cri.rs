@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 
-use crate::containerd::{parse_view_mounts, scratch_dir, ContainerdConfig, TestContainerd};
+use crate::containerd::{scratch_dir, ContainerdConfig, TestContainerd};
 use crate::tools::run;
 
 /// The containerd namespace CRI keeps its images and snapshots in.
@@ -300,12 +300,7 @@ impl CriContainerd {
 
     /// Runs `ctr` against this containerd in [`CRI_NAMESPACE`], returning its stdout.
     pub fn ctr(&self, args: &[&str]) -> Result<String> {
-        let out = run(Command::new("ctr")
-            .arg("--address")
-            .arg(self.containerd.address())
-            .args(["--namespace", CRI_NAMESPACE])
-            .args(args))?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.containerd.ctr_in(CRI_NAMESPACE, args)
     }
 
     /// Digests of the blobs in containerd's content store ([`CRI_NAMESPACE`]).
@@ -418,10 +413,8 @@ impl CriContainerd {
 
     /// The snapshot directories of the committed chain ending in `chain_id`, bottom first.
     pub fn layer_dirs(&self, chain_id: &str) -> Result<Vec<PathBuf>> {
-        let key = format!("shoal-cri-dirs-{}", std::process::id());
-        let mounts = self.view(&key, chain_id, "/nonexistent");
-        self.remove(&key);
-        parse_view_mounts(&mounts?)
+        self.containerd
+            .layer_dirs_in(CRI_NAMESPACE, SNAPSHOTTER, chain_id)
     }
 }
 

@@ -111,11 +111,9 @@ fn push(work: &Path, registry: &TestRegistry, repo: &str, layers: &[Layer]) -> R
     Ok(format!("{}/{repo}:v1", registry.addr()))
 }
 
-fn plain_http_config(registry: &TestRegistry) -> String {
-    format!(
-        "[registry.hosts.\"{}\"]\nplain_http = true\n[unpack]\nconcurrency = 3\n",
-        registry.addr()
-    )
+/// shoald's config for a plain-HTTP registry at `addr`.
+fn plain_http_config(addr: &str) -> String {
+    format!("[registry.hosts.\"{addr}\"]\nplain_http = true\n[unpack]\nconcurrency = 3\n")
 }
 
 /// Layer blobs containerd's content store (k8s.io) holds, of `layers`.
@@ -195,7 +193,8 @@ fn cri_pull_streams_every_layer_and_matches_containerd() -> Result<()> {
     let registry = TestRegistry::start_anonymous()?;
     let image = push(work.path(), &registry, "shoal/remote", &layers)?;
 
-    let node = CriContainerd::start_with_config(&[registry.addr()], &plain_http_config(&registry))?;
+    let node =
+        CriContainerd::start_with_config(&[registry.addr()], &plain_http_config(&registry.addr()))?;
     let out = node.shoald_pull(&image, Duration::from_secs(120))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains(&format!("pulled {image}")), "{stdout}");
@@ -271,7 +270,8 @@ fn a_second_pull_comes_from_the_blob_cache() -> Result<()> {
     let layers = layers()?;
     let registry = TestRegistry::start_anonymous()?;
     let image = push(work.path(), &registry, "shoal/cache", &layers)?;
-    let node = CriContainerd::start_with_config(&[registry.addr()], &plain_http_config(&registry))?;
+    let node =
+        CriContainerd::start_with_config(&[registry.addr()], &plain_http_config(&registry.addr()))?;
     node.shoald_pull(&image, Duration::from_secs(120))?;
     let first: Vec<usize> = layers.iter().map(|l| blob_gets(&registry, l)).collect();
     assert!(
@@ -385,8 +385,8 @@ fn corrupted_blob_falls_back_to_containerd() -> Result<()> {
     // Both shoald and containerd pull through the proxy; only shoald's bytes are corrupted.
     let proxy = TamperProxy::start(&registry.addr(), "shoal/")?;
     let image = format!("{}/shoal/tamper:v1", proxy.addr());
-    let config = format!("[registry.hosts.\"{}\"]\nplain_http = true\n", proxy.addr());
-    let node = CriContainerd::start_with_config(&[proxy.addr()], &config)?;
+    let node =
+        CriContainerd::start_with_config(&[proxy.addr()], &plain_http_config(&proxy.addr()))?;
     node.shoald_pull(&image, Duration::from_secs(120))?;
     assert!(proxy.corrupted() >= 1, "shoald never fetched the blob");
     let log = node.shoald().log();
@@ -435,7 +435,8 @@ fn hostile_layer_is_refused_and_containerd_decides() -> Result<()> {
     let image = push(work.path(), &registry, "shoal/hostile", &layers)?;
     let passwd_before = std::fs::read("/etc/passwd")?;
 
-    let node = CriContainerd::start_with_config(&[registry.addr()], &plain_http_config(&registry))?;
+    let node =
+        CriContainerd::start_with_config(&[registry.addr()], &plain_http_config(&registry.addr()))?;
     let pulled = node.shoald_pull(&image, Duration::from_secs(120));
     let log = node.shoald().log();
     assert!(
@@ -475,7 +476,7 @@ fn shoald_killed_during_a_pull_recovers() -> Result<()> {
     let registry = TestRegistry::start_anonymous()?;
     let image = push(work.path(), &registry, "shoal/restart", &layers)?;
     let mut node =
-        CriContainerd::start_with_config(&[registry.addr()], &plain_http_config(&registry))?;
+        CriContainerd::start_with_config(&[registry.addr()], &plain_http_config(&registry.addr()))?;
 
     // Start a pull, kill shoald as soon as it has committed a layer, start it again.
     let bin = shoal_integration::cri::shoald_binary()?;

@@ -15,9 +15,11 @@
 //!   breaks a blob being served. [`BlobCache::get`] opens the file under the index lock.
 //! - All methods are blocking (small file-system calls); call them from blocking threads.
 //!
-//! [`CachingSource`] puts a cache in front of another [`crate::source::BlobSource`].
+//! [`CachingSource`] puts a cache in front of another [`crate::source::BlobSource`];
+//! [`PartialFile`] assembles a blob out of order (the swarm's chunks) and commits it.
 
 mod caching;
+mod partial;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -28,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 pub use caching::CachingSource;
+pub use partial::PartialFile;
 
 use crate::digest::{Digest, Hasher};
 use crate::registry::RegistryError;
@@ -242,12 +245,7 @@ impl BlobCache {
     /// A writer for a new blob: write its bytes, then [`CacheWriter::finish`] with the
     /// digest they must hash to. Dropped unfinished, it leaves nothing.
     pub fn writer(&self) -> Result<CacheWriter, RegistryError> {
-        let seq = self.inner.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .inner
-            .dir
-            .join(TMP_DIR)
-            .join(format!("{}-{seq}", std::process::id()));
+        let tmp = self.tmp_path();
         let file = File::create(&tmp).map_err(cache_err(&tmp))?;
         Ok(CacheWriter {
             cache: self.clone(),
@@ -256,6 +254,35 @@ impl BlobCache {
             hasher: Hasher::new(),
             bytes: 0,
         })
+    }
+
+    /// A fresh file name under `DIR/tmp/`.
+    fn tmp_path(&self) -> PathBuf {
+        let seq = self.inner.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .dir
+            .join(TMP_DIR)
+            .join(format!("{}-{seq}", std::process::id()))
+    }
+
+    /// Renames the synced, verified file `tmp` (`size` bytes of blob `expected`) to its
+    /// digest name under the index lock, then evicts to fit. A blob already cached is just
+    /// marked used and `tmp` removed.
+    fn commit_tmp(&self, tmp: &Path, expected: &Digest, size: u64) -> Result<(), RegistryError> {
+        let mut state = self.inner.state.lock().expect("lock");
+        if state.entries.contains_key(expected) {
+            state.touch(expected);
+            let _ = std::fs::remove_file(tmp);
+            return Ok(());
+        }
+        let path = self.path_of(expected);
+        if let Err(e) = std::fs::rename(tmp, &path) {
+            let _ = std::fs::remove_file(tmp);
+            return Err(cache_err(&path)(e));
+        }
+        state.insert(expected.clone(), size);
+        self.evict(&mut state, Some(expected));
+        Ok(())
     }
 
     /// Removes least recently used blobs (never `keep`) until the total fits the limit.
@@ -333,21 +360,7 @@ impl CacheWriter {
             let _ = std::fs::remove_file(&self.tmp);
             return Err(cache_err(&self.tmp)(e));
         }
-        let cache = &self.cache;
-        let mut state = cache.inner.state.lock().expect("lock");
-        if state.entries.contains_key(expected) {
-            state.touch(expected);
-            let _ = std::fs::remove_file(&self.tmp);
-            return Ok(());
-        }
-        let path = cache.path_of(expected);
-        if let Err(e) = std::fs::rename(&self.tmp, &path) {
-            let _ = std::fs::remove_file(&self.tmp);
-            return Err(cache_err(&path)(e));
-        }
-        state.insert(expected.clone(), self.bytes);
-        cache.evict(&mut state, Some(expected));
-        Ok(())
+        self.cache.commit_tmp(&self.tmp, expected, self.bytes)
     }
 }
 

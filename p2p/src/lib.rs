@@ -8,12 +8,24 @@
 //! - [`registry`]: the OCI distribution client (resolve, auth, blob streams); the registry is
 //!   one more chunk source for the swarm.
 //! - [`source`]: the [`source::BlobSource`] seam (where whole blobs come from) and its fake.
+//! - [`metrics`]: Prometheus metrics of the swarm (download and upload sides).
+//! - [`peer`]: the peer protocol: the chunk server every node (and the registry extension's
+//!   seeder) runs, and the client that fetches chunks from it.
+//! - [`swarm`]: the node's swarm download: chunk store, scheduler, and the
+//!   [`source::BlobSource`] that feeds the unpacker in order while chunks arrive.
+//! - [`tls`]: mutual TLS against the cluster CA (or explicit plaintext for tests).
+//! - [`tracker`]: the tracker protocol and the node's tracker client.
 
 pub mod cache;
 pub mod chunk;
 pub mod digest;
+pub mod metrics;
+pub mod peer;
 pub mod reference;
 pub mod registry;
 pub mod source;
+pub mod swarm;
+pub mod tls;
+pub mod tracker;
 
 pub use digest::{Digest, Hasher};

@@ -2,6 +2,7 @@
 //! front of it, and later the swarm), with a recording fake for tests.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -22,6 +23,15 @@ pub trait BlobSource: Send + Sync {
         image: &'a ImageReference,
         digest: &'a Digest,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>>;
+
+    /// The bytes `range` of blob `digest` (HTTP Range from a registry), as they arrive; a
+    /// stream that ends short of the range ends with an error.
+    fn fetch_range<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        range: Range<u64>,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>>;
 }
 
 impl BlobSource for RegistryClient {
@@ -31,6 +41,34 @@ impl BlobSource for RegistryClient {
         digest: &'a Digest,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
         Box::pin(self.blob(image, digest, None))
+    }
+
+    fn fetch_range<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        range: Range<u64>,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        Box::pin(self.blob(image, digest, Some(range)))
+    }
+}
+
+impl<T: BlobSource + ?Sized> BlobSource for std::sync::Arc<T> {
+    fn fetch<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        (**self).fetch(image, digest)
+    }
+
+    fn fetch_range<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        range: Range<u64>,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        (**self).fetch_range(image, digest, range)
     }
 }
 
@@ -49,6 +87,7 @@ enum Served {
 pub struct RecordingSource {
     blobs: Mutex<HashMap<Digest, Served>>,
     calls: Mutex<Vec<(ImageReference, Digest)>>,
+    ranges: Mutex<Vec<(Digest, Range<u64>)>>,
 }
 
 impl RecordingSource {
@@ -78,6 +117,21 @@ impl RecordingSource {
     /// Every fetch so far, in order.
     pub fn calls(&self) -> Vec<(ImageReference, Digest)> {
         self.calls.lock().expect("lock").clone()
+    }
+
+    /// Every range fetch so far, in order.
+    pub fn range_calls(&self) -> Vec<(Digest, Range<u64>)> {
+        self.ranges.lock().expect("lock").clone()
+    }
+
+    /// Bytes served by range fetches of `digest`.
+    pub fn range_bytes_of(&self, digest: &Digest) -> u64 {
+        let ranges = self.ranges.lock().expect("lock");
+        ranges
+            .iter()
+            .filter(|(d, _)| d == digest)
+            .map(|(_, r)| r.end - r.start)
+            .sum()
     }
 
     /// How many fetches asked for `digest`.
@@ -134,6 +188,38 @@ impl BlobSource for RecordingSource {
                 }
             };
             Ok(Box::pin(stream::iter(items)) as BlobStream)
+        })
+    }
+
+    fn fetch_range<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        range: Range<u64>,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        self.ranges
+            .lock()
+            .expect("lock")
+            .push((digest.clone(), range.clone()));
+        let served = self.blobs.lock().expect("lock").get(digest).cloned();
+        Box::pin(async move {
+            let range_err = |reason: &str| RegistryError::Range {
+                repository: image.repository.clone(),
+                digest: digest.clone(),
+                start: range.start,
+                end: range.end,
+                reason: reason.into(),
+            };
+            let data = match served {
+                Some(Served::Bytes(data)) => data,
+                Some(Served::CutAfter(_)) => return Err(range_err("connection cut (fake)")),
+                None => return Err(range_err("blob unknown (fake)")),
+            };
+            let (start, end) = (range.start as usize, range.end as usize);
+            if start > end || end > data.len() {
+                return Err(range_err("past the end (fake)"));
+            }
+            Ok(Box::pin(stream::iter(chunked(&data[start..end]))) as BlobStream)
         })
     }
 }

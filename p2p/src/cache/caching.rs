@@ -126,6 +126,16 @@ impl<S: BlobSource> BlobSource for CachingSource<S> {
             Ok(self.tee(stream, digest.clone()))
         })
     }
+
+    /// Ranges are passed to `inner` (a part of a blob is never cached).
+    fn fetch_range<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        range: std::ops::Range<u64>,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        self.inner.fetch_range(image, digest, range)
+    }
 }
 
 /// Counts one cache write in flight while it lives.

@@ -114,6 +114,10 @@ pub enum RegistryError {
     #[error("bad response from {url}: {reason}")]
     BadResponse { url: String, reason: String },
 
+    /// The swarm could not deliver blob `digest` (every source failed).
+    #[error("swarm fetch of blob {digest}: {reason}")]
+    Swarm { digest: Digest, reason: String },
+
     /// The on-disk blob cache ([`crate::cache::BlobCache`]) failed at `path`.
     #[error("blob cache {path:?}: {source}")]
     Cache {

@@ -1,0 +1,174 @@
+//! [`PartialFile`]: a blob assembled out of order in the cache's `tmp/` (the swarm writes
+//! each verified chunk at its offset), hashed in order as its prefix fills, and committed
+//! under its digest only when every byte is there and the whole hashes to the digest.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use super::{cache_err, BlobCache};
+use crate::digest::{Digest, Hasher};
+use crate::registry::RegistryError;
+
+/// Bytes hashed per read while the in-order hash catches up.
+const HASH_READ: usize = 1 << 20;
+
+/// A blob being assembled in the cache's `tmp/`. Dropped uncommitted, it leaves nothing.
+pub struct PartialFile {
+    cache: BlobCache,
+    file: File,
+    tmp: PathBuf,
+    size: u64,
+    /// The sha256 of bytes `0..hashed.1`.
+    hashed: Mutex<(Hasher, u64)>,
+    committed: bool,
+}
+
+impl BlobCache {
+    /// A new, empty blob of `size` bytes to fill with [`PartialFile::write_at`]. Fails when
+    /// the blob is larger than the whole cache.
+    pub fn partial(&self, size: u64) -> Result<PartialFile, RegistryError> {
+        let tmp = self.tmp_path();
+        if size > self.inner.max_bytes {
+            return Err(cache_err(&tmp)(std::io::Error::other(format!(
+                "blob of {size} bytes larger than the cache's {} byte limit",
+                self.inner.max_bytes
+            ))));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(cache_err(&tmp))?;
+        let partial = PartialFile {
+            cache: self.clone(),
+            file,
+            tmp,
+            size,
+            hashed: Mutex::new((Hasher::new(), 0)),
+            committed: false,
+        };
+        partial
+            .file
+            .set_len(size)
+            .map_err(cache_err(&partial.tmp))?;
+        Ok(partial)
+    }
+}
+
+impl PartialFile {
+    /// The blob's size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The file, for reading ranges already written (`read_at`, or `try_clone` to hand out).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Writes `data` at `offset` (blocking). The range must lie within the blob.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), RegistryError> {
+        if offset + data.len() as u64 > self.size {
+            return Err(cache_err(&self.tmp)(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "write of {} bytes at {offset} past the blob's {} bytes",
+                    data.len(),
+                    self.size
+                ),
+            )));
+        }
+        self.file
+            .write_all_at(data, offset)
+            .map_err(cache_err(&self.tmp))
+    }
+
+    /// Extends the in-order hash over bytes `..upto`, which the caller has written (blocking;
+    /// reads them back, normally from the page cache). Returns how far the hash now reaches.
+    pub fn hash_upto(&self, upto: u64) -> Result<u64, RegistryError> {
+        let upto = upto.min(self.size);
+        let mut hashed = self.hashed.lock().expect("lock");
+        let mut buf = vec![0u8; HASH_READ];
+        while hashed.1 < upto {
+            let n = ((upto - hashed.1) as usize).min(HASH_READ);
+            self.file
+                .read_exact_at(&mut buf[..n], hashed.1)
+                .map_err(cache_err(&self.tmp))?;
+            hashed.0.update(&buf[..n]);
+            hashed.1 += n as u64;
+        }
+        Ok(hashed.1)
+    }
+
+    /// Hashes whatever is left, then keeps the blob under `expected` if the whole hashes to
+    /// it; otherwise removes it and fails. Open descriptors of the file stay valid.
+    pub fn commit(mut self, expected: &Digest) -> Result<(), RegistryError> {
+        self.hash_upto(self.size)?;
+        let actual = self.hashed.lock().expect("lock").0.clone().finish();
+        if actual != *expected {
+            return Err(cache_err(&self.tmp)(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("content is {actual}, not {expected}; not kept"),
+            )));
+        }
+        self.file.sync_all().map_err(cache_err(&self.tmp))?;
+        self.committed = true;
+        self.cache.commit_tmp(&self.tmp, expected, self.size)
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_order_writes_commit_when_the_whole_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::open(dir.path(), 1 << 20).unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+        let digest = Digest::of(&data);
+        let p = cache.partial(data.len() as u64).unwrap();
+        p.write_at(200_000, &data[200_000..]).unwrap();
+        p.write_at(0, &data[..100_000]).unwrap();
+        assert_eq!(p.hash_upto(100_000).unwrap(), 100_000);
+        p.write_at(100_000, &data[100_000..200_000]).unwrap();
+        assert!(p.write_at(299_999, b"xx").is_err());
+        assert_eq!(p.hash_upto(200_000).unwrap(), 200_000);
+        p.commit(&digest).unwrap();
+        assert!(cache.contains(&digest));
+        let got = std::fs::read(cache.path_of(&digest)).unwrap();
+        assert_eq!(got, data);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_wrong_whole_or_an_abandoned_file_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::open(dir.path(), 1 << 20).unwrap();
+        let p = cache.partial(4).unwrap();
+        p.write_at(0, b"abcd").unwrap();
+        let e = p.commit(&Digest::of(b"abce")).unwrap_err();
+        assert!(e.to_string().contains("sha256"), "{e}");
+        drop(cache.partial(10).unwrap());
+        assert!(cache.is_empty());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+        assert!(cache.partial(2 << 20).is_err());
+    }
+}

@@ -1,0 +1,89 @@
+//! The peer protocol: every node (and the registry extension's seeder) serves the chunks it
+//! holds; other nodes fetch them by byte range.
+//!
+//! Wire (HTTP/1.1 over mutual TLS, see [`crate::tls`]):
+//! `GET /v1/blobs/<digest>` with `Range: bytes=<first>-<last>` (one range, required) answers
+//! - `206` with exactly those bytes when every byte of the range is held and verified;
+//! - `404` when the node does not hold the whole range;
+//! - `503` with `Retry-After: 1` when all upload slots are busy (the client goes elsewhere);
+//! - `400`/`416` for a missing or malformed range.
+//!
+//! Error bodies are [`crate::tracker::proto::ErrorBody`] JSON.
+//!
+//! The server side is [`router`] (serving from a [`ChunkProvider`], e.g. the
+//! [`crate::cache::BlobCache`]), limited by [`UploadLimits`] and measured by [`UploadMeter`];
+//! the client side is [`PeerClient`], a [`PeerFetcher`].
+//!
+//! A `416` answers a range past the end of a blob the node holds. The server tells it apart
+//! from "not held" by asking the provider about empty ranges: a provider that knows the blob
+//! answers `0..0` and `n..n` with `Some` for every `n` up to the blob's size.
+
+mod client;
+mod limit;
+mod server;
+#[cfg(test)]
+pub(crate) mod test_pki;
+#[cfg(test)]
+mod tests;
+
+pub use client::PeerClient;
+pub(crate) use client::{error_chain, error_text};
+pub use limit::UploadMeter;
+pub use server::{router, UploadLimits};
+
+use std::net::SocketAddr;
+use std::ops::Range;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+use crate::digest::Digest;
+
+/// Bytes a node holds of a blob, ready to send.
+pub enum Held {
+    /// `len` bytes of `file` from `offset` (a cached or partial blob file).
+    File {
+        file: std::fs::File,
+        offset: u64,
+        len: u64,
+    },
+    /// Bytes in memory.
+    Bytes(Bytes),
+}
+
+/// What a chunk server serves from: the node's blob cache, its downloads in progress, or both.
+pub trait ChunkProvider: Send + Sync {
+    /// The bytes `range` of blob `digest` if every one of them is held and verified, else
+    /// `None`. Blocking (small file-system calls): called from a blocking thread.
+    fn open(&self, digest: &Digest, range: Range<u64>) -> Option<Held>;
+}
+
+/// Why a chunk could not be fetched from a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("peer {peer}: busy")]
+    Busy { peer: SocketAddr },
+    #[error("peer {peer}: does not hold {digest} bytes {start}..{end}")]
+    NotHeld {
+        peer: SocketAddr,
+        digest: Digest,
+        start: u64,
+        end: u64,
+    },
+    #[error("peer {peer}: {reason}")]
+    Transport { peer: SocketAddr, reason: String },
+    #[error("peer {peer}: bad response: {reason}")]
+    BadResponse { peer: SocketAddr, reason: String },
+}
+
+/// Fetches byte ranges of blobs from peers.
+pub trait PeerFetcher: Send + Sync {
+    /// Exactly the bytes `range` of blob `digest` from the peer at `peer` (unverified: the
+    /// caller checks them against the chunk manifest).
+    fn fetch<'a>(
+        &'a self,
+        peer: SocketAddr,
+        digest: &'a Digest,
+        range: Range<u64>,
+    ) -> BoxFuture<'a, Result<Bytes, PeerError>>;
+}

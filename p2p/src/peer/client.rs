@@ -1,0 +1,158 @@
+//! The chunk client: fetches one byte range of a blob from a peer's chunk server.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use reqwest::header;
+use reqwest::StatusCode;
+
+use super::{PeerError, PeerFetcher};
+use crate::digest::Digest;
+use crate::tls::{TlsError, Transport};
+use crate::tracker::proto::ErrorBody;
+
+/// Most bytes of an error answer read to explain it.
+const MAX_ERROR_BODY: usize = 4096;
+/// Most bytes reserved up front for a body (a chunk is at most 64 MiB).
+const MAX_PREALLOC: u64 = crate::chunk::MAX_CHUNK_SIZE;
+
+/// Fetches chunks from peers' chunk servers over the swarm [`Transport`].
+#[derive(Clone, Debug)]
+pub struct PeerClient {
+    http: reqwest::Client,
+    scheme: &'static str,
+}
+
+/// `error` and its sources, `: `-separated (reqwest's own message hides the TLS cause).
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = e.source();
+    }
+    text
+}
+
+/// The `error` of an [`ErrorBody`] answer, or the start of the body as text.
+pub(crate) fn error_text(body: &[u8]) -> String {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => b.error,
+        Err(_) => String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+    }
+}
+
+impl PeerClient {
+    /// A client presenting this node's certificate (or plaintext, if `transport` is), giving
+    /// up on a connection after `connect_timeout` and on a whole request after
+    /// `request_timeout`.
+    pub fn new(
+        transport: &Transport,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Result<Self, TlsError> {
+        Ok(Self {
+            http: transport.http_client(connect_timeout, request_timeout)?,
+            scheme: transport.scheme(),
+        })
+    }
+
+    async fn fetch_range(
+        &self,
+        peer: SocketAddr,
+        digest: &Digest,
+        range: Range<u64>,
+    ) -> Result<Bytes, PeerError> {
+        if range.start >= range.end {
+            return Ok(Bytes::new());
+        }
+        let len = range.end - range.start;
+        let last = range.end - 1;
+        let url = format!("{}://{peer}/v1/blobs/{digest}", self.scheme);
+        let transport = |e: reqwest::Error| PeerError::Transport {
+            peer,
+            reason: format!(
+                "{digest} bytes {}..{}: {}",
+                range.start,
+                range.end,
+                error_chain(&e)
+            ),
+        };
+        let bad = |reason: String| PeerError::BadResponse {
+            peer,
+            reason: format!("{digest} bytes {}..{}: {reason}", range.start, range.end),
+        };
+        let mut response = self
+            .http
+            .get(&url)
+            .header(header::RANGE, format!("bytes={}-{last}", range.start))
+            .send()
+            .await
+            .map_err(transport)?;
+        match response.status() {
+            StatusCode::PARTIAL_CONTENT => {}
+            StatusCode::SERVICE_UNAVAILABLE => return Err(PeerError::Busy { peer }),
+            StatusCode::NOT_FOUND => {
+                return Err(PeerError::NotHeld {
+                    peer,
+                    digest: digest.clone(),
+                    start: range.start,
+                    end: range.end,
+                })
+            }
+            status => {
+                let mut body = Vec::new();
+                while body.len() < MAX_ERROR_BODY {
+                    match response.chunk().await {
+                        Ok(Some(c)) => body.extend_from_slice(&c),
+                        _ => break,
+                    }
+                }
+                return Err(bad(format!("status {status}: {}", error_text(&body))));
+            }
+        }
+        let content_range = response
+            .headers()
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| bad("206 without a Content-Range".into()))?;
+        let want = format!("bytes {}-{last}/", range.start);
+        if !content_range.starts_with(&want) {
+            return Err(bad(format!("Content-Range {content_range:?}")));
+        }
+        if let Some(length) = response.content_length() {
+            if length != len {
+                return Err(bad(format!("Content-Length {length}, {len} asked")));
+            }
+        }
+        let mut body = BytesMut::with_capacity(len.min(MAX_PREALLOC) as usize);
+        while let Some(piece) = response.chunk().await.map_err(transport)? {
+            if body.len() as u64 + piece.len() as u64 > len {
+                return Err(bad(format!("more than the {len} bytes asked")));
+            }
+            body.extend_from_slice(&piece);
+        }
+        if body.len() as u64 != len {
+            return Err(bad(format!("{} bytes, {len} asked", body.len())));
+        }
+        Ok(body.freeze())
+    }
+}
+
+impl PeerFetcher for PeerClient {
+    fn fetch<'a>(
+        &'a self,
+        peer: SocketAddr,
+        digest: &'a Digest,
+        range: Range<u64>,
+    ) -> BoxFuture<'a, Result<Bytes, PeerError>> {
+        Box::pin(self.fetch_range(peer, digest, range))
+    }
+}

@@ -1,0 +1,433 @@
+//! The node side of the swarm (DESIGN "Swarm"): [`Swarm`] is a [`BlobSource`] that fetches a
+//! layer blob chunk by chunk from peers and the registry, and streams it in order to the
+//! unpacker while chunks arrive.
+//!
+//! - A blob already in the node's [`BlobCache`] is served from there.
+//! - Otherwise the blob's chunk manifest comes from the trackers (the registry extension); a
+//!   [`download::Download`] assembles the blob in a [`crate::cache::PartialFile`] and is
+//!   shared by every concurrent fetch of the same digest (one download per blob per node).
+//!   The [`scheduler`] fetches chunks from peers (several in flight per peer and across
+//!   peers; in order near the reader, rarest first further ahead; overdue chunks re-asked
+//!   elsewhere) and from the registry (HTTP Range, merged) for chunks no peer holds. Every
+//!   chunk is checked against the manifest; a peer that sends a bad chunk is dropped for the
+//!   blob. The whole blob is checked against its digest before it is committed to the cache.
+//! - Chunks are announced to the trackers as they arrive, so a half-done node seeds too; the
+//!   node's chunk server ([`crate::peer::router`]) serves them through [`Swarm`]'s
+//!   [`ChunkProvider`] implementation (downloads in progress, then the cache).
+//! - If the trackers cannot give a manifest (down, unreachable, no manifest), the blob is
+//!   fetched whole from the registry and cached, as without a swarm: the swarm can only make
+//!   pulls faster, never break them.
+
+mod download;
+mod scheduler;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::{Notify, OnceCell};
+
+use crate::cache::{BlobCache, CachingSource};
+use crate::chunk::ChunkManifest;
+use crate::digest::Digest;
+use crate::metrics::SwarmMetrics;
+use crate::peer::{ChunkProvider, Held, PeerFetcher};
+use crate::reference::ImageReference;
+use crate::registry::{BlobStream, RegistryError};
+use crate::source::BlobSource;
+use crate::tracker::{Announce, BlobHave, ChunkSet, Tracker, UploadStats};
+use download::Download;
+
+/// Subdirectory of the cache directory holding the chunk manifests of cached blobs, so a
+/// restarted node announces (seeds) what it already holds.
+const MANIFEST_DIR: &str = "chunk-manifests";
+
+/// How the node's downloads behave. Every field has a default ([`SwarmConfig::new`]).
+#[derive(Debug, Clone)]
+pub struct SwarmConfig {
+    /// This node's unique name, announced to the trackers.
+    pub node_name: String,
+    /// Where this node's chunk server is reachable by peers.
+    pub advertise: SocketAddr,
+    /// Chunks asked of one peer at once, per blob. Default 2.
+    pub per_peer_in_flight: usize,
+    /// Chunk requests in flight per blob, peers and registry together. Default 8.
+    pub in_flight: usize,
+    /// Registry range requests in flight per blob. Default 2.
+    pub registry_in_flight: usize,
+    /// Most bytes in one merged registry range request. Default 16 MiB.
+    pub max_registry_range: u64,
+    /// Chunks just past the reader fetched in order (when other peers hold them). Default 2.
+    pub near_window: usize,
+    /// Announce at least this often. Default 1 s.
+    pub announce_interval: Duration,
+    /// Ask the trackers for peers this often while a blob downloads. Default 500 ms.
+    pub peer_refresh: Duration,
+    /// How long to wait for a chunk manifest before fetching the blob whole from the
+    /// registry. Default 30 s.
+    pub manifest_timeout: Duration,
+}
+
+impl SwarmConfig {
+    /// Defaults for a node called `node_name` reachable at `advertise`.
+    pub fn new(node_name: impl Into<String>, advertise: SocketAddr) -> Self {
+        Self {
+            node_name: node_name.into(),
+            advertise,
+            per_peer_in_flight: 2,
+            in_flight: 8,
+            registry_in_flight: 2,
+            max_registry_range: 16 << 20,
+            near_window: 2,
+            announce_interval: Duration::from_secs(1),
+            peer_refresh: Duration::from_millis(500),
+            manifest_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A download starting or running: `None` inside once the swarm cannot be used for it.
+type DownloadSlot = Arc<OnceCell<Option<Arc<Download>>>>;
+
+/// Reads the chunk server's upload stats.
+type UploadStatsFn = Box<dyn Fn() -> UploadStats + Send + Sync>;
+
+/// The node's swarm: a [`BlobSource`] and a [`ChunkProvider`]. Cloning shares it.
+#[derive(Clone)]
+pub struct Swarm {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: SwarmConfig,
+    pub(crate) tracker: Arc<dyn Tracker>,
+    pub(crate) peers: Arc<dyn PeerFetcher>,
+    /// The registry, for ranges (the swarm's last resort per chunk).
+    pub(crate) registry: Arc<dyn BlobSource>,
+    /// The registry behind the cache: whole blobs when the swarm cannot be used.
+    fallback: CachingSource<Arc<dyn BlobSource>>,
+    pub(crate) cache: BlobCache,
+    pub(crate) metrics: SwarmMetrics,
+    /// Downloads in progress (or starting), by digest.
+    downloads: Mutex<HashMap<Digest, DownloadSlot>>,
+    /// Chunk counts of cached blobs whose manifest is known, for announcing them.
+    seeded: Mutex<HashMap<Digest, u32>>,
+    /// Upload stats reported with each announce.
+    upload_stats: Mutex<Option<UploadStatsFn>>,
+    /// Wakes the announcer (a chunk arrived).
+    pub(crate) announce_now: Notify,
+    /// Throughput seen from each peer (bytes/s, smoothed), across blobs.
+    pub(crate) peer_speed: Mutex<HashMap<SocketAddr, f64>>,
+}
+
+impl Swarm {
+    /// A swarm that fetches through `peers` and `registry`, asks `tracker`, and keeps blobs in
+    /// `cache`. Call [`Swarm::run_announcer`] in a task for it to announce.
+    pub fn new(
+        config: SwarmConfig,
+        tracker: Arc<dyn Tracker>,
+        peers: Arc<dyn PeerFetcher>,
+        registry: Arc<dyn BlobSource>,
+        cache: BlobCache,
+        metrics: SwarmMetrics,
+    ) -> Self {
+        let seeded = load_seeded(&cache);
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                tracker,
+                peers,
+                fallback: CachingSource::new(registry.clone(), cache.clone()),
+                registry,
+                cache,
+                metrics,
+                downloads: Mutex::new(HashMap::new()),
+                seeded: Mutex::new(seeded),
+                upload_stats: Mutex::new(None),
+                announce_now: Notify::new(),
+                peer_speed: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Reports `stats` (the chunk server's upload meter) with every announce.
+    pub fn set_upload_stats(&self, stats: impl Fn() -> UploadStats + Send + Sync + 'static) {
+        *self.inner.upload_stats.lock().expect("lock") = Some(Box::new(stats));
+    }
+
+    /// The node's blob cache.
+    pub fn cache(&self) -> &BlobCache {
+        &self.inner.cache
+    }
+
+    /// The announce this node would send now: every download in progress with the chunks it
+    /// holds, and every cached blob whose manifest is known.
+    pub fn announcement(&self) -> Announce {
+        let mut blobs: HashMap<Digest, BlobHave> = HashMap::new();
+        {
+            let seeded = self.inner.seeded.lock().expect("lock");
+            for (digest, &chunks) in seeded.iter() {
+                if self.inner.cache.contains(digest) {
+                    let have = BlobHave::new(digest.clone(), &ChunkSet::full(chunks));
+                    blobs.insert(digest.clone(), have);
+                }
+            }
+        }
+        for download in self.active_downloads() {
+            let held = download.held();
+            if held.count() > 0 {
+                blobs.insert(
+                    download.digest().clone(),
+                    BlobHave::new(download.digest().clone(), &held),
+                );
+            }
+        }
+        let upload = match &*self.inner.upload_stats.lock().expect("lock") {
+            Some(stats) => stats(),
+            None => UploadStats::default(),
+        };
+        let mut blobs: Vec<BlobHave> = blobs.into_values().collect();
+        blobs.sort_by(|a, b| a.digest.hex().cmp(b.digest.hex()));
+        Announce {
+            peer_id: self.inner.config.node_name.clone(),
+            addr: self.inner.config.advertise,
+            upload,
+            blobs,
+        }
+    }
+
+    /// Announces to the trackers every `announce_interval`, and soon after a chunk arrives
+    /// (at most every 200 ms). Runs until the future is dropped; tracker failures are logged
+    /// (once per outage) and retried at the next round.
+    pub async fn run_announcer(self) {
+        let mut failing = false;
+        loop {
+            let announce = self.announcement();
+            match self.inner.tracker.announce(&announce).await {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!("trackers reachable again");
+                    }
+                    failing = false;
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!("announce failed (pulls fall back to the registry): {e}");
+                    }
+                    failing = true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let rest = self
+                .inner
+                .config
+                .announce_interval
+                .saturating_sub(Duration::from_millis(200));
+            tokio::select! {
+                _ = self.inner.announce_now.notified() => {}
+                _ = tokio::time::sleep(rest) => {}
+            }
+        }
+    }
+
+    fn active_downloads(&self) -> Vec<Arc<Download>> {
+        let downloads = self.inner.downloads.lock().expect("lock");
+        downloads
+            .values()
+            .filter_map(|cell| cell.get().cloned().flatten())
+            .collect()
+    }
+
+    /// The download of `digest`, joined or started; `None` when the swarm cannot be used for
+    /// it (no manifest), and the caller fetches from the registry.
+    async fn download(&self, image: &ImageReference, digest: &Digest) -> Option<Arc<Download>> {
+        let cell = {
+            let mut downloads = self.inner.downloads.lock().expect("lock");
+            downloads.entry(digest.clone()).or_default().clone()
+        };
+        let started = cell
+            .get_or_init(|| self.start_download(image, digest))
+            .await
+            .clone();
+        if started.is_none() {
+            // Let a later fetch try the swarm again.
+            let mut downloads = self.inner.downloads.lock().expect("lock");
+            if downloads.get(digest).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                downloads.remove(digest);
+            }
+        }
+        started
+    }
+
+    async fn start_download(
+        &self,
+        image: &ImageReference,
+        digest: &Digest,
+    ) -> Option<Arc<Download>> {
+        let inner = &self.inner;
+        let manifest = tokio::time::timeout(
+            inner.config.manifest_timeout,
+            inner
+                .tracker
+                .chunk_manifest(&image.registry, &image.repository, digest),
+        )
+        .await;
+        let manifest = match manifest {
+            Ok(Ok(m)) if m.digest == *digest && m.validate().is_ok() => m,
+            Ok(Ok(m)) => {
+                tracing::warn!(blob = %digest, got = %m.digest, "unusable chunk manifest; fetching from the registry");
+                return None;
+            }
+            Ok(Err(e)) => {
+                tracing::info!(blob = %digest, "no chunk manifest ({e}); fetching from the registry");
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!(blob = %digest, "chunk manifest not ready after {:?}; fetching from the registry", inner.config.manifest_timeout);
+                return None;
+            }
+        };
+        let cache = inner.cache.clone();
+        let size = manifest.size;
+        let partial = match tokio::task::spawn_blocking(move || cache.partial(size)).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                tracing::warn!(blob = %digest, "cannot store the blob for the swarm ({e}); fetching from the registry");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(blob = %digest, "cannot store the blob for the swarm ({e})");
+                return None;
+            }
+        };
+        let download = match Download::new(image.clone(), manifest, partial) {
+            Ok(d) => Arc::new(d),
+            Err(e) => {
+                tracing::warn!(blob = %digest, "cannot store the blob for the swarm ({e}); fetching from the registry");
+                return None;
+            }
+        };
+        tokio::spawn(scheduler::run(self.clone(), download.clone()));
+        Some(download)
+    }
+
+    /// Called by the scheduler when a download ended: forget it (its blob is in the cache if
+    /// it succeeded) and remember its manifest for announcing.
+    pub(crate) fn finished(&self, download: &Download, committed: bool) {
+        if committed {
+            let manifest = download.manifest();
+            self.inner
+                .seeded
+                .lock()
+                .expect("lock")
+                .insert(manifest.digest.clone(), manifest.chunks.len() as u32);
+            save_manifest(&self.inner.cache, manifest);
+        }
+        let mut downloads = self.inner.downloads.lock().expect("lock");
+        downloads.remove(download.digest());
+        drop(downloads);
+        self.inner.announce_now.notify_one();
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl BlobSource for Swarm {
+    fn fetch<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        Box::pin(async move {
+            if self.inner.cache.contains(digest) {
+                return self.inner.fallback.fetch(image, digest).await;
+            }
+            match self.download(image, digest).await {
+                Some(download) => Ok(download.reader()),
+                None => {
+                    self.inner.metrics.registry_fallbacks.inc();
+                    self.inner.fallback.fetch(image, digest).await
+                }
+            }
+        })
+    }
+
+    fn fetch_range<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        range: Range<u64>,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        self.inner.registry.fetch_range(image, digest, range)
+    }
+}
+
+impl ChunkProvider for Swarm {
+    fn open(&self, digest: &Digest, range: Range<u64>) -> Option<Held> {
+        let download = {
+            let downloads = self.inner.downloads.lock().expect("lock");
+            downloads
+                .get(digest)
+                .and_then(|c| c.get().cloned().flatten())
+        };
+        if let Some(download) = download {
+            if let Some(held) = download.open(range.clone()) {
+                return Some(held);
+            }
+        }
+        self.inner.cache.open(digest, range)
+    }
+}
+
+fn manifest_path(cache: &BlobCache, digest: &Digest) -> PathBuf {
+    cache
+        .dir()
+        .join(MANIFEST_DIR)
+        .join(format!("sha256-{}.json", digest.hex()))
+}
+
+/// Keeps `manifest` beside the cache (best effort: without it the blob is just not seeded
+/// after a restart).
+fn save_manifest(cache: &BlobCache, manifest: &ChunkManifest) {
+    let path = manifest_path(cache, &manifest.digest);
+    let tmp = path.with_extension("tmp");
+    let written = std::fs::create_dir_all(cache.dir().join(MANIFEST_DIR))
+        .and_then(|()| std::fs::write(&tmp, manifest.to_json()))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), "keeping a chunk manifest: {e}");
+    }
+}
+
+/// Chunk counts of the cached blobs whose manifests were kept.
+fn load_seeded(cache: &BlobCache) -> HashMap<Digest, u32> {
+    let mut seeded = HashMap::new();
+    let Ok(entries) = std::fs::read_dir(cache.dir().join(MANIFEST_DIR)) else {
+        return seeded;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let manifest = std::fs::read(&path)
+            .ok()
+            .and_then(|b| ChunkManifest::from_json(&b).ok())
+            .filter(|m| m.validate().is_ok());
+        match manifest {
+            Some(m) if cache.contains(&m.digest) => {
+                seeded.insert(m.digest, m.chunks.len() as u32);
+            }
+            // Its blob was evicted (or the file is damaged): drop it.
+            _ => {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    seeded
+}

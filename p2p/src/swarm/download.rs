@@ -1,0 +1,233 @@
+//! One blob being assembled from chunks: the chunk store (a [`PartialFile`] plus the set of
+//! verified chunks), the in-order reader stream, and what the chunk server may serve of it.
+
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures::stream;
+use tokio::sync::watch;
+
+use crate::cache::PartialFile;
+use crate::chunk::ChunkManifest;
+use crate::digest::Digest;
+use crate::peer::Held;
+use crate::reference::ImageReference;
+use crate::registry::{BlobStream, RegistryError};
+use crate::tracker::ChunkSet;
+
+/// Bytes per item of the reader stream (a chunk is cut into pieces this big).
+const READ_PIECE: u64 = 1 << 20;
+
+/// A blob download shared by every reader of it.
+pub(crate) struct Download {
+    image: ImageReference,
+    manifest: ChunkManifest,
+    /// The blob file (still valid after it is committed to the cache).
+    file: File,
+    /// Taken by the scheduler to commit.
+    partial: Mutex<Option<PartialFile>>,
+    state: Mutex<State>,
+    /// Bumped whenever a chunk arrives or the download ends.
+    changed: watch::Sender<u64>,
+    pub(crate) started: Instant,
+}
+
+struct State {
+    held: ChunkSet,
+    /// `Some(Err(reason))` once the download failed; `Some(Ok)` once committed.
+    ended: Option<Result<(), String>>,
+}
+
+impl Download {
+    pub(crate) fn new(
+        image: ImageReference,
+        manifest: ChunkManifest,
+        partial: PartialFile,
+    ) -> std::io::Result<Self> {
+        let file = partial.file().try_clone()?;
+        let chunks = manifest.chunks.len() as u32;
+        Ok(Self {
+            image,
+            manifest,
+            file,
+            partial: Mutex::new(Some(partial)),
+            state: Mutex::new(State {
+                held: ChunkSet::empty(chunks),
+                ended: None,
+            }),
+            changed: watch::Sender::new(0),
+            started: Instant::now(),
+        })
+    }
+
+    pub(crate) fn digest(&self) -> &Digest {
+        &self.manifest.digest
+    }
+
+    pub(crate) fn image(&self) -> &ImageReference {
+        &self.image
+    }
+
+    pub(crate) fn manifest(&self) -> &ChunkManifest {
+        &self.manifest
+    }
+
+    /// The chunks held and verified so far.
+    pub(crate) fn held(&self) -> ChunkSet {
+        self.state.lock().expect("lock").held.clone()
+    }
+
+    /// Writes verified chunk `index` (blocking) and marks it held; false (nothing written)
+    /// when it was already held.
+    pub(crate) fn store(&self, index: u32, data: &[u8]) -> Result<bool, RegistryError> {
+        let offset = self.manifest.chunk_range(index as usize).start;
+        if self.state.lock().expect("lock").held.contains(index) {
+            return Ok(false);
+        }
+        {
+            let partial = self.partial.lock().expect("lock");
+            let Some(partial) = partial.as_ref() else {
+                return Ok(false); // already committed or failed: a late duplicate
+            };
+            partial.write_at(offset, data)?;
+        }
+        let prefix_end = {
+            let mut state = self.state.lock().expect("lock");
+            if state.held.contains(index) {
+                return Ok(false); // a duplicate stored the same bytes meanwhile
+            }
+            state.held.insert(index);
+            let first_missing = (0..state.held.len())
+                .find(|&i| !state.held.contains(i))
+                .unwrap_or(state.held.len());
+            if first_missing as usize == self.manifest.chunks.len() {
+                self.manifest.size
+            } else {
+                self.manifest.chunk_range(first_missing as usize).start
+            }
+        };
+        self.changed.send_modify(|v| *v += 1);
+        // Hash the in-order prefix as it grows, so the final check costs little.
+        let partial = self.partial.lock().expect("lock");
+        if let Some(partial) = partial.as_ref() {
+            partial.hash_upto(prefix_end)?;
+        }
+        Ok(true)
+    }
+
+    /// Checks the whole blob against its digest and commits it to the cache (blocking).
+    pub(crate) fn commit(&self) -> Result<(), RegistryError> {
+        let partial = self.partial.lock().expect("lock").take();
+        let result = match partial {
+            Some(p) => p.commit(self.digest()),
+            None => Ok(()),
+        };
+        self.end(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        result
+    }
+
+    /// Ends the download: readers get every chunk held, then this result.
+    pub(crate) fn end(&self, result: Result<(), String>) {
+        let mut state = self.state.lock().expect("lock");
+        if state.ended.is_none() {
+            state.ended = Some(result);
+        }
+        drop(state);
+        if self.state.lock().expect("lock").ended != Some(Ok(())) {
+            // A failed download's file is removed; readers keep their descriptor.
+            self.partial.lock().expect("lock").take();
+        }
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// The bytes `range` if every chunk covering it is held.
+    pub(crate) fn open(&self, range: Range<u64>) -> Option<Held> {
+        if range.start >= range.end || range.end > self.manifest.size {
+            return None;
+        }
+        let chunk_size = self.manifest.chunk_size;
+        let first = (range.start / chunk_size) as u32;
+        let last = ((range.end - 1) / chunk_size) as u32;
+        {
+            let state = self.state.lock().expect("lock");
+            if !(first..=last).all(|i| state.held.contains(i)) {
+                return None;
+            }
+        }
+        let file = self.file.try_clone().ok()?;
+        Some(Held::File {
+            file,
+            offset: range.start,
+            len: range.end - range.start,
+        })
+    }
+
+    /// The whole blob, in order, as chunks arrive. Each piece is read back from the file
+    /// once its chunk is held (verified). If the download fails, the stream ends with the
+    /// error after the chunks that did arrive.
+    pub(crate) fn reader(self: &Arc<Self>) -> BlobStream {
+        let rx = self.changed.subscribe();
+        let start = (self.clone(), rx, 0u64);
+        Box::pin(stream::unfold(
+            start,
+            |(download, mut rx, offset)| async move {
+                let size = download.manifest.size;
+                if offset >= size {
+                    return None;
+                }
+                let index = (offset / download.manifest.chunk_size) as u32;
+                loop {
+                    let (held, ended) = {
+                        let state = download.state.lock().expect("lock");
+                        (state.held.contains(index), state.ended.clone())
+                    };
+                    if held {
+                        break;
+                    }
+                    if let Some(Err(reason)) = ended {
+                        let err = RegistryError::Swarm {
+                            digest: download.digest().clone(),
+                            reason,
+                        };
+                        return Some((Err(err), (download, rx, size)));
+                    }
+                    if rx.changed().await.is_err() {
+                        let err = RegistryError::Swarm {
+                            digest: download.digest().clone(),
+                            reason: "download abandoned".into(),
+                        };
+                        return Some((Err(err), (download, rx, size)));
+                    }
+                }
+                let chunk_end = download.manifest.chunk_range(index as usize).end;
+                let len = (chunk_end - offset).min(READ_PIECE);
+                let reading = download.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut buf = BytesMut::zeroed(len as usize);
+                    reading
+                        .file
+                        .read_exact_at(&mut buf, offset)
+                        .map(|()| buf.freeze())
+                })
+                .await;
+                let item: Result<Bytes, RegistryError> = match read {
+                    Ok(Ok(bytes)) => Ok(bytes),
+                    Ok(Err(e)) => Err(RegistryError::Swarm {
+                        digest: download.digest().clone(),
+                        reason: format!("reading the chunk store: {e}"),
+                    }),
+                    Err(e) => Err(RegistryError::Swarm {
+                        digest: download.digest().clone(),
+                        reason: format!("reading the chunk store: {e}"),
+                    }),
+                };
+                let next = if item.is_ok() { offset + len } else { size };
+                Some((item, (download, rx, next)))
+            },
+        ))
+    }
+}

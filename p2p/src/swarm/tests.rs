@@ -1,0 +1,389 @@
+//! Swarm downloads against fakes: [`MemoryTracker`], a scripted [`PeerFetcher`], and a
+//! [`RecordingSource`] registry.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::TryStreamExt;
+
+use super::*;
+use crate::chunk::ChunkManifestBuilder;
+use crate::peer::PeerError;
+use crate::source::RecordingSource;
+use crate::tracker::{MemoryTracker, PeerEntry};
+
+const CHUNK: u64 = 64 << 10;
+
+/// How a fake peer answers.
+#[derive(Clone, Copy, PartialEq)]
+enum Behaviour {
+    Good,
+    /// Flips a byte of every chunk.
+    Corrupt,
+    /// Answers after this long.
+    Slow(Duration),
+    /// Connection refused.
+    Down,
+}
+
+/// A fake peer: how it behaves and the blobs it holds.
+type FakePeer = (Behaviour, HashMap<Digest, Vec<u8>>);
+
+/// Peers at fake addresses holding whole blobs in memory.
+#[derive(Default)]
+struct FakePeers {
+    peers: Mutex<HashMap<SocketAddr, FakePeer>>,
+    served: Mutex<HashMap<SocketAddr, u64>>,
+}
+
+impl FakePeers {
+    fn add(&self, addr: SocketAddr, behaviour: Behaviour, data: &[u8]) {
+        let mut peers = self.peers.lock().unwrap();
+        let entry = peers.entry(addr).or_insert((behaviour, HashMap::new()));
+        entry.1.insert(Digest::of(data), data.to_vec());
+    }
+
+    fn served(&self, addr: SocketAddr) -> u64 {
+        self.served.lock().unwrap().get(&addr).copied().unwrap_or(0)
+    }
+}
+
+impl PeerFetcher for FakePeers {
+    fn fetch<'a>(
+        &'a self,
+        peer: SocketAddr,
+        digest: &'a Digest,
+        range: Range<u64>,
+    ) -> BoxFuture<'a, Result<Bytes, PeerError>> {
+        Box::pin(async move {
+            let found = {
+                let peers = self.peers.lock().unwrap();
+                peers
+                    .get(&peer)
+                    .map(|(b, blobs)| (*b, blobs.get(digest).cloned()))
+            };
+            let Some((behaviour, data)) = found else {
+                return Err(PeerError::Transport {
+                    peer,
+                    reason: "connection refused".into(),
+                });
+            };
+            let not_held = || PeerError::NotHeld {
+                peer,
+                digest: digest.clone(),
+                start: range.start,
+                end: range.end,
+            };
+            let data = data.ok_or_else(not_held)?;
+            let mut bytes = data
+                .get(range.start as usize..range.end as usize)
+                .ok_or_else(not_held)?
+                .to_vec();
+            match behaviour {
+                Behaviour::Good => {}
+                Behaviour::Corrupt => bytes[0] ^= 0xff,
+                Behaviour::Slow(d) => tokio::time::sleep(d).await,
+                Behaviour::Down => {
+                    return Err(PeerError::Transport {
+                        peer,
+                        reason: "connection refused".into(),
+                    })
+                }
+            }
+            *self.served.lock().unwrap().entry(peer).or_default() += bytes.len() as u64;
+            Ok(Bytes::from(bytes))
+        })
+    }
+}
+
+fn blob(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2654435761).max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn manifest_of(data: &[u8]) -> ChunkManifest {
+    let mut b = ChunkManifestBuilder::new(CHUNK).unwrap();
+    b.update(data);
+    b.finish(&Digest::of(data)).unwrap()
+}
+
+fn addr(i: u8) -> SocketAddr {
+    format!("10.0.0.{i}:7070").parse().unwrap()
+}
+
+fn peer_entry(i: u8, data: &[u8]) -> PeerEntry {
+    let m = manifest_of(data);
+    let set = ChunkSet::full(m.chunks.len() as u32);
+    PeerEntry {
+        peer_id: format!("peer-{i}"),
+        addr: addr(i),
+        chunks: set.len(),
+        have: set.encode(),
+        upload: UploadStats::default(),
+    }
+}
+
+struct Rig {
+    swarm: Swarm,
+    tracker: Arc<MemoryTracker>,
+    peers: Arc<FakePeers>,
+    registry: Arc<RecordingSource>,
+    image: ImageReference,
+    _dir: tempfile::TempDir,
+}
+
+fn rig_in(dir: tempfile::TempDir, config: impl FnOnce(&mut SwarmConfig)) -> Rig {
+    let tracker = Arc::new(MemoryTracker::new());
+    let peers = Arc::new(FakePeers::default());
+    let registry = Arc::new(RecordingSource::new());
+    let cache = BlobCache::open(dir.path(), 1 << 30).unwrap();
+    let mut cfg = SwarmConfig::new("me", addr(1));
+    cfg.peer_refresh = Duration::from_millis(50);
+    config(&mut cfg);
+    let swarm = Swarm::new(
+        cfg,
+        tracker.clone(),
+        peers.clone(),
+        registry.clone(),
+        cache,
+        SwarmMetrics::default(),
+    );
+    Rig {
+        swarm,
+        tracker,
+        peers,
+        registry,
+        image: "10.0.0.100:5000/app/web:v1".parse().unwrap(),
+        _dir: dir,
+    }
+}
+
+fn rig() -> Rig {
+    rig_in(tempfile::tempdir().unwrap(), |_| {})
+}
+
+async fn pull(rig: &Rig, digest: &Digest) -> Vec<u8> {
+    let stream = rig.swarm.fetch(&rig.image, digest).await.unwrap();
+    let parts: Vec<Bytes> = stream.try_collect().await.unwrap();
+    parts.concat()
+}
+
+/// Waits until the download of `digest` has been committed to the cache.
+async fn committed(rig: &Rig, digest: &Digest) {
+    for _ in 0..200 {
+        if rig.swarm.cache().contains(digest) && rig.swarm.active_downloads().is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{digest} never committed");
+}
+
+fn received(rig: &Rig, source: &'static str) -> u64 {
+    let label = crate::metrics::SourceLabel { source };
+    rig.swarm.inner().metrics.bytes.get_or_create(&label).get()
+}
+
+#[tokio::test]
+async fn a_blob_held_by_peers_comes_from_them_in_order_and_is_cached() {
+    let rig = rig();
+    let data = blob(20 * CHUNK as usize + 1234, 1);
+    let digest = rig.registry.add(&data);
+    rig.tracker.add_manifest(manifest_of(&data));
+    for i in [2, 3, 4] {
+        rig.peers.add(addr(i), Behaviour::Good, &data);
+        rig.tracker.add_peer(digest.clone(), peer_entry(i, &data));
+    }
+    assert_eq!(pull(&rig, &digest).await, data);
+    committed(&rig, &digest).await;
+    assert_eq!(rig.registry.range_bytes_of(&digest), 0);
+    assert_eq!(rig.registry.fetches_of(&digest), 0);
+    assert_eq!(received(&rig, "peer"), data.len() as u64);
+    // Spread over the peers, not all from one.
+    let used = [2, 3, 4]
+        .iter()
+        .filter(|&&i| rig.peers.served(addr(i)) > 0)
+        .count();
+    assert!(used >= 2, "only {used} peer(s) used");
+    // Seeds it now, whole.
+    let ann = rig.swarm.announcement();
+    assert_eq!(ann.blobs.len(), 1);
+    assert_eq!(ann.blobs[0].have, "all");
+    let held = rig.swarm.open(&digest, 10..CHUNK + 10).unwrap();
+    assert!(matches!(held, Held::File { len, .. } if len == CHUNK));
+    // A second fetch is served from the cache.
+    assert_eq!(pull(&rig, &digest).await, data);
+    assert_eq!(rig.registry.fetches_of(&digest), 0);
+}
+
+#[tokio::test]
+async fn chunks_no_peer_holds_come_from_the_registry_in_merged_ranges() {
+    let rig = rig();
+    let data = blob(40 * CHUNK as usize, 2);
+    let digest = rig.registry.add(&data);
+    rig.tracker.add_manifest(manifest_of(&data));
+    assert_eq!(pull(&rig, &digest).await, data);
+    committed(&rig, &digest).await;
+    assert_eq!(rig.registry.range_bytes_of(&digest), data.len() as u64);
+    let calls = rig.registry.range_calls().len();
+    assert!(calls <= 8, "{calls} range requests for 40 chunks");
+    assert_eq!(received(&rig, "registry"), data.len() as u64);
+}
+
+#[tokio::test]
+async fn a_peer_sending_bad_chunks_is_dropped_and_the_blob_is_still_right() {
+    let rig = rig();
+    let data = blob(16 * CHUNK as usize, 3);
+    let digest = rig.registry.add(&data);
+    rig.tracker.add_manifest(manifest_of(&data));
+    rig.peers.add(addr(6), Behaviour::Corrupt, &data);
+    rig.tracker.add_peer(digest.clone(), peer_entry(6, &data));
+    rig.peers.add(addr(7), Behaviour::Good, &data);
+    rig.tracker.add_peer(digest.clone(), peer_entry(7, &data));
+    assert_eq!(pull(&rig, &digest).await, data);
+    committed(&rig, &digest).await;
+    let m = &rig.swarm.inner().metrics;
+    assert_eq!(m.peers_dropped.get(), 1);
+    // At most the requests in flight when the first bad chunk came back.
+    assert!(rig.peers.served(addr(6)) <= 2 * CHUNK);
+}
+
+#[tokio::test]
+async fn without_trackers_the_blob_comes_whole_from_the_registry_and_is_cached() {
+    let rig = rig();
+    let data = blob(5 * CHUNK as usize, 4);
+    let digest = rig.registry.add(&data);
+    rig.tracker.set_down(true);
+    assert_eq!(pull(&rig, &digest).await, data);
+    assert_eq!(rig.registry.fetches_of(&digest), 1);
+    assert_eq!(rig.swarm.inner().metrics.registry_fallbacks.get(), 1);
+    for _ in 0..200 {
+        if rig.swarm.cache().contains(&digest) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(rig.swarm.cache().contains(&digest));
+}
+
+#[tokio::test]
+async fn a_slow_peer_is_overtaken() {
+    let rig = rig();
+    let data = blob(12 * CHUNK as usize, 5);
+    let digest = rig.registry.add(&data);
+    rig.tracker.add_manifest(manifest_of(&data));
+    rig.peers
+        .add(addr(8), Behaviour::Slow(Duration::from_secs(30)), &data);
+    rig.tracker.add_peer(digest.clone(), peer_entry(8, &data));
+    rig.peers.add(addr(9), Behaviour::Good, &data);
+    rig.tracker.add_peer(digest.clone(), peer_entry(9, &data));
+    let started = std::time::Instant::now();
+    assert_eq!(pull(&rig, &digest).await, data);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(rig.peers.served(addr(8)), 0);
+}
+
+#[tokio::test]
+async fn a_dead_peer_is_dropped_and_the_registry_fills_in() {
+    let rig = rig();
+    let data = blob(8 * CHUNK as usize, 6);
+    let digest = rig.registry.add(&data);
+    rig.tracker.add_manifest(manifest_of(&data));
+    rig.peers.add(addr(10), Behaviour::Down, &data);
+    rig.tracker.add_peer(digest.clone(), peer_entry(10, &data));
+    assert_eq!(pull(&rig, &digest).await, data);
+    assert_eq!(rig.registry.range_bytes_of(&digest), data.len() as u64);
+}
+
+#[tokio::test]
+async fn concurrent_fetches_of_one_blob_share_one_download() {
+    let rig = rig();
+    let data = blob(10 * CHUNK as usize, 7);
+    let digest = rig.registry.add(&data);
+    rig.tracker.add_manifest(manifest_of(&data));
+    let (a, b, c) = tokio::join!(
+        pull(&rig, &digest),
+        pull(&rig, &digest),
+        pull(&rig, &digest)
+    );
+    assert!(a == data && b == data && c == data);
+    assert_eq!(rig.registry.range_bytes_of(&digest), data.len() as u64);
+}
+
+#[tokio::test]
+async fn a_manifest_for_another_blob_is_not_used() {
+    let rig = rig();
+    let data = blob(3 * CHUNK as usize, 8);
+    let digest = rig.registry.add(&data);
+    let mut wrong = manifest_of(&blob(3 * CHUNK as usize, 9));
+    wrong.digest = digest.clone();
+    rig.tracker.add_manifest(wrong);
+    // Chunks of the wrong manifest fail their hash from the registry: the download fails and
+    // the reader gets an error (shoald then falls back to containerd).
+    let stream = rig.swarm.fetch(&rig.image, &digest).await.unwrap();
+    let got: Result<Vec<Bytes>, _> = stream.try_collect().await;
+    let e = got.unwrap_err();
+    assert!(e.to_string().contains("does not match"), "{e}");
+    assert!(!rig.swarm.cache().contains(&digest));
+}
+
+#[tokio::test]
+async fn a_restarted_node_announces_what_it_cached() {
+    let rig = rig();
+    let data = blob(4 * CHUNK as usize, 10);
+    let digest = rig.registry.add(&data);
+    rig.tracker.add_manifest(manifest_of(&data));
+    pull(&rig, &digest).await;
+    committed(&rig, &digest).await;
+    let Rig { _dir: dir, .. } = rig;
+    let again = rig_in(dir, |_| {});
+    let ann = again.swarm.announcement();
+    assert_eq!(ann.blobs.len(), 1);
+    assert_eq!(ann.blobs[0].digest, digest);
+    assert_eq!(ann.blobs[0].chunks, 4);
+    assert_eq!(ann.blobs[0].have, "all");
+}
+
+#[tokio::test]
+async fn chunks_are_announced_while_the_blob_downloads() {
+    let rig = rig_in(tempfile::tempdir().unwrap(), |c| {
+        c.announce_interval = Duration::from_millis(300);
+    });
+    let data = blob(30 * CHUNK as usize, 11);
+    let digest = rig.registry.add(&data);
+    rig.tracker.add_manifest(manifest_of(&data));
+    rig.peers
+        .add(addr(12), Behaviour::Slow(Duration::from_millis(40)), &data);
+    rig.tracker.add_peer(digest.clone(), peer_entry(12, &data));
+    let announcer = tokio::spawn(rig.swarm.clone().run_announcer());
+    assert_eq!(pull(&rig, &digest).await, data);
+    committed(&rig, &digest).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    announcer.abort();
+    let announces = rig.tracker.announces();
+    let partial = announces.iter().any(|a| {
+        a.blobs
+            .iter()
+            .any(|b| b.digest == digest && b.have != "all" && b.set().unwrap().count() > 0)
+    });
+    assert!(partial, "no announce of a partly held blob");
+    let last = announces.last().unwrap();
+    assert_eq!(last.peer_id, "me");
+    assert_eq!(last.blobs[0].have, "all");
+}

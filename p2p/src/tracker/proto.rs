@@ -1,0 +1,289 @@
+//! The tracker protocol's messages and the chunk-set codec. Pure: no I/O.
+//!
+//! HTTP(S) + JSON, served by `shoal-registry-ext`:
+//!
+//! - `POST /v1/announce`, body [`Announce`]: the peer's whole state (every blob it holds or is
+//!   fetching, with the chunks it holds). Answer [`AnnounceReply`]. State is soft: a peer that
+//!   stops announcing expires, and a restarted tracker knows everyone again after one round.
+//! - `GET /v1/peers/<digest>?peer=<id>&limit=<n>`: answer [`PeerList`], the peers holding
+//!   chunks of the blob, best first (measured spare upload capacity, with randomness), without
+//!   the asking peer.
+//! - `GET /v1/chunk-manifests/<digest>?registry=<host>&repository=<repo>`: the blob's
+//!   [`crate::chunk::ChunkManifest`] (JSON), made from the registry's blob with its digest
+//!   verified.
+//!
+//! Errors are an HTTP status with body [`ErrorBody`].
+
+use std::net::SocketAddr;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+
+/// Which chunks of a blob a peer holds: a bitmap, bit `i` (LSB first in byte `i / 8`) set when
+/// chunk `i` is held and verified. In JSON it is `"all"` or base64 of the bitmap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkSet {
+    len: u32,
+    bits: Vec<u8>,
+}
+
+impl ChunkSet {
+    /// No chunk of `len` held.
+    pub fn empty(len: u32) -> Self {
+        Self {
+            len,
+            bits: vec![0; (len as usize).div_ceil(8)],
+        }
+    }
+
+    /// Every chunk of `len` held.
+    pub fn full(len: u32) -> Self {
+        let mut s = Self::empty(len);
+        for i in 0..len {
+            s.insert(i);
+        }
+        s
+    }
+
+    /// Number of chunks of the blob.
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// True when the blob has no chunk (an empty blob).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Marks chunk `i` held; out-of-range indexes are ignored.
+    pub fn insert(&mut self, i: u32) {
+        if i < self.len {
+            self.bits[(i / 8) as usize] |= 1 << (i % 8);
+        }
+    }
+
+    /// Whether chunk `i` is held.
+    pub fn contains(&self, i: u32) -> bool {
+        i < self.len && self.bits[(i / 8) as usize] & (1 << (i % 8)) != 0
+    }
+
+    /// How many chunks are held.
+    pub fn count(&self) -> u32 {
+        self.bits.iter().map(|b| b.count_ones()).sum()
+    }
+
+    /// Every chunk held.
+    pub fn is_full(&self) -> bool {
+        self.count() == self.len
+    }
+
+    /// Held chunk indexes, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.len).filter(|&i| self.contains(i))
+    }
+
+    /// The wire form: `"all"` when full, else base64 of the bitmap.
+    pub fn encode(&self) -> String {
+        if self.is_full() {
+            "all".into()
+        } else {
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(&self.bits)
+        }
+    }
+
+    /// Parses the wire form for a blob of `len` chunks. Bits past `len` must be clear.
+    pub fn decode(text: &str, len: u32) -> Result<Self, ProtoError> {
+        if text == "all" {
+            return Ok(Self::full(len));
+        }
+        let bits = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(text.trim_end_matches('='))
+            .map_err(|e| ProtoError(format!("chunk set {text:?}: {e}")))?;
+        if bits.len() != (len as usize).div_ceil(8) {
+            return Err(ProtoError(format!(
+                "chunk set of {} bytes for {len} chunks",
+                bits.len()
+            )));
+        }
+        let set = Self { len, bits };
+        let tail = set.bits.last().copied().unwrap_or(0);
+        if len % 8 != 0 && tail >> (len % 8) != 0 {
+            return Err(ProtoError(format!(
+                "chunk set {text:?} has bits past chunk {len}"
+            )));
+        }
+        Ok(set)
+    }
+}
+
+/// A malformed protocol message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tracker protocol: {0}")]
+pub struct ProtoError(pub String);
+
+/// What one peer holds of one blob.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobHave {
+    pub digest: Digest,
+    /// Chunk count of the blob (from its chunk manifest).
+    pub chunks: u32,
+    /// [`ChunkSet::encode`] of the chunks held and verified.
+    pub have: String,
+}
+
+impl BlobHave {
+    pub fn new(digest: Digest, set: &ChunkSet) -> Self {
+        Self {
+            digest,
+            chunks: set.len(),
+            have: set.encode(),
+        }
+    }
+
+    /// The decoded chunk set.
+    pub fn set(&self) -> Result<ChunkSet, ProtoError> {
+        ChunkSet::decode(&self.have, self.chunks)
+    }
+}
+
+/// A peer's upload side as it measured it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadStats {
+    /// Highest upload rate seen (bytes/s) or the configured limit, whichever is lower; 0 when
+    /// not measured yet.
+    pub capacity_bytes_per_sec: u64,
+    /// Upload rate over the last few seconds (bytes/s).
+    pub rate_bytes_per_sec: u64,
+    /// Uploads being served now.
+    pub active: u32,
+    /// Most uploads served at once.
+    pub max: u32,
+}
+
+/// `POST /v1/announce`: a peer's whole state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Announce {
+    /// Stable, unique node name.
+    pub peer_id: String,
+    /// Where the peer serves chunks.
+    pub addr: SocketAddr,
+    pub upload: UploadStats,
+    /// Every blob the peer holds chunks of (complete and partial).
+    pub blobs: Vec<BlobHave>,
+}
+
+/// The tracker's answer to an announce.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnnounceReply {
+    /// Announce again at least this often (ms) to stay listed.
+    pub interval_ms: u64,
+}
+
+/// One peer in a [`PeerList`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerEntry {
+    pub peer_id: String,
+    pub addr: SocketAddr,
+    /// Chunk count of the blob.
+    pub chunks: u32,
+    /// [`ChunkSet::encode`] of the chunks it holds.
+    pub have: String,
+    pub upload: UploadStats,
+}
+
+impl PeerEntry {
+    /// The decoded chunk set.
+    pub fn set(&self) -> Result<ChunkSet, ProtoError> {
+        ChunkSet::decode(&self.have, self.chunks)
+    }
+}
+
+/// `GET /v1/peers/<digest>`: peers with chunks of the blob, best first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerList {
+    pub digest: Digest,
+    pub peers: Vec<PeerEntry>,
+}
+
+/// The body of every error answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_set_round_trips() {
+        for len in [0u32, 1, 7, 8, 9, 64, 1000] {
+            let mut s = ChunkSet::empty(len);
+            assert_eq!(ChunkSet::decode(&s.encode(), len).unwrap(), s);
+            for i in (0..len).step_by(3) {
+                s.insert(i);
+            }
+            let back = ChunkSet::decode(&s.encode(), len).unwrap();
+            assert_eq!(back, s);
+            assert_eq!(back.iter().count() as u32, len.div_ceil(3));
+            let full = ChunkSet::full(len);
+            assert_eq!(full.encode(), "all");
+            assert!(ChunkSet::decode("all", len).unwrap().is_full());
+        }
+    }
+
+    #[test]
+    fn chunk_set_refuses_bad_input() {
+        assert!(ChunkSet::decode("!!", 8).is_err());
+        // Two bytes for 8 chunks.
+        assert!(ChunkSet::decode("AAA", 8).is_err());
+        // Bit 3 set for a 3-chunk blob.
+        assert!(ChunkSet::decode("CA", 3).is_err());
+        assert!(ChunkSet::decode("Bw", 3).unwrap().is_full());
+        // Truncated: nothing for a 9-chunk blob.
+        assert!(ChunkSet::decode("", 9).is_err());
+    }
+
+    #[test]
+    fn insert_and_contains_ignore_out_of_range() {
+        let mut s = ChunkSet::empty(10);
+        s.insert(10);
+        s.insert(9);
+        assert!(s.contains(9) && !s.contains(10));
+        assert_eq!(s.count(), 1);
+    }
+
+    #[test]
+    fn announce_round_trips_and_refuses_unknown_fields() {
+        let d = Digest::of(b"x");
+        let mut set = ChunkSet::empty(5);
+        set.insert(2);
+        let a = Announce {
+            peer_id: "node-1".into(),
+            addr: "10.0.0.1:7070".parse().unwrap(),
+            upload: UploadStats {
+                capacity_bytes_per_sec: 10,
+                rate_bytes_per_sec: 5,
+                active: 1,
+                max: 8,
+            },
+            blobs: vec![BlobHave::new(d, &set)],
+        };
+        let json = serde_json::to_vec(&a).unwrap();
+        let back: Announce = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, a);
+        assert_eq!(back.blobs[0].set().unwrap(), set);
+        assert!(serde_json::from_slice::<Announce>(&json[..json.len() - 1]).is_err());
+        let mut v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        v["extra"] = 1.into();
+        assert!(serde_json::from_value::<Announce>(v).is_err());
+    }
+}

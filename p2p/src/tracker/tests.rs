@@ -1,0 +1,282 @@
+//! [`HttpTrackers`] against small tracker servers on 127.0.0.1.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use super::proto::{AnnounceReply, ErrorBody};
+use super::*;
+use crate::chunk::ChunkManifestBuilder;
+use crate::tls::Transport;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A running test server; stops when dropped.
+struct Running {
+    url: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn serve(router: Router) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = Transport::Plaintext
+            .serve(listener, router, async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    Running { url, _stop: stop }
+}
+
+/// A URL where nothing listens.
+fn nowhere() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
+fn trackers(urls: Vec<String>) -> HttpTrackers {
+    HttpTrackers::new(urls, &Transport::Plaintext, TIMEOUT, TIMEOUT).unwrap()
+}
+
+type Seen<T> = Arc<Mutex<Vec<T>>>;
+
+/// A tracker that accepts announces (recording them) and answers every peer list with
+/// `peers` (recording the query).
+async fn tracker(
+    peers: Vec<PeerEntry>,
+) -> (Running, Seen<Announce>, Seen<HashMap<String, String>>) {
+    let announces: Seen<Announce> = Arc::default();
+    let queries: Seen<HashMap<String, String>> = Arc::default();
+    let (a, q) = (announces.clone(), queries.clone());
+    let router =
+        Router::new()
+            .route(
+                "/v1/announce",
+                post(move |Json(body): Json<Announce>| async move {
+                    a.lock().unwrap().push(body);
+                    Json(AnnounceReply { interval_ms: 1000 })
+                }),
+            )
+            .route(
+                "/v1/peers/{digest}",
+                get(
+                    move |Path(digest): Path<Digest>,
+                          Query(query): Query<HashMap<String, String>>| async move {
+                        q.lock().unwrap().push(query);
+                        Json(PeerList {
+                            digest,
+                            peers: peers.clone(),
+                        })
+                    },
+                ),
+            );
+    (serve(router).await, announces, queries)
+}
+
+/// A tracker answering every request with `status` and an error body.
+async fn failing(status: StatusCode) -> Running {
+    serve(Router::new().fallback(move || async move {
+        (
+            status,
+            Json(ErrorBody {
+                error: "tracker broken".into(),
+            }),
+        )
+    }))
+    .await
+}
+
+fn announce() -> Announce {
+    Announce {
+        peer_id: "me".into(),
+        addr: "127.0.0.1:7070".parse().unwrap(),
+        upload: UploadStats::default(),
+        blobs: vec![BlobHave::new(Digest::of(b"blob"), &ChunkSet::full(3))],
+    }
+}
+
+fn entry(id: &str, chunks: u32, held: &[u32]) -> PeerEntry {
+    let mut set = ChunkSet::empty(chunks);
+    for &i in held {
+        set.insert(i);
+    }
+    PeerEntry {
+        peer_id: id.into(),
+        addr: "127.0.0.1:1".parse().unwrap(),
+        chunks,
+        have: set.encode(),
+        upload: UploadStats::default(),
+    }
+}
+
+#[tokio::test]
+async fn announce_succeeds_when_one_tracker_answers() {
+    let (up, seen, _) = tracker(vec![]).await;
+    // Trailing slash tolerated.
+    let t = trackers(vec![nowhere(), format!("{}/", up.url)]);
+    assert_eq!(t.urls()[1], up.url);
+    t.announce(&announce()).await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![announce()]);
+}
+
+#[tokio::test]
+async fn announce_fails_when_no_tracker_accepts() {
+    let down = nowhere();
+    let broken = failing(StatusCode::INTERNAL_SERVER_ERROR).await;
+    let t = trackers(vec![down.clone(), broken.url.clone()]);
+    match t.announce(&announce()).await {
+        Err(TrackerError::Unavailable(failures)) => {
+            assert_eq!(failures.len(), 2, "{failures:?}");
+            assert!(failures[0].starts_with(&down), "{failures:?}");
+            assert!(failures[1].contains("tracker broken"), "{failures:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        trackers(vec![]).announce(&announce()).await,
+        Err(TrackerError::Unavailable(_))
+    ));
+}
+
+#[tokio::test]
+async fn peer_lists_are_merged() {
+    let d = Digest::of(b"blob");
+    let mut malformed = entry("bad", 4, &[]);
+    malformed.have = "!!".into();
+    let (one, _, q1) = tracker(vec![
+        entry("a", 4, &[0]),
+        entry("me", 4, &[1]),
+        malformed,
+        entry("b", 4, &[2]),
+        entry("c", 4, &[0]),
+    ])
+    .await;
+    let (two, _, _) = tracker(vec![
+        entry("b", 4, &[3]),
+        entry("a", 4, &[1]),
+        // A different chunk count: not merged, the first kept.
+        entry("c", 5, &[4]),
+    ])
+    .await;
+    let t = trackers(vec![one.url.clone(), two.url.clone(), nowhere()]);
+    let peers = t.peers(&d, "me").await.unwrap();
+    let ids: Vec<&str> = peers.iter().map(|p| p.peer_id.as_str()).collect();
+    // Best positions: a 0, b 0 (second list), c 2 (second list); ties in the order seen.
+    assert_eq!(ids, ["a", "b", "c"]);
+    let held = |i: usize| peers[i].set().unwrap().iter().collect::<Vec<_>>();
+    assert_eq!(held(0), [0, 1]);
+    assert_eq!(held(1), [2, 3]);
+    assert_eq!(held(2), [0]);
+    assert_eq!(peers[2].chunks, 4);
+    assert_eq!(
+        q1.lock().unwrap()[0].get("peer").map(String::as_str),
+        Some("me")
+    );
+
+    match trackers(vec![nowhere()]).peers(&d, "me").await {
+        Err(TrackerError::Unavailable(f)) => assert_eq!(f.len(), 1),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn manifest(data: &[u8]) -> ChunkManifest {
+    let mut b = ChunkManifestBuilder::new(64 << 10).unwrap();
+    b.update(data);
+    b.finish(&Digest::of(data)).unwrap()
+}
+
+/// A manifest service answering `status` and `body`, recording the queries.
+async fn manifests(status: StatusCode, body: Vec<u8>) -> (Running, Seen<HashMap<String, String>>) {
+    let queries: Seen<HashMap<String, String>> = Arc::default();
+    let q = queries.clone();
+    let router = Router::new()
+        .route(
+            "/v1/chunk-manifests/{digest}",
+            get(
+                |State((status, body)): State<(StatusCode, Vec<u8>)>,
+                 Query(query): Query<HashMap<String, String>>| async move {
+                    q.lock().unwrap().push(query);
+                    (status, body)
+                },
+            ),
+        )
+        .with_state((status, body));
+    (serve(router).await, queries)
+}
+
+#[tokio::test]
+async fn a_wrong_manifest_is_skipped_for_the_next_tracker() {
+    let right = manifest(&[1u8; 200_000]);
+    let wrong = manifest(&[2u8; 200_000]);
+    let (bad, _) = manifests(StatusCode::OK, wrong.to_json()).await;
+    let (good, queries) = manifests(StatusCode::OK, right.to_json()).await;
+    let t = trackers(vec![bad.url.clone(), good.url.clone()]);
+    // Whichever tracker is tried first, the right manifest wins.
+    for _ in 0..4 {
+        let m = t
+            .chunk_manifest("reg.example:5000", "library/a b&c", &right.digest)
+            .await
+            .unwrap();
+        assert_eq!(m, right);
+    }
+    let q = queries.lock().unwrap()[0].clone();
+    assert_eq!(q["registry"], "reg.example:5000");
+    assert_eq!(q["repository"], "library/a b&c");
+
+    // Only the wrong one: a bad response naming the tracker.
+    match trackers(vec![bad.url.clone()])
+        .chunk_manifest("r", "repo", &right.digest)
+        .await
+    {
+        Err(TrackerError::BadResponse { url, reason }) => {
+            assert_eq!(url, bad.url);
+            assert!(reason.contains(&wrong.digest.to_string()), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Garbage is a bad response too.
+    let (garbage, _) = manifests(StatusCode::OK, b"{\"digest\":".to_vec()).await;
+    assert!(matches!(
+        trackers(vec![garbage.url.clone()])
+            .chunk_manifest("r", "repo", &right.digest)
+            .await,
+        Err(TrackerError::BadResponse { .. })
+    ));
+}
+
+#[tokio::test]
+async fn manifest_not_found_everywhere_or_unreachable() {
+    let d = Digest::of(b"blob");
+    let not_found = || failing(StatusCode::NOT_FOUND);
+    let (a, b) = (not_found().await, not_found().await);
+    match trackers(vec![a.url.clone(), b.url.clone()])
+        .chunk_manifest("r", "repo", &d)
+        .await
+    {
+        Err(TrackerError::NoManifest { digest, reason }) => {
+            assert_eq!(digest, d);
+            assert!(reason.contains("tracker broken"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let broken = failing(StatusCode::BAD_GATEWAY).await;
+    match trackers(vec![nowhere(), broken.url.clone()])
+        .chunk_manifest("r", "repo", &d)
+        .await
+    {
+        Err(TrackerError::Unavailable(f)) => assert_eq!(f.len(), 2, "{f:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        trackers(vec![]).chunk_manifest("r", "repo", &d).await,
+        Err(TrackerError::Unavailable(_))
+    ));
+}

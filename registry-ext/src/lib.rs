@@ -1,21 +1,30 @@
-//! shoal-registry-ext: runs beside an unmodified OCI registry. It makes the chunk manifests
-//! the swarm checks every chunk against, from blobs it reads from the registry with their
-//! digest verified.
+//! shoal-registry-ext: runs beside an unmodified OCI registry (DESIGN "Components").
+//!
+//! - [`manifests`]: the chunk manifests the swarm checks every chunk against, made from blobs
+//!   read from the registry with their digest verified, kept on disk, made once per blob.
+//! - [`tracker`]: which peers hold which chunks, and peer lists ordered by measured spare
+//!   upload capacity with randomness.
+//! - [`server`]: `serve`, one mutual-TLS listener with the tracker, the manifest service and
+//!   the first seeder's chunk route (the blobs read for manifests), plus `/metrics`.
+//! - [`config`]: the TOML configuration; [`metrics`]: Prometheus metrics; [`Error`]: the
+//!   crate's error and its HTTP mapping.
+
+pub mod config;
+mod error;
+pub mod manifests;
+pub mod metrics;
+pub mod server;
+pub mod tracker;
 
 use futures::StreamExt;
-use shoal_p2p::chunk::{ChunkManifest, ChunkManifestBuilder, ChunkManifestError};
+use shoal_p2p::chunk::{ChunkManifest, ChunkManifestBuilder};
 use shoal_p2p::reference::ImageReference;
-use shoal_p2p::registry::{RegistryClient, RegistryError};
+use shoal_p2p::registry::RegistryClient;
 use shoal_p2p::Digest;
 
-/// The crate's error type.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
-    #[error(transparent)]
-    ChunkManifest(#[from] ChunkManifestError),
-}
+pub use config::Config;
+pub use error::Error;
+pub use server::{serve, Listeners};
 
 /// Reads blob `digest` of `image`'s repository from the registry and makes its chunk manifest;
 /// fails if the bytes do not hash to `digest`.

@@ -1,5 +1,7 @@
 //! `shoal-registry-ext`: the registry side of shoal.
 
+use std::path::PathBuf;
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use shoal_p2p::chunk::DEFAULT_CHUNK_SIZE;
@@ -19,6 +21,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the tracker, the chunk-manifest service and the first seeder (one mutual-TLS
+    /// listener), plus /metrics, until SIGTERM or SIGINT.
+    Serve {
+        /// The configuration file (see registry-ext.toml.example).
+        #[arg(long, value_name = "PATH")]
+        config: PathBuf,
+    },
     /// Print the chunk manifest (JSON, one line per blob) of every layer of IMAGE, made from
     /// the layer blobs read from the registry with their digests verified.
     ChunkManifest {
@@ -45,6 +54,7 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Serve { config } => serve(&config).await,
         Command::ChunkManifest {
             image,
             chunk_size,
@@ -78,4 +88,42 @@ async fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn serve(path: &std::path::Path) -> Result<()> {
+    let config = shoal_registry_ext::Config::load(path)?;
+    // Unusable TLS files fail here, before anything is said to be listening.
+    shoal_p2p::tls::Transport::load(config.tls.as_ref(), config.insecure_plaintext)?;
+    let api = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr} (metrics)"))?,
+        ),
+        None => None,
+    };
+    let api_addr = api.local_addr()?;
+    match metrics.as_ref().map(|m| m.local_addr()).transpose()? {
+        Some(m) => eprintln!("listening on {api_addr} (metrics on {m})"),
+        None => eprintln!("listening on {api_addr}"),
+    }
+    let listeners = shoal_registry_ext::Listeners { api, metrics };
+    shoal_registry_ext::serve(config, listeners, stop_signal()?).await?;
+    Ok(())
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+fn stop_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
+    })
 }

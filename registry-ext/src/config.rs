@@ -1,0 +1,459 @@
+//! shoal-registry-ext's configuration file (TOML). Parsed, normalised and validated in one
+//! [`Config::load`]; unknown fields are refused. Only `registry_host` (and `[tls]`, unless
+//! `insecure_plaintext`) must be set; everything else has a default.
+//!
+//! ```toml
+//! # Where the API (tracker, chunk manifests) and the seeder's chunks are served: HTTPS with
+//! # mutual TLS against the cluster CA, or plain HTTP when insecure_plaintext = true.
+//! listen = "0.0.0.0:7080"           # default "0.0.0.0:7080"
+//! # "IP:port" that peers dial for the seeder's chunks. Default: listen, if its IP is specified;
+//! # required when listen's IP is unspecified (0.0.0.0 or [::]).
+//! advertise = ""                    # default ""
+//! # Plain-HTTP listener for GET /metrics (Prometheus). "" disables it.
+//! metrics_listen = "127.0.0.1:9465" # default "127.0.0.1:9465"
+//! # Plain HTTP instead of mutual TLS: only for tests, never in a cluster.
+//! insecure_plaintext = false        # default false
+//! # Required: the registry host, as written in image references ("registry.example:5000"),
+//! # whose blobs this extension serves; requests naming another registry get 404.
+//! registry_host = "registry.example:5000"
+//!
+//! # Required unless insecure_plaintext: PEM files of the cluster CA and this server's
+//! # certificate (issued by the cluster CA) and key.
+//! [tls]
+//! ca = "/etc/shoal/ca.pem"
+//! cert = "/etc/shoal/registry-ext.pem"
+//! key = "/etc/shoal/registry-ext-key.pem"
+//!
+//! # How to reach the registry (shoal_p2p::registry::ClientConfig).
+//! [registry]
+//! request_timeout_secs = 30         # default 30
+//! connect_timeout_secs = 10         # default 10
+//! retries = 3                       # default 3
+//! [registry.hosts."registry.example:5000"]
+//! plain_http = false                # default false
+//! username = "reader"               # default: anonymous
+//! password = "secret"
+//!
+//! # Chunk manifests made by this extension, kept on disk.
+//! [manifests]
+//! dir = "/var/lib/shoal-registry-ext/manifests" # default; absolute
+//! chunk_size = 4194304              # default 4 MiB; within 64 KiB..=64 MiB
+//!
+//! # The first seeder: blobs read to make manifests are kept here and served to peers.
+//! [seed]
+//! dir = "/var/lib/shoal-registry-ext/blobs"     # default; absolute
+//! max_bytes = 10737418240           # default 10 GiB; at least 1
+//! max_uploads = 32                  # default 32; at least 1
+//! upload_bytes_per_sec = 0          # default 0 = unlimited
+//!
+//! # The tracker.
+//! [tracker]
+//! announce_interval_ms = 1000       # default 1000; told to peers in every announce reply
+//! peer_ttl_ms = 5000                # default 5000; more than announce_interval_ms
+//! max_peers = 30                    # default 30; longest peer list (1..=1000)
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+use shoal_p2p::chunk::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use shoal_p2p::reference::ImageReference;
+use shoal_p2p::registry::ClientConfig;
+use shoal_p2p::tls::TlsFiles;
+
+/// The whole configuration, normalised and validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// API + seeder listener address.
+    pub listen: SocketAddr,
+    /// Address peers dial for the seeder's chunks (never unspecified, never port 0).
+    pub advertise: SocketAddr,
+    /// Plain-HTTP `/metrics` listener; `None` disables it.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Plain HTTP instead of mutual TLS (tests only).
+    pub insecure_plaintext: bool,
+    /// The registry host whose blobs this extension serves.
+    pub registry_host: String,
+    /// TLS files; `None` only with `insecure_plaintext`.
+    pub tls: Option<TlsFiles>,
+    /// How to reach the registry.
+    pub registry: ClientConfig,
+    /// The chunk-manifest store.
+    pub manifests: ManifestsConfig,
+    /// The first seeder.
+    pub seed: SeedConfig,
+    /// The tracker.
+    pub tracker: TrackerConfig,
+}
+
+/// `[manifests]`: where chunk manifests are kept and how blobs are cut.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManifestsConfig {
+    /// Directory of the manifest files (created if missing). Absolute. Default
+    /// `/var/lib/shoal-registry-ext/manifests`.
+    pub dir: PathBuf,
+    /// Chunk size in bytes. Default 4 MiB; within `MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE`.
+    pub chunk_size: u64,
+}
+
+impl Default for ManifestsConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/lib/shoal-registry-ext/manifests"),
+            chunk_size: DEFAULT_CHUNK_SIZE,
+        }
+    }
+}
+
+/// `[seed]`: the blob cache the seeder serves from.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SeedConfig {
+    /// Directory of the kept blobs (created if missing). Absolute. Default
+    /// `/var/lib/shoal-registry-ext/blobs`.
+    pub dir: PathBuf,
+    /// Most bytes kept; least recently used out first. Default 10 GiB, at least 1.
+    pub max_bytes: u64,
+    /// Chunk uploads served at once. Default 32, at least 1.
+    pub max_uploads: usize,
+    /// Upload rate limit in bytes/s. Default 0 = unlimited.
+    pub upload_bytes_per_sec: u64,
+}
+
+impl Default for SeedConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/lib/shoal-registry-ext/blobs"),
+            max_bytes: 10 << 30,
+            max_uploads: 32,
+            upload_bytes_per_sec: 0,
+        }
+    }
+}
+
+/// `[tracker]`: announce timing and peer lists.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackerConfig {
+    /// Interval (ms) peers are told to announce at. Default 1000, at least 1.
+    pub announce_interval_ms: u64,
+    /// A peer not heard from for this long (ms) is dropped. Default 5000; more than
+    /// `announce_interval_ms`.
+    pub peer_ttl_ms: u64,
+    /// Longest peer list returned. Default 30; 1..=1000.
+    pub max_peers: usize,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        Self {
+            announce_interval_ms: 1000,
+            peer_ttl_ms: 5000,
+            max_peers: 30,
+        }
+    }
+}
+
+/// The file as written: top-level fields before normalisation.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_listen")]
+    listen: SocketAddr,
+    #[serde(default, deserialize_with = "optional_addr")]
+    advertise: Option<SocketAddr>,
+    #[serde(default = "default_metrics_listen", deserialize_with = "optional_addr")]
+    metrics_listen: Option<SocketAddr>,
+    #[serde(default)]
+    insecure_plaintext: bool,
+    #[serde(default)]
+    registry_host: String,
+    #[serde(default)]
+    tls: Option<TlsFiles>,
+    #[serde(default)]
+    registry: ClientConfig,
+    #[serde(default)]
+    manifests: ManifestsConfig,
+    #[serde(default)]
+    seed: SeedConfig,
+    #[serde(default)]
+    tracker: TrackerConfig,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7080))
+}
+
+fn default_metrics_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9465)))
+}
+
+/// `""` is "not set"; anything else must be `IP:port`.
+fn optional_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("{s:?} is not IP:port: {e}")))
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path:?}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing config {path:?}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid config {path:?}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+impl Config {
+    /// Reads, parses, normalises and validates the configuration at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses, normalises and validates configuration text; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })?;
+        raw.normalise().map_err(|reason| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        })
+    }
+}
+
+impl RawConfig {
+    fn normalise(self) -> Result<Config, String> {
+        let advertise = match self.advertise {
+            Some(a) => a,
+            None if self.listen.ip().is_unspecified() => {
+                return Err(format!(
+                    "advertise is required when listen ({}) has an unspecified IP: set the \
+                     IP:port peers dial for the seeder's chunks",
+                    self.listen
+                ))
+            }
+            None => self.listen,
+        };
+        if advertise.ip().is_unspecified() || advertise.port() == 0 {
+            return Err(format!(
+                "advertise {advertise} must name a specific IP and a port other than 0"
+            ));
+        }
+        check_registry_host(&self.registry_host)?;
+        match (&self.tls, self.insecure_plaintext) {
+            (None, false) => {
+                return Err(
+                    "[tls] (ca, cert, key) is required unless insecure_plaintext = true".into(),
+                )
+            }
+            (Some(_), true) => {
+                return Err("insecure_plaintext = true and [tls] are both set: choose one".into())
+            }
+            _ => {}
+        }
+        self.registry
+            .validate()
+            .map_err(|e| format!("[registry]: {e}"))?;
+        let m = &self.manifests;
+        if !m.dir.is_absolute() {
+            return Err(format!("manifests.dir {:?} must be absolute", m.dir));
+        }
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&m.chunk_size) {
+            return Err(format!(
+                "manifests.chunk_size {} is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}",
+                m.chunk_size
+            ));
+        }
+        let s = &self.seed;
+        if !s.dir.is_absolute() {
+            return Err(format!("seed.dir {:?} must be absolute", s.dir));
+        }
+        if s.dir == m.dir {
+            return Err("seed.dir and manifests.dir must differ".into());
+        }
+        if s.max_bytes == 0 {
+            return Err("seed.max_bytes must be at least 1".into());
+        }
+        if s.max_uploads == 0 {
+            return Err("seed.max_uploads must be at least 1".into());
+        }
+        let t = &self.tracker;
+        if t.announce_interval_ms == 0 {
+            return Err("tracker.announce_interval_ms must be at least 1".into());
+        }
+        if t.peer_ttl_ms <= t.announce_interval_ms {
+            return Err(format!(
+                "tracker.peer_ttl_ms ({}) must be more than tracker.announce_interval_ms ({}), \
+                 or peers expire between announces",
+                t.peer_ttl_ms, t.announce_interval_ms
+            ));
+        }
+        if !(1..=1000).contains(&t.max_peers) {
+            return Err(format!(
+                "tracker.max_peers {} is outside 1..=1000",
+                t.max_peers
+            ));
+        }
+        Ok(Config {
+            listen: self.listen,
+            advertise,
+            metrics_listen: self.metrics_listen,
+            insecure_plaintext: self.insecure_plaintext,
+            registry_host: self.registry_host,
+            tls: self.tls,
+            registry: self.registry,
+            manifests: self.manifests,
+            seed: self.seed,
+            tracker: self.tracker,
+        })
+    }
+}
+
+/// The host must be one image references can name: `host[:port]` that a reference parser
+/// reads as a registry (it has a `.` or `:`, or is `localhost`).
+fn check_registry_host(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err(
+            "registry_host is required: the registry host (as in image references, e.g. \
+             \"registry.example:5000\") whose blobs this extension serves"
+                .into(),
+        );
+    }
+    let parsed: Result<ImageReference, _> = format!("{host}/probe").parse();
+    match parsed {
+        Ok(r) if r.registry == host => Ok(()),
+        _ => Err(format!(
+            "registry_host {host:?} is not a registry host as written in image references \
+             (host[:port] with a '.' or ':', or localhost)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "registry_host = \"127.0.0.1:5000\"\nlisten = \"127.0.0.1:7080\"\n\
+                           insecure_plaintext = true\n";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("x.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_the_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.advertise, "127.0.0.1:7080".parse().unwrap());
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9465".parse().unwrap()));
+        assert_eq!(c.manifests, ManifestsConfig::default());
+        assert_eq!(c.seed, SeedConfig::default());
+        assert_eq!(c.tracker, TrackerConfig::default());
+        assert_eq!(c.manifests.chunk_size, 4 << 20);
+        assert!(c.tls.is_none());
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let c = Config::parse(
+            include_str!("../../registry-ext.toml.example"),
+            Path::new("registry-ext.toml.example"),
+        )
+        .unwrap();
+        assert_eq!(c.listen, default_listen());
+        assert_eq!(c.advertise, "10.0.0.10:7080".parse().unwrap());
+        assert_eq!(c.metrics_listen, default_metrics_listen());
+        assert_eq!(c.registry_host, "registry.example:5000");
+        assert!(c.tls.is_some() && !c.insecure_plaintext);
+        assert_eq!(c.manifests, ManifestsConfig::default());
+        assert_eq!(c.seed, SeedConfig::default());
+        assert_eq!(c.tracker, TrackerConfig::default());
+        assert_eq!(c.registry.retries, ClientConfig::default().retries);
+    }
+
+    #[test]
+    fn advertise_is_required_with_an_unspecified_listen_ip() {
+        let e = parse("registry_host = \"r.example\"\ninsecure_plaintext = true\n").unwrap_err();
+        assert!(e.to_string().contains("advertise is required"), "{e}");
+        let c = parse(
+            "registry_host = \"r.example\"\ninsecure_plaintext = true\n\
+             advertise = \"10.1.2.3:7080\"\nmetrics_listen = \"\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.advertise, "10.1.2.3:7080".parse().unwrap());
+        assert_eq!(c.metrics_listen, None);
+        for bad in ["0.0.0.0:7080", "10.1.2.3:0", "nonsense"] {
+            let text = format!(
+                "registry_host = \"r.example\"\ninsecure_plaintext = true\nadvertise = \"{bad}\"\n"
+            );
+            assert!(parse(&text).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn registry_host_and_tls_are_checked() {
+        let e = parse("listen = \"127.0.0.1:1\"\ninsecure_plaintext = true\n").unwrap_err();
+        assert!(e.to_string().contains("registry_host is required"), "{e}");
+        for bad in ["nodots", "a/b", "sp ace.example", "r.example:99999x"] {
+            let text = format!(
+                "listen = \"127.0.0.1:1\"\ninsecure_plaintext = true\nregistry_host = \"{bad}\"\n"
+            );
+            assert!(parse(&text).is_err(), "{bad}");
+        }
+        let e = parse("listen = \"127.0.0.1:1\"\nregistry_host = \"r.example\"\n").unwrap_err();
+        assert!(e.to_string().contains("[tls]"), "{e}");
+        let both = format!("{MINIMAL}[tls]\nca = \"/a\"\ncert = \"/b\"\nkey = \"/c\"\n");
+        assert!(parse(&both).unwrap_err().to_string().contains("choose one"));
+    }
+
+    #[test]
+    fn sections_are_validated() {
+        for (section, needle) in [
+            ("[manifests]\nchunk_size = 1\n", "chunk_size"),
+            ("[manifests]\ndir = \"rel\"\n", "absolute"),
+            ("[seed]\ndir = \"rel\"\n", "absolute"),
+            ("[seed]\nmax_bytes = 0\n", "seed.max_bytes"),
+            ("[seed]\nmax_uploads = 0\n", "seed.max_uploads"),
+            ("[tracker]\npeer_ttl_ms = 1000\n", "peer_ttl_ms"),
+            (
+                "[tracker]\nannounce_interval_ms = 0\n",
+                "announce_interval_ms",
+            ),
+            ("[tracker]\nmax_peers = 0\n", "max_peers"),
+            ("[registry]\nretries = 99\n", "[registry]"),
+            ("[seed]\nbogus = 1\n", "bogus"),
+            ("bogus = 1\n", "bogus"),
+        ] {
+            let e = parse(&format!("{MINIMAL}{section}")).unwrap_err();
+            assert!(e.to_string().contains(needle), "{section}: {e}");
+        }
+        let c = parse(&format!(
+            "{MINIMAL}[seed]\nmax_uploads = 4\nupload_bytes_per_sec = 1000\n\
+             [tracker]\nmax_peers = 5\n[manifests]\nchunk_size = 65536\n"
+        ))
+        .unwrap();
+        assert_eq!(c.seed.max_uploads, 4);
+        assert_eq!(c.seed.upload_bytes_per_sec, 1000);
+        assert_eq!(c.tracker.max_peers, 5);
+        assert_eq!(c.manifests.chunk_size, 65536);
+    }
+}

@@ -1,0 +1,308 @@
+//! `shoal-registry-ext serve`: one API listener (mutual TLS against the cluster CA, or
+//! plaintext when configured for tests) with the tracker, the chunk-manifest service and the
+//! seeder's chunk route; and a plain-HTTP `/metrics` listener.
+//!
+//! Routes on the API listener:
+//! - `POST /v1/announce` and `GET /v1/peers/{digest}?peer=ID[&limit=N]`: the tracker
+//!   ([`crate::tracker`], protocol in [`shoal_p2p::tracker::proto`]);
+//! - `GET /v1/chunk-manifests/{digest}?registry=HOST&repository=REPO`: [`crate::manifests`];
+//! - `GET /v1/blobs/{digest}` with a `Range`: the seeder ([`shoal_p2p::peer::router`]),
+//!   serving the blobs kept in the seed cache.
+//!
+//! The seeder is listed in peer lists of the blobs it holds as `registry-ext@<advertise>`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::FutureExt;
+use shoal_p2p::cache::BlobCache;
+use shoal_p2p::metrics::{Registry, UploadMetrics};
+use shoal_p2p::peer::{UploadLimits, UploadMeter};
+use shoal_p2p::registry::RegistryClient;
+use shoal_p2p::tls::Transport;
+use shoal_p2p::tracker::proto::{Announce, AnnounceReply, ChunkSet, PeerEntry, PeerList};
+use shoal_p2p::Digest;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::manifests::ManifestService;
+use crate::metrics::{ManifestMetrics, TrackerMetrics};
+use crate::tracker::{Tracker, SEEDER_ID_PREFIX};
+use crate::Error;
+
+/// Largest announce body accepted.
+const MAX_ANNOUNCE_BYTES: usize = 16 << 20;
+
+/// The listeners [`serve`] runs on, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    /// The API + seeder listener (`listen`).
+    pub api: TcpListener,
+    /// The `/metrics` listener (`metrics_listen`), if any.
+    pub metrics: Option<TcpListener>,
+}
+
+/// Shared state of the API handlers.
+struct App {
+    tracker: Mutex<Tracker>,
+    tracker_metrics: TrackerMetrics,
+    rng: Mutex<fastrand::Rng>,
+    manifests: ManifestService,
+    seed: BlobCache,
+    meter: UploadMeter,
+    advertise: SocketAddr,
+}
+
+type AppState = State<Arc<App>>;
+
+/// Runs shoal-registry-ext on `listeners` until `shutdown` completes: opens the seed cache
+/// and the manifest directory, loads TLS, then serves. Fails at once on unusable TLS files,
+/// directories or registry settings.
+pub async fn serve(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let transport = Transport::load(config.tls.as_ref(), config.insecure_plaintext)?;
+    let client = RegistryClient::new(config.registry.clone())?;
+    let seed_cfg = config.seed.clone();
+    let seed =
+        tokio::task::spawn_blocking(move || BlobCache::open(&seed_cfg.dir, seed_cfg.max_bytes))
+            .await
+            .map_err(|e| Error::Internal(format!("opening the seed cache: {e}")))??;
+
+    let mut registry = Registry::default();
+    let tracker_metrics = TrackerMetrics::default();
+    tracker_metrics.register(&mut registry);
+    let manifest_metrics = ManifestMetrics::default();
+    manifest_metrics.register(&mut registry);
+    let upload_metrics = UploadMetrics::default();
+    upload_metrics.register(&mut registry);
+
+    let manifests = {
+        let (dir, chunk_size) = (config.manifests.dir.clone(), config.manifests.chunk_size);
+        let (host, client, seed) = (config.registry_host.clone(), client, seed.clone());
+        tokio::task::spawn_blocking(move || {
+            ManifestService::open(&dir, chunk_size, &host, client, seed, manifest_metrics)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("opening the manifest directory: {e}")))??
+    };
+
+    let (seeder, meter) = shoal_p2p::peer::router(
+        Arc::new(seed.clone()),
+        UploadLimits {
+            max_uploads: config.seed.max_uploads,
+            bytes_per_sec: config.seed.upload_bytes_per_sec,
+        },
+        upload_metrics,
+    );
+    let app = Arc::new(App {
+        tracker: Mutex::new(Tracker::new(&config.tracker)),
+        tracker_metrics,
+        rng: Mutex::new(fastrand::Rng::new()),
+        manifests,
+        seed,
+        meter,
+        advertise: config.advertise,
+    });
+    let api = api_router(app.clone()).merge(seeder);
+    let metrics = metrics_router(Arc::new(registry));
+
+    let shutdown = shutdown.boxed().shared();
+    let api_addr = local_addr(&listeners.api)?;
+    tracing::info!(listen = %api_addr, advertise = %config.advertise,
+        scheme = transport.scheme(), registry = %config.registry_host, "serving");
+    let api_server = {
+        let shutdown = shutdown.clone();
+        async move {
+            transport
+                .serve(listeners.api, api, shutdown)
+                .await
+                .map_err(|source| Error::Listen {
+                    what: format!("API listener {api_addr}"),
+                    source,
+                })
+        }
+    };
+    let metrics_server = {
+        let shutdown = shutdown.clone();
+        async move {
+            let Some(listener) = listeners.metrics else {
+                return Ok(());
+            };
+            let addr = local_addr(&listener)?;
+            Transport::Plaintext
+                .serve(listener, metrics, shutdown)
+                .await
+                .map_err(|source| Error::Listen {
+                    what: format!("metrics listener {addr}"),
+                    source,
+                })
+        }
+    };
+    let expiry = expire_periodically(app, Duration::from_millis(config.tracker.peer_ttl_ms / 2));
+    let expiry = async move {
+        tokio::select! {
+            _ = expiry => {}
+            _ = shutdown => {}
+        }
+        Ok(())
+    };
+    tokio::try_join!(api_server, metrics_server, expiry)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn local_addr(listener: &TcpListener) -> Result<SocketAddr, Error> {
+    listener.local_addr().map_err(|source| Error::Listen {
+        what: "listener address".into(),
+        source,
+    })
+}
+
+/// Drops expired peers now and then, so the peers gauge is right without traffic.
+async fn expire_periodically(app: Arc<App>, every: Duration) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+    loop {
+        tick.tick().await;
+        let mut tracker = lock(&app.tracker);
+        tracker.expire(Instant::now());
+        app.tracker_metrics.peers.set(gauge(tracker.peer_count()));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The tracker and chunk-manifest routes.
+fn api_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route(
+            "/v1/announce",
+            post(announce).layer(DefaultBodyLimit::max(MAX_ANNOUNCE_BYTES)),
+        )
+        .route("/v1/peers/{digest}", get(peers))
+        .route("/v1/chunk-manifests/{digest}", get(chunk_manifest))
+        .with_state(app)
+}
+
+/// `GET /metrics`.
+fn metrics_router(registry: Arc<Registry>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let registry = registry.clone();
+            async move {
+                (
+                    [(header::CONTENT_TYPE, shoal_p2p::metrics::CONTENT_TYPE)],
+                    shoal_p2p::metrics::render(&registry),
+                )
+            }
+        }),
+    )
+}
+
+type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+fn params(q: Params) -> Result<HashMap<String, String>, Error> {
+    q.map(|Query(q)| q)
+        .map_err(|e| Error::BadRequest(format!("query: {}", e.body_text())))
+}
+
+async fn announce(
+    State(app): AppState,
+    body: Result<Json<Announce>, JsonRejection>,
+) -> Result<Json<AnnounceReply>, Error> {
+    let Json(announce) =
+        body.map_err(|e| Error::BadRequest(format!("announce body: {}", e.body_text())))?;
+    let mut tracker = lock(&app.tracker);
+    let reply = tracker.announce(announce, Instant::now())?;
+    app.tracker_metrics.announces.inc();
+    app.tracker_metrics.peers.set(gauge(tracker.peer_count()));
+    Ok(Json(reply))
+}
+
+async fn peers(
+    State(app): AppState,
+    Path(digest): Path<String>,
+    query: Params,
+) -> Result<Json<PeerList>, Error> {
+    let query = params(query)?;
+    let digest: Digest = digest
+        .parse()
+        .map_err(|e| Error::BadRequest(format!("{e}")))?;
+    let asking = query
+        .get("peer")
+        .ok_or_else(|| Error::BadRequest("query parameter peer is missing".into()))?;
+    let limit = match query.get("limit") {
+        None => usize::MAX,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                return Err(Error::BadRequest(format!(
+                    "query parameter limit {l:?} is not a number of at least 1"
+                )))
+            }
+        },
+    };
+    let seeder = seeder_entry(&app, &digest).await;
+    let list = {
+        let mut rng = lock(&app.rng);
+        let mut tracker = lock(&app.tracker);
+        let list = tracker.peers(&digest, asking, limit, seeder, Instant::now(), &mut rng);
+        app.tracker_metrics.peers.set(gauge(tracker.peer_count()));
+        list
+    };
+    app.tracker_metrics.peer_lists.inc();
+    Ok(Json(PeerList {
+        digest,
+        peers: list,
+    }))
+}
+
+/// This extension as a peer of `digest`, when the seed cache holds the blob and its
+/// manifest (for the chunk count) is known.
+async fn seeder_entry(app: &App, digest: &Digest) -> Option<PeerEntry> {
+    if !app.seed.contains(digest) {
+        return None;
+    }
+    let chunks = app.manifests.chunk_count(digest).await?;
+    Some(PeerEntry {
+        peer_id: format!("{SEEDER_ID_PREFIX}{}", app.advertise),
+        addr: app.advertise,
+        chunks,
+        have: ChunkSet::full(chunks).encode(),
+        upload: app.meter.stats(),
+    })
+}
+
+async fn chunk_manifest(
+    State(app): AppState,
+    Path(digest): Path<String>,
+    query: Params,
+) -> Result<Response, Error> {
+    let query = params(query).map_err(|e| app.manifests.refused(e))?;
+    let json = app
+        .manifests
+        .request(
+            &digest,
+            query.get("registry").map(String::as_str),
+            query.get("repository").map(String::as_str),
+        )
+        .await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
+}

@@ -20,12 +20,38 @@
 //! [cache]
 //! dir = "/var/lib/shoal/blobs" # default; an absolute path
 //! max_bytes = 10737418240     # default 10 GiB, at least 1
+//!
+//! # The swarm: fetch layer chunks from other nodes, serve the chunks this node holds.
+//! [swarm]
+//! enabled = false             # default false: layers come from the registry (and the cache)
+//! node_name = ""              # default: the host name; unique in the cluster
+//! listen = "0.0.0.0:7070"     # default; the chunk server for peers (mutual TLS)
+//! advertise = ""              # "IP[:port]" peers dial; default: listen's IP if set, else the
+//!                             # source address towards the first tracker; port from listen
+//! trackers = []               # shoal-registry-ext URLs, e.g. ["https://10.0.0.1:7080"];
+//!                             # at least one when enabled (chunk manifests come from them too)
+//! insecure_plaintext = false  # default false; plain HTTP between nodes, only for tests
+//! max_uploads = 16            # default 16: chunks served at once (more get "busy")
+//! upload_bytes_per_sec = 0    # default 0 = unlimited: this node's total upload rate
+//! chunks_in_flight = 8        # default 8: chunk requests in flight per blob
+//! chunks_per_peer = 2         # default 2: chunk requests in flight per peer, per blob
+//! [swarm.tls]                 # required when enabled, unless insecure_plaintext
+//! ca = "/etc/shoal/ca.pem"    # the cluster CA: the only issuer trusted for peers and trackers
+//! cert = "/etc/shoal/node.pem"
+//! key = "/etc/shoal/node-key.pem"
+//!
+//! # Prometheus metrics (plain HTTP GET /metrics).
+//! [metrics]
+//! listen = "127.0.0.1:9464"   # default; "" turns the endpoint off
 //! ```
 
 use std::path::{Path, PathBuf};
 
+use std::net::SocketAddr;
+
 use serde::Deserialize;
 use shoal_p2p::registry::ClientConfig;
+use shoal_p2p::tls::TlsFiles;
 
 /// The whole of shoald's configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -40,6 +66,97 @@ pub struct Config {
     /// The blob cache.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// The swarm.
+    #[serde(default)]
+    pub swarm: SwarmSection,
+    /// The metrics endpoint.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// `[swarm]`: this node as a swarm peer (see the module documentation for every field).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwarmSection {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Default: the host name.
+    #[serde(default)]
+    pub node_name: String,
+    #[serde(default = "default_swarm_listen")]
+    pub listen: SocketAddr,
+    /// `IP` or `IP:port`; empty: derived (see [`crate::node`]).
+    #[serde(default)]
+    pub advertise: String,
+    #[serde(default)]
+    pub trackers: Vec<String>,
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    #[serde(default = "default_max_uploads")]
+    pub max_uploads: usize,
+    #[serde(default)]
+    pub upload_bytes_per_sec: u64,
+    #[serde(default = "default_chunks_in_flight")]
+    pub chunks_in_flight: usize,
+    #[serde(default = "default_chunks_per_peer")]
+    pub chunks_per_peer: usize,
+}
+
+fn default_swarm_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7070))
+}
+
+fn default_max_uploads() -> usize {
+    16
+}
+
+fn default_chunks_in_flight() -> usize {
+    8
+}
+
+fn default_chunks_per_peer() -> usize {
+    2
+}
+
+impl Default for SwarmSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            node_name: String::new(),
+            listen: default_swarm_listen(),
+            advertise: String::new(),
+            trackers: Vec::new(),
+            insecure_plaintext: false,
+            tls: None,
+            max_uploads: default_max_uploads(),
+            upload_bytes_per_sec: 0,
+            chunks_in_flight: default_chunks_in_flight(),
+            chunks_per_peer: default_chunks_per_peer(),
+        }
+    }
+}
+
+/// `[metrics]`: where Prometheus scrapes shoald.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `IP:port`, or empty for no endpoint. Default `127.0.0.1:9464`.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: String,
+}
+
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            listen: default_metrics_listen(),
+        }
+    }
 }
 
 /// `[unpack]`: how images are unpacked.
@@ -147,6 +264,54 @@ impl Config {
         if config.cache.max_bytes == 0 {
             return Err(invalid("cache.max_bytes must be at least 1".into()));
         }
+        if !config.metrics.listen.is_empty() && config.metrics.listen.parse::<SocketAddr>().is_err()
+        {
+            return Err(invalid(format!(
+                "metrics.listen {:?} is not IP:port (or empty)",
+                config.metrics.listen
+            )));
+        }
+        let swarm = &config.swarm;
+        if swarm.enabled {
+            if swarm.trackers.is_empty() {
+                return Err(invalid(
+                    "swarm.trackers: at least one tracker URL is needed when the swarm is enabled"
+                        .into(),
+                ));
+            }
+            let scheme = if swarm.tls.is_some() {
+                "https://"
+            } else if swarm.insecure_plaintext {
+                "http://"
+            } else {
+                return Err(invalid(
+                    "swarm.tls (ca, cert, key) is required unless swarm.insecure_plaintext = true"
+                        .into(),
+                ));
+            };
+            for url in &swarm.trackers {
+                if !url.starts_with(scheme) {
+                    return Err(invalid(format!(
+                        "swarm.trackers: {url:?} must start with {scheme}"
+                    )));
+                }
+            }
+            if swarm.max_uploads == 0 || swarm.chunks_in_flight == 0 || swarm.chunks_per_peer == 0 {
+                return Err(invalid(
+                    "swarm.max_uploads, chunks_in_flight and chunks_per_peer must be at least 1"
+                        .into(),
+                ));
+            }
+            if !swarm.advertise.is_empty()
+                && swarm.advertise.parse::<SocketAddr>().is_err()
+                && swarm.advertise.parse::<std::net::IpAddr>().is_err()
+            {
+                return Err(invalid(format!(
+                    "swarm.advertise {:?} is not IP or IP:port",
+                    swarm.advertise
+                )));
+            }
+        }
         Ok(config)
     }
 }
@@ -203,6 +368,41 @@ mod tests {
         assert!(e.to_string().contains("x.toml"), "{e}");
         let e = Config::parse("[unpack]\nconcurrency = 0\n", Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("at least 1"), "{e}");
+    }
+
+    #[test]
+    fn reads_and_checks_the_swarm_section() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        assert!(!c.swarm.enabled);
+        assert_eq!(c.metrics.listen, "127.0.0.1:9464");
+        let ok = "[swarm]\nenabled = true\ntrackers = [\"https://10.0.0.1:7080\"]\n\
+                  [swarm.tls]\nca = \"/c\"\ncert = \"/n\"\nkey = \"/k\"\n";
+        let c = Config::parse(ok, Path::new("x.toml")).unwrap();
+        assert_eq!(c.swarm.listen.port(), 7070);
+        assert_eq!(c.swarm.tls.unwrap().ca, Path::new("/c"));
+        let e = Config::parse("[swarm]\nenabled = true\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("swarm.trackers"), "{e}");
+        let e = Config::parse(
+            "[swarm]\nenabled = true\ntrackers = [\"https://t:1\"]\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("swarm.tls"), "{e}");
+        let e = Config::parse(
+            "[swarm]\nenabled = true\ninsecure_plaintext = true\ntrackers = [\"https://t:1\"]\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("http://"), "{e}");
+        let e = Config::parse(
+            &format!("{ok}[metrics]\nlisten = \"nope\"\n"),
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("metrics.listen"), "{e}");
+        let bad_adv = ok.replace("enabled = true", "enabled = true\nadvertise = \"host\"");
+        let e = Config::parse(&bad_adv, Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("advertise"), "{e}");
     }
 
     #[test]

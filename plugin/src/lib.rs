@@ -6,6 +6,8 @@
 //! - [`config`]: shoald's TOML configuration.
 //! - [`remote`]: the CRI remote path: layers streamed from the registry into committed
 //!   snapshots on Prepare, all layers of an image at once.
+//! - [`node`]: this node's swarm peer (chunk server, announcer), the blob source layers come
+//!   through, and the Prometheus endpoint.
 //! - [`snapshot`]: the containerd proxy snapshotter (overlayfs semantics, redb metadata, gRPC).
 //! - [`cri`]: `shoald pull` through CRI; [`sd_notify`]: readiness for systemd; [`report`]:
 //!   figures for the command line.
@@ -14,6 +16,7 @@ pub mod config;
 pub mod cri;
 pub mod error;
 pub mod image;
+pub mod node;
 pub mod remote;
 pub mod report;
 pub mod sd_notify;

@@ -3,9 +3,9 @@
 //! containerd asked for, so that the Prepare answers `ALREADY_EXISTS` and containerd never
 //! downloads the blob.
 //!
-//! Layer blobs come through the node's blob cache ([`shoal_p2p::cache::CachingSource`] in
-//! front of the registry, `[cache]` in the config): a blob fetched once is read from disk
-//! the next time, and is kept for the swarm to seed.
+//! Layer blobs come from the [`BlobSource`] [`crate::node::Node`] built: the swarm, or the
+//! node's blob cache in front of the registry (`[cache]` in the config). Either way a blob
+//! fetched once is read from disk the next time, and is kept for the swarm to seed.
 //!
 //! # What containerd 1.6 does, and what shoal answers
 //!
@@ -55,7 +55,6 @@ use std::time::{Duration, Instant};
 
 use containerd_snapshots::tonic;
 use futures::TryStreamExt;
-use shoal_p2p::cache::{BlobCache, CachingSource};
 use shoal_p2p::reference::ImageReference;
 use shoal_p2p::registry::{Platform, RegistryClient, ResolvedImage};
 use shoal_p2p::source::BlobSource;
@@ -191,25 +190,15 @@ impl Request {
 }
 
 impl RemoteLayers {
-    /// The interceptor for `snapshotter`, with registry access, the blob cache and
-    /// concurrency from `config`. Removes what an earlier run left: its staging directory
+    /// The interceptor for `snapshotter`, with registry access and concurrency from `config`,
+    /// fetching layer blobs from `blobs` (the swarm or the cache, see [`crate::node`]). Removes what an earlier run left: its staging directory
     /// (`ROOT/remote`) and the temporary active snapshots of interrupted commits. Blocking.
-    pub fn new(config: &Config, snapshotter: &OverlaySnapshotter) -> Result<Self, Error> {
+    pub fn new(
+        config: &Config,
+        snapshotter: &OverlaySnapshotter,
+        blobs: Arc<dyn BlobSource>,
+    ) -> Result<Self, Error> {
         let client = RegistryClient::new(config.registry.clone())?;
-        // Without its cache shoald still streams layers: a cache it cannot open (permissions,
-        // a full disk) costs re-downloads, never a pull.
-        let blobs: Arc<dyn BlobSource> =
-            match BlobCache::open(&config.cache.dir, config.cache.max_bytes) {
-                Ok(cache) => Arc::new(CachingSource::new(client.clone(), cache)),
-                Err(e) => {
-                    tracing::warn!(
-                        dir = %config.cache.dir.display(),
-                        error = %e,
-                        "blob cache unavailable; fetching without it"
-                    );
-                    Arc::new(client.clone())
-                }
-            };
         let staging = snapshotter.root().join("remote");
         remove_dir_all_if_exists(&staging).map_err(io_err(&staging))?;
         std::fs::create_dir_all(&staging).map_err(io_err(&staging))?;
@@ -568,7 +557,10 @@ mod tests {
         std::fs::write(dir.path().join("file"), b"").unwrap();
         let mut config = Config::default();
         config.cache.dir = dir.path().join("file/blobs");
-        assert!(RemoteLayers::new(&config, &sn).is_ok());
+        config.metrics.listen = String::new();
+        let client = RegistryClient::new(config.registry.clone()).unwrap();
+        let node = crate::node::Node::start(&config, client).await;
+        assert!(RemoteLayers::new(&config, &sn, node.blobs.clone()).is_ok());
     }
 
     #[tokio::test]
@@ -594,7 +586,8 @@ mod tests {
             .get_mut("127.0.0.1:1")
             .unwrap()
             .plain_http = true;
-        let remote = RemoteLayers::new(&config, &sn).unwrap();
+        let client = RegistryClient::new(config.registry.clone()).unwrap();
+        let remote = RemoteLayers::new(&config, &sn, Arc::new(client)).unwrap();
         let d = Digest::of(b"x").to_string();
         let l = labels(&[
             (crate::snapshot::TARGET_REF_LABEL, &d),

@@ -62,7 +62,7 @@ pub async fn serve<S: containerd_snapshots::Snapshotter>(
 }
 
 /// Opens the overlay snapshotter at `root` with the remote (CRI streaming) path of
-/// [`crate::remote`] built from `config`, and serves it on the unix socket `address` until
+/// [`crate::remote`] and the node's swarm ([`crate::node`]) built from `config`, and serves it on the unix socket `address` until
 /// `shutdown` completes; the socket file is removed afterwards.
 pub async fn run(
     root: &Path,
@@ -72,9 +72,14 @@ pub async fn run(
 ) -> Result<(), crate::Error> {
     let root_owned = root.to_owned();
     let config = config.clone();
+    let client = shoal_p2p::registry::RegistryClient::new(config.registry.clone())
+        .map_err(crate::Error::from)?;
+    // The swarm peer, the announcer and the metrics endpoint run as long as the snapshotter.
+    let node = crate::node::Node::start(&config, client).await;
+    let blobs = node.blobs.clone();
     let snapshotter = tokio::task::spawn_blocking(move || {
         let sn = OverlaySnapshotter::open(&root_owned)?;
-        let remote = crate::remote::RemoteLayers::new(&config, &sn)?;
+        let remote = crate::remote::RemoteLayers::new(&config, &sn, blobs)?;
         Ok::<_, crate::Error>(sn.with_interceptor(Arc::new(remote)))
     })
     .await
@@ -85,6 +90,7 @@ pub async fn run(
         tracing::warn!(error = %e, "sd_notify READY=1");
     }
     let served = serve(snapshotter, listener, shutdown).await;
+    drop(node);
     let _ = std::fs::remove_file(address);
     Ok(served?)
 }

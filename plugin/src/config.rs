@@ -360,6 +360,13 @@ mod tests {
             c.registry.connect_timeout_secs,
             d.registry.connect_timeout_secs
         );
+        assert_eq!(c.swarm.enabled, d.swarm.enabled);
+        assert_eq!(c.swarm.listen, d.swarm.listen);
+        assert_eq!(c.swarm.max_uploads, d.swarm.max_uploads);
+        assert_eq!(c.swarm.upload_bytes_per_sec, d.swarm.upload_bytes_per_sec);
+        assert_eq!(c.swarm.chunks_in_flight, d.swarm.chunks_in_flight);
+        assert_eq!(c.swarm.chunks_per_peer, d.swarm.chunks_per_peer);
+        assert_eq!(c.metrics.listen, d.metrics.listen);
     }
 
     #[test]

@@ -14,7 +14,9 @@ use crate::chunk::ChunkManifest;
 use crate::digest::Digest;
 pub use http::HttpTrackers;
 pub use memory::MemoryTracker;
-pub use proto::{Announce, AnnounceReply, BlobHave, ChunkSet, PeerEntry, PeerList, UploadStats};
+pub use proto::{
+    Announce, AnnounceReply, BlobHave, ChunkSet, PeerEntry, PeerList, UploadStats, SEEDER_ID_PREFIX,
+};
 
 /// Why a tracker request failed.
 #[derive(Debug, thiserror::Error)]

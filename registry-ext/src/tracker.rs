@@ -22,7 +22,7 @@ use crate::config::TrackerConfig;
 use crate::Error;
 
 /// Peer ids starting with this are the registry extension's seeders; peers may not use it.
-pub const SEEDER_ID_PREFIX: &str = "registry-ext@";
+pub use shoal_p2p::tracker::SEEDER_ID_PREFIX;
 /// Longest accepted peer id.
 pub const MAX_PEER_ID_LEN: usize = 253;
 /// Most blobs one announce may list.

@@ -10,12 +10,14 @@
 //!   peer holds goes to the registry, consecutive ones merged into one range.
 //! - Limits: `in_flight` requests per blob, `per_peer_in_flight` per peer, and
 //!   `registry_in_flight` registry ranges.
-//! - Peer choice among the holders with a free slot: measured speed (smoothed, shared across
-//!   blobs; untried peers are tried optimistically) divided by (1 + requests in flight), with
-//!   a little randomness.
+//! - Peer choice among the holders with a free slot: other nodes before a registry-side
+//!   seeder (`registry-ext@…`), then measured speed (smoothed, shared across blobs; untried
+//!   peers are tried optimistically) divided by (1 + requests in flight), with a little
+//!   randomness.
 //! - Overdue: a peer request taking more than 3x the median chunk time (at least 1 s; 8 s
-//!   before anything is measured) is asked again from another holder, or the registry; the
-//!   first verified copy wins and the other request is cancelled.
+//!   before anything is measured) is asked again from another holder, or, when no other
+//!   holder is free and it is 4x past that, from the registry; the first verified copy wins
+//!   and the other request is cancelled.
 //! - Failures: a chunk failing its hash drops that peer for this blob (counted); a busy peer
 //!   is left alone for 500 ms; a peer failing 3 times is dropped for this blob; registry
 //!   errors back off. The download fails (its readers get the error and shoald falls back to
@@ -37,12 +39,15 @@ use super::download::Download;
 use super::Swarm;
 use crate::digest::Digest;
 use crate::peer::PeerError;
-use crate::tracker::{ChunkSet, PeerEntry, TrackerError};
+use crate::tracker::{ChunkSet, PeerEntry, TrackerError, SEEDER_ID_PREFIX};
 
 /// Scheduling pass interval (overdue checks, peer refreshes).
 const TICK: Duration = Duration::from_millis(100);
-/// How long to wait for the first peer list.
-const FIRST_PEERS_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long to wait for the first peer list (a tracker that is down answers at once).
+const FIRST_PEERS_TIMEOUT: Duration = Duration::from_secs(10);
+/// An overdue chunk goes to the registry only when no other peer can take it and it is this
+/// many times past the overdue limit: the registry is the last resort.
+const REGISTRY_OVERDUE_FACTOR: u32 = 4;
 /// A download that receives nothing for this long fails.
 const STALL_LIMIT: Duration = Duration::from_secs(120);
 /// A busy peer is not asked again for this long.
@@ -531,7 +536,9 @@ impl Scheduler {
             .count()
     }
 
-    /// The best usable holder of chunk `i`, other than `not`.
+    /// The best usable holder of chunk `i`, other than `not`: a node if one can take it, a
+    /// registry-side seeder otherwise (so the registry side sends each chunk about once and
+    /// the nodes spread it).
     fn pick_peer(&self, i: u32, now: Instant, not: Option<&str>) -> Option<String> {
         let speeds = self.swarm.inner().peer_speed.lock().expect("lock");
         let optimistic = speeds.values().copied().fold(1e6_f64, f64::max) * 1.5;
@@ -541,10 +548,11 @@ impl Scheduler {
             .map(|(id, p)| {
                 let speed = speeds.get(&p.addr).copied().unwrap_or(optimistic);
                 let jitter = 0.8 + 0.4 * fastrand::f64();
-                (speed * jitter / (1.0 + p.in_flight as f64), id)
+                let node = !id.starts_with(SEEDER_ID_PREFIX);
+                (node, speed * jitter / (1.0 + p.in_flight as f64), id)
             })
-            .max_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(_, id)| id.clone())
+            .max_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)))
+            .map(|(_, _, id)| id.clone())
     }
 
     fn schedule(&mut self) -> Result<(), String> {
@@ -592,27 +600,34 @@ impl Scheduler {
 
     fn reissue_overdue(&mut self, now: Instant) {
         let limit = self.overdue_after();
-        let overdue: Vec<(u64, u32, Source)> = self
+        let overdue: Vec<(Duration, u32, Source)> = self
             .reqs
-            .iter()
-            .filter(|(_, r)| {
+            .values()
+            .filter(|r| {
                 r.chunks.len() == 1
                     && matches!(r.source, Source::Peer(_))
                     && now.duration_since(r.started) > limit
                     && self.chunk_reqs[r.chunks.start as usize].len() == 1
             })
-            .map(|(id, r)| (*id, r.chunks.start, r.source.clone()))
+            .map(|r| {
+                (
+                    now.duration_since(r.started),
+                    r.chunks.start,
+                    r.source.clone(),
+                )
+            })
             .collect();
-        for (_, i, source) in overdue {
+        for (elapsed, i, source) in overdue {
             let Source::Peer(slow) = &source else {
                 continue;
             };
-            self.swarm.inner().metrics.chunk_failed("overdue");
             if let Some(peer) = self.pick_peer(i, now, Some(slow)) {
                 tracing::debug!(chunk = i, slow = %slow, other = %peer, "chunk overdue; asked elsewhere");
+                self.swarm.inner().metrics.chunk_failed("overdue");
                 self.request_from_peer(peer, i);
-            } else if self.registry_ready(now) {
+            } else if elapsed > limit * REGISTRY_OVERDUE_FACTOR && self.registry_ready(now) {
                 tracing::debug!(chunk = i, slow = %slow, "chunk overdue; asked of the registry");
+                self.swarm.inner().metrics.chunk_failed("overdue");
                 self.spawn_registry(i..i + 1);
             }
         }

@@ -21,6 +21,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 
+/// `peer_id` prefix of a registry extension's own seeder (followed by its address). Nodes
+/// may not announce with it; their schedulers use a seeder only for chunks no other peer can
+/// give them, so the registry side sends each chunk about once.
+pub const SEEDER_ID_PREFIX: &str = "registry-ext@";
+
 /// Which chunks of a blob a peer holds: a bitmap, bit `i` (LSB first in byte `i / 8`) set when
 /// chunk `i` is held and verified. In JSON it is `"all"` or base64 of the bitmap.
 #[derive(Clone, Debug, PartialEq, Eq)]

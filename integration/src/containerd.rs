@@ -46,6 +46,13 @@ impl TestContainerd {
 
     /// Starts containerd as `config` says.
     pub fn start_with(config: ContainerdConfig) -> Result<Self> {
+        Self::start_in_netns(config, None)
+    }
+
+    /// [`Self::start_with`], inside network namespace `netns` when given (`ip netns exec`):
+    /// its registry traffic then goes through that namespace's links. Its socket is a path,
+    /// so `ctr` and CRI clients reach it from anywhere.
+    pub fn start_in_netns(config: ContainerdConfig, netns: Option<&str>) -> Result<Self> {
         let ContainerdConfig { cri, extra } = config;
         let disabled = if cri {
             r#"["io.containerd.internal.v1.opt"]"#
@@ -74,7 +81,15 @@ impl TestContainerd {
         let config_path = dir.path().join("config.toml");
         fs::write(&config_path, config)?;
         let log = fs::File::create(dir.path().join("containerd.log"))?;
-        let child = Command::new("containerd")
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "containerd"]);
+                c
+            }
+            None => Command::new("containerd"),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&config_path)
             .stdin(Stdio::null())
@@ -110,6 +125,11 @@ impl TestContainerd {
     /// containerd's log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// containerd's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("containerd.log")
     }
 
     /// The containerd root directory (`root` in its config).

@@ -58,6 +58,7 @@ pub struct Shoald {
     dir: TempDir,
     child: Child,
     socket: PathBuf,
+    netns: Option<String>,
 }
 
 impl Shoald {
@@ -69,6 +70,12 @@ impl Shoald {
 
     /// [`Self::start`] with `config` (shoald's TOML) as its `--config` file.
     pub fn start_with_config(config: &str) -> Result<Self> {
+        Self::start_in_netns(config, None)
+    }
+
+    /// [`Self::start_with_config`], inside network namespace `netns` when given (`ip netns
+    /// exec`): its swarm and registry traffic then goes through that namespace's links.
+    pub fn start_in_netns(config: &str, netns: Option<&str>) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("shoal-shoald-")
             .tempdir_in(scratch_dir())?;
@@ -81,10 +88,22 @@ impl Shoald {
                 dir.path().join("blobs").display().to_string()
             )
         };
+        // No metrics endpoint unless the test asks for one: its default port (127.0.0.1:9464)
+        // is one per network namespace, and tests run several shoalds side by side.
+        let config = if config.contains("[metrics]") {
+            config
+        } else {
+            format!("{config}\n[metrics]\nlisten = \"\"\n")
+        };
         fs::write(dir.path().join("shoald.toml"), config)?;
-        let (child, notify) = Self::spawn(dir.path())?;
+        let (child, notify) = Self::spawn(dir.path(), netns)?;
         let socket = dir.path().join("run/shoald.sock");
-        let mut me = Self { dir, child, socket };
+        let mut me = Self {
+            dir,
+            child,
+            socket,
+            netns: netns.map(str::to_owned),
+        };
         me.wait_ready(&notify)?;
         Ok(me)
     }
@@ -92,14 +111,34 @@ impl Shoald {
     /// Kills shoald with SIGKILL (as a crash would) and starts it again on the same root,
     /// socket and config.
     pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.start_again()
+    }
+
+    /// Kills shoald with SIGKILL, as a crash would, and reaps it.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, notify) = Self::spawn(self.dir.path())?;
+    }
+
+    /// Starts shoald again on the same root, socket, config and namespace (after [`Self::kill`]).
+    pub fn start_again(&mut self) -> Result<()> {
+        let (child, notify) = Self::spawn(self.dir.path(), self.netns.as_deref())?;
         self.child = child;
         self.wait_ready(&notify)
     }
 
-    fn spawn(dir: &Path) -> Result<(Child, UnixDatagram)> {
+    /// Whether the shoald process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The process ID of the current shoald.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn spawn(dir: &Path, netns: Option<&str>) -> Result<(Child, UnixDatagram)> {
         let bin = shoald_binary()?;
         let socket = dir.join("run/shoald.sock");
         let notify_path = dir.join("notify.sock");
@@ -109,7 +148,15 @@ impl Shoald {
             .create(true)
             .append(true)
             .open(dir.join("shoald.log"))?;
-        let child = Command::new(&bin)
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = cmd
             .arg("--config")
             .arg(dir.join("shoald.toml"))
             .arg("snapshotter")
@@ -118,6 +165,8 @@ impl Shoald {
             .arg("--address")
             .arg(&socket)
             .env("NOTIFY_SOCKET", &notify_path)
+            // A log file, not a terminal: no colour codes in it.
+            .env("NO_COLOR", "1")
             .env(
                 "SHOAL_LOG",
                 std::env::var("SHOAL_LOG").unwrap_or_else(|_| "info".into()),
@@ -188,6 +237,16 @@ impl Shoald {
         self.dir.path().join("root")
     }
 
+    /// shoald's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("shoald.log")
+    }
+
+    /// shoald's configuration file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("shoald.toml")
+    }
+
     /// shoald's log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("shoald.log")).unwrap_or_default()
@@ -230,7 +289,19 @@ impl CriContainerd {
     }
 
     fn start_inner(plain_http: &[String], shoald_config: &str, snapshotter: &str) -> Result<Self> {
-        let shoald = Shoald::start_with_config(shoald_config)?;
+        Self::start_in_netns(None, plain_http, shoald_config, snapshotter)
+    }
+
+    /// Starts shoald and containerd inside network namespace `netns` when given (both with
+    /// `ip netns exec`), CRI pulling with `snapshotter` ([`SNAPSHOTTER`] for shoal,
+    /// `"overlayfs"` for containerd's own); otherwise as [`Self::start_with_config`].
+    pub fn start_in_netns(
+        netns: Option<&str>,
+        plain_http: &[String],
+        shoald_config: &str,
+        snapshotter: &str,
+    ) -> Result<Self> {
+        let shoald = Shoald::start_in_netns(shoald_config, netns)?;
         let hosts = tempfile::Builder::new()
             .prefix("shoal-certs.d-")
             .tempdir_in(scratch_dir())?;
@@ -259,7 +330,8 @@ impl CriContainerd {
             cni_bin = cni.join("bin"),
             cni_conf = cni.join("net.d"),
         );
-        let containerd = TestContainerd::start_with(ContainerdConfig { cri: true, extra })?;
+        let containerd =
+            TestContainerd::start_in_netns(ContainerdConfig { cri: true, extra }, netns)?;
         let me = Self {
             containerd,
             shoald,
@@ -291,6 +363,11 @@ impl CriContainerd {
 
     pub fn shoald(&self) -> &Shoald {
         &self.shoald
+    }
+
+    /// The snapshotter process, to kill and start again.
+    pub fn shoald_mut(&mut self) -> &mut Shoald {
+        &mut self.shoald
     }
 
     /// Kills shoald (SIGKILL) and starts it again on the same state ([`Shoald::restart`]).

@@ -5,11 +5,13 @@
 //! Every harness that needs an outside tool has an `available()` check; a test skips only when
 //! the tool is truly absent and says so (CI installs them all through `scripts/install-deps.sh`).
 
+pub mod cluster;
 pub mod compare;
 pub mod containerd;
 pub mod cri;
 pub mod image;
 pub mod netns;
+pub mod pki;
 pub mod registry;
 pub mod tamper;
 pub mod token_server;

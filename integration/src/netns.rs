@@ -16,9 +16,33 @@ pub fn available() -> bool {
     is_root() && have("ip") && have("tc")
 }
 
-/// A unique short suffix for names of this process (interface names stop at 15 bytes).
-fn unique() -> u32 {
-    (std::process::id() % 10_000) * 64 + NEXT.fetch_add(1, Ordering::Relaxed) % 64
+/// A unique suffix for namespace names of this process.
+fn unique() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Links alive in this process, by slot: slot `s` names the interfaces `sh{pid*64+s}h/n`
+/// (interface names stop at 15 bytes) and numbers their /30 `10.231.{pid%250}.{4s}`. A slot
+/// is reused only once its link is gone, so a process can make any number of links, up to
+/// 64 at a time.
+static LINK_SLOTS: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
+
+fn take_link_slot() -> Result<u32> {
+    let mut used = LINK_SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let slot = (0..64u32)
+        .find(|s| *used & (1 << s) == 0)
+        .ok_or_else(|| anyhow::anyhow!("64 links alive in this process: no address left"))?;
+    *used |= 1 << slot;
+    Ok(slot)
+}
+
+fn release_link_slot(slot: u32) {
+    let mut used = LINK_SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+    *used &= !(1u64 << slot);
 }
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -65,6 +89,7 @@ impl Drop for Netns {
 
 /// A veth pair between the host and a namespace, removed on drop.
 pub struct Link {
+    slot: u32,
     host_dev: String,
     ns_dev: String,
     ns_name: String,
@@ -75,9 +100,11 @@ pub struct Link {
 impl Link {
     /// Joins `ns` to the host: a /30 with one address each side.
     pub fn to_host(ns: &Netns) -> Result<Self> {
-        let n = unique();
-        let (a, b) = ((n / 64) % 250, (n % 64) * 4);
+        let slot = take_link_slot()?;
+        let n = (std::process::id() % 10_000) * 64 + slot;
+        let (a, b) = ((n / 64) % 250, slot * 4);
         let link = Self {
+            slot,
             host_dev: format!("sh{n}h"),
             ns_dev: format!("sh{n}n"),
             ns_name: ns.name.clone(),
@@ -128,6 +155,72 @@ impl Link {
     }
 }
 
+impl Link {
+    /// Routes everything the namespace sends outside its /30 through the host, so that
+    /// namespaces joined to the host can reach each other (with [`Forwarding`] on).
+    pub fn route_via_host(&self) -> Result<()> {
+        ip(&[
+            "-n",
+            &self.ns_name,
+            "route",
+            "replace",
+            "default",
+            "via",
+            &self.host_ip,
+        ])
+    }
+
+    /// Bytes the namespace has sent out through this link (received by the host end).
+    pub fn ns_sent_bytes(&self) -> Result<u64> {
+        self.host_counter("rx_bytes")
+    }
+
+    /// Bytes the namespace has received through this link (sent by the host end).
+    pub fn ns_received_bytes(&self) -> Result<u64> {
+        self.host_counter("tx_bytes")
+    }
+
+    fn host_counter(&self, name: &str) -> Result<u64> {
+        let path = format!("/sys/class/net/{}/statistics/{name}", self.host_dev);
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("reading {path}: {e}"))?;
+        Ok(text.trim().parse()?)
+    }
+}
+
+/// IPv4 forwarding on the host, so that namespaces joined to it by [`Link`]s reach each
+/// other. The first guard saves the setting and turns it on; the last one dropped puts the
+/// saved setting back.
+pub struct Forwarding(());
+
+static FORWARDING: std::sync::Mutex<(usize, Option<String>)> = std::sync::Mutex::new((0, None));
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+impl Forwarding {
+    pub fn enable() -> Result<Self> {
+        let mut state = FORWARDING.lock().unwrap_or_else(|e| e.into_inner());
+        if state.0 == 0 {
+            let saved = std::fs::read_to_string(IP_FORWARD)?;
+            std::fs::write(IP_FORWARD, "1\n")?;
+            state.1 = Some(saved);
+        }
+        state.0 += 1;
+        Ok(Self(()))
+    }
+}
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        let mut state = FORWARDING.lock().unwrap_or_else(|e| e.into_inner());
+        state.0 -= 1;
+        if state.0 == 0 {
+            if let Some(saved) = state.1.take() {
+                let _ = std::fs::write(IP_FORWARD, saved);
+            }
+        }
+    }
+}
+
 fn tbf(ns: Option<&str>, dev: &str, mbit: u64) -> Result<()> {
     let rate = format!("{mbit}mbit");
     // A burst of at least rate/HZ worth of bytes (and 64 KiB) keeps tbf accurate.
@@ -150,6 +243,7 @@ impl Drop for Link {
         let _ = Command::new("ip")
             .args(["link", "del", &self.host_dev])
             .status();
+        release_link_slot(self.slot);
     }
 }
 

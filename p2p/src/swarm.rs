@@ -63,6 +63,10 @@ pub struct SwarmConfig {
     pub registry_in_flight: usize,
     /// Most bytes in one merged registry range request. Default 16 MiB.
     pub max_registry_range: u64,
+    /// Chunk requests from this node to one registry-side seeder at once, across all blobs.
+    /// Default 1: the seeder's bandwidth is shared by every node, and a node that holds a
+    /// chunk gives it on.
+    pub per_seeder_in_flight: usize,
     /// Chunks just past the reader fetched in order (when other peers hold them). Default 2.
     pub near_window: usize,
     /// Announce at least this often. Default 1 s.
@@ -81,6 +85,7 @@ impl SwarmConfig {
             node_name: node_name.into(),
             advertise,
             per_peer_in_flight: 2,
+            per_seeder_in_flight: 1,
             in_flight: 8,
             registry_in_flight: 2,
             max_registry_range: 16 << 20,
@@ -124,6 +129,8 @@ pub(crate) struct Inner {
     pub(crate) announce_now: Notify,
     /// Throughput seen from each peer (bytes/s, smoothed), across blobs.
     pub(crate) peer_speed: Mutex<HashMap<SocketAddr, f64>>,
+    /// Requests in flight to each registry-side seeder, across blobs.
+    seeder_requests: Mutex<HashMap<SocketAddr, usize>>,
 }
 
 impl Swarm {
@@ -152,6 +159,7 @@ impl Swarm {
                 upload_stats: Mutex::new(None),
                 announce_now: Notify::new(),
                 peer_speed: Mutex::new(HashMap::new()),
+                seeder_requests: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -337,6 +345,23 @@ impl Swarm {
 
     pub(crate) fn inner(&self) -> &Inner {
         &self.inner
+    }
+
+    /// Whether this node may send the seeder at `addr` one more request.
+    pub(crate) fn seeder_has_slot(&self, addr: SocketAddr) -> bool {
+        let requests = self.inner.seeder_requests.lock().expect("lock");
+        requests.get(&addr).copied().unwrap_or(0) < self.inner.config.per_seeder_in_flight
+    }
+
+    /// Counts a request to the seeder at `addr` starting (`true`) or ending.
+    pub(crate) fn seeder_slot(&self, addr: SocketAddr, start: bool) {
+        let mut requests = self.inner.seeder_requests.lock().expect("lock");
+        let n = requests.entry(addr).or_default();
+        if start {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+        }
     }
 }
 

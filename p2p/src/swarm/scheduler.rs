@@ -9,7 +9,9 @@
 //!   broken by a per-node random key so nodes spread over different chunks. A chunk no usable
 //!   peer holds goes to the registry, consecutive ones merged into one range.
 //! - Limits: `in_flight` requests per blob, `per_peer_in_flight` per peer, and
-//!   `registry_in_flight` registry ranges.
+//!   `registry_in_flight` registry ranges; a registry-side seeder gets at most
+//!   `per_seeder_in_flight` requests from this node across all blobs (1 by default), so that
+//!   many nodes starting at once ask it for different chunks and then trade them.
 //! - Peer choice among the holders with a free slot: other nodes before a registry-side
 //!   seeder (`registry-ext@…`), then measured speed (smoothed, shared across blobs; untried
 //!   peers are tried optimistically) divided by (1 + requests in flight), with a little
@@ -91,6 +93,9 @@ enum Event {
 
 struct PeerState {
     addr: SocketAddr,
+    /// A registry-side seeder (`registry-ext@…`): its requests count against the node-wide
+    /// `per_seeder_in_flight`.
+    seeder: bool,
     have: ChunkSet,
     in_flight: usize,
     failures: u32,
@@ -300,10 +305,12 @@ impl Scheduler {
                     peer.have = have;
                 }
                 None => {
+                    let seeder = entry.peer_id.starts_with(SEEDER_ID_PREFIX);
                     self.peers.insert(
                         entry.peer_id,
                         PeerState {
                             addr: entry.addr,
+                            seeder,
                             have,
                             in_flight: 0,
                             failures: 0,
@@ -480,6 +487,9 @@ impl Scheduler {
             Source::Peer(peer_id) => {
                 if let Some(peer) = self.peers.get_mut(peer_id) {
                     peer.in_flight = peer.in_flight.saturating_sub(1);
+                    if peer.seeder {
+                        self.swarm.seeder_slot(peer.addr, false);
+                    }
                 }
             }
             Source::Registry => self.registry_in_flight = self.registry_in_flight.saturating_sub(1),
@@ -526,6 +536,7 @@ impl Scheduler {
         !peer.dropped
             && peer.busy_until.is_none_or(|t| t <= now)
             && peer.in_flight < self.swarm.inner().config.per_peer_in_flight
+            && (!peer.seeder || self.swarm.seeder_has_slot(peer.addr))
     }
 
     /// Holders of chunk `i` that are not dropped (busy or not).
@@ -649,6 +660,9 @@ impl Scheduler {
         };
         peer.in_flight += 1;
         let addr = peer.addr;
+        if peer.seeder {
+            self.swarm.seeder_slot(addr, true);
+        }
         let id = self.next_id();
         let source = Source::Peer(peer_id);
         let download = self.download.clone();

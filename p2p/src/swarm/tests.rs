@@ -39,6 +39,8 @@ type FakePeer = (Behaviour, HashMap<Digest, Vec<u8>>);
 struct FakePeers {
     peers: Mutex<HashMap<SocketAddr, FakePeer>>,
     served: Mutex<HashMap<SocketAddr, u64>>,
+    /// Requests in progress and the most seen at once, per peer.
+    concurrent: Mutex<HashMap<SocketAddr, (usize, usize)>>,
 }
 
 impl FakePeers {
@@ -50,6 +52,25 @@ impl FakePeers {
 
     fn served(&self, addr: SocketAddr) -> u64 {
         self.served.lock().unwrap().get(&addr).copied().unwrap_or(0)
+    }
+
+    fn most_at_once(&self, addr: SocketAddr) -> usize {
+        self.concurrent
+            .lock()
+            .unwrap()
+            .get(&addr)
+            .map_or(0, |c| c.1)
+    }
+
+    fn enter(&self, addr: SocketAddr, start: bool) {
+        let mut c = self.concurrent.lock().unwrap();
+        let e = c.entry(addr).or_default();
+        if start {
+            e.0 += 1;
+            e.1 = e.1.max(e.0);
+        } else {
+            e.0 -= 1;
+        }
     }
 }
 
@@ -87,7 +108,11 @@ impl PeerFetcher for FakePeers {
             match behaviour {
                 Behaviour::Good => {}
                 Behaviour::Corrupt => bytes[0] ^= 0xff,
-                Behaviour::Slow(d) => tokio::time::sleep(d).await,
+                Behaviour::Slow(d) => {
+                    self.enter(peer, true);
+                    tokio::time::sleep(d).await;
+                    self.enter(peer, false);
+                }
                 Behaviour::Down => {
                     return Err(PeerError::Transport {
                         peer,
@@ -386,4 +411,29 @@ async fn chunks_are_announced_while_the_blob_downloads() {
     let last = announces.last().unwrap();
     assert_eq!(last.peer_id, "me");
     assert_eq!(last.blobs[0].have, "all");
+}
+
+#[tokio::test]
+async fn a_node_asks_a_registry_side_seeder_for_one_chunk_at_a_time() {
+    let rig = rig();
+    let a = blob(6 * CHUNK as usize, 12);
+    let b = blob(6 * CHUNK as usize, 13);
+    let (da, db) = (rig.registry.add(&a), rig.registry.add(&b));
+    for data in [&a, &b] {
+        rig.tracker.add_manifest(manifest_of(data));
+        rig.peers
+            .add(addr(20), Behaviour::Slow(Duration::from_millis(20)), data);
+    }
+    for (digest, data) in [(&da, &a), (&db, &b)] {
+        let mut seeder = peer_entry(20, data);
+        seeder.peer_id = format!("{}{}", crate::tracker::SEEDER_ID_PREFIX, addr(20));
+        rig.tracker.add_peer(digest.clone(), seeder);
+    }
+    let (got_a, got_b) = tokio::join!(pull(&rig, &da), pull(&rig, &db));
+    assert!(got_a == a && got_b == b);
+    assert_eq!(rig.peers.most_at_once(addr(20)), 1);
+    assert_eq!(
+        rig.registry.range_bytes_of(&da) + rig.registry.range_bytes_of(&db),
+        0
+    );
 }

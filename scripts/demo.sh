@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/shoal-target}"
-cargo build --release --locked -p shoal-plugin -p shoal-integration --bins
+cargo build --release --locked -p shoal-plugin -p shoal-registry-ext -p shoal-integration --bins
 bin="$CARGO_TARGET_DIR/release"
 
 port="${SHOAL_DEMO_PORT:-5055}"
@@ -68,3 +68,7 @@ rm -rf "$work/unpacked"
 
 echo "== CRI pull through shoal (as kubelet) vs containerd's overlayfs snapshotter"
 SHOAL_BENCH_RUNS="${SHOAL_BENCH_RUNS:-1}" cargo bench --locked -p shoal-integration --bench cri_pull
+
+echo "== the swarm: 8 nodes pull one image at once, through shoal vs straight from the registry"
+SHOAL_BENCH_NODES="${SHOAL_BENCH_NODES:-8}" SHOAL_BENCH_IMAGE_MIB="${SHOAL_BENCH_IMAGE_MIB:-32}" \
+  cargo bench --locked -p shoal-integration --bench swarm

@@ -17,6 +17,7 @@ packages=(
   gcc             # the zstd crate builds libzstd
   pkg-config
   ca-certificates
+  openssl         # scripts/cluster-certs.sh (the cluster CA and node certificates), tested
   protobuf-compiler # protoc: containerd-snapshots generates containerd's snapshots gRPC API at build time
   golang-go       # builds containerd's snapshotter conformance suite (../shared/conformance)
   golang-github-containerd-containerd-dev # the suite's sources (containerd 1.6)

@@ -175,7 +175,7 @@ impl Swarm {
     }
 
     /// The announce this node would send now: every download in progress with the chunks it
-    /// holds, and every cached blob whose manifest is known.
+    /// holds and those it is fetching, and every cached blob whose manifest is known.
     pub fn announcement(&self) -> Announce {
         let mut blobs: HashMap<Digest, BlobHave> = HashMap::new();
         {
@@ -189,11 +189,10 @@ impl Swarm {
         }
         for download in self.active_downloads() {
             let held = download.held();
-            if held.count() > 0 {
-                blobs.insert(
-                    download.digest().clone(),
-                    BlobHave::new(download.digest().clone(), &held),
-                );
+            let fetching = download.fetching();
+            if held.count() > 0 || fetching.count() > 0 {
+                let have = BlobHave::new(download.digest().clone(), &held).with_fetching(&fetching);
+                blobs.insert(download.digest().clone(), have);
             }
         }
         let upload = match &*self.inner.upload_stats.lock().expect("lock") {

@@ -287,6 +287,7 @@ async fn seeder_entry(app: &App, digest: &Digest) -> Option<PeerEntry> {
         chunks,
         have: ChunkSet::full(chunks).encode(),
         upload: app.meter.stats(),
+        fetching: None,
     })
 }
 

@@ -39,6 +39,8 @@ struct Held {
     count: u32,
     /// The normalised wire form of the chunk set.
     have: String,
+    /// Chunks being fetched (normalised wire form), when any.
+    fetching: Option<String>,
 }
 
 #[derive(Debug)]
@@ -88,7 +90,7 @@ impl Tracker {
         let id = announce.peer_id;
         self.forget(&id);
         for (digest, held) in &blobs {
-            if held.count > 0 {
+            if held.count > 0 || held.fetching.is_some() {
                 self.by_blob
                     .entry(digest.clone())
                     .or_default()
@@ -138,8 +140,9 @@ impl Tracker {
     }
 
     /// Peers holding chunks of `digest`, without `asking`, best first with randomness, at
-    /// most `limit` (and the configured `max_peers`). `seeder`, when given, competes like
-    /// any other peer.
+    /// most `limit` (and the configured `max_peers`); then, as many again at most, peers
+    /// holding none yet but fetching some (for the askers' rarity counts). `seeder`, when
+    /// given, competes like any other peer.
     pub fn peers(
         &mut self,
         digest: &Digest,
@@ -151,6 +154,7 @@ impl Tracker {
     ) -> Vec<PeerEntry> {
         self.expire(now);
         let mut candidates: Vec<(PeerEntry, u32)> = Vec::new();
+        let mut fetching_only: Vec<PeerEntry> = Vec::new();
         if let Some(holders) = self.by_blob.get(digest) {
             for id in holders.iter().filter(|id| id.as_str() != asking) {
                 let Some(peer) = self.peers.get(id) else {
@@ -165,8 +169,13 @@ impl Tracker {
                     chunks: held.chunks,
                     have: held.have.clone(),
                     upload: peer.upload,
+                    fetching: held.fetching.clone(),
                 };
-                candidates.push((entry, held.count));
+                if held.count > 0 {
+                    candidates.push((entry, held.count));
+                } else {
+                    fetching_only.push(entry);
+                }
             }
         }
         if let Some(seeder) = seeder.filter(|s| s.peer_id != asking) {
@@ -175,8 +184,13 @@ impl Tracker {
                 candidates.push((seeder, count));
             }
         }
+        let max = limit.min(self.max_peers);
         let mut ordered = order(candidates, rng);
-        ordered.truncate(limit.min(self.max_peers));
+        ordered.truncate(max);
+        // Peers holding nothing yet come last, only so that askers count what they fetch.
+        rng.shuffle(&mut fetching_only);
+        fetching_only.truncate(max);
+        ordered.extend(fetching_only);
         ordered
     }
 }
@@ -219,10 +233,16 @@ fn validate(a: &Announce) -> Result<HashMap<Digest, Held>, Error> {
             Ok(s) => s,
             Err(e) => return bad(format!("peer {id}: blob {}: {e}", b.digest)),
         };
+        let fetching = match b.fetching_set() {
+            Ok(s) if s.count() > 0 => Some(s.encode()),
+            Ok(_) => None,
+            Err(e) => return bad(format!("peer {id}: blob {} fetching: {e}", b.digest)),
+        };
         let held = Held {
             chunks: set.len(),
             count: set.count(),
             have: set.encode(),
+            fetching,
         };
         if blobs.insert(b.digest.clone(), held).is_some() {
             return bad(format!("peer {id}: blob {} listed twice", b.digest));
@@ -446,6 +466,7 @@ mod tests {
             chunks: 3,
             have: ChunkSet::full(3).encode(),
             upload: stats(100, 0, 0),
+            fetching: None,
         };
         let mut rng = fastrand::Rng::with_seed(5);
         let seeder_first = (0..2000)
@@ -463,6 +484,43 @@ mod tests {
             ..seeder
         };
         assert_eq!(t.peers(&d, "me", 30, Some(empty), now, &mut rng).len(), 1);
+    }
+
+    #[test]
+    fn peers_fetching_but_holding_nothing_are_listed_last() {
+        let d = Digest::of(b"blob");
+        let now = Instant::now();
+        let mut t = Tracker::new(&TrackerConfig::default());
+        let mut holds = ChunkSet::empty(4);
+        holds.insert(0);
+        let mut fetching = ChunkSet::empty(4);
+        fetching.insert(2);
+        let announce = |id: &str, ip: u8, set: &ChunkSet, f: &ChunkSet| Announce {
+            peer_id: id.into(),
+            addr: format!("10.0.0.{ip}:7070").parse().unwrap(),
+            upload: stats(100, 0, 0),
+            blobs: vec![BlobHave::new(d.clone(), set).with_fetching(f)],
+        };
+        t.announce(announce("holder", 1, &holds, &ChunkSet::empty(4)), now)
+            .unwrap();
+        t.announce(announce("fetcher", 2, &ChunkSet::empty(4), &fetching), now)
+            .unwrap();
+        t.announce(
+            announce("idle", 3, &ChunkSet::empty(4), &ChunkSet::empty(4)),
+            now,
+        )
+        .unwrap();
+        let mut rng = fastrand::Rng::with_seed(1);
+        for _ in 0..20 {
+            let list = t.peers(&d, "me", 30, None, now, &mut rng);
+            let ids: Vec<&str> = list.iter().map(|e| e.peer_id.as_str()).collect();
+            assert_eq!(ids, ["holder", "fetcher"]);
+            assert_eq!(list[1].fetching_set().unwrap(), fetching);
+            assert!(list[0].fetching.is_none());
+        }
+        let mut bad = announce("bad", 4, &holds, &ChunkSet::empty(4));
+        bad.blobs[0].fetching = Some("!!".into());
+        assert!(t.announce(bad, now).is_err());
     }
 
     #[test]

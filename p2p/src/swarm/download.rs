@@ -38,6 +38,8 @@ pub(crate) struct Download {
 
 struct State {
     held: ChunkSet,
+    /// Chunks with a request in flight (announced so that other nodes count them).
+    fetching: ChunkSet,
     /// `Some(Err(reason))` once the download failed; `Some(Ok)` once committed.
     ended: Option<Result<(), String>>,
 }
@@ -57,6 +59,7 @@ impl Download {
             partial: Mutex::new(Some(partial)),
             state: Mutex::new(State {
                 held: ChunkSet::empty(chunks),
+                fetching: ChunkSet::empty(chunks),
                 ended: None,
             }),
             changed: watch::Sender::new(0),
@@ -79,6 +82,19 @@ impl Download {
     /// The chunks held and verified so far.
     pub(crate) fn held(&self) -> ChunkSet {
         self.state.lock().expect("lock").held.clone()
+    }
+
+    /// The chunks being fetched now.
+    pub(crate) fn fetching(&self) -> ChunkSet {
+        self.state.lock().expect("lock").fetching.clone()
+    }
+
+    /// Records the chunks being fetched now; true if it names a chunk it did not before.
+    pub(crate) fn set_fetching(&self, fetching: ChunkSet) -> bool {
+        let mut state = self.state.lock().expect("lock");
+        let grew = fetching.iter().any(|i| !state.fetching.contains(i));
+        state.fetching = fetching;
+        grew
     }
 
     /// Writes verified chunk `index` (blocking) and marks it held; false (nothing written)

@@ -5,9 +5,11 @@
 //!   first peer list (or its failure), so a blob the swarm holds is not fetched from the
 //!   registry just because the list was late.
 //! - Order: the chunks just past the reader's position first, in order, when at least two
-//!   peers hold them (a stream waiting on them); then rarest first (fewest holders), ties
-//!   broken by a per-node random key so nodes spread over different chunks. A chunk no usable
-//!   peer holds goes to the registry, consecutive ones merged into one range.
+//!   peers hold them (a stream waiting on them); then rarest first (fewest holders, counting
+//!   the other nodes fetching it), ties broken by a per-node random key so nodes spread over
+//!   different chunks. A chunk no node holds but another node is fetching is left to that node
+//!   (it is announced as soon as it arrives), so the registry side sends it once. A chunk no
+//!   usable peer holds goes to the registry, consecutive ones merged into one range.
 //! - Limits: `in_flight` requests per blob, `per_peer_in_flight` per peer, and
 //!   `registry_in_flight` registry ranges; a registry-side seeder gets at most
 //!   `per_seeder_in_flight` requests from this node across all blobs (1 by default), so that
@@ -97,6 +99,8 @@ struct PeerState {
     /// `per_seeder_in_flight`.
     seeder: bool,
     have: ChunkSet,
+    /// Chunks it is fetching (from its announce).
+    fetching: ChunkSet,
     in_flight: usize,
     failures: u32,
     dropped: bool,
@@ -174,6 +178,8 @@ struct Scheduler {
     refreshing: bool,
     last_refresh: Instant,
     last_progress: Instant,
+    /// Since when each chunk has been left to another node fetching it.
+    waiting: HashMap<u32, Instant>,
 }
 
 impl Scheduler {
@@ -201,6 +207,7 @@ impl Scheduler {
             refreshing: false,
             last_refresh: now,
             last_progress: now,
+            waiting: HashMap::new(),
         }
     }
 
@@ -227,6 +234,7 @@ impl Scheduler {
                 ));
             }
             self.schedule()?;
+            self.publish_fetching();
             tokio::select! {
                 event = self.events_rx.recv() => {
                     if let Some(event) = event {
@@ -288,6 +296,11 @@ impl Scheduler {
             if entry.peer_id == self.swarm.inner().config.node_name {
                 continue;
             }
+            let fetching = entry
+                .fetching_set()
+                .ok()
+                .filter(|f| f.len() == self.n)
+                .unwrap_or_else(|| ChunkSet::empty(self.n));
             let have = match entry.set() {
                 Ok(set) if set.len() == self.n => set,
                 Ok(set) => {
@@ -303,6 +316,7 @@ impl Scheduler {
                 Some(peer) => {
                     peer.addr = entry.addr;
                     peer.have = have;
+                    peer.fetching = fetching;
                 }
                 None => {
                     let seeder = entry.peer_id.starts_with(SEEDER_ID_PREFIX);
@@ -312,6 +326,7 @@ impl Scheduler {
                             addr: entry.addr,
                             seeder,
                             have,
+                            fetching,
                             in_flight: 0,
                             failures: 0,
                             dropped: false,
@@ -539,6 +554,35 @@ impl Scheduler {
             && (!peer.seeder || self.swarm.seeder_has_slot(peer.addr))
     }
 
+    /// Other nodes fetching chunk `i` without holding it yet.
+    fn fetchers(&self, i: u32) -> usize {
+        self.peers
+            .values()
+            .filter(|p| !p.seeder && !p.dropped && p.fetching.contains(i) && !p.have.contains(i))
+            .count()
+    }
+
+    /// Whether a node (not a registry-side seeder) holds chunk `i`.
+    fn node_holds(&self, i: u32) -> bool {
+        self.peers
+            .values()
+            .any(|p| !p.seeder && !p.dropped && p.have.contains(i))
+    }
+
+    /// Tells the download which chunks are in flight (for the announce); wakes the announcer
+    /// when that names new ones.
+    fn publish_fetching(&self) {
+        let mut fetching = ChunkSet::empty(self.n);
+        for (i, reqs) in self.chunk_reqs.iter().enumerate() {
+            if !reqs.is_empty() {
+                fetching.insert(i as u32);
+            }
+        }
+        if self.download.set_fetching(fetching) {
+            self.swarm.inner().announce_now.notify_one();
+        }
+    }
+
     /// Holders of chunk `i` that are not dropped (busy or not).
     fn holders(&self, i: u32) -> usize {
         self.peers
@@ -591,11 +635,23 @@ impl Scheduler {
             .copied()
             .filter(|i| !near.contains(i))
             .collect();
-        rest.sort_by_key(|&i| (rarity[&i], self.tie[i as usize]));
+        // Chunks other nodes are fetching count as (soon) held by them.
+        let fetchers: HashMap<u32, usize> = rest.iter().map(|&i| (i, self.fetchers(i))).collect();
+        let wait_limit = self.overdue_after();
+        rest.sort_by_key(|&i| (rarity[&i] + fetchers[&i], self.tie[i as usize]));
         let mut for_registry = Vec::new();
         for i in near.into_iter().chain(rest) {
             if self.reqs.len() >= config.in_flight {
                 break;
+            }
+            if fetchers.get(&i).is_some_and(|&f| f > 0) && !self.node_holds(i) {
+                // Only the registry side has it and another node is fetching it: wait for
+                // that node rather than have the registry side send it twice, but no longer
+                // than a chunk may take (a slow or lying node must not stall this one).
+                let since = *self.waiting.entry(i).or_insert(now);
+                if now.duration_since(since) < wait_limit {
+                    continue;
+                }
             }
             if rarity[&i] == 0 {
                 for_registry.push(i);

@@ -157,6 +157,7 @@ fn peer_entry(i: u8, data: &[u8]) -> PeerEntry {
         chunks: set.len(),
         have: set.encode(),
         upload: UploadStats::default(),
+        fetching: None,
     }
 }
 
@@ -436,4 +437,32 @@ async fn a_node_asks_a_registry_side_seeder_for_one_chunk_at_a_time() {
         rig.registry.range_bytes_of(&da) + rig.registry.range_bytes_of(&db),
         0
     );
+}
+
+#[tokio::test]
+async fn a_chunk_another_node_fetches_is_left_to_it_but_not_for_ever() {
+    let rig = rig();
+    let data = blob(4 * CHUNK as usize, 14);
+    let digest = rig.registry.add(&data);
+    rig.tracker.add_manifest(manifest_of(&data));
+    rig.peers.add(addr(21), Behaviour::Good, &data);
+    let mut seeder = peer_entry(21, &data);
+    seeder.peer_id = format!("{}{}", crate::tracker::SEEDER_ID_PREFIX, addr(21));
+    rig.tracker.add_peer(digest.clone(), seeder);
+    // A node that says it fetches every chunk and never gets any.
+    let mut stuck = peer_entry(22, &data);
+    stuck.have = ChunkSet::empty(4).encode();
+    stuck.fetching = Some("all".into());
+    rig.tracker.add_peer(digest.clone(), stuck);
+    let started = std::time::Instant::now();
+    assert_eq!(pull(&rig, &digest).await, data);
+    // It waited for the other node (the overdue limit before any chunk time is known), then
+    // went to the seeder anyway.
+    assert!(
+        started.elapsed() >= Duration::from_secs(7),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(rig.peers.served(addr(21)), data.len() as u64);
+    assert_eq!(rig.registry.range_bytes_of(&digest), 0);
 }

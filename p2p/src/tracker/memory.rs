@@ -62,7 +62,7 @@ impl MemoryTracker {
         self.lock().announces.clone()
     }
 
-    /// The peers of `digest` holding at least one chunk, without `self_id`: from each peer's
+    /// The peers of `digest` holding or fetching at least one chunk, without `self_id`: from each peer's
     /// latest announce (peers in the order they first announced), then the static entries.
     fn list(&self, digest: &Digest, self_id: &str) -> Result<Vec<PeerEntry>, TrackerError> {
         let state = self.lock();
@@ -85,6 +85,7 @@ impl MemoryTracker {
                 chunks: blob.chunks,
                 have: blob.have.clone(),
                 upload: a.upload,
+                fetching: blob.fetching.clone(),
             })
         });
         let listed = state
@@ -94,7 +95,8 @@ impl MemoryTracker {
             .map(|(_, e)| e.clone());
         let mut out: Vec<PeerEntry> = Vec::new();
         for e in announced.chain(listed) {
-            let holds = e.set().map(|s| s.count() > 0).unwrap_or(false);
+            let holds = e.set().map(|s| s.count() > 0).unwrap_or(false)
+                || e.fetching_set().map(|s| s.count() > 0).unwrap_or(false);
             if holds && e.peer_id != self_id && !out.iter().any(|o| o.peer_id == e.peer_id) {
                 out.push(e);
             }
@@ -212,6 +214,7 @@ mod tests {
                 chunks: 4,
                 have: "all".into(),
                 upload: UploadStats::default(),
+                fetching: None,
             },
         );
         let peers = t.peers(&d, "me").await.unwrap();

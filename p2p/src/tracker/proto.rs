@@ -7,7 +7,8 @@
 //!   stops announcing expires, and a restarted tracker knows everyone again after one round.
 //! - `GET /v1/peers/<digest>?peer=<id>&limit=<n>`: answer [`PeerList`], the peers holding
 //!   chunks of the blob, best first (measured spare upload capacity, with randomness), without
-//!   the asking peer.
+//!   the asking peer; then peers holding nothing yet but fetching chunks of it (for the
+//!   rarity count only).
 //! - `GET /v1/chunk-manifests/<digest>?registry=<host>&repository=<repo>`: the blob's
 //!   [`crate::chunk::ChunkManifest`] (JSON), made from the registry's blob with its digest
 //!   verified.
@@ -137,6 +138,11 @@ pub struct BlobHave {
     pub chunks: u32,
     /// [`ChunkSet::encode`] of the chunks held and verified.
     pub have: String,
+    /// [`ChunkSet::encode`] of the chunks being fetched now (not held yet), when any: other
+    /// nodes count them when they pick the rarest chunks, so that nodes starting together do
+    /// not all ask the registry side for the same ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetching: Option<String>,
 }
 
 impl BlobHave {
@@ -145,12 +151,31 @@ impl BlobHave {
             digest,
             chunks: set.len(),
             have: set.encode(),
+            fetching: None,
         }
+    }
+
+    /// With `fetching` as the chunks being fetched (none: no field).
+    pub fn with_fetching(mut self, fetching: &ChunkSet) -> Self {
+        self.fetching = (fetching.count() > 0).then(|| fetching.encode());
+        self
     }
 
     /// The decoded chunk set.
     pub fn set(&self) -> Result<ChunkSet, ProtoError> {
         ChunkSet::decode(&self.have, self.chunks)
+    }
+
+    /// The decoded set of chunks being fetched (empty when absent).
+    pub fn fetching_set(&self) -> Result<ChunkSet, ProtoError> {
+        decode_fetching(self.fetching.as_deref(), self.chunks)
+    }
+}
+
+fn decode_fetching(text: Option<&str>, chunks: u32) -> Result<ChunkSet, ProtoError> {
+    match text {
+        None => Ok(ChunkSet::empty(chunks)),
+        Some(text) => ChunkSet::decode(text, chunks),
     }
 }
 
@@ -201,12 +226,21 @@ pub struct PeerEntry {
     /// [`ChunkSet::encode`] of the chunks it holds.
     pub have: String,
     pub upload: UploadStats,
+    /// [`ChunkSet::encode`] of the chunks it is fetching, when any (see [`BlobHave`]). A
+    /// peer may be listed for these alone, holding nothing yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetching: Option<String>,
 }
 
 impl PeerEntry {
     /// The decoded chunk set.
     pub fn set(&self) -> Result<ChunkSet, ProtoError> {
         ChunkSet::decode(&self.have, self.chunks)
+    }
+
+    /// The decoded set of chunks being fetched (empty when absent).
+    pub fn fetching_set(&self) -> Result<ChunkSet, ProtoError> {
+        decode_fetching(self.fetching.as_deref(), self.chunks)
     }
 }
 

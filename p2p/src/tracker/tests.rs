@@ -114,6 +114,7 @@ fn entry(id: &str, chunks: u32, held: &[u32]) -> PeerEntry {
         chunks,
         have: set.encode(),
         upload: UploadStats::default(),
+        fetching: None,
     }
 }
 

@@ -174,6 +174,22 @@ pub fn render(registry: &Registry) -> String {
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// `GET /metrics`: [`render`] of `registry`, for a daemon's metrics listener.
+pub fn router(registry: std::sync::Arc<Registry>) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
+                    render(&registry),
+                )
+            }
+        }),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

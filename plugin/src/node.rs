@@ -221,22 +221,7 @@ async fn start_metrics(listen: &str, registry: Registry) -> Option<JoinHandle<()
             return None;
         }
     };
-    let registry = Arc::new(registry);
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let registry = registry.clone();
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        shoal_p2p::metrics::CONTENT_TYPE,
-                    )],
-                    shoal_p2p::metrics::render(&registry),
-                )
-            }
-        }),
-    );
+    let app = shoal_p2p::metrics::router(Arc::new(registry));
     tracing::info!("metrics on http://{addr}/metrics");
     Some(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -115,7 +115,7 @@ pub async fn serve(
         advertise: config.advertise,
     });
     let api = api_router(app.clone()).merge(seeder);
-    let metrics = metrics_router(Arc::new(registry));
+    let metrics = shoal_p2p::metrics::router(Arc::new(registry));
 
     let shutdown = shutdown.boxed().shared();
     let api_addr = local_addr(&listeners.api)?;
@@ -201,21 +201,6 @@ fn api_router(app: Arc<App>) -> Router {
 }
 
 /// `GET /metrics`.
-fn metrics_router(registry: Arc<Registry>) -> Router {
-    Router::new().route(
-        "/metrics",
-        get(move || {
-            let registry = registry.clone();
-            async move {
-                (
-                    [(header::CONTENT_TYPE, shoal_p2p::metrics::CONTENT_TYPE)],
-                    shoal_p2p::metrics::render(&registry),
-                )
-            }
-        }),
-    )
-}
-
 type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 
 fn params(q: Params) -> Result<HashMap<String, String>, Error> {

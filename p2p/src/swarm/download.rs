@@ -230,17 +230,14 @@ impl Download {
                         .map(|()| buf.freeze())
                 })
                 .await;
-                let item: Result<Bytes, RegistryError> = match read {
-                    Ok(Ok(bytes)) => Ok(bytes),
-                    Ok(Err(e)) => Err(RegistryError::Swarm {
-                        digest: download.digest().clone(),
-                        reason: format!("reading the chunk store: {e}"),
-                    }),
-                    Err(e) => Err(RegistryError::Swarm {
-                        digest: download.digest().clone(),
-                        reason: format!("reading the chunk store: {e}"),
-                    }),
+                let read = match read {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
                 };
+                let item: Result<Bytes, RegistryError> = read.map_err(|e| RegistryError::Swarm {
+                    digest: download.digest().clone(),
+                    reason: format!("reading the chunk store: {e}"),
+                });
                 let next = if item.is_ok() { offset + len } else { size };
                 Some((item, (download, rx, next)))
             },

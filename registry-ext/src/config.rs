@@ -51,6 +51,19 @@
 //! announce_interval_ms = 1000       # default 1000; told to peers in every announce reply
 //! peer_ttl_ms = 5000                # default 5000; more than announce_interval_ms
 //! max_peers = 30                    # default 30; longest peer list (1..=1000)
+//!
+//! # Optional BitTorrent export (needs a binary built with `--features torrent`): a v1
+//! # .torrent per seeded blob at GET /v1/torrents/<digest>, seeded by a librqbit session.
+//! [torrent]
+//! enabled = false                   # default false; true without the feature fails load
+//! listen = "0.0.0.0:6881"           # default "0.0.0.0:6881"; BitTorrent TCP listener
+//! # "IP:port" BitTorrent clients dial (sent in the Shoal-Torrent-Peer header). Default:
+//! # listen, if its IP is specified; else the top-level advertise IP with listen's port.
+//! advertise = ""                    # default ""
+//! dir = "/var/lib/shoal-registry-ext/torrents"  # default; absolute; .torrent files + data
+//! piece_length = 4194304            # default 4 MiB; a power of two in 16 KiB..=16 MiB
+//! max_bytes = 10737418240           # default 10 GiB; torrent data kept, oldest out first
+//! upload_bytes_per_sec = 0          # default 0 = unlimited (else at most 4294967295)
 //! ```
 
 use std::net::SocketAddr;
@@ -85,6 +98,8 @@ pub struct Config {
     pub seed: SeedConfig,
     /// The tracker.
     pub tracker: TrackerConfig,
+    /// The optional BitTorrent export.
+    pub torrent: TorrentConfig,
 }
 
 /// `[manifests]`: where chunk manifests are kept and how blobs are cut.
@@ -156,6 +171,46 @@ impl Default for TrackerConfig {
     }
 }
 
+/// `[torrent]`: the optional BitTorrent export (cargo feature `torrent`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TorrentConfig {
+    /// Serve `.torrent` files and seed them. Default false. `true` in a binary built without
+    /// the `torrent` feature makes [`Config::load`] fail.
+    pub enabled: bool,
+    /// The seeding session's BitTorrent (TCP) listen address. Default `0.0.0.0:6881`.
+    pub listen: SocketAddr,
+    /// `IP:port` BitTorrent clients dial. Default (`None` here, `""` in the file): `listen`
+    /// if its IP is specified, else the top-level `advertise` IP with `listen`'s port; set by
+    /// `load`, so after it this is always `Some` when `enabled`.
+    #[serde(deserialize_with = "optional_addr")]
+    pub advertise: Option<SocketAddr>,
+    /// Directory of the `.torrent` files and the seeded data (hard links to, or copies of,
+    /// the seed cache's blobs). Absolute. Default `/var/lib/shoal-registry-ext/torrents`.
+    pub dir: PathBuf,
+    /// Piece length in bytes. Default 4 MiB; a power of two in 16 KiB..=16 MiB.
+    pub piece_length: u32,
+    /// Most bytes of torrent data kept; least recently requested out first. Default 10 GiB,
+    /// at least 1.
+    pub max_bytes: u64,
+    /// Upload rate limit of the seeding session in bytes/s. Default 0 = unlimited.
+    pub upload_bytes_per_sec: u32,
+}
+
+impl Default for TorrentConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: SocketAddr::from(([0, 0, 0, 0], 6881)),
+            advertise: None,
+            dir: PathBuf::from("/var/lib/shoal-registry-ext/torrents"),
+            piece_length: 4 << 20,
+            max_bytes: 10 << 30,
+            upload_bytes_per_sec: 0,
+        }
+    }
+}
+
 /// The file as written: top-level fields before normalisation.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -180,6 +235,8 @@ struct RawConfig {
     seed: SeedConfig,
     #[serde(default)]
     tracker: TrackerConfig,
+    #[serde(default)]
+    torrent: TorrentConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -314,6 +371,7 @@ impl RawConfig {
                 t.max_peers
             ));
         }
+        let torrent = normalise_torrent(self.torrent, advertise, &[&m.dir, &s.dir])?;
         Ok(Config {
             listen: self.listen,
             advertise,
@@ -325,8 +383,56 @@ impl RawConfig {
             manifests: self.manifests,
             seed: self.seed,
             tracker: self.tracker,
+            torrent,
         })
     }
+}
+
+/// Checks `[torrent]` and fills in its `advertise` (see [`TorrentConfig::advertise`]).
+fn normalise_torrent(
+    mut t: TorrentConfig,
+    advertise: SocketAddr,
+    other_dirs: &[&PathBuf],
+) -> Result<TorrentConfig, String> {
+    if !t.enabled {
+        return Ok(t);
+    }
+    if !cfg!(feature = "torrent") {
+        return Err(
+            "torrent.enabled = true, but this shoal-registry-ext was built without the \
+                    `torrent` feature: rebuild with `cargo build --features torrent`, or set \
+                    torrent.enabled = false"
+                .into(),
+        );
+    }
+    if !t.dir.is_absolute() {
+        return Err(format!("torrent.dir {:?} must be absolute", t.dir));
+    }
+    if other_dirs.contains(&&t.dir) {
+        return Err("torrent.dir must differ from manifests.dir and seed.dir".into());
+    }
+    if !t.piece_length.is_power_of_two() || !(16 << 10..=16 << 20).contains(&t.piece_length) {
+        return Err(format!(
+            "torrent.piece_length {} is not a power of two in 16384..=16777216",
+            t.piece_length
+        ));
+    }
+    if t.max_bytes == 0 {
+        return Err("torrent.max_bytes must be at least 1".into());
+    }
+    let a = t.advertise.unwrap_or(if t.listen.ip().is_unspecified() {
+        SocketAddr::new(advertise.ip(), t.listen.port())
+    } else {
+        t.listen
+    });
+    if a.ip().is_unspecified() || a.port() == 0 {
+        return Err(format!(
+            "torrent.advertise {a} must name a specific IP and a port other than 0 (set it \
+             when torrent.listen's port is 0)"
+        ));
+    }
+    t.advertise = Some(a);
+    Ok(t)
 }
 
 /// The host must be one image references can name: `host[:port]` that a reference parser
@@ -368,6 +474,7 @@ mod tests {
         assert_eq!(c.manifests, ManifestsConfig::default());
         assert_eq!(c.seed, SeedConfig::default());
         assert_eq!(c.tracker, TrackerConfig::default());
+        assert_eq!(c.torrent, TorrentConfig::default());
         assert_eq!(c.manifests.chunk_size, 4 << 20);
         assert!(c.tls.is_none());
     }
@@ -387,7 +494,47 @@ mod tests {
         assert_eq!(c.manifests, ManifestsConfig::default());
         assert_eq!(c.seed, SeedConfig::default());
         assert_eq!(c.tracker, TrackerConfig::default());
+        assert_eq!(c.torrent, TorrentConfig::default());
         assert_eq!(c.registry.retries, ClientConfig::default().retries);
+    }
+
+    #[test]
+    fn torrent_section() {
+        let enabled = format!("{MINIMAL}[torrent]\nenabled = true\n");
+        if !cfg!(feature = "torrent") {
+            let e = parse(&enabled).unwrap_err();
+            assert!(
+                e.to_string().contains("without the `torrent` feature"),
+                "{e}"
+            );
+            // Disabled, the section is accepted as written (and not checked further).
+            parse(&format!(
+                "{MINIMAL}[torrent]\nenabled = false\npiece_length = 3\n"
+            ))
+            .unwrap();
+            return;
+        }
+        let c = parse(&enabled).unwrap();
+        // listen 0.0.0.0:6881 takes the top-level advertise IP.
+        assert_eq!(c.torrent.advertise, Some("127.0.0.1:6881".parse().unwrap()));
+        let c = parse(&format!(
+            "{enabled}listen = \"127.0.0.2:7000\"\npiece_length = 16384\ndir = \"/t\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.torrent.advertise, Some("127.0.0.2:7000".parse().unwrap()));
+        assert_eq!(c.torrent.piece_length, 16384);
+        for (extra, needle) in [
+            ("piece_length = 3000000\n", "piece_length"),
+            ("piece_length = 8192\n", "piece_length"),
+            ("dir = \"rel\"\n", "absolute"),
+            ("dir = \"/var/lib/shoal-registry-ext/blobs\"\n", "differ"),
+            ("max_bytes = 0\n", "max_bytes"),
+            ("listen = \"127.0.0.1:0\"\n", "torrent.advertise"),
+            ("bogus = 1\n", "bogus"),
+        ] {
+            let e = parse(&format!("{enabled}{extra}")).unwrap_err();
+            assert!(e.to_string().contains(needle), "{extra}: {e}");
+        }
     }
 
     #[test]

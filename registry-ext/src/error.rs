@@ -69,6 +69,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The BitTorrent export (librqbit) failed to make or seed a torrent.
+    #[error("BitTorrent export, {what}: {reason}")]
+    Torrent { what: String, reason: String },
+
     /// A background task failed unexpectedly (panicked or was cancelled).
     #[error("internal error: {0}")]
     Internal(String),
@@ -96,6 +100,7 @@ impl Error {
             | Error::ChunkManifest(_)
             | Error::Io { .. }
             | Error::Listen { .. }
+            | Error::Torrent { .. }
             | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

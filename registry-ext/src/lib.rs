@@ -6,6 +6,8 @@
 //!   upload capacity with randomness.
 //! - [`server`]: `serve`, one mutual-TLS listener with the tracker, the manifest service and
 //!   the first seeder's chunk route (the blobs read for manifests), plus `/metrics`.
+//! - `torrent` (cargo feature `torrent`): the optional BitTorrent export, a v1 `.torrent` per
+//!   seeded blob at `GET /v1/torrents/{digest}`, seeded by a librqbit session.
 //! - [`config`]: the TOML configuration; [`metrics`]: Prometheus metrics; [`Error`]: the
 //!   crate's error and its HTTP mapping.
 
@@ -14,6 +16,8 @@ mod error;
 pub mod manifests;
 pub mod metrics;
 pub mod server;
+#[cfg(feature = "torrent")]
+pub mod torrent;
 pub mod tracker;
 
 use futures::StreamExt;

@@ -47,10 +47,9 @@ enum Command {
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::new(log_filter(
+            std::env::var("SHOAL_LOG").ok(),
+        )))
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
@@ -113,6 +112,18 @@ async fn serve(path: &std::path::Path) -> Result<()> {
     let listeners = shoal_registry_ext::Listeners { api, metrics };
     shoal_registry_ext::serve(config, listeners, stop_signal()?).await?;
     Ok(())
+}
+
+/// The log filter: `SHOAL_LOG` (default `warn`), with the BitTorrent session's crates
+/// (`librqbit*`, which log every peer connection at info) kept at `warn` unless `SHOAL_LOG`
+/// names them.
+fn log_filter(shoal_log: Option<String>) -> String {
+    let filter = shoal_log.unwrap_or_else(|| "warn".into());
+    if filter.contains("rqbit") {
+        filter
+    } else {
+        format!("{filter},librqbit=warn")
+    }
 }
 
 /// Completes on the first SIGTERM or SIGINT.

@@ -132,6 +132,24 @@ impl ManifestService {
         let digest: Digest = digest
             .parse()
             .map_err(|e| Error::BadRequest(format!("{e}")))?;
+        let image = self.image(registry, repository)?;
+        if let Some(m) =
+            read_disk(self.path_of(&digest), digest.clone(), self.inner.chunk_size).await
+        {
+            self.remember(&m);
+            return Ok((m.to_json(), "cached"));
+        }
+        let m = self.made(image, digest).await?;
+        Ok((m.to_json(), "made"))
+    }
+
+    /// The image reference a request's `registry` and `repository` parameters name: 400 when
+    /// one is missing or malformed, 404 when `registry` is not the one this extension serves.
+    pub fn image(
+        &self,
+        registry: Option<&str>,
+        repository: Option<&str>,
+    ) -> Result<ImageReference, Error> {
         let registry = registry
             .ok_or_else(|| Error::BadRequest("query parameter registry is missing".into()))?;
         if registry != self.inner.registry_host {
@@ -142,15 +160,28 @@ impl ManifestService {
         }
         let repository = repository
             .ok_or_else(|| Error::BadRequest("query parameter repository is missing".into()))?;
-        let image = image_reference(&self.inner.registry_host, repository)?;
-        if let Some(m) =
-            read_disk(self.path_of(&digest), digest.clone(), self.inner.chunk_size).await
-        {
-            self.remember(&m);
-            return Ok((m.to_json(), "cached"));
+        image_reference(&self.inner.registry_host, repository)
+    }
+
+    /// Makes sure the seed cache holds blob `digest` of `image`: when it does not, the blob
+    /// is read from the registry (its digest checked, its manifest made again on the way)
+    /// through the same single flight as manifest requests.
+    pub async fn seeded(&self, image: &ImageReference, digest: &Digest) -> Result<(), Error> {
+        // Twice: a flight already under way may have been one that did not need the blob.
+        for _ in 0..2 {
+            if self.inner.seed.contains(digest) {
+                return Ok(());
+            }
+            self.made(image.clone(), digest.clone()).await?;
         }
-        let m = self.made(image, digest).await?;
-        Ok((m.to_json(), "made"))
+        if self.inner.seed.contains(digest) {
+            return Ok(());
+        }
+        Err(Error::Internal(format!(
+            "blob {digest} was read from the registry but could not be kept in the seed cache \
+             {:?} (see the log)",
+            self.inner.seed.dir()
+        )))
     }
 
     /// The manifest of `digest`, made once for all concurrent callers.
@@ -321,10 +352,14 @@ async fn make(
     digest: &Digest,
 ) -> Result<ChunkManifest, Error> {
     let path = manifest_path(&inner.dir, digest, inner.chunk_size);
-    // A computation that finished just before this one started may have written it.
-    if let Some(m) = read_disk(path, digest.clone(), inner.chunk_size).await {
-        remember(inner, &m);
-        return Ok(m);
+    // A computation that finished just before this one started may have written it. Only
+    // used when the seed cache holds the blob: making it again seeds the blob (which
+    // [`ManifestService::seeded`] relies on).
+    if inner.seed.contains(digest) {
+        if let Some(m) = read_disk(path, digest.clone(), inner.chunk_size).await {
+            remember(inner, &m);
+            return Ok(m);
+        }
     }
     let started = Instant::now();
     let m = match from_seed(inner, digest).await {

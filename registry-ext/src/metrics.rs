@@ -1,5 +1,6 @@
-//! Prometheus metrics of the tracker and the chunk-manifest service (the seeder's upload side
-//! is [`shoal_p2p::metrics::UploadMetrics`]). prometheus-client adds `_total` to counters.
+//! Prometheus metrics of the tracker, the chunk-manifest service and the optional BitTorrent
+//! export (the seeder's upload side is [`shoal_p2p::metrics::UploadMetrics`]).
+//! prometheus-client adds `_total` to counters.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -86,6 +87,90 @@ impl ManifestMetrics {
             "shoal_manifest_registry_read_bytes",
             "Blob bytes read from the registry to make chunk manifests",
             self.registry_read_bytes.clone(),
+        );
+    }
+
+    /// Counts one request that ended with `result`.
+    pub fn request(&self, result: &'static str) {
+        self.requests.get_or_create(&ResultLabel { result }).inc();
+    }
+}
+
+/// The BitTorrent export's metrics (registered only when it is enabled).
+#[derive(Clone, Debug)]
+pub struct TorrentMetrics {
+    /// `.torrent` requests, by result (as [`ManifestMetrics::requests`]).
+    pub requests: Family<ResultLabel, Counter>,
+    /// Torrents made (hashed and added to the seeding session).
+    pub made: Counter,
+    /// Seconds spent making one torrent (seeding the blob if needed, hashing, adding).
+    pub seconds: Histogram,
+    /// Torrents dropped to stay within `torrent.max_bytes`.
+    pub evicted: Counter,
+    /// Torrents the session seeds.
+    pub seeding: Gauge,
+    /// Bytes of torrent data kept.
+    pub kept_bytes: Gauge,
+    /// Bytes the seeding session uploaded to BitTorrent peers.
+    pub uploaded_bytes: Counter,
+    /// BitTorrent peers connected to the seeding session.
+    pub peers: Gauge,
+}
+
+impl Default for TorrentMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            made: Counter::default(),
+            seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            evicted: Counter::default(),
+            seeding: Gauge::default(),
+            kept_bytes: Gauge::default(),
+            uploaded_bytes: Counter::default(),
+            peers: Gauge::default(),
+        }
+    }
+}
+
+impl TorrentMetrics {
+    /// Registers every metric in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry;
+        r.register(
+            "shoal_torrent_requests",
+            ".torrent requests, by result",
+            self.requests.clone(),
+        );
+        r.register("shoal_torrent_made", "Torrents made", self.made.clone());
+        r.register(
+            "shoal_torrent_seconds",
+            "Seconds spent making one torrent",
+            self.seconds.clone(),
+        );
+        r.register(
+            "shoal_torrent_evicted",
+            "Torrents dropped to stay within torrent.max_bytes",
+            self.evicted.clone(),
+        );
+        r.register(
+            "shoal_torrent_seeding",
+            "Torrents the BitTorrent session seeds",
+            self.seeding.clone(),
+        );
+        r.register(
+            "shoal_torrent_kept_bytes",
+            "Bytes of torrent data kept",
+            self.kept_bytes.clone(),
+        );
+        r.register(
+            "shoal_torrent_uploaded_bytes",
+            "Bytes uploaded to BitTorrent peers",
+            self.uploaded_bytes.clone(),
+        );
+        r.register(
+            "shoal_torrent_peers",
+            "BitTorrent peers connected to the seeding session",
+            self.peers.clone(),
         );
     }
 

@@ -7,7 +7,10 @@
 //!   ([`crate::tracker`], protocol in [`shoal_p2p::tracker::proto`]);
 //! - `GET /v1/chunk-manifests/{digest}?registry=HOST&repository=REPO`: [`crate::manifests`];
 //! - `GET /v1/blobs/{digest}` with a `Range`: the seeder ([`shoal_p2p::peer::router`]),
-//!   serving the blobs kept in the seed cache.
+//!   serving the blobs kept in the seed cache;
+//! - with the `torrent` feature and `[torrent] enabled = true`:
+//!   `GET /v1/torrents/{digest}?registry=HOST&repository=REPO`, the blob's `.torrent`
+//!   (`crate::torrent`).
 //!
 //! The seeder is listed in peer lists of the blobs it holds as `registry-ext@<advertise>`.
 
@@ -114,7 +117,24 @@ pub async fn serve(
         meter,
         advertise: config.advertise,
     });
-    let api = api_router(app.clone()).merge(seeder);
+    #[cfg(feature = "torrent")]
+    let torrents = if config.torrent.enabled {
+        let metrics = crate::metrics::TorrentMetrics::default();
+        metrics.register(&mut registry);
+        let (manifests, seed) = (app.manifests.clone(), app.seed.clone());
+        Some(
+            crate::torrent::TorrentService::start(&config.torrent, manifests, seed, metrics)
+                .await?,
+        )
+    } else {
+        None
+    };
+    #[allow(unused_mut)]
+    let mut api = api_router(app.clone()).merge(seeder);
+    #[cfg(feature = "torrent")]
+    if let Some(t) = &torrents {
+        api = api.merge(crate::torrent::router(t.clone()));
+    }
     let metrics = shoal_p2p::metrics::router(Arc::new(registry));
 
     let shutdown = shutdown.boxed().shared();
@@ -149,6 +169,18 @@ pub async fn serve(
                 })
         }
     };
+    let torrent_task = {
+        let shutdown = shutdown.clone();
+        async move {
+            #[cfg(feature = "torrent")]
+            if let Some(t) = torrents {
+                t.run(shutdown).await;
+                return Ok::<_, Error>(());
+            }
+            shutdown.await;
+            Ok(())
+        }
+    };
     let expiry = expire_periodically(app, Duration::from_millis(config.tracker.peer_ttl_ms / 2));
     let expiry = async move {
         tokio::select! {
@@ -157,7 +189,7 @@ pub async fn serve(
         }
         Ok(())
     };
-    tokio::try_join!(api_server, metrics_server, expiry)?;
+    tokio::try_join!(api_server, metrics_server, expiry, torrent_task)?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -13,8 +13,9 @@
 //! - The data is a link of its own so that the seed cache evicting the blob does not break the
 //!   torrent; torrent data is bounded by `max_bytes` on its own (least recently requested
 //!   out first: the torrent leaves the session, its files are removed).
-//! - On start the torrents kept in `DIR` are added to the session again (librqbit checks their
-//!   data); one whose data is missing or does not parse is removed.
+//! - On start the torrents kept in `DIR` are served at once and added to the session again in
+//!   the background (librqbit checks their data first); one whose data is missing, does not
+//!   parse or fails the check is removed.
 //! - The session is trackerless and local: TCP only on `listen`, no DHT, no trackers, no local
 //!   service discovery, no UPnP, no persistence. A client is told the seeder's address in the
 //!   `Shoal-Torrent-Peer` response header and must be given it as a peer (librqbit:
@@ -37,8 +38,7 @@ use librqbit::dht::Id20;
 use librqbit::limits::LimitsConfig;
 use librqbit::spawn_utils::BlockingSpawner;
 use librqbit::{
-    AddTorrent, AddTorrentOptions, CreateTorrentOptions, ListenerMode, ListenerOptions, Session,
-    SessionOptions,
+    AddTorrent, AddTorrentOptions, ListenerMode, ListenerOptions, Session, SessionOptions,
 };
 use shoal_p2p::cache::BlobCache;
 use shoal_p2p::Digest;
@@ -49,9 +49,12 @@ use crate::metrics::TorrentMetrics;
 use crate::Error;
 
 mod kept;
+mod metainfo;
 mod route;
 
 use kept::Kept;
+use metainfo::parse;
+pub use metainfo::torrent_file;
 pub(crate) use route::router;
 pub use route::PEER_HEADER;
 
@@ -264,18 +267,26 @@ impl TorrentService {
         lock(&self.inner.kept)
     }
 
-    /// Adds the torrents kept on disk back to the session; removes those that cannot be.
+    /// Takes the torrents kept on disk back: served at once, seeded again once librqbit has
+    /// checked their data, in the background so that a large `DIR` does not hold up the
+    /// start. Those that cannot be are removed.
     async fn add_kept(&self) {
         let dir = self.inner.torrents_dir.clone();
         let found = tokio::task::spawn_blocking(move || kept::list(&dir))
             .await
             .unwrap_or_default();
+        let mut to_add = Vec::new();
         for (digest, bytes) in found {
-            match add(&self.inner, &digest, Bytes::from(bytes), false).await {
+            let data = self.inner.data_dir.join(torrent_name(&digest));
+            let parsed = match parse(&digest, &bytes) {
+                Ok(p) if tokio::fs::try_exists(&data).await.unwrap_or(false) => Ok(p),
+                Ok(_) => Err(format!("its data {} is missing", data.display())),
+                Err(e) => Err(e.to_string()),
+            };
+            match parsed {
                 Ok((info_hash, size)) => {
-                    let mut kept = self.kept();
-                    kept.insert(digest, size, info_hash);
-                    self.inner.metrics.kept_bytes.set(gauge(kept.bytes()));
+                    self.kept().insert(digest.clone(), size, info_hash);
+                    to_add.push((digest, Bytes::from(bytes)));
                 }
                 Err(e) => {
                     tracing::warn!(blob = %digest, "dropping a kept torrent: {e}");
@@ -283,7 +294,21 @@ impl TorrentService {
                 }
             }
         }
-        self.inner.metrics.seeding.set(gauge(self.kept().len()));
+        update_gauges(&self.inner, &self.kept());
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            for (digest, bytes) in to_add {
+                if !lock(&inner.kept).contains(&digest) {
+                    continue; // dropped by the max_bytes bound meanwhile
+                }
+                if let Err(e) = add(&inner, &digest, bytes).await {
+                    tracing::warn!(blob = %digest, "dropping a kept torrent: {e}");
+                    lock(&inner.kept).remove(&digest);
+                    remove_files(&inner, &digest).await;
+                    update_gauges(&inner, &lock(&inner.kept));
+                }
+            }
+        });
     }
 
     /// Updates the session's metrics every second until `shutdown`, then stops the session.
@@ -314,6 +339,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn gauge(n: impl TryInto<i64>) -> i64 {
     n.try_into().unwrap_or(i64::MAX)
+}
+
+fn update_gauges(inner: &Inner, kept: &Kept) {
+    inner.metrics.kept_bytes.set(gauge(kept.bytes()));
+    inner.metrics.seeding.set(gauge(kept.len()));
 }
 
 /// Removes a finished (or failed, or panicked) computation from the single-flight map.
@@ -363,7 +393,7 @@ async fn make(
         .await
         .map_err(|e| Error::Internal(format!("linking torrent data: {e}")))??;
     let bytes = torrent_file(&data, digest, inner.piece_length, &inner.spawner).await?;
-    let (info_hash, size) = add(inner, digest, bytes.clone(), true).await?;
+    let (info_hash, size) = add(inner, digest, bytes.clone()).await?;
     let path = torrent_path(&inner.torrents_dir, digest);
     let tmp = tmp_path(inner, &inner.torrents_dir);
     let file = bytes.clone();
@@ -380,11 +410,13 @@ async fn make(
         let mut kept = lock(&inner.kept);
         kept.insert(digest.clone(), size, info_hash);
         let evict = kept.over(inner.max_bytes, digest);
-        inner.metrics.kept_bytes.set(gauge(kept.bytes()));
-        inner.metrics.seeding.set(gauge(kept.len()));
+        update_gauges(inner, &kept);
         evict
     };
     for (old, hash) in evict {
+        if lock(&inner.making).contains_key(&old) {
+            continue; // being made again: that computation keeps it
+        }
         inner.metrics.evicted.inc();
         tracing::info!(blob = %old, "torrent dropped to stay within torrent.max_bytes");
         if let Err(e) = inner
@@ -401,66 +433,13 @@ async fn make(
     Ok(bytes)
 }
 
-/// The `.torrent` of blob `digest` whose bytes are the file `data`: BitTorrent v1, a single
-/// file named `sha256-<hex>`, pieces of `piece_length`, no announce URL, the digest as its
-/// comment. Made by librqbit (which reads and hashes the file).
-pub async fn torrent_file(
-    data: &Path,
-    digest: &Digest,
-    piece_length: u32,
-    spawner: &BlockingSpawner,
-) -> Result<Bytes, Error> {
-    let name = torrent_name(digest);
-    let made = librqbit::create_torrent(
-        data,
-        CreateTorrentOptions {
-            name: Some(&name),
-            trackers: Vec::new(),
-            piece_length: Some(piece_length),
-        },
-        spawner,
-    )
-    .await
-    .map_err(torrent_err(format!("hashing {}", data.display())))?;
-    let mut meta = made.meta;
-    // Trackerless: no announce URL, not even an empty tier.
-    meta.announce_list.clear();
-    meta.comment = Some(digest.to_string().into_bytes().into());
-    meta.created_by = Some(librqbit::client_name_and_version().as_bytes().into());
-    librqbit::CreateTorrentResult {
-        meta,
-        output_folder: made.output_folder,
-    }
-    .as_bytes()
-    .map_err(torrent_err("encoding a .torrent"))
-}
-
 /// Adds `.torrent` `bytes` of `digest` to the session over its data in `DIR/data`, waits for
 /// librqbit's check of that data and makes sure it is whole: the seeder must never download.
 /// Returns the info hash and the data's length.
-async fn add(
-    inner: &Arc<Inner>,
-    digest: &Digest,
-    bytes: Bytes,
-    fresh: bool,
-) -> Result<(Id20, u64), Error> {
+async fn add(inner: &Arc<Inner>, digest: &Digest, bytes: Bytes) -> Result<(Id20, u64), Error> {
     let what = || format!("seeding blob {digest}");
-    let meta = librqbit::torrent_from_bytes(&bytes)
-        .map_err(|e| torrent_err(what())(anyhow::anyhow!("{e}")))?;
-    let name = meta.info.data.name.as_ref().map(|n| n.as_ref().to_vec());
-    if name.as_deref() != Some(torrent_name(digest).as_bytes()) || meta.info.data.length.is_none() {
-        return Err(torrent_err(what())(anyhow::anyhow!(
-            "not a single-file torrent named {}",
-            torrent_name(digest)
-        )));
-    }
+    parse(digest, &bytes)?;
     let data = inner.data_dir.join(torrent_name(digest));
-    if !fresh && !tokio::fs::try_exists(&data).await.unwrap_or(false) {
-        return Err(torrent_err(what())(anyhow::anyhow!(
-            "its data {} is missing",
-            data.display()
-        )));
-    }
     let output_folder = inner
         .data_dir
         .to_str()
@@ -563,56 +542,5 @@ async fn remove_files(inner: &Inner, digest: &Digest) {
                 tracing::warn!(path = %path.display(), error = %e, "removing torrent files");
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_torrent_describes_the_blob() {
-        let dir = tempfile::tempdir().unwrap();
-        let piece = 16 << 10;
-        // Two whole pieces and a short one.
-        let data: Vec<u8> = (0..(2 * piece + 1000)).map(|i| (i % 253) as u8).collect();
-        let digest = Digest::of(&data);
-        let path = dir.path().join(torrent_name(&digest));
-        std::fs::write(&path, &data).unwrap();
-        let bytes = torrent_file(&path, &digest, piece as u32, &BlockingSpawner::new(1))
-            .await
-            .unwrap();
-        let meta = librqbit::torrent_from_bytes(&bytes).unwrap();
-        let info = &meta.info.data;
-        assert_eq!(
-            info.name.as_ref().map(|n| n.as_ref().to_vec()),
-            Some(format!("sha256-{}", digest.hex()).into_bytes())
-        );
-        assert_eq!(info.length, Some(data.len() as u64));
-        assert!(info.files.is_none(), "a single-file torrent");
-        assert_eq!(info.piece_length, piece as u32);
-        assert_eq!(info.pieces.as_ref().len(), 3 * 20);
-        // The pieces are SHA-1s of the blob's bytes, the last one short.
-        let sha1 = |b: &[u8]| {
-            ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, b)
-                .as_ref()
-                .to_vec()
-        };
-        assert_eq!(&info.pieces.as_ref()[..20], &sha1(&data[..piece])[..]);
-        assert_eq!(&info.pieces.as_ref()[40..], &sha1(&data[2 * piece..])[..]);
-        assert!(meta.announce.is_none());
-        assert_eq!(meta.iter_announce().count(), 0, "trackerless");
-        assert_eq!(
-            meta.comment.as_ref().map(|c| c.as_ref().to_vec()),
-            Some(digest.to_string().into_bytes())
-        );
-        // The bytes name the info hash librqbit computes from them.
-        let again = torrent_file(&path, &digest, piece as u32, &BlockingSpawner::new(1))
-            .await
-            .unwrap();
-        assert_eq!(
-            librqbit::torrent_from_bytes(&again).unwrap().info_hash,
-            meta.info_hash
-        );
     }
 }

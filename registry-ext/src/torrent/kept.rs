@@ -47,6 +47,11 @@ impl Kept {
         }
     }
 
+    /// Whether `digest` is kept.
+    pub(super) fn contains(&self, digest: &Digest) -> bool {
+        self.entries.contains_key(digest)
+    }
+
     /// Forgets `digest`.
     pub(super) fn remove(&mut self, digest: &Digest) {
         if let Some(e) = self.entries.remove(digest) {
@@ -126,6 +131,7 @@ mod tests {
         kept.insert(b.clone(), 10, h(2));
         assert!(kept.touch(&a));
         assert!(!kept.touch(&c));
+        assert!(kept.contains(&a) && !kept.contains(&c));
         kept.insert(c.clone(), 10, h(3));
         assert_eq!(kept.bytes(), 30);
         assert!(kept.over(30, &c).is_empty());

@@ -1,0 +1,222 @@
+//! shoald's registry mirror against a real `docker-registry` with token auth (private
+//! repositories) and the test token server: the mirror runs in-process over the node's blob
+//! source (the cache in front of the registry client), configured with no credentials at all.
+//!
+//! - A client with a token for the repository gets the blob (GET and HEAD, size and digest
+//!   headers): the bytes came from shoal's source, fetched with the client's own token.
+//! - A client without credentials, or with a token for another repository, gets the
+//!   registry's refusal (401 with `WWW-Authenticate`, or 403) and no byte, even once the
+//!   blob sits in the node's cache.
+//! - Manifests and the `/v2/` ping pass through unchanged; a request without `?ns=` is
+//!   refused when no default upstream is set.
+//!
+//! Needs docker-registry (skips without it).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use shoal_integration::registry::TestRegistry;
+use shoal_integration::token_server::TokenServer;
+use shoal_p2p::cache::{BlobCache, CachingSource};
+use shoal_p2p::registry::{ClientConfig, HostConfig, RegistryClient};
+use shoal_p2p::source::BlobSource;
+use shoal_p2p::Digest;
+use shoal_plugin::config::MirrorSection;
+use shoal_plugin::mirror::{Mirror, MirrorMetrics};
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn token_for(tokens: &TokenServer, repo: &str) -> Result<String> {
+    tokens.issuer().sign(
+        "bob",
+        &[("repository".into(), repo.into(), vec!["pull".into()])],
+    )
+}
+
+struct Rig {
+    url: String,
+    registry: String,
+    metrics: MirrorMetrics,
+    cache: Arc<CachingSource<RegistryClient>>,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_mirror(reg: &TestRegistry, default_upstream: &str) -> Result<Rig> {
+    let mut config = ClientConfig::default();
+    config.hosts.insert(
+        reg.addr(),
+        HostConfig {
+            plain_http: true,
+            ..Default::default()
+        },
+    );
+    let dir = tempfile::tempdir()?;
+    let cache = BlobCache::open(dir.path(), 1 << 30)?;
+    let source = Arc::new(CachingSource::new(RegistryClient::new(config.clone())?, cache));
+    let metrics = MirrorMetrics::default();
+    let section = MirrorSection {
+        enabled: true,
+        default_upstream: default_upstream.into(),
+        ..Default::default()
+    };
+    let blobs: Arc<dyn BlobSource> = source.clone();
+    let mirror = Arc::new(Mirror::new(&section, &config, blobs, metrics.clone())?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(mirror.serve(listener, std::future::pending()));
+    Ok(Rig {
+        url,
+        registry: reg.addr(),
+        metrics,
+        cache: source,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?,
+        _dir: dir,
+    })
+}
+
+impl Rig {
+    async fn get(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> Result<(u16, reqwest::header::HeaderMap, Vec<u8>)> {
+        let mut rb = self
+            .http
+            .request(method, format!("{}{path}?ns={}", self.url, self.registry));
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        let resp = rb.send().await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        Ok((status, headers, resp.bytes().await?.to_vec()))
+    }
+}
+
+#[tokio::test]
+async fn private_blobs_go_only_to_clients_the_registry_lets_pull_them() -> Result<()> {
+    if !TestRegistry::available() {
+        eprintln!("SKIP: docker-registry not installed");
+        return Ok(());
+    }
+    let tokens = TokenServer::start("bob", "pw").await?;
+    let reg = TestRegistry::start_token_auth(&tokens, "bob", "pw")?;
+    let layer = noise(3 << 20, 1);
+    let digest: Digest = reg.push_blob("private/app", &layer).await?;
+    reg.push_blob("other/x", b"something else").await?;
+    let rig = start_mirror(&reg, "").await?;
+    let blob = format!("/v2/private/app/blobs/{digest}");
+    let app_token = token_for(&tokens, "private/app")?;
+    let other_token = token_for(&tokens, "other/x")?;
+
+    // No credentials: the registry's challenge, passed back; nothing served.
+    let (status, headers, body) = rig.get(reqwest::Method::GET, &blob, None).await?;
+    ensure!(status == 401, "anonymous GET: {status}");
+    let challenge = headers
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    ensure!(
+        challenge.contains(&tokens.realm()) && challenge.contains("private/app"),
+        "challenge {challenge:?}"
+    );
+    ensure!(!body.windows(64).any(|w| w == &layer[..64]));
+
+    // The repository's token: the blob, fetched with that token (the node has none).
+    let (status, headers, body) = rig.get(reqwest::Method::GET, &blob, Some(&app_token)).await?;
+    ensure!(status == 200, "GET with the token: {status}");
+    ensure!(body == layer, "wrong bytes ({} of {})", body.len(), layer.len());
+    ensure!(headers["docker-content-digest"] == digest.to_string().as_str());
+    ensure!(rig.metrics.blob_bytes.get() == layer.len() as u64);
+    let (status, headers, body) = rig.get(reqwest::Method::HEAD, &blob, Some(&app_token)).await?;
+    ensure!(status == 200 && body.is_empty(), "HEAD: {status}");
+    ensure!(headers["content-length"] == layer.len().to_string().as_str());
+    ensure!(rig.metrics.access_cached.get() >= 1, "the second check was not cached");
+    rig.cache.flush().await;
+    ensure!(rig.cache.cache().contains(&digest), "not cached");
+
+    // Now the node holds it; still nothing for clients the registry would refuse.
+    let sent = rig.metrics.blob_bytes.get();
+    for (who, token) in [("anonymous", None), ("other repo's token", Some(other_token.as_str()))] {
+        for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+            let (status, _, body) = rig.get(method.clone(), &blob, token).await?;
+            ensure!(
+                status == 401 || status == 403,
+                "{who} {method}: {status}, {} bytes",
+                body.len()
+            );
+            ensure!(body.len() < 4096, "{who} {method}: {} bytes", body.len());
+        }
+    }
+    ensure!(rig.metrics.blob_bytes.get() == sent, "bytes went to a refused client");
+
+    // Everything else passes through unchanged.
+    let (status, headers, _) = rig.get(reqwest::Method::GET, "/v2/", None).await?;
+    ensure!(status == 401 && headers.contains_key("www-authenticate"));
+    let (status, _, body) = rig
+        .get(reqwest::Method::GET, "/v2/private/app/tags/list", Some(&app_token))
+        .await?;
+    ensure!(status == 404 || status == 200, "tags: {status}");
+    ensure!(!body.is_empty());
+    // No ?ns= and no default upstream: refused.
+    let resp = rig.http.get(format!("{}{blob}", rig.url)).send().await?;
+    ensure!(resp.status() == 400, "{}", resp.status());
+    Ok(())
+}
+
+#[tokio::test]
+async fn public_blobs_and_manifests_through_the_default_upstream() -> Result<()> {
+    if !TestRegistry::available() {
+        eprintln!("SKIP: docker-registry not installed");
+        return Ok(());
+    }
+    let reg = TestRegistry::start_anonymous()?;
+    let layer = noise(1 << 20, 2);
+    let digest = reg.push_blob("pub/app", &layer).await?;
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest, "size": layer.len()},
+        "layers": [],
+    }))?;
+    let manifest_digest = reg
+        .push_manifest("pub/app", "v1", "application/vnd.oci.image.manifest.v1+json", &manifest)
+        .await?;
+    let rig = start_mirror(&reg, &reg.addr()).await?;
+    // Without ?ns=: the default upstream.
+    let resp = rig
+        .http
+        .get(format!("{}/v2/pub/app/manifests/v1", rig.url))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await?;
+    ensure!(resp.status() == 200, "{}", resp.status());
+    ensure!(resp.headers()["docker-content-digest"] == manifest_digest.to_string().as_str());
+    ensure!(resp.bytes().await?.as_ref() == manifest.as_slice());
+    let (status, _, body) = rig
+        .get(reqwest::Method::GET, &format!("/v2/pub/app/blobs/{digest}"), None)
+        .await?;
+    ensure!(status == 200 && body == layer, "{status}");
+    // A blob the registry does not have: its 404, passed back.
+    let missing = Digest::of(b"missing");
+    let (status, _, _) = rig
+        .get(reqwest::Method::GET, &format!("/v2/pub/app/blobs/{missing}"), None)
+        .await?;
+    ensure!(status == 404, "{status}");
+    Ok(())
+}

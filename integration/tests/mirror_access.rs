@@ -26,7 +26,9 @@ use shoal_plugin::config::MirrorSection;
 use shoal_plugin::mirror::{Mirror, MirrorMetrics};
 
 fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -64,7 +66,10 @@ async fn start_mirror(reg: &TestRegistry, default_upstream: &str) -> Result<Rig>
     );
     let dir = tempfile::tempdir()?;
     let cache = BlobCache::open(dir.path(), 1 << 30)?;
-    let source = Arc::new(CachingSource::new(RegistryClient::new(config.clone())?, cache));
+    let source = Arc::new(CachingSource::new(
+        RegistryClient::new(config.clone())?,
+        cache,
+    ));
     let metrics = MirrorMetrics::default();
     let section = MirrorSection {
         enabled: true,
@@ -138,21 +143,36 @@ async fn private_blobs_go_only_to_clients_the_registry_lets_pull_them() -> Resul
     ensure!(!body.windows(64).any(|w| w == &layer[..64]));
 
     // The repository's token: the blob, fetched with that token (the node has none).
-    let (status, headers, body) = rig.get(reqwest::Method::GET, &blob, Some(&app_token)).await?;
+    let (status, headers, body) = rig
+        .get(reqwest::Method::GET, &blob, Some(&app_token))
+        .await?;
     ensure!(status == 200, "GET with the token: {status}");
-    ensure!(body == layer, "wrong bytes ({} of {})", body.len(), layer.len());
+    ensure!(
+        body == layer,
+        "wrong bytes ({} of {})",
+        body.len(),
+        layer.len()
+    );
     ensure!(headers["docker-content-digest"] == digest.to_string().as_str());
     ensure!(rig.metrics.blob_bytes.get() == layer.len() as u64);
-    let (status, headers, body) = rig.get(reqwest::Method::HEAD, &blob, Some(&app_token)).await?;
+    let (status, headers, body) = rig
+        .get(reqwest::Method::HEAD, &blob, Some(&app_token))
+        .await?;
     ensure!(status == 200 && body.is_empty(), "HEAD: {status}");
     ensure!(headers["content-length"] == layer.len().to_string().as_str());
-    ensure!(rig.metrics.access_cached.get() >= 1, "the second check was not cached");
+    ensure!(
+        rig.metrics.access_cached.get() >= 1,
+        "the second check was not cached"
+    );
     rig.cache.flush().await;
     ensure!(rig.cache.cache().contains(&digest), "not cached");
 
     // Now the node holds it; still nothing for clients the registry would refuse.
     let sent = rig.metrics.blob_bytes.get();
-    for (who, token) in [("anonymous", None), ("other repo's token", Some(other_token.as_str()))] {
+    for (who, token) in [
+        ("anonymous", None),
+        ("other repo's token", Some(other_token.as_str())),
+    ] {
         for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
             let (status, _, body) = rig.get(method.clone(), &blob, token).await?;
             ensure!(
@@ -163,13 +183,20 @@ async fn private_blobs_go_only_to_clients_the_registry_lets_pull_them() -> Resul
             ensure!(body.len() < 4096, "{who} {method}: {} bytes", body.len());
         }
     }
-    ensure!(rig.metrics.blob_bytes.get() == sent, "bytes went to a refused client");
+    ensure!(
+        rig.metrics.blob_bytes.get() == sent,
+        "bytes went to a refused client"
+    );
 
     // Everything else passes through unchanged.
     let (status, headers, _) = rig.get(reqwest::Method::GET, "/v2/", None).await?;
     ensure!(status == 401 && headers.contains_key("www-authenticate"));
     let (status, _, body) = rig
-        .get(reqwest::Method::GET, "/v2/private/app/tags/list", Some(&app_token))
+        .get(
+            reqwest::Method::GET,
+            "/v2/private/app/tags/list",
+            Some(&app_token),
+        )
         .await?;
     ensure!(status == 404 || status == 200, "tags: {status}");
     ensure!(!body.is_empty());
@@ -195,7 +222,12 @@ async fn public_blobs_and_manifests_through_the_default_upstream() -> Result<()>
         "layers": [],
     }))?;
     let manifest_digest = reg
-        .push_manifest("pub/app", "v1", "application/vnd.oci.image.manifest.v1+json", &manifest)
+        .push_manifest(
+            "pub/app",
+            "v1",
+            "application/vnd.oci.image.manifest.v1+json",
+            &manifest,
+        )
         .await?;
     let rig = start_mirror(&reg, &reg.addr()).await?;
     // Without ?ns=: the default upstream.
@@ -209,13 +241,21 @@ async fn public_blobs_and_manifests_through_the_default_upstream() -> Result<()>
     ensure!(resp.headers()["docker-content-digest"] == manifest_digest.to_string().as_str());
     ensure!(resp.bytes().await?.as_ref() == manifest.as_slice());
     let (status, _, body) = rig
-        .get(reqwest::Method::GET, &format!("/v2/pub/app/blobs/{digest}"), None)
+        .get(
+            reqwest::Method::GET,
+            &format!("/v2/pub/app/blobs/{digest}"),
+            None,
+        )
         .await?;
     ensure!(status == 200 && body == layer, "{status}");
     // A blob the registry does not have: its 404, passed back.
     let missing = Digest::of(b"missing");
     let (status, _, _) = rig
-        .get(reqwest::Method::GET, &format!("/v2/pub/app/blobs/{missing}"), None)
+        .get(
+            reqwest::Method::GET,
+            &format!("/v2/pub/app/blobs/{missing}"),
+            None,
+        )
         .await?;
     ensure!(status == 404, "{status}");
     Ok(())

@@ -206,12 +206,7 @@ impl Mirror {
 
     /// The registry host a request is for: `?ns=`, else `default_upstream`.
     fn registry_of(&self, query: Option<&str>, path: &str) -> Result<String, MirrorError> {
-        let ns = query.and_then(|q| {
-            q.split('&')
-                .filter_map(|kv| kv.split_once('='))
-                .find(|(k, _)| *k == "ns")
-                .map(|(_, v)| v.to_owned())
-        });
+        let ns = query.and_then(namespace_of);
         match ns {
             Some(ns) if shoal_p2p::reference::valid_host(&ns) => Ok(ns),
             Some(ns) => Err(MirrorError::BadNamespace { ns }),
@@ -221,6 +216,14 @@ impl Mirror {
             }),
         }
     }
+}
+
+/// The `ns` parameter of a query string, decoded (containerd escapes `:` as `%3A`).
+fn namespace_of(query: &str) -> Option<String> {
+    let url = reqwest::Url::parse(&format!("http://mirror/?{query}")).ok()?;
+    url.query_pairs()
+        .find(|(k, _)| k == "ns")
+        .map(|(_, v)| v.into_owned())
 }
 
 /// `/v2/<name>/blobs/<digest>` → (name, digest).
@@ -332,4 +335,30 @@ async fn serve_blob(
         })?;
     let body = body::checked(stream, digest, size, mirror.metrics.clone());
     Ok((StatusCode::OK, resp_headers, Body::from_stream(body)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_paths_and_namespaces_are_recognised() {
+        let d = Digest::of(b"x");
+        let path = format!("/v2/team/app/blobs/{d}");
+        let (name, digest) = blob_path(&path).unwrap();
+        assert_eq!((name, digest), ("team/app", d.clone()));
+        assert!(blob_path(&format!("/v2/blobs/{d}")).is_none());
+        assert!(blob_path("/v2/app/blobs/sha256:nothex").is_none());
+        assert!(blob_path(&format!("/v2/app/manifests/{d}")).is_none());
+        assert!(blob_path("/v2/app/blobs/uploads/").is_none());
+        assert_eq!(
+            namespace_of("ns=10.0.0.1%3A5000").as_deref(),
+            Some("10.0.0.1:5000")
+        );
+        assert_eq!(
+            namespace_of("n=1&ns=docker.io&x=2").as_deref(),
+            Some("docker.io")
+        );
+        assert_eq!(namespace_of("x=1"), None);
+    }
 }

@@ -85,12 +85,13 @@ impl Upstream {
     /// returns its answer unchanged, streaming both bodies.
     pub async fn forward(&self, registry: &str, req: Request) -> Result<Response, MirrorError> {
         let (parts, body) = req.into_parts();
+        // containerd's `ns` is for the mirror; the rest of the query goes on as it came.
         let query: Vec<&str> = parts
             .uri
             .query()
             .unwrap_or_default()
             .split('&')
-            .filter(|kv| !kv.is_empty() && !kv.starts_with("ns="))
+            .filter(|kv| !kv.is_empty() && *kv != "ns" && !kv.starts_with("ns="))
             .collect();
         let mut url = format!("{}{}", self.base(registry), parts.uri.path());
         if !query.is_empty() {

@@ -15,12 +15,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
+use shoal_integration::cluster::random_layers;
+use shoal_integration::containerd::TestContainerd;
 use shoal_integration::registry::TestRegistry;
 use shoal_integration::token_server::TokenServer;
 use shoal_p2p::cache::{BlobCache, CachingSource};
 use shoal_p2p::registry::{ClientConfig, HostConfig, RegistryClient};
 use shoal_p2p::source::BlobSource;
+use shoal_p2p::source::RecordingSource;
 use shoal_p2p::Digest;
 use shoal_plugin::config::MirrorSection;
 use shoal_plugin::mirror::{Mirror, MirrorMetrics};
@@ -56,6 +59,15 @@ struct Rig {
 }
 
 async fn start_mirror(reg: &TestRegistry, default_upstream: &str) -> Result<Rig> {
+    start_mirror_with(reg, default_upstream, None).await
+}
+
+/// The mirror over the cache in front of the registry client, or over `source` when given.
+async fn start_mirror_with(
+    reg: &TestRegistry,
+    default_upstream: &str,
+    source: Option<Arc<dyn BlobSource>>,
+) -> Result<Rig> {
     let mut config = ClientConfig::default();
     config.hosts.insert(
         reg.addr(),
@@ -65,10 +77,10 @@ async fn start_mirror(reg: &TestRegistry, default_upstream: &str) -> Result<Rig>
         },
     );
     let dir = tempfile::tempdir()?;
-    let cache = BlobCache::open(dir.path(), 1 << 30)?;
-    let source = Arc::new(CachingSource::new(
+    let blob_cache = BlobCache::open(dir.path(), 1 << 30)?;
+    let cache = Arc::new(CachingSource::new(
         RegistryClient::new(config.clone())?,
-        cache,
+        blob_cache,
     ));
     let metrics = MirrorMetrics::default();
     let section = MirrorSection {
@@ -76,7 +88,10 @@ async fn start_mirror(reg: &TestRegistry, default_upstream: &str) -> Result<Rig>
         default_upstream: default_upstream.into(),
         ..Default::default()
     };
-    let blobs: Arc<dyn BlobSource> = source.clone();
+    let blobs: Arc<dyn BlobSource> = match source {
+        Some(s) => s,
+        None => cache.clone(),
+    };
     let mirror = Arc::new(Mirror::new(&section, &config, blobs, metrics.clone())?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -85,7 +100,7 @@ async fn start_mirror(reg: &TestRegistry, default_upstream: &str) -> Result<Rig>
         url,
         registry: reg.addr(),
         metrics,
-        cache: source,
+        cache,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()?,
@@ -258,5 +273,123 @@ async fn public_blobs_and_manifests_through_the_default_upstream() -> Result<()>
         )
         .await?;
     ensure!(status == 404, "{status}");
+    Ok(())
+}
+
+/// A source that fails mid-blob or serves wrong bytes: the client never gets a complete,
+/// successful body.
+#[tokio::test]
+async fn a_failing_or_corrupt_source_cuts_the_response() -> Result<()> {
+    if !TestRegistry::available() {
+        eprintln!("SKIP: docker-registry not installed");
+        return Ok(());
+    }
+    let reg = TestRegistry::start_anonymous()?;
+    let good = noise(2 << 20, 3);
+    let cut = noise(2 << 20, 4);
+    let good_digest = reg.push_blob("pub/app", &good).await?;
+    let cut_digest = reg.push_blob("pub/app", &cut).await?;
+    let source = Arc::new(RecordingSource::new());
+    let mut corrupt = good.clone();
+    corrupt[good.len() - 1] ^= 0xff;
+    source.add_as(good_digest.clone(), &corrupt);
+    source.add_cut(cut_digest.clone(), &cut[..1 << 20]);
+    let rig = start_mirror_with(&reg, "", Some(source)).await?;
+    for digest in [&good_digest, &cut_digest] {
+        let resp = rig
+            .http
+            .get(format!(
+                "{}/v2/pub/app/blobs/{digest}?ns={}",
+                rig.url, rig.registry
+            ))
+            .send()
+            .await?;
+        ensure!(resp.status() == 200, "{}", resp.status());
+        let body = resp.bytes().await;
+        ensure!(
+            body.is_err(),
+            "{digest}: a complete body ({:?} bytes)",
+            body.map(|b| b.len())
+        );
+    }
+    ensure!(rig.metrics.blobs_cut.get() == 2);
+    Ok(())
+}
+
+/// containerd itself (`ctr images pull --hosts-dir`, hosts.toml from `shoald hosts`' merge)
+/// pulls a private image through the mirror with the user's credentials, and gets nothing
+/// without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_pulls_a_private_image_through_the_mirror_only_with_credentials() -> Result<()> {
+    if shoal_integration::tools::skip_unless(&["docker-registry", "containerd", "ctr"], true) {
+        return Ok(());
+    }
+    let tokens = TokenServer::start("bob", "pw").await?;
+    let reg = TestRegistry::start_token_auth(&tokens, "bob", "pw")?;
+    let repo = "private/app";
+    let layers = random_layers(2, 4 << 20, 5)?;
+    for l in &layers {
+        reg.push_blob(repo, &l.blob).await?;
+    }
+    let platform = shoal_p2p::registry::Platform::host();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": platform.architecture,
+        "os": platform.os,
+        "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>()},
+    }))?;
+    let config_digest = reg.push_blob(repo, &config).await?;
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": layers.iter().map(|l| serde_json::json!({
+            "mediaType": l.media_type, "digest": l.digest, "size": l.blob.len(),
+        })).collect::<Vec<_>>(),
+    }))?;
+    reg.push_manifest(
+        repo,
+        "v1",
+        "application/vnd.oci.image.manifest.v1+json",
+        &manifest,
+    )
+    .await?;
+    let rig = start_mirror(&reg, "").await?;
+    let hosts = tempfile::tempdir()?;
+    let dir = hosts.path().join(reg.addr());
+    std::fs::create_dir_all(&dir)?;
+    let existing = format!(
+        "server = \"http://{0}\"\n[host.\"http://{0}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+        reg.addr()
+    );
+    let text = shoal_plugin::mirror::hosts::merge(Some(&existing), None, &rig.url)
+        .map_err(anyhow::Error::msg)?;
+    std::fs::write(dir.join("hosts.toml"), text)?;
+    let containerd = TestContainerd::start("")?;
+    let image = format!("{}/{repo}:v1", reg.addr());
+    let hosts_dir = hosts.path().display().to_string();
+    let ctr = |user: Option<&str>| {
+        let mut args = vec!["images", "pull", "--hosts-dir", hosts_dir.as_str()];
+        if let Some(u) = user {
+            args.extend(["--user", u]);
+        }
+        args.push(&image);
+        containerd.ctr(&args)
+    };
+    let anonymous = tokio::task::block_in_place(|| ctr(None));
+    ensure!(
+        anonymous.is_err(),
+        "an anonymous pull of a private image worked"
+    );
+    ensure!(
+        rig.metrics.blob_bytes.get() == 0,
+        "blob bytes went to an anonymous client"
+    );
+    tokio::task::block_in_place(|| ctr(Some("bob:pw"))).context("pull with credentials")?;
+    let layer_bytes: u64 = layers.iter().map(|l| l.blob.len() as u64).sum();
+    ensure!(
+        rig.metrics.blob_bytes.get() >= layer_bytes,
+        "the mirror sent {} bytes, the layers are {layer_bytes}",
+        rig.metrics.blob_bytes.get()
+    );
     Ok(())
 }

@@ -182,8 +182,16 @@ async fn private_blobs_go_only_to_clients_the_registry_lets_pull_them() -> Resul
     rig.cache.flush().await;
     ensure!(rig.cache.cache().contains(&digest), "not cached");
 
-    // Now the node holds it; still nothing for clients the registry would refuse.
+    // Now the node holds it; still nothing for clients the registry would refuse, and their
+    // requests never reach the blob source (swarm or cache).
     let sent = rig.metrics.blob_bytes.get();
+    let route = |route: &'static str| {
+        rig.metrics
+            .requests
+            .get_or_create(&shoal_plugin::mirror::RouteLabel { route })
+            .get()
+    };
+    let (served_before, refused_before) = (route("blob"), route("refused"));
     for (who, token) in [
         ("anonymous", None),
         ("other repo's token", Some(other_token.as_str())),
@@ -202,6 +210,11 @@ async fn private_blobs_go_only_to_clients_the_registry_lets_pull_them() -> Resul
         rig.metrics.blob_bytes.get() == sent,
         "bytes went to a refused client"
     );
+    ensure!(
+        route("blob") == served_before,
+        "a refused request reached the blob source"
+    );
+    ensure!(route("refused") == refused_before + 4);
 
     // Everything else passes through unchanged.
     let (status, headers, _) = rig.get(reqwest::Method::GET, "/v2/", None).await?;

@@ -406,3 +406,49 @@ async fn containerd_pulls_a_private_image_through_the_mirror_only_with_credentia
     );
     Ok(())
 }
+
+/// The registry client with a client's own credentials (what the swarm's registry ranges and
+/// the cache's fallback use for the mirror): sent as they are, no token dance with the
+/// node's (absent) credentials; a refused token is an error, not a retry.
+#[tokio::test]
+async fn the_registry_client_fetches_with_a_clients_credentials_as_they_are() -> Result<()> {
+    if !TestRegistry::available() {
+        eprintln!("SKIP: docker-registry not installed");
+        return Ok(());
+    }
+    let tokens = TokenServer::start("bob", "pw").await?;
+    let reg = TestRegistry::start_token_auth(&tokens, "bob", "pw")?;
+    let layer = noise(1 << 20, 6);
+    let digest = reg.push_blob("private/app", &layer).await?;
+    let client = reg.plain_http_client()?;
+    let image: shoal_p2p::reference::ImageReference =
+        format!("{}/private/app:v1", reg.addr()).parse()?;
+    let issued = tokens.issued();
+    let good = shoal_p2p::source::Credentials::new(format!(
+        "Bearer {}",
+        token_for(&tokens, "private/app")?
+    ));
+    let body = client
+        .fetch_range_as(&image, &digest, 10..1000, Some(&good))
+        .await?;
+    let bytes: Vec<bytes::Bytes> = futures::TryStreamExt::try_collect(body).await?;
+    ensure!(bytes.concat() == layer[10..1000]);
+    let other =
+        shoal_p2p::source::Credentials::new(format!("Bearer {}", token_for(&tokens, "other/x")?));
+    let refused = client.fetch_as(&image, &digest, Some(&other)).await;
+    ensure!(
+        matches!(
+            refused,
+            Err(shoal_p2p::registry::RegistryError::Unauthorized { .. })
+        ),
+        "{:?}",
+        refused.err()
+    );
+    ensure!(
+        tokens.issued() == issued,
+        "the client asked the token server itself"
+    );
+    // Without a client's credentials the node's (none here) are used: anonymous, refused.
+    ensure!(client.fetch(&image, &digest).await.is_err());
+    Ok(())
+}

@@ -44,6 +44,7 @@ fn mode_name(mode: NodeMode) -> &'static str {
         NodeMode::Swarm => "swarm",
         NodeMode::Shoal => "shoal",
         NodeMode::Native => "native",
+        NodeMode::Mirror { .. } => "mirror",
     }
 }
 

@@ -32,7 +32,7 @@ use shoal_p2p::Digest;
 
 pub use badpeer::{badpeer_binary, BadPeer};
 pub use metrics::{http_get, Metrics, Sample};
-pub use node::{fetch_chunk, Node, NodeMode, METRICS_PORT, PEER_PORT};
+pub use node::{fetch_chunk, Node, NodeMode, METRICS_PORT, MIRROR_LISTEN, PEER_PORT};
 pub use registry_side::{
     registry_ext_binary, workspace_binary, RegistryExt, Served, REGISTRY_EXT_PORT,
 };
@@ -266,7 +266,7 @@ impl Cluster {
     /// Starts `count` nodes of `mode` (a few at a time); returns their indexes.
     pub fn add_nodes(&mut self, count: usize, mode: NodeMode) -> Result<Vec<usize>> {
         let tracker = self.registry_ext.as_ref().map(RegistryExt::url);
-        if mode == NodeMode::Swarm && tracker.is_none() {
+        if mode.uses_swarm() && tracker.is_none() {
             bail!("swarm nodes need the registry extension (ClusterConfig::registry_ext)");
         }
         let registry = self.registry.addr();

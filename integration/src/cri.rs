@@ -265,7 +265,7 @@ pub struct CriContainerd {
     // Dropped in this order: containerd (and its mounts) before the snapshotter.
     containerd: TestContainerd,
     shoald: Shoald,
-    _hosts: TempDir,
+    hosts: TempDir,
 }
 
 impl CriContainerd {
@@ -301,6 +301,18 @@ impl CriContainerd {
         shoald_config: &str,
         snapshotter: &str,
     ) -> Result<Self> {
+        Self::start_in_netns_with(netns, plain_http, shoald_config, snapshotter, "")
+    }
+
+    /// [`Self::start_in_netns`] with `cri_containerd_extra` (TOML lines) added to CRI's
+    /// `containerd` table, e.g. `discard_unpacked_layers = true`.
+    pub fn start_in_netns_with(
+        netns: Option<&str>,
+        plain_http: &[String],
+        shoald_config: &str,
+        snapshotter: &str,
+        cri_containerd_extra: &str,
+    ) -> Result<Self> {
         let shoald = Shoald::start_in_netns(shoald_config, netns)?;
         let hosts = tempfile::Builder::new()
             .prefix("shoal-certs.d-")
@@ -322,6 +334,7 @@ impl CriContainerd {
              [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n\
              \x20 snapshotter = \"{snapshotter}\"\n\
              \x20 disable_snapshot_annotations = false\n\
+             {cri_containerd_extra}\n\
              [plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = {hosts:?}\n\
              [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
              \x20 bin_dir = {cni_bin:?}\n  conf_dir = {cni_conf:?}\n",
@@ -335,7 +348,7 @@ impl CriContainerd {
         let me = Self {
             containerd,
             shoald,
-            _hosts: hosts,
+            hosts,
         };
         me.check_cri_loaded()?;
         Ok(me)
@@ -355,6 +368,11 @@ impl CriContainerd {
                 self.containerd.log()
             ),
         }
+    }
+
+    /// CRI's registry hosts directory (`config_path`; `ctr --hosts-dir`).
+    pub fn hosts_dir(&self) -> &Path {
+        self.hosts.path()
     }
 
     pub fn containerd(&self) -> &TestContainerd {

@@ -226,7 +226,7 @@ fn valid_tag(tag: &str) -> bool {
 }
 
 /// `host[:port]` where host is DNS labels, an IPv4 address or a bracketed IPv6 address.
-pub(crate) fn valid_host(host: &str) -> bool {
+pub fn valid_host(host: &str) -> bool {
     let (name, port) = if let Some(rest) = host.strip_prefix('[') {
         let Some((v6, after)) = rest.split_once(']') else {
             return false;

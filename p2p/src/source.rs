@@ -1,7 +1,13 @@
-//! Where whole blobs come from: the [`BlobSource`] seam (the registry today; the cache in
-//! front of it, and later the swarm), with a recording fake for tests.
+//! Where whole blobs come from: the [`BlobSource`] seam (the registry; the cache in front of
+//! it; the swarm), with a recording fake for tests.
+//!
+//! A fetch may carry a client's own [`Credentials`] (shoald's registry mirror passes the
+//! `Authorization` a client sent, after checking with the registry that this client may pull
+//! the blob): a source that reaches the registry for that blob uses them instead of the
+//! node's configured credentials. Sources that do not reach a registry ignore them.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::ops::Range;
 use std::sync::Mutex;
 
@@ -12,6 +18,29 @@ use futures::stream;
 use crate::digest::Digest;
 use crate::reference::ImageReference;
 use crate::registry::{BlobStream, OciError, RegistryClient, RegistryError};
+
+/// A client's registry credentials for one fetch: the value of the `Authorization` header it
+/// sent (a bearer token from the registry's token service, or Basic). Never logged.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Credentials(String);
+
+impl Credentials {
+    /// Credentials from an `Authorization` header value (`Bearer …`, `Basic …`).
+    pub fn new(authorization: impl Into<String>) -> Self {
+        Self(authorization.into())
+    }
+
+    /// The `Authorization` header value.
+    pub fn authorization(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Credentials(<redacted>)")
+    }
+}
 
 /// A source of whole blobs. The stream is unverified: whoever consumes it checks the digest
 /// (the unpacker does), and a source that keeps bytes ([`crate::cache::CachingSource`])
@@ -32,6 +61,31 @@ pub trait BlobSource: Send + Sync {
         digest: &'a Digest,
         range: Range<u64>,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>>;
+
+    /// [`Self::fetch`] on behalf of a client whose `credentials` (when given) the registry
+    /// accepted for this blob: registry requests for it use them. The default ignores them
+    /// (for sources that never reach a registry).
+    fn fetch_as<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        credentials: Option<&'a Credentials>,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        let _ = credentials;
+        self.fetch(image, digest)
+    }
+
+    /// [`Self::fetch_range`] with a client's `credentials` (see [`Self::fetch_as`]).
+    fn fetch_range_as<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        range: Range<u64>,
+        credentials: Option<&'a Credentials>,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        let _ = credentials;
+        self.fetch_range(image, digest, range)
+    }
 }
 
 impl BlobSource for RegistryClient {
@@ -50,6 +104,25 @@ impl BlobSource for RegistryClient {
         range: Range<u64>,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
         Box::pin(self.blob(image, digest, Some(range)))
+    }
+
+    fn fetch_as<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        credentials: Option<&'a Credentials>,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        Box::pin(self.blob_as(image, digest, None, credentials))
+    }
+
+    fn fetch_range_as<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        range: Range<u64>,
+        credentials: Option<&'a Credentials>,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        Box::pin(self.blob_as(image, digest, Some(range), credentials))
     }
 }
 
@@ -70,6 +143,25 @@ impl<T: BlobSource + ?Sized> BlobSource for std::sync::Arc<T> {
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
         (**self).fetch_range(image, digest, range)
     }
+
+    fn fetch_as<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        credentials: Option<&'a Credentials>,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        (**self).fetch_as(image, digest, credentials)
+    }
+
+    fn fetch_range_as<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        range: Range<u64>,
+        credentials: Option<&'a Credentials>,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        (**self).fetch_range_as(image, digest, range, credentials)
+    }
 }
 
 /// What [`RecordingSource`] serves for one digest.
@@ -88,6 +180,8 @@ pub struct RecordingSource {
     blobs: Mutex<HashMap<Digest, Served>>,
     calls: Mutex<Vec<(ImageReference, Digest)>>,
     ranges: Mutex<Vec<(Digest, Range<u64>)>>,
+    /// The credentials of every `*_as` call, in order.
+    credentials: Mutex<Vec<Option<Credentials>>>,
 }
 
 impl RecordingSource {
@@ -122,6 +216,11 @@ impl RecordingSource {
     /// Every range fetch so far, in order.
     pub fn range_calls(&self) -> Vec<(Digest, Range<u64>)> {
         self.ranges.lock().expect("lock").clone()
+    }
+
+    /// The credentials passed to every `fetch_as` / `fetch_range_as` so far, in order.
+    pub fn credentials_seen(&self) -> Vec<Option<Credentials>> {
+        self.credentials.lock().expect("lock").clone()
     }
 
     /// Bytes served by range fetches of `digest`.
@@ -221,6 +320,29 @@ impl BlobSource for RecordingSource {
             }
             Ok(Box::pin(stream::iter(chunked(&data[start..end]))) as BlobStream)
         })
+    }
+
+    fn fetch_as<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        credentials: Option<&'a Credentials>,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        let seen = &self.credentials;
+        seen.lock().expect("lock").push(credentials.cloned());
+        self.fetch(image, digest)
+    }
+
+    fn fetch_range_as<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        range: Range<u64>,
+        credentials: Option<&'a Credentials>,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        let seen = &self.credentials;
+        seen.lock().expect("lock").push(credentials.cloned());
+        self.fetch_range(image, digest, range)
     }
 }
 

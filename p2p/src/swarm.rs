@@ -14,6 +14,12 @@
 //! - Chunks are announced to the trackers as they arrive, so a half-done node seeds too; the
 //!   node's chunk server ([`crate::peer::router`]) serves them through [`Swarm`]'s
 //!   [`ChunkProvider`] implementation (downloads in progress, then the cache).
+//! - A fetch on behalf of a client with its own registry credentials
+//!   ([`BlobSource::fetch_as`], shoald's mirror) hands them to the blob's download, whose
+//!   registry ranges then use the latest such credentials (else the node's own). This is safe
+//!   because only callers that checked with the registry that their client may pull this
+//!   very blob pass credentials, and the bytes are the same, verified blob whoever's
+//!   credentials fetched them: no reader gets a blob it could not have pulled itself.
 //! - If the trackers cannot give a manifest (down, unreachable, no manifest), the blob is
 //!   fetched whole from the registry and cached, as without a swarm: the swarm can only make
 //!   pulls faster, never break them.
@@ -40,7 +46,7 @@ use crate::metrics::SwarmMetrics;
 use crate::peer::{ChunkProvider, Held, PeerFetcher};
 use crate::reference::ImageReference;
 use crate::registry::{BlobStream, RegistryError};
-use crate::source::BlobSource;
+use crate::source::{BlobSource, Credentials};
 use crate::tracker::{Announce, BlobHave, ChunkSet, Tracker, UploadStats};
 use download::Download;
 
@@ -253,15 +259,23 @@ impl Swarm {
 
     /// The download of `digest`, joined or started; `None` when the swarm cannot be used for
     /// it (no manifest), and the caller fetches from the registry.
-    async fn download(&self, image: &ImageReference, digest: &Digest) -> Option<Arc<Download>> {
+    async fn download(
+        &self,
+        image: &ImageReference,
+        digest: &Digest,
+        credentials: Option<&Credentials>,
+    ) -> Option<Arc<Download>> {
         let cell = {
             let mut downloads = self.inner.downloads.lock().expect("lock");
             downloads.entry(digest.clone()).or_default().clone()
         };
         let started = cell
-            .get_or_init(|| self.start_download(image, digest))
+            .get_or_init(|| self.start_download(image, digest, credentials))
             .await
             .clone();
+        if let (Some(download), Some(credentials)) = (&started, credentials) {
+            download.set_credentials(credentials.clone());
+        }
         if started.is_none() {
             // Let a later fetch try the swarm again.
             let mut downloads = self.inner.downloads.lock().expect("lock");
@@ -276,6 +290,7 @@ impl Swarm {
         &self,
         image: &ImageReference,
         digest: &Digest,
+        credentials: Option<&Credentials>,
     ) -> Option<Arc<Download>> {
         let inner = &self.inner;
         let manifest = tokio::time::timeout(
@@ -313,7 +328,7 @@ impl Swarm {
                 return None;
             }
         };
-        let download = match Download::new(image.clone(), manifest, partial) {
+        let download = match Download::new(image.clone(), manifest, partial, credentials.cloned()) {
             Ok(d) => Arc::new(d),
             Err(e) => {
                 tracing::warn!(blob = %digest, "cannot store the blob for the swarm ({e}); fetching from the registry");
@@ -370,15 +385,25 @@ impl BlobSource for Swarm {
         image: &'a ImageReference,
         digest: &'a Digest,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        self.fetch_as(image, digest, None)
+    }
+
+    fn fetch_as<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        credentials: Option<&'a Credentials>,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
         Box::pin(async move {
+            let fallback = &self.inner.fallback;
             if self.inner.cache.contains(digest) {
-                return self.inner.fallback.fetch(image, digest).await;
+                return fallback.fetch_as(image, digest, credentials).await;
             }
-            match self.download(image, digest).await {
+            match self.download(image, digest, credentials).await {
                 Some(download) => Ok(download.reader()),
                 None => {
                     self.inner.metrics.registry_fallbacks.inc();
-                    self.inner.fallback.fetch(image, digest).await
+                    fallback.fetch_as(image, digest, credentials).await
                 }
             }
         })
@@ -391,6 +416,17 @@ impl BlobSource for Swarm {
         range: Range<u64>,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
         self.inner.registry.fetch_range(image, digest, range)
+    }
+
+    fn fetch_range_as<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        range: Range<u64>,
+        credentials: Option<&'a Credentials>,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        let registry = &self.inner.registry;
+        registry.fetch_range_as(image, digest, range, credentials)
     }
 }
 

@@ -40,6 +40,15 @@
 //! cert = "/etc/shoal/node.pem"
 //! key = "/etc/shoal/node-key.pem"
 //!
+//! # The registry mirror for containerd's hosts.toml (blobs from the swarm).
+//! [mirror]
+//! enabled = false             # default false
+//! listen = "127.0.0.1:7075"   # default; plain HTTP, meant for loopback
+//! default_upstream = ""       # registry host for requests without ?ns= ("" = refuse them)
+//! access_ttl_secs = 30        # default 30: how long a positive access check is reused
+//! registries = []             # extra registry hosts `shoald hosts` writes files for
+//! hosts_dir = "/etc/containerd/certs.d"  # default for `shoald hosts --dir`
+//!
 //! # Prometheus metrics (plain HTTP GET /metrics).
 //! [metrics]
 //! listen = "127.0.0.1:9464"   # default; "" turns the endpoint off
@@ -69,9 +78,65 @@ pub struct Config {
     /// The swarm.
     #[serde(default)]
     pub swarm: SwarmSection,
+    /// The registry mirror.
+    #[serde(default)]
+    pub mirror: MirrorSection,
     /// The metrics endpoint.
     #[serde(default)]
     pub metrics: MetricsSection,
+}
+
+/// `[mirror]`: shoald as a registry mirror in containerd's hosts.toml ([`crate::mirror`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSection {
+    /// Serve the mirror. Default false.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Where it listens (plain HTTP). Default `127.0.0.1:7075`.
+    #[serde(default = "default_mirror_listen")]
+    pub listen: SocketAddr,
+    /// Registry host (`host[:port]`) for requests without `?ns=`; empty: such requests are
+    /// refused. Default empty.
+    #[serde(default)]
+    pub default_upstream: String,
+    /// Seconds a successful access check (per credentials, repository and blob) is reused.
+    /// Default 30, at most 3600.
+    #[serde(default = "default_access_ttl_secs")]
+    pub access_ttl_secs: u64,
+    /// Registry hosts `shoald hosts` writes a hosts.toml for, besides those of
+    /// `[registry.hosts]` and `_default`. Default empty.
+    #[serde(default)]
+    pub registries: Vec<String>,
+    /// containerd's hosts directory, the default of `shoald hosts --dir`. Default
+    /// `/etc/containerd/certs.d`.
+    #[serde(default = "default_hosts_dir")]
+    pub hosts_dir: PathBuf,
+}
+
+fn default_mirror_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7075))
+}
+
+fn default_access_ttl_secs() -> u64 {
+    30
+}
+
+fn default_hosts_dir() -> PathBuf {
+    PathBuf::from("/etc/containerd/certs.d")
+}
+
+impl Default for MirrorSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: default_mirror_listen(),
+            default_upstream: String::new(),
+            access_ttl_secs: default_access_ttl_secs(),
+            registries: Vec::new(),
+            hosts_dir: default_hosts_dir(),
+        }
+    }
 }
 
 /// `[swarm]`: this node as a swarm peer (see the module documentation for every field).
@@ -271,6 +336,24 @@ impl Config {
                 config.metrics.listen
             )));
         }
+        let mirror = &config.mirror;
+        if mirror.access_ttl_secs > 3600 {
+            return Err(invalid(format!(
+                "mirror.access_ttl_secs = {} is more than 3600",
+                mirror.access_ttl_secs
+            )));
+        }
+        for host in mirror
+            .registries
+            .iter()
+            .chain(std::iter::once(&mirror.default_upstream).filter(|h| !h.is_empty()))
+        {
+            if !shoal_p2p::reference::valid_host(host) {
+                return Err(invalid(format!(
+                    "mirror: {host:?} is not a registry host[:port]"
+                )));
+            }
+        }
         let swarm = &config.swarm;
         if swarm.enabled {
             if swarm.trackers.is_empty() {
@@ -367,6 +450,38 @@ mod tests {
         assert_eq!(c.swarm.chunks_in_flight, d.swarm.chunks_in_flight);
         assert_eq!(c.swarm.chunks_per_peer, d.swarm.chunks_per_peer);
         assert_eq!(c.metrics.listen, d.metrics.listen);
+        assert_eq!(c.mirror.enabled, d.mirror.enabled);
+        assert_eq!(c.mirror.listen, d.mirror.listen);
+        assert_eq!(c.mirror.default_upstream, d.mirror.default_upstream);
+        assert_eq!(c.mirror.access_ttl_secs, d.mirror.access_ttl_secs);
+        assert_eq!(c.mirror.registries, d.mirror.registries);
+        assert_eq!(c.mirror.hosts_dir, d.mirror.hosts_dir);
+    }
+
+    #[test]
+    fn reads_and_checks_the_mirror_section() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        assert!(!c.mirror.enabled);
+        assert_eq!(c.mirror.listen, "127.0.0.1:7075".parse().unwrap());
+        let c = Config::parse(
+            "[mirror]\nenabled = true\nlisten = \"127.0.0.1:9000\"\n\
+             default_upstream = \"docker.io\"\naccess_ttl_secs = 5\n\
+             registries = [\"10.0.0.1:5000\"]\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert!(c.mirror.enabled);
+        assert_eq!(c.mirror.listen.port(), 9000);
+        assert_eq!(c.mirror.default_upstream, "docker.io");
+        assert_eq!(c.mirror.access_ttl_secs, 5);
+        let e =
+            Config::parse("[mirror]\naccess_ttl_secs = 7200\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("access_ttl_secs"), "{e}");
+        let e =
+            Config::parse("[mirror]\nregistries = [\"a b\"]\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("mirror"), "{e}");
+        let e = Config::parse("[mirror]\nlisten = \"nope\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("x.toml"), "{e}");
     }
 
     #[test]

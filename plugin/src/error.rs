@@ -17,6 +17,8 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error(transparent)]
+    Mirror(#[from] crate::mirror::MirrorError),
+    #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
     /// A CRI snapshot label that is missing or malformed.
     #[error("label {label}: {reason}")]

@@ -8,6 +8,8 @@
 //!   snapshots on Prepare, all layers of an image at once.
 //! - [`node`]: this node's swarm peer (chunk server, announcer), the blob source layers come
 //!   through, and the Prometheus endpoint.
+//! - [`mirror`]: the registry mirror for containerd's hosts.toml (blobs through the swarm,
+//!   after an access check with the registry; everything else passed through).
 //! - [`snapshot`]: the containerd proxy snapshotter (overlayfs semantics, redb metadata, gRPC).
 //! - [`cri`]: `shoald pull` through CRI; [`sd_notify`]: readiness for systemd; [`report`]:
 //!   figures for the command line.
@@ -16,6 +18,7 @@ pub mod config;
 pub mod cri;
 pub mod error;
 pub mod image;
+pub mod mirror;
 pub mod node;
 pub mod remote;
 pub mod report;

@@ -52,6 +52,17 @@ enum Command {
         #[arg(long, default_value = "/run/shoal/shoald.sock")]
         address: PathBuf,
     },
+    /// Write containerd hosts.toml files that put shoald's registry mirror first, for every
+    /// registry of the configuration and `_default`, keeping what the files already say.
+    Hosts {
+        /// containerd's hosts directory (its `config_path`); default: the config's
+        /// mirror.hosts_dir.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print the files instead of writing them.
+        #[arg(long)]
+        print: bool,
+    },
     /// Pull IMAGE through containerd's CRI (ImageService/PullImage, as kubelet does), showing
     /// containerd's downloads while it runs and the image's layers afterwards.
     Pull {
@@ -93,6 +104,21 @@ async fn main() -> Result<()> {
         }
         Command::Snapshotter { root, address } => {
             Ok(shoal_plugin::snapshot::run(&root, &address, &config, terminated()).await?)
+        }
+        Command::Hosts { dir, print } => {
+            let dir = dir.unwrap_or_else(|| config.mirror.hosts_dir.clone());
+            let files = shoal_plugin::mirror::hosts::write_all(&config, &dir, print)?;
+            for (path, text) in files {
+                if print {
+                    println!("# {}\n{text}", path.display());
+                } else {
+                    println!("{}", path.display());
+                }
+            }
+            if !config.mirror.enabled && !print {
+                eprintln!("note: [mirror] enabled = false in the configuration: containerd will skip the mirror until it is enabled");
+            }
+            Ok(())
         }
         Command::Pull {
             image,

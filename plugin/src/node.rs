@@ -5,6 +5,8 @@
 //!   before. With it, they come through [`Swarm`] (peers, then the registry per chunk).
 //! - A swarm that cannot start (unreadable certificates, the chunk port taken, no cache) is
 //!   logged as an error and shoald goes on without it: the swarm may only make pulls faster.
+//! - With `[mirror] enabled`, the registry mirror ([`crate::mirror`]) serves blobs from the
+//!   same blob source; a mirror that cannot start (port taken) is logged, like the swarm.
 //! - `advertise` defaults to `listen`'s IP when it is set, else to the source address this
 //!   host uses towards the first tracker (what the tracker sees), with `listen`'s port.
 
@@ -78,6 +80,11 @@ impl Node {
             (None, Some(cache)) => Arc::new(CachingSource::new(client, cache)),
             (None, None) => Arc::new(client),
         };
+        if config.mirror.enabled {
+            if let Some(task) = start_mirror(config, blobs.clone(), &mut registry).await {
+                tasks.push(task);
+            }
+        }
         if let Some(task) = start_metrics(&config.metrics.listen, registry).await {
             tasks.push(task);
         }
@@ -205,6 +212,42 @@ async fn advertise_addr(section: &SwarmSection) -> Result<SocketAddr, String> {
         .map_err(|e| format!("no route to tracker {target} to pick swarm.advertise: {e}"))?;
     let ip = socket.local_addr().map_err(|e| e.to_string())?.ip();
     Ok(SocketAddr::new(ip, port))
+}
+
+/// Serves the registry mirror on `mirror.listen`; `None` when it cannot start (logged).
+async fn start_mirror(
+    config: &Config,
+    blobs: Arc<dyn BlobSource>,
+    registry: &mut Registry,
+) -> Option<JoinHandle<()>> {
+    let metrics = crate::mirror::MirrorMetrics::default();
+    let mirror = match crate::mirror::Mirror::new(
+        &config.mirror,
+        &config.registry,
+        blobs,
+        metrics.clone(),
+    ) {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            tracing::error!("mirror not started: {e}");
+            return None;
+        }
+    };
+    let addr = config.mirror.listen;
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("mirror not started on {addr}: {e}");
+            return None;
+        }
+    };
+    metrics.register(registry);
+    tracing::info!("registry mirror on http://{addr}");
+    Some(tokio::spawn(async move {
+        if let Err(e) = mirror.serve(listener, std::future::pending()).await {
+            tracing::error!("mirror stopped: {e}");
+        }
+    }))
 }
 
 /// Serves `GET /metrics` on `listen` (plain HTTP); `None` when off or the port is taken

@@ -61,6 +61,53 @@ fn containerd_config_registers_shoal() {
     assert!(!registry.contains_key("mirrors"));
 }
 
+/// The mirror of shoald.toml.example is where config.toml.example's hosts.toml example points,
+/// and `shoald hosts` writes into the `config_path` containerd reads.
+#[test]
+fn mirror_example_agrees_with_containerds_config() {
+    let text = std::fs::read_to_string(repo_file("shoald.toml.example")).unwrap();
+    let example =
+        shoal_plugin::config::Config::parse(&text, Path::new("shoald.toml.example")).unwrap();
+    let mirror = &example.mirror;
+    assert!(
+        mirror.listen.ip().is_loopback(),
+        "the mirror must stay on loopback"
+    );
+    let c = containerd_config();
+    assert_eq!(
+        get(&c, &["plugins", CRI, "registry", "config_path"]).as_str(),
+        mirror.hosts_dir.to_str(),
+        "shoald hosts must write where containerd reads"
+    );
+    let containerd_text = std::fs::read_to_string(repo_file("config.toml.example")).unwrap();
+    let entry = format!(
+        "[host.\"{}\"]",
+        shoal_plugin::mirror::hosts::mirror_url(&example)
+    );
+    assert!(
+        containerd_text.contains(&entry),
+        "config.toml.example's hosts.toml example must name {entry}"
+    );
+    // The example's hosts.toml, as `shoald hosts --print` makes it, is what containerd reads.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_shoald"))
+        .arg("--config")
+        .arg(repo_file("shoald.toml.example"))
+        .args(["hosts", "--print", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("_default/hosts.toml"), "{printed}");
+    assert!(printed.contains(&entry), "{printed}");
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+}
+
 /// `KEY=value` lines of the unit (all sections), in order.
 fn unit_entries() -> Vec<(String, String)> {
     std::fs::read_to_string(repo_file("systemd/shoald.service"))

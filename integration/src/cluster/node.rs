@@ -2,13 +2,14 @@
 //! private containerd (CRI on) and shoald both running inside it.
 
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use super::metrics::Metrics;
 use crate::compare::assert_same_tree;
-use crate::cri::{CriContainerd, CRI_NAMESPACE, SNAPSHOTTER};
+use crate::cri::{shoald_binary, CriContainerd, CRI_NAMESPACE, SNAPSHOTTER};
 use crate::image::{chain_ids, Layer};
 use crate::netns::{Link, Netns};
 use crate::pki::TlsPaths;
@@ -26,9 +27,28 @@ pub enum NodeMode {
     Swarm,
     /// shoal's snapshotter straight from the registry (no `[swarm]` section).
     Shoal,
+    /// containerd's own overlayfs snapshotter, its downloads through shoald's registry mirror
+    /// (swarm on, `[mirror] enabled = true`, hosts.toml written by `shoald hosts`); with
+    /// CRI's `discard_unpacked_layers = true` when asked.
+    Mirror { discard_unpacked_layers: bool },
     /// containerd's own overlayfs snapshotter and downloads: the baseline.
     Native,
 }
+
+impl NodeMode {
+    /// Whether shoald runs the swarm (and needs the tracker).
+    pub fn uses_swarm(self) -> bool {
+        matches!(self, Self::Swarm | Self::Mirror { .. })
+    }
+
+    /// Whether containerd's CRI unpacks with its own overlayfs snapshotter.
+    pub fn containerd_unpacks(self) -> bool {
+        matches!(self, Self::Native | Self::Mirror { .. })
+    }
+}
+
+/// Where a mirror node's shoald serves the registry mirror (its namespace's loopback).
+pub const MIRROR_LISTEN: &str = "127.0.0.1:7075";
 
 /// What a node needs to know about the cluster to start.
 pub(crate) struct NodeSetup<'a> {
@@ -73,7 +93,7 @@ impl Node {
             setup.unpack_concurrency
         );
         let mut paths = None;
-        if setup.mode == NodeMode::Swarm {
+        if setup.mode.uses_swarm() {
             let tracker = setup
                 .tracker
                 .as_deref()
@@ -89,21 +109,51 @@ impl Node {
                 tls = certs.toml(),
             ));
             paths = Some(certs);
+            if let NodeMode::Mirror { .. } = setup.mode {
+                config.push_str(&format!(
+                    "[mirror]\nenabled = true\nlisten = {MIRROR_LISTEN:?}\n"
+                ));
+            }
         } else if setup.mode == NodeMode::Shoal {
             config.push_str(&format!("[metrics]\nlisten = \"{ip}:{METRICS_PORT}\"\n"));
         }
         config.push_str(setup.extra_shoald_config);
-        let snapshotter = match setup.mode {
-            NodeMode::Native => "overlayfs",
-            NodeMode::Swarm | NodeMode::Shoal => SNAPSHOTTER,
+        let snapshotter = if setup.mode.containerd_unpacks() {
+            "overlayfs"
+        } else {
+            SNAPSHOTTER
         };
-        let cri = CriContainerd::start_in_netns(
+        let cri_extra = match setup.mode {
+            NodeMode::Mirror {
+                discard_unpacked_layers: true,
+            } => "  discard_unpacked_layers = true",
+            _ => "",
+        };
+        let cri = CriContainerd::start_in_netns_with(
             Some(ns.name()),
             &[registry.to_string()],
             &config,
             snapshotter,
+            cri_extra,
         )
         .with_context(|| format!("starting node {} ({ip})", setup.name))?;
+        if let NodeMode::Mirror { .. } = setup.mode {
+            // The one-command setup: shoald's entry first in the registry's hosts.toml.
+            let out = Command::new(shoald_binary()?)
+                .arg("--config")
+                .arg(cri.shoald().config_path())
+                .arg("hosts")
+                .arg("--dir")
+                .arg(cri.hosts_dir())
+                .output()
+                .context("running shoald hosts")?;
+            if !out.status.success() {
+                bail!(
+                    "shoald hosts failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
         Ok(Self {
             cri,
             link,
@@ -156,6 +206,34 @@ impl Node {
         self.cri
             .shoald_pull(image, timeout)
             .with_context(|| format!("{} ({}) pulling {image}", self.name, self.ip()))?;
+        Ok(start.elapsed())
+    }
+
+    /// `ctr images pull --hosts-dir` of `image` inside the node's namespace (ctr fetches
+    /// itself, through the hosts.toml of CRI's `config_path`), into [`CRI_NAMESPACE`] with
+    /// containerd's overlayfs snapshotter; returns how long it took.
+    pub fn ctr_pull(&self, image: &str, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        let containerd = self.cri.containerd();
+        let out = Command::new("timeout")
+            .arg(timeout.as_secs().max(1).to_string())
+            .args(["ip", "netns", "exec", self.ns.name(), "ctr", "--address"])
+            .arg(containerd.address())
+            .args(["-n", CRI_NAMESPACE, "images", "pull", "--hosts-dir"])
+            .arg(self.cri.hosts_dir())
+            .arg(image)
+            .output()
+            .context("running ctr images pull")?;
+        if !out.status.success() {
+            bail!(
+                "{}: ctr images pull {image} failed ({}):\n{}{}\n--- shoald log:\n{}",
+                self.name,
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.cri.shoald().log()
+            );
+        }
         Ok(start.elapsed())
     }
 
@@ -221,13 +299,12 @@ impl Node {
     pub fn layer_dirs(&self, layers: &[Layer]) -> Result<Vec<PathBuf>> {
         let chain = chain_ids(layers);
         let top = chain.last().context("an image without layers")?;
-        match self.mode {
-            NodeMode::Native => {
-                self.cri
-                    .containerd()
-                    .layer_dirs_in(CRI_NAMESPACE, "overlayfs", top)
-            }
-            NodeMode::Swarm | NodeMode::Shoal => self.cri.layer_dirs(top),
+        if self.mode.containerd_unpacks() {
+            self.cri
+                .containerd()
+                .layer_dirs_in(CRI_NAMESPACE, "overlayfs", top)
+        } else {
+            self.cri.layer_dirs(top)
         }
     }
 
@@ -248,7 +325,7 @@ impl Node {
             assert_same_tree(want, got, &[])
                 .with_context(|| format!("{}: layer {i} ({})", self.name, layers[i].digest))?;
         }
-        if self.mode != NodeMode::Native {
+        if !self.mode.containerd_unpacks() {
             let content = self.cri.content_digests()?;
             let through_containerd: Vec<String> = layers
                 .iter()

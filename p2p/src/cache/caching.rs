@@ -16,7 +16,7 @@ use super::{BlobCache, CachedBlob};
 use crate::digest::{Digest, Hasher};
 use crate::reference::ImageReference;
 use crate::registry::{BlobStream, RegistryError};
-use crate::source::BlobSource;
+use crate::source::{BlobSource, Credentials};
 
 /// Bytes read from a cached file per stream item.
 const READ_CHUNK: usize = 256 << 10;
@@ -112,6 +112,16 @@ impl<S: BlobSource> BlobSource for CachingSource<S> {
         image: &'a ImageReference,
         digest: &'a Digest,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        self.fetch_as(image, digest, None)
+    }
+
+    /// A cached blob is served without the registry; otherwise `credentials` go to `inner`.
+    fn fetch_as<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        credentials: Option<&'a Credentials>,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
         Box::pin(async move {
             let (cache, d) = (self.cache.clone(), digest.clone());
             let hit = tokio::task::spawn_blocking(move || cache.get(&d))
@@ -122,7 +132,7 @@ impl<S: BlobSource> BlobSource for CachingSource<S> {
                 tracing::debug!(%digest, bytes = blob.size, "blob served from the cache");
                 return Ok(serve_cached(self.cache.clone(), digest.clone(), blob));
             }
-            let stream = self.inner.fetch(image, digest).await?;
+            let stream = self.inner.fetch_as(image, digest, credentials).await?;
             Ok(self.tee(stream, digest.clone()))
         })
     }
@@ -135,6 +145,16 @@ impl<S: BlobSource> BlobSource for CachingSource<S> {
         range: std::ops::Range<u64>,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
         self.inner.fetch_range(image, digest, range)
+    }
+
+    fn fetch_range_as<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        range: std::ops::Range<u64>,
+        credentials: Option<&'a Credentials>,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        self.inner.fetch_range_as(image, digest, range, credentials)
     }
 }
 

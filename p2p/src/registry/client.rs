@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use reqwest::header::{
-    HeaderMap, ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, RANGE, RETRY_AFTER, WWW_AUTHENTICATE,
+    HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, RANGE, RETRY_AFTER,
+    WWW_AUTHENTICATE,
 };
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 
@@ -19,6 +20,7 @@ use super::{
 };
 use crate::digest::Digest;
 use crate::reference::ImageReference;
+use crate::source::Credentials;
 
 /// OCI registry client. Cloning is cheap: clones share the connection pool and token cache.
 #[derive(Clone)]
@@ -60,6 +62,9 @@ pub(crate) struct Request<'a> {
     /// Apply the request timeout to the whole exchange (small bodies); otherwise only to
     /// the wait for headers and, through the client's read timeout, to each body read.
     pub whole_timeout: bool,
+    /// A client's own credentials: sent as they are, instead of the node's (no challenge
+    /// is answered; a 401 is the client's refusal).
+    pub authorization: Option<&'a Credentials>,
 }
 
 impl RegistryClient {
@@ -130,6 +135,7 @@ impl RegistryClient {
                 accept: None,
                 range: None,
                 whole_timeout: true,
+                authorization: None,
             })
             .await?;
         if !resp.status().is_success() {
@@ -150,6 +156,18 @@ impl RegistryClient {
         image: &ImageReference,
         digest: &Digest,
         range: Option<Range<u64>>,
+    ) -> Result<BlobStream, RegistryError> {
+        self.blob_as(image, digest, range, None).await
+    }
+
+    /// [`Self::blob`] with a client's own `credentials` (when given) instead of the node's:
+    /// they are sent as they are, and a 401 is [`RegistryError::Unauthorized`].
+    pub async fn blob_as(
+        &self,
+        image: &ImageReference,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+        credentials: Option<&Credentials>,
     ) -> Result<BlobStream, RegistryError> {
         let url = self.blob_url(image, digest)?;
         let range_err = |r: &Range<u64>, reason: String| RegistryError::Range {
@@ -174,6 +192,7 @@ impl RegistryClient {
                     .as_ref()
                     .map(|r| format!("bytes={}-{}", r.start, r.end - 1)),
                 whole_timeout: false,
+                authorization: credentials,
             })
             .await?;
         let status = resp.status();
@@ -260,6 +279,7 @@ impl RegistryClient {
                 accept: None,
                 range: None,
                 whole_timeout: true,
+                authorization: None,
             })
             .await?;
         if resp.status() != StatusCode::OK {
@@ -281,6 +301,22 @@ impl RegistryClient {
     /// Send `req`, answering one authentication challenge if the registry asks for one.
     pub(crate) async fn execute(&self, req: &Request<'_>) -> Result<Response, RegistryError> {
         let registry = req.image.registry.as_str();
+        if let Some(credentials) = req.authorization {
+            let resp = self
+                .send_retrying(&req.url, req.whole_timeout, || {
+                    self.build(req, None, None)
+                        .header(AUTHORIZATION, credentials.authorization())
+                })
+                .await?;
+            if resp.status() == StatusCode::UNAUTHORIZED {
+                return Err(RegistryError::Unauthorized {
+                    registry: registry.to_string(),
+                    repository: req.image.repository.clone(),
+                    reason: "the registry refused the requesting client's credentials".into(),
+                });
+            }
+            return Ok(resp);
+        }
         let scope = format!("repository:{}:pull", req.image.repository);
         let creds = self.inner.cfg.host(registry).and_then(|h| h.credentials());
         let mut auth = if let Some(t) = self.inner.tokens.peek(registry, &scope) {

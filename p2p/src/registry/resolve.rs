@@ -169,6 +169,7 @@ impl RegistryClient {
                 accept: Some(ACCEPT_MANIFESTS),
                 range: None,
                 whole_timeout: true,
+                authorization: None,
             })
             .await?;
         if resp.status() != StatusCode::OK {

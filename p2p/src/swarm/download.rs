@@ -17,6 +17,7 @@ use crate::digest::Digest;
 use crate::peer::Held;
 use crate::reference::ImageReference;
 use crate::registry::{BlobStream, RegistryError};
+use crate::source::Credentials;
 use crate::tracker::ChunkSet;
 
 /// Bytes per item of the reader stream (a chunk is cut into pieces this big).
@@ -26,6 +27,9 @@ const READ_PIECE: u64 = 1 << 20;
 pub(crate) struct Download {
     image: ImageReference,
     manifest: ChunkManifest,
+    /// The latest credentials a reader's client passed (see the module documentation of
+    /// [`crate::swarm`]); registry ranges use them, else the node's own.
+    credentials: Mutex<Option<Credentials>>,
     /// The blob file (still valid after it is committed to the cache).
     file: File,
     /// Taken by the scheduler to commit.
@@ -49,12 +53,14 @@ impl Download {
         image: ImageReference,
         manifest: ChunkManifest,
         partial: PartialFile,
+        credentials: Option<Credentials>,
     ) -> std::io::Result<Self> {
         let file = partial.file().try_clone()?;
         let chunks = manifest.chunks.len() as u32;
         Ok(Self {
             image,
             manifest,
+            credentials: Mutex::new(credentials),
             file,
             partial: Mutex::new(Some(partial)),
             state: Mutex::new(State {
@@ -73,6 +79,16 @@ impl Download {
 
     pub(crate) fn image(&self) -> &ImageReference {
         &self.image
+    }
+
+    /// Registry ranges of this blob use `credentials` from now on.
+    pub(crate) fn set_credentials(&self, credentials: Credentials) {
+        *self.credentials.lock().expect("lock") = Some(credentials);
+    }
+
+    /// The credentials for registry ranges (`None`: the node's own).
+    pub(crate) fn credentials(&self) -> Option<Credentials> {
+        self.credentials.lock().expect("lock").clone()
     }
 
     pub(crate) fn manifest(&self) -> &ChunkManifest {

@@ -845,10 +845,16 @@ async fn fetch_registry_range(
     let manifest = download.manifest();
     let range = manifest.chunk_range(chunks.start as usize).start
         ..manifest.chunk_range(chunks.end as usize - 1).end;
+    let credentials = download.credentials();
     let mut stream = match swarm
         .inner()
         .registry
-        .fetch_range(download.image(), download.digest(), range)
+        .fetch_range_as(
+            download.image(),
+            download.digest(),
+            range,
+            credentials.as_ref(),
+        )
         .await
     {
         Ok(s) => s,

@@ -466,3 +466,42 @@ async fn a_chunk_another_node_fetches_is_left_to_it_but_not_for_ever() {
     assert_eq!(rig.peers.served(addr(21)), data.len() as u64);
     assert_eq!(rig.registry.range_bytes_of(&digest), 0);
 }
+
+#[tokio::test]
+async fn a_clients_credentials_reach_the_registry_for_its_blob() {
+    let rig = rig();
+    let creds = Credentials::new("Bearer client-token");
+    // Chunks no peer holds: the download's registry ranges carry the client's credentials.
+    let data = blob(6 * CHUNK as usize, 9);
+    let digest = rig.registry.add(&data);
+    rig.tracker.add_manifest(manifest_of(&data));
+    let stream = rig
+        .swarm
+        .fetch_as(&rig.image, &digest, Some(&creds))
+        .await
+        .unwrap();
+    let parts: Vec<Bytes> = stream.try_collect().await.unwrap();
+    assert_eq!(parts.concat(), data);
+    committed(&rig, &digest).await;
+    let seen = rig.registry.credentials_seen();
+    assert!(!seen.is_empty());
+    assert!(seen.iter().all(|c| c.as_ref() == Some(&creds)), "{seen:?}");
+    // Without a manifest the whole blob comes through the fallback, with them too.
+    let other = blob(3 * CHUNK as usize, 10);
+    let other_digest = rig.registry.add(&other);
+    rig.tracker.set_down(true);
+    let stream = rig
+        .swarm
+        .fetch_as(&rig.image, &other_digest, Some(&creds))
+        .await
+        .unwrap();
+    let parts: Vec<Bytes> = stream.try_collect().await.unwrap();
+    assert_eq!(parts.concat(), other);
+    assert_eq!(rig.registry.fetches_of(&other_digest), 1);
+    assert_eq!(rig.registry.credentials_seen().last(), Some(&Some(creds)));
+    // And never in a log line.
+    assert_eq!(
+        format!("{:?}", Credentials::new("Bearer x")),
+        "Credentials(<redacted>)"
+    );
+}

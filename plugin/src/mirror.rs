@@ -1,0 +1,364 @@
+//! shoald as a registry mirror for containerd's `hosts.toml` (DESIGN "Mirror path"): any
+//! client of containerd (CRI with any snapshotter, `ctr --hosts-dir`, nerdctl) pulls through
+//! it, and the layers come through the swarm.
+//!
+//! - `GET`/`HEAD /v2/<name>/blobs/<digest>` is served from the node's blob source (the swarm,
+//!   or the cache in front of the registry), streamed while chunks arrive. Every other request
+//!   (manifests, tags, referrers, token endpoints, blob requests with `Range`) is passed to
+//!   the upstream registry named by `?ns=` (or `default_upstream`) unchanged: method, path,
+//!   query (without `ns`), headers, body; its status, headers and body come back unchanged
+//!   (redirects are not followed here: containerd follows them).
+//! - Access ([`access`]): before a blob is served, the upstream is asked whether this client
+//!   may pull it: a `HEAD` of the blob with the request's own headers (its `Authorization`).
+//!   A refusal (401 with the registry's `WWW-Authenticate`, 403, 404) is passed back
+//!   unchanged, so containerd does its usual token dance against the registry's realm and
+//!   retries, and a client that could not pull the blob from the registry gets nothing from
+//!   the swarm. A positive answer is reused for `access_ttl_secs`, per (credentials,
+//!   registry, repository, digest). The check also gives the blob's size (`Content-Length`
+//!   of `HEAD` answers, and of `GET` answers before the bytes arrive).
+//! - Credentials: the request's `Authorization` goes with the fetch
+//!   ([`shoal_p2p::source::BlobSource::fetch_as`]), so chunks that come from the registry
+//!   are fetched with the client's own credentials, not the node's. Sharing one download
+//!   between clients is safe because every client has passed the check for that blob first.
+//! - Integrity: the bytes are hashed on the way out; the last piece is held back until the
+//!   whole blob matched its digest and size. A source failing mid-stream, or a blob that does
+//!   not match, ends the response with an error (the connection is cut): containerd never
+//!   gets a complete corrupt blob, and retries or falls back to the next host.
+//! - If shoald is down, containerd falls back to the next host in hosts.toml (the registry):
+//!   the mirror can only make pulls cheaper, never break them.
+
+mod access;
+mod body;
+pub mod hosts;
+mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use shoal_p2p::metrics::Registry;
+use shoal_p2p::reference::ImageReference;
+use shoal_p2p::registry::ClientConfig;
+use shoal_p2p::source::{BlobSource, Credentials};
+use shoal_p2p::Digest;
+
+use crate::config::MirrorSection;
+pub use access::AccessCache;
+use access::{AccessKey, Allowed};
+pub use upstream::Upstream;
+
+/// Why the mirror could not answer a request itself (mapped to HTTP in [`MirrorError`]'s
+/// `IntoResponse`, the only place).
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    /// No `?ns=` and no `default_upstream`.
+    #[error(
+        "request {path:?} names no upstream registry (?ns=) and mirror.default_upstream is not set"
+    )]
+    NoUpstream { path: String },
+    /// `?ns=` is not a registry host.
+    #[error("?ns={ns:?} is not a registry host[:port]")]
+    BadNamespace { ns: String },
+    /// The upstream could not be reached or answered nonsense.
+    #[error("upstream {url}: {reason}")]
+    Upstream { url: String, reason: String },
+    /// The blob source could not start the blob.
+    #[error("blob {digest} of {repository}: {reason}")]
+    Source {
+        repository: String,
+        digest: Digest,
+        reason: String,
+    },
+    /// `shoald hosts`: an existing hosts.toml that is not TOML, or a file that cannot be
+    /// written.
+    #[error("{path}: {reason}")]
+    Hosts { path: String, reason: String },
+}
+
+impl IntoResponse for MirrorError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            Self::NoUpstream { .. } | Self::BadNamespace { .. } => {
+                (StatusCode::BAD_REQUEST, "UNSUPPORTED")
+            }
+            // 502: containerd tries the next host (the registry itself).
+            Self::Upstream { .. } | Self::Source { .. } | Self::Hosts { .. } => {
+                (StatusCode::BAD_GATEWAY, "UNAVAILABLE")
+            }
+        };
+        let body = serde_json::json!({
+            "errors": [{"code": code, "message": self.to_string()}]
+        });
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+/// Labels of the mirror's request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    /// `blob` (served by shoal), `refused` (access check said no), `passthrough`, `error`.
+    pub route: &'static str,
+}
+
+/// The mirror's Prometheus metrics.
+#[derive(Clone, Debug, Default)]
+pub struct MirrorMetrics {
+    /// Requests, by how they were answered.
+    pub requests: Family<RouteLabel, Counter>,
+    /// Blob bytes sent to clients from the blob source (swarm or cache).
+    pub blob_bytes: Counter,
+    /// Access checks answered from the cache.
+    pub access_cached: Counter,
+    /// Access checks asked of the upstream.
+    pub access_upstream: Counter,
+    /// Blob responses cut (source failed mid-stream, or the bytes did not match).
+    pub blobs_cut: Counter,
+}
+
+impl MirrorMetrics {
+    /// Registers every metric in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "shoal_mirror_requests",
+            "Mirror requests, by route (blob, refused, passthrough, error)",
+            self.requests.clone(),
+        );
+        registry.register(
+            "shoal_mirror_blob_sent_bytes",
+            "Blob bytes the mirror sent from the swarm or the cache",
+            self.blob_bytes.clone(),
+        );
+        registry.register(
+            "shoal_mirror_access_cached",
+            "Access checks answered from the cache",
+            self.access_cached.clone(),
+        );
+        registry.register(
+            "shoal_mirror_access_upstream",
+            "Access checks asked of the upstream registry",
+            self.access_upstream.clone(),
+        );
+        registry.register(
+            "shoal_mirror_blobs_cut",
+            "Blob responses cut because the source failed or the bytes did not match",
+            self.blobs_cut.clone(),
+        );
+    }
+
+    fn count(&self, route: &'static str) {
+        self.requests.get_or_create(&RouteLabel { route }).inc();
+    }
+}
+
+/// The mirror's shared state.
+pub struct Mirror {
+    blobs: Arc<dyn BlobSource>,
+    upstream: Upstream,
+    access: AccessCache,
+    default_upstream: String,
+    metrics: MirrorMetrics,
+}
+
+impl Mirror {
+    /// A mirror serving blobs from `blobs`, reaching registries as `registry` says (plain
+    /// HTTP hosts, timeouts; never its credentials: those of each request are used).
+    pub fn new(
+        section: &MirrorSection,
+        registry: &ClientConfig,
+        blobs: Arc<dyn BlobSource>,
+        metrics: MirrorMetrics,
+    ) -> Result<Self, MirrorError> {
+        Ok(Self {
+            blobs,
+            upstream: Upstream::new(registry)?,
+            access: AccessCache::new(std::time::Duration::from_secs(section.access_ttl_secs)),
+            default_upstream: section.default_upstream.clone(),
+            metrics,
+        })
+    }
+
+    /// The HTTP routes (everything goes through one handler).
+    pub fn router(self: Arc<Self>) -> axum::Router {
+        axum::Router::new().fallback(handle).with_state(self)
+    }
+
+    /// Serves on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
+    /// The registry host a request is for: `?ns=`, else `default_upstream`.
+    fn registry_of(&self, query: Option<&str>, path: &str) -> Result<String, MirrorError> {
+        let ns = query.and_then(namespace_of);
+        match ns {
+            Some(ns) if shoal_p2p::reference::valid_host(&ns) => Ok(ns),
+            Some(ns) => Err(MirrorError::BadNamespace { ns }),
+            None if !self.default_upstream.is_empty() => Ok(self.default_upstream.clone()),
+            None => Err(MirrorError::NoUpstream {
+                path: path.to_owned(),
+            }),
+        }
+    }
+}
+
+/// The `ns` parameter of a query string, decoded (containerd escapes `:` as `%3A`).
+fn namespace_of(query: &str) -> Option<String> {
+    let url = reqwest::Url::parse(&format!("http://mirror/?{query}")).ok()?;
+    url.query_pairs()
+        .find(|(k, _)| k == "ns")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// `/v2/<name>/blobs/<digest>` → (name, digest).
+fn blob_path(path: &str) -> Option<(&str, Digest)> {
+    let rest = path.strip_prefix("/v2/")?;
+    let (name, digest) = rest.rsplit_once("/blobs/")?;
+    if name.is_empty() || digest.contains('/') {
+        return None;
+    }
+    Some((name, digest.parse().ok()?))
+}
+
+async fn handle(State(mirror): State<Arc<Mirror>>, req: Request) -> Response {
+    match answer(&mirror, req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::warn!("mirror: {e}");
+            mirror.metrics.count("error");
+            e.into_response()
+        }
+    }
+}
+
+async fn answer(mirror: &Mirror, req: Request) -> Result<Response, MirrorError> {
+    let path = req.uri().path().to_owned();
+    let registry = mirror.registry_of(req.uri().query(), &path)?;
+    let blob = match (req.method(), blob_path(&path)) {
+        (&Method::GET | &Method::HEAD, Some(blob))
+            if !req.headers().contains_key(header::RANGE) =>
+        {
+            Some(blob)
+        }
+        _ => None,
+    };
+    let Some((name, digest)) = blob else {
+        mirror.metrics.count("passthrough");
+        return mirror.upstream.forward(&registry, req).await;
+    };
+    let image = ImageReference {
+        registry,
+        repository: name.to_owned(),
+        tag: None,
+        digest: None,
+    };
+    serve_blob(
+        mirror,
+        &image,
+        digest,
+        req.method() == Method::HEAD,
+        req.headers(),
+    )
+    .await
+}
+
+async fn serve_blob(
+    mirror: &Mirror,
+    image: &ImageReference,
+    digest: Digest,
+    head: bool,
+    headers: &HeaderMap,
+) -> Result<Response, MirrorError> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(Credentials::new);
+    let key = AccessKey::new(authorization.as_ref(), image, &digest);
+    let size = match mirror.access.get(&key) {
+        Some(size) => {
+            mirror.metrics.access_cached.inc();
+            size
+        }
+        None => {
+            mirror.metrics.access_upstream.inc();
+            match mirror.upstream.check(image, &digest, headers).await? {
+                Allowed::Yes { size } => {
+                    mirror.access.insert(key, size);
+                    size
+                }
+                Allowed::No(refusal) => {
+                    tracing::info!(repository = %image.repository, blob = %digest,
+                        status = %refusal.status(), "mirror: upstream refused access; passed back");
+                    mirror.metrics.count("refused");
+                    return Ok(refusal);
+                }
+            }
+        }
+    };
+    let mut resp_headers = HeaderMap::new();
+    resp_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    resp_headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
+        resp_headers.insert("docker-content-digest", v);
+    }
+    mirror.metrics.count("blob");
+    if head {
+        return Ok((StatusCode::OK, resp_headers, Body::empty()).into_response());
+    }
+    let stream = mirror
+        .blobs
+        .fetch_as(image, &digest, authorization.as_ref())
+        .await
+        .map_err(|e| MirrorError::Source {
+            repository: image.repository.clone(),
+            digest: digest.clone(),
+            reason: e.to_string(),
+        })?;
+    let body = body::checked(stream, digest, size, mirror.metrics.clone());
+    Ok((StatusCode::OK, resp_headers, Body::from_stream(body)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_paths_and_namespaces_are_recognised() {
+        let d = Digest::of(b"x");
+        let path = format!("/v2/team/app/blobs/{d}");
+        let (name, digest) = blob_path(&path).unwrap();
+        assert_eq!((name, digest), ("team/app", d.clone()));
+        assert!(blob_path(&format!("/v2/blobs/{d}")).is_none());
+        assert!(blob_path("/v2/app/blobs/sha256:nothex").is_none());
+        assert!(blob_path(&format!("/v2/app/manifests/{d}")).is_none());
+        assert!(blob_path("/v2/app/blobs/uploads/").is_none());
+        assert_eq!(
+            namespace_of("ns=10.0.0.1%3A5000").as_deref(),
+            Some("10.0.0.1:5000")
+        );
+        assert_eq!(
+            namespace_of("n=1&ns=docker.io&x=2").as_deref(),
+            Some("docker.io")
+        );
+        assert_eq!(namespace_of("x=1"), None);
+    }
+}

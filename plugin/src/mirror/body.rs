@@ -1,0 +1,172 @@
+//! A blob's bytes on their way to the client: counted, hashed, and the last piece held back
+//! until the whole blob matched its digest and size. Anything wrong ends the stream with an
+//! error, which cuts the connection (the response has a Content-Length): the client never
+//! gets a complete response with wrong bytes.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::Stream;
+use shoal_p2p::registry::BlobStream;
+use shoal_p2p::{Digest, Hasher};
+
+use super::MirrorMetrics;
+
+/// `stream` (blob `digest`, `size` bytes) as a response body; see the module documentation.
+pub fn checked(
+    stream: BlobStream,
+    digest: Digest,
+    size: u64,
+    metrics: MirrorMetrics,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    Checked {
+        inner: stream,
+        hasher: Some(Hasher::new()),
+        held: None,
+        digest,
+        size,
+        seen: 0,
+        metrics,
+    }
+}
+
+struct Checked {
+    inner: BlobStream,
+    /// `None` once the stream ended (or failed).
+    hasher: Option<Hasher>,
+    /// The latest piece, sent once the next one arrives or the blob checked out.
+    held: Option<Bytes>,
+    digest: Digest,
+    size: u64,
+    seen: u64,
+    metrics: MirrorMetrics,
+}
+
+impl Checked {
+    fn fail(&mut self, reason: String) -> Poll<Option<Result<Bytes, std::io::Error>>> {
+        self.hasher = None;
+        self.held = None;
+        self.metrics.blobs_cut.inc();
+        tracing::warn!(blob = %self.digest, "mirror: cutting the response: {reason}");
+        Poll::Ready(Some(Err(std::io::Error::other(reason))))
+    }
+
+    fn send(&mut self, piece: Bytes) -> Poll<Option<Result<Bytes, std::io::Error>>> {
+        self.metrics.blob_bytes.inc_by(piece.len() as u64);
+        Poll::Ready(Some(Ok(piece)))
+    }
+}
+
+impl Stream for Checked {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.hasher.is_none() {
+                // Ended: the held piece (if any) was checked.
+                return match this.held.take() {
+                    Some(piece) => this.send(piece),
+                    None => Poll::Ready(None),
+                };
+            }
+            match this.inner.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => return this.fail(format!("the source failed: {e}")),
+                Poll::Ready(Some(Ok(piece))) => {
+                    if piece.is_empty() {
+                        continue;
+                    }
+                    this.seen += piece.len() as u64;
+                    if this.seen > this.size {
+                        let (seen, size) = (this.seen, this.size);
+                        return this.fail(format!("{seen} bytes, more than the blob's {size}"));
+                    }
+                    if let Some(h) = this.hasher.as_mut() {
+                        h.update(&piece);
+                    }
+                    if let Some(previous) = this.held.replace(piece) {
+                        return this.send(previous);
+                    }
+                }
+                Poll::Ready(None) => {
+                    let hasher = this.hasher.take().expect("running");
+                    let actual = hasher.finish();
+                    if this.seen != this.size {
+                        let (seen, size) = (this.seen, this.size);
+                        return this.fail(format!("the source ended after {seen} of {size} bytes"));
+                    }
+                    if actual != this.digest {
+                        return this.fail(format!("the bytes hash to {actual}"));
+                    }
+                    // Loop: sends the held piece, then ends.
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    fn source(pieces: Vec<Result<&'static [u8], &'static str>>) -> BlobStream {
+        Box::pin(futures::stream::iter(pieces.into_iter().map(|p| {
+            p.map(Bytes::from_static).map_err(|reason| {
+                shoal_p2p::registry::RegistryError::BadResponse {
+                    url: "fake".into(),
+                    reason: reason.into(),
+                }
+            })
+        })))
+    }
+
+    async fn run(
+        pieces: Vec<Result<&'static [u8], &'static str>>,
+        digest: Digest,
+        size: u64,
+    ) -> (Vec<u8>, bool, MirrorMetrics) {
+        let metrics = MirrorMetrics::default();
+        let mut s = Box::pin(checked(source(pieces), digest, size, metrics.clone()));
+        let mut out = Vec::new();
+        let mut failed = false;
+        while let Some(item) = s.next().await {
+            match item {
+                Ok(b) => out.extend_from_slice(&b),
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        (out, failed, metrics)
+    }
+
+    #[tokio::test]
+    async fn a_good_blob_passes_whole() {
+        let d = Digest::of(b"hello world");
+        let (out, failed, m) = run(vec![Ok(b"hello "), Ok(b""), Ok(b"world")], d, 11).await;
+        assert!(!failed);
+        assert_eq!(out, b"hello world");
+        assert_eq!(m.blob_bytes.get(), 11);
+        assert_eq!(m.blobs_cut.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn wrong_bytes_never_complete_the_blob() {
+        let d = Digest::of(b"hello world");
+        let (out, failed, m) = run(vec![Ok(b"hello "), Ok(b"there")], d.clone(), 11).await;
+        assert!(failed);
+        assert_eq!(out, b"hello ", "the last piece must be held back");
+        assert_eq!(m.blobs_cut.get(), 1);
+        let (_, failed, _) = run(vec![Ok(b"hello")], d.clone(), 11).await;
+        assert!(failed, "short");
+        let (_, failed, _) = run(vec![Ok(b"hello world!")], d.clone(), 11).await;
+        assert!(failed, "long");
+        let (out, failed, _) = run(vec![Ok(b"hello "), Err("cut")], d, 11).await;
+        assert!(failed);
+        assert!(out.len() < 11);
+    }
+}

@@ -311,6 +311,60 @@ mod tests {
         false
     }
 
+    /// A seed cache (the real on-disk `BlobCache`) holding a 300-byte and a 3000-byte blob.
+    fn seed(dir: &std::path::Path) -> (shoal_p2p::cache::BlobCache, Vec<u8>, Vec<u8>) {
+        let cache = shoal_p2p::cache::BlobCache::open(dir, 1 << 20).unwrap();
+        let small: Vec<u8> = (0..300u32).map(|i| (i % 251) as u8).collect();
+        let large: Vec<u8> = (0..3000u32).map(|i| (i % 239) as u8).collect();
+        for b in [&small, &large] {
+            let mut w = cache.writer().unwrap();
+            w.write(b).unwrap();
+            w.finish(&Digest::of(b)).unwrap();
+        }
+        (cache, small, large)
+    }
+
+    fn bytes_of(held: Held) -> Vec<u8> {
+        match held {
+            Held::Bytes(b) => b.to_vec(),
+            Held::File { file, offset, len } => {
+                let mut buf = vec![0; len as usize];
+                file.read_exact_at(&mut buf, offset).unwrap();
+                buf
+            }
+        }
+    }
+
+    #[test]
+    fn small_blobs_are_served_from_memory_after_the_first_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, small, large) = seed(dir.path());
+        let metrics = HotCacheMetrics::default();
+        let hot = HotProvider::new(Arc::new(cache.clone()), 1000, 1000, metrics.clone());
+        let (ds, dl) = (Digest::of(&small), Digest::of(&large));
+        // First read: from disk (a miss), kept.
+        let first = hot.open(&ds, 100..200).unwrap();
+        assert_eq!(bytes_of(first), &small[100..200]);
+        assert_eq!((metrics.hits.get(), metrics.misses.get()), (0, 1));
+        assert_eq!((metrics.bytes.get(), metrics.entries.get()), (100, 1));
+        // The blob leaves the disk: the kept chunk is still served (from memory), others not.
+        assert!(cache.remove(&ds));
+        let again = hot.open(&ds, 100..200).expect("served from memory");
+        assert!(matches!(again, Held::Bytes(_)));
+        assert_eq!(bytes_of(again), &small[100..200]);
+        assert_eq!(metrics.hits.get(), 1);
+        assert!(hot.open(&ds, 0..100).is_none());
+        // A large blob passes through as a file, never kept; empty probes pass through.
+        let l = hot.open(&dl, 0..500).unwrap();
+        assert!(matches!(l, Held::File { .. }));
+        assert_eq!(bytes_of(l), &large[..500]);
+        assert_eq!(metrics.bypassed.get(), 1);
+        assert!(hot.open(&dl, 3000..3000).is_some());
+        assert!(hot.open(&dl, 3001..3001).is_none());
+        assert_eq!((metrics.hits.get(), metrics.misses.get()), (1, 1));
+        assert_eq!(metrics.entries.get(), 1);
+    }
+
     #[test]
     fn bytes_stay_within_the_bound() {
         let mut p = Policy::new(350);

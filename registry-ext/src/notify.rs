@@ -24,12 +24,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::Body;
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use bytes::Bytes;
 use serde::Deserialize;
 use shoal_p2p::reference::ImageReference;
 use shoal_p2p::registry::media_type as mt;
@@ -164,7 +164,6 @@ impl Hook {
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route(EVENTS_PATH, post(events))
-            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(self.clone())
     }
 
@@ -336,7 +335,7 @@ fn refuse(hook: &Hook, status: StatusCode, reason: &'static str, error: String) 
     r
 }
 
-async fn events(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn events(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Body) -> Response {
     if !hook.authorised(&headers) {
         return refuse(
             &hook,
@@ -345,6 +344,18 @@ async fn events(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Bytes) 
             "notifications need \"Authorization: Bearer <notifications.token>\"".into(),
         );
     }
+    // Read only once the token checks out.
+    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(e) => {
+            return refuse(
+                &hook,
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("reading the body (at most {MAX_BODY_BYTES} bytes): {e}"),
+            )
+        }
+    };
     let envelope: Envelope = match serde_json::from_slice(&body) {
         Ok(e) => e,
         Err(e) => {

@@ -125,7 +125,13 @@ async fn check(
     // Too large (over 4 MiB), even if well formed: 400 (or, if the server's close after the
     // answer overtakes the upload, a broken connection; never 202).
     let huge = format!("{{\"events\":[{}0]}}", "0,".repeat(3 << 20));
-    if let Ok(r) = http.post(&events).bearer_auth(TOKEN).body(huge).send().await {
+    if let Ok(r) = http
+        .post(&events)
+        .bearer_auth(TOKEN)
+        .body(huge)
+        .send()
+        .await
+    {
         assert_eq!(r.status(), 400);
     }
     let odd = r#"{"events":[{"action":"pull","target":{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","repository":"x/y"}},{"action":"push"},42]}"#;

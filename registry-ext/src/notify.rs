@@ -182,7 +182,9 @@ impl Hook {
             return false;
         };
         let (a, b) = (given.trim().as_bytes(), self.token.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        !b.is_empty()
+            && a.len() == b.len()
+            && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
 
     /// Queues `job`, or drops it when the queue is full.
@@ -399,6 +401,51 @@ mod tests {
                         "useragent": "skopeo"},
             "actor": {}, "source": {"addr": "r:5000", "instanceID": "i"}
         })
+    }
+
+    fn hook(token: &str, dir: &std::path::Path) -> Arc<Hook> {
+        let client = shoal_p2p::registry::RegistryClient::new(Default::default()).unwrap();
+        let seed = shoal_p2p::cache::BlobCache::open(dir.join("seed"), 1 << 20).unwrap();
+        let manifests = ManifestService::open(
+            &dir.join("manifests"),
+            shoal_p2p::chunk::MIN_CHUNK_SIZE,
+            "r.example",
+            client,
+            seed,
+            Default::default(),
+        )
+        .unwrap();
+        Hook::start(token.into(), 1, 1, manifests, NotifyMetrics::default())
+    }
+
+    fn with_auth(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, value.parse().unwrap());
+        h
+    }
+
+    #[tokio::test]
+    async fn only_the_token_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = "0123456789abcdef0123";
+        let h = hook(token, dir.path());
+        assert!(h.authorised(&with_auth(&format!("Bearer {token}"))));
+        assert!(h.authorised(&with_auth(&format!("bearer {token}"))));
+        assert!(!h.authorised(&HeaderMap::new()));
+        for bad in [
+            "Bearer 0123456789abcdef0124",
+            "Bearer 0123456789abcdef012",
+            "Bearer 0123456789abcdef01234",
+            "Bearer ",
+            "Basic MDEyMzQ1Njc4OWFiY2RlZjAxMjM=",
+            token,
+        ] {
+            assert!(!h.authorised(&with_auth(bad)), "{bad}");
+        }
+        // A hook without a token (never configured so) refuses everything.
+        let open = hook("", dir.path());
+        assert!(!open.authorised(&with_auth("Bearer ")));
+        assert!(!open.authorised(&with_auth("Bearer")));
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub struct Listeners {
     pub api: TcpListener,
     /// The `/metrics` listener (`metrics_listen`), if any.
     pub metrics: Option<TcpListener>,
-    /// The push hook's listener (`[notifications] listen`, when enabled), if any.
+    /// The push hook's listener (`[notifications] listen`); served only when enabled.
     pub notify: Option<TcpListener>,
 }
 
@@ -118,8 +118,8 @@ pub async fn serve(
             hot_metrics,
         )),
     };
-    let hook = listeners.notify.as_ref().map(|_| {
-        let n = &config.notifications;
+    let n = &config.notifications;
+    let hook = (n.enabled && listeners.notify.is_some()).then(|| {
         Hook::start(
             n.token.clone(),
             n.concurrency,

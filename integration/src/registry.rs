@@ -35,6 +35,29 @@ enum Auth {
     },
 }
 
+/// The `notifications` section of a registry's config.yml that sends push events to
+/// shoal-registry-ext's push hook at `url` (`http://HOST:PORT/v1/registry-events`) with
+/// `token` (its `[notifications] token`); pulls are not sent. distribution 2.8 applies
+/// `ignore.actions` only when `ignore.mediatypes` is not empty, hence the config media type
+/// there (2.8 reports blob pushes as `application/octet-stream`, so it drops nothing). The
+/// README shows the same.
+pub fn notifications_yaml(url: &str, token: &str) -> String {
+    format!(
+        "notifications:\n\
+         \x20 endpoints:\n\
+         \x20   - name: shoal-registry-ext\n\
+         \x20     url: {url}\n\
+         \x20     headers:\n\
+         \x20       Authorization: [\"Bearer {token}\"]\n\
+         \x20     timeout: 5s\n\
+         \x20     threshold: 3\n\
+         \x20     backoff: 1s\n\
+         \x20     ignore:\n\
+         \x20       mediatypes: [application/vnd.oci.image.config.v1+json]\n\
+         \x20       actions: [pull]\n"
+    )
+}
+
 /// A running `docker-registry serve` process; killed (and its directory removed) on drop.
 pub struct TestRegistry {
     child: Child,
@@ -83,11 +106,26 @@ impl TestRegistry {
         Self::start(auth, &pem)
     }
 
+    /// Anonymous, sending its notifications as [`notifications_yaml`] says.
+    pub fn start_with_notifications(url: &str, token: &str) -> Result<Self> {
+        Self::start_with(Auth::Anonymous, "", None, &notifications_yaml(url, token))
+    }
+
     fn start(auth: Auth, root_cert_pem: &str) -> Result<Self> {
         Self::start_at(auth, root_cert_pem, None)
     }
 
     fn start_at(auth: Auth, root_cert_pem: &str, netns: Option<(&str, &str)>) -> Result<Self> {
+        Self::start_with(auth, root_cert_pem, netns, "")
+    }
+
+    /// Starts it; `extra_yaml` is appended to its config.yml.
+    fn start_with(
+        auth: Auth,
+        root_cert_pem: &str,
+        netns: Option<(&str, &str)>,
+        extra_yaml: &str,
+    ) -> Result<Self> {
         if !Self::available() {
             bail!("{REGISTRY_BIN} is not installed");
         }
@@ -131,7 +169,7 @@ impl TestRegistry {
                      log:\n  level: info\n  formatter: text\n\
                      storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\n\
                      http:\n  addr: {addr}\n  secret: shoal-test-secret\n\
-                     {auth_yaml}",
+                     {auth_yaml}{extra_yaml}",
                     data = dir.path().join("data").display(),
                 ),
             )?;

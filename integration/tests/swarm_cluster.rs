@@ -6,7 +6,8 @@
 //!
 //! Asserted: every node's layers equal the ones containerd's own pull makes, containerd
 //! downloaded no layer itself, and the registry served at most 1.2 times the image (layer
-//! blobs, config and manifest): the nodes fed each other. The numbers are printed.
+//! blobs, config and manifest): the nodes fed each other; of that, shoal-registry-ext (the
+//! first seeder) read at most the image once. The numbers are printed.
 //!
 //! Needs root, iproute2, docker-registry, skopeo, containerd, and the workspace's binaries
 //! (`cargo build --workspace` first, as `cargo test --workspace` does).
@@ -98,6 +99,21 @@ fn eight_nodes_pull_one_image_at_once_through_the_swarm() -> Result<()> {
         );
     }
     cluster.verify(&image, &reference, &nodes)?;
+    // The first seeder: shoal-registry-ext (in the registry's namespace, so its reads come
+    // from the registry's own address) read each layer from the registry once, however many
+    // nodes pulled; its seed cache served the rest.
+    let ext_read = served
+        .blob_bytes_by_client
+        .get(cluster.registry_ip())
+        .copied()
+        .unwrap_or(0);
+    if ext_read > image.bytes {
+        bail!(
+            "shoal-registry-ext read {ext_read} bytes of blobs from the registry, more than the \
+             image ({} bytes): {served:#?}",
+            image.bytes
+        );
+    }
     let limit = 1.2 * image.bytes as f64;
     if served.total() as f64 > limit {
         bail!(

@@ -64,6 +64,23 @@
 //! piece_length = 4194304            # default 4 MiB; a power of two in 16 KiB..=16 MiB
 //! max_bytes = 10737418240           # default 10 GiB; torrent data kept, oldest out first
 //! upload_bytes_per_sec = 0          # default 0 = unlimited (else at most 4294967295)
+//!
+//! # The push hook: the registry's notifications (see README "Registry side").
+//! [notifications]
+//! enabled = false                   # default false
+//! # Its own plain-HTTP listener (the registry cannot present a client certificate); keep it
+//! # on loopback or a network only the registry reaches.
+//! listen = "127.0.0.1:7081"         # default "127.0.0.1:7081"
+//! # Shared secret: requests must carry "Authorization: Bearer <token>". Required when
+//! # enabled; at least 16 characters.
+//! token = ""                        # default ""
+//! concurrency = 2                   # default 2; warm-ups at once (1..=64)
+//! queue = 1024                      # default 1024; warm-ups waiting (more are dropped)
+//!
+//! # The hot cache: chunks of small, often requested blobs kept in memory for the seeder.
+//! [hot_cache]
+//! max_bytes = 268435456             # default 256 MiB; 0 disables; else at least chunk_size
+//! max_blob_bytes = 16777216         # default 16 MiB; only chunks of blobs this small or less
 //! ```
 
 use std::net::SocketAddr;
@@ -100,6 +117,73 @@ pub struct Config {
     pub tracker: TrackerConfig,
     /// The optional BitTorrent export.
     pub torrent: TorrentConfig,
+    /// The push hook.
+    pub notifications: NotificationsConfig,
+    /// The seeder's in-memory hot cache.
+    pub hot_cache: HotCacheConfig,
+}
+
+/// `[notifications]`: the listener the registry's notifications are sent to.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotificationsConfig {
+    /// Whether the push hook listens. Default false.
+    pub enabled: bool,
+    /// Plain-HTTP listener for `POST /v1/registry-events`. Default `127.0.0.1:7081`.
+    pub listen: SocketAddr,
+    /// The shared secret the registry sends as `Authorization: Bearer <token>`. Required
+    /// (16 characters or more) when enabled.
+    pub token: String,
+    /// Warm-ups run at once. Default 2; 1..=64.
+    pub concurrency: usize,
+    /// Warm-ups waiting to run; events past it are dropped (and counted). Default 1024, at
+    /// least 1.
+    pub queue: usize,
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7081)),
+            token: String::new(),
+            concurrency: 2,
+            queue: 1024,
+        }
+    }
+}
+
+/// The token is a secret: never printed.
+impl std::fmt::Debug for NotificationsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NotificationsConfig")
+            .field("enabled", &self.enabled)
+            .field("listen", &self.listen)
+            .field("token", &if self.token.is_empty() { "" } else { "<set>" })
+            .field("concurrency", &self.concurrency)
+            .field("queue", &self.queue)
+            .finish()
+    }
+}
+
+/// `[hot_cache]`: chunks of small blobs kept in memory in front of the seed cache.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HotCacheConfig {
+    /// Most bytes held. Default 256 MiB; 0 disables the cache; else at least
+    /// `manifests.chunk_size`.
+    pub max_bytes: u64,
+    /// Only chunks of blobs of at most this many bytes are kept. Default 16 MiB.
+    pub max_blob_bytes: u64,
+}
+
+impl Default for HotCacheConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 256 << 20,
+            max_blob_bytes: 16 << 20,
+        }
+    }
 }
 
 /// `[manifests]`: where chunk manifests are kept and how blobs are cut.
@@ -237,6 +321,10 @@ struct RawConfig {
     tracker: TrackerConfig,
     #[serde(default)]
     torrent: TorrentConfig,
+    #[serde(default)]
+    notifications: NotificationsConfig,
+    #[serde(default)]
+    hot_cache: HotCacheConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -372,6 +460,48 @@ impl RawConfig {
             ));
         }
         let torrent = normalise_torrent(self.torrent, advertise, &[&m.dir, &s.dir])?;
+        let n = &self.notifications;
+        if n.enabled {
+            if n.token.chars().count() < 16 {
+                return Err(
+                    "notifications.token is required when notifications.enabled = true: \
+                     a shared secret of at least 16 characters, sent by the registry as \
+                     \"Authorization: Bearer <token>\""
+                        .into(),
+                );
+            }
+            if n.token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(
+                    "notifications.token must not contain spaces or control characters".into(),
+                );
+            }
+            if n.listen.port() == 0 {
+                return Err("notifications.listen needs a port other than 0".into());
+            }
+            if n.listen == self.listen || Some(n.listen) == self.metrics_listen {
+                return Err(format!(
+                    "notifications.listen {} is already used by listen or metrics_listen",
+                    n.listen
+                ));
+            }
+        }
+        if !(1..=64).contains(&n.concurrency) {
+            return Err(format!(
+                "notifications.concurrency {} is outside 1..=64",
+                n.concurrency
+            ));
+        }
+        if n.queue == 0 {
+            return Err("notifications.queue must be at least 1".into());
+        }
+        let h = &self.hot_cache;
+        if h.max_bytes != 0 && h.max_bytes < m.chunk_size {
+            return Err(format!(
+                "hot_cache.max_bytes {} is less than one chunk (manifests.chunk_size {}): \
+                 0 disables the cache",
+                h.max_bytes, m.chunk_size
+            ));
+        }
         Ok(Config {
             listen: self.listen,
             advertise,
@@ -384,6 +514,8 @@ impl RawConfig {
             seed: self.seed,
             tracker: self.tracker,
             torrent,
+            notifications: self.notifications,
+            hot_cache: self.hot_cache,
         })
     }
 }
@@ -475,6 +607,9 @@ mod tests {
         assert_eq!(c.seed, SeedConfig::default());
         assert_eq!(c.tracker, TrackerConfig::default());
         assert_eq!(c.torrent, TorrentConfig::default());
+        assert_eq!(c.notifications, NotificationsConfig::default());
+        assert!(!c.notifications.enabled);
+        assert_eq!(c.hot_cache, HotCacheConfig::default());
         assert_eq!(c.manifests.chunk_size, 4 << 20);
         assert!(c.tls.is_none());
     }
@@ -496,6 +631,8 @@ mod tests {
         assert_eq!(c.tracker, TrackerConfig::default());
         assert_eq!(c.torrent, TorrentConfig::default());
         assert_eq!(c.registry.retries, ClientConfig::default().retries);
+        assert_eq!(c.hot_cache, HotCacheConfig::default());
+        assert_eq!(c.notifications, NotificationsConfig::default());
     }
 
     #[test]
@@ -587,6 +724,23 @@ mod tests {
             ),
             ("[tracker]\nmax_peers = 0\n", "max_peers"),
             ("[registry]\nretries = 99\n", "[registry]"),
+            ("[notifications]\nenabled = true\n", "notifications.token"),
+            (
+                "[notifications]\nenabled = true\ntoken = \"short\"\n",
+                "notifications.token",
+            ),
+            (
+                "[notifications]\nenabled = true\ntoken = \"0123456789abcdef 0\"\n",
+                "spaces",
+            ),
+            (
+                "[notifications]\nenabled = true\ntoken = \"0123456789abcdef\"\n\
+                 listen = \"127.0.0.1:7080\"\n",
+                "already used",
+            ),
+            ("[notifications]\nconcurrency = 0\n", "concurrency"),
+            ("[notifications]\nqueue = 0\n", "queue"),
+            ("[hot_cache]\nmax_bytes = 1000\n", "hot_cache.max_bytes"),
             ("[seed]\nbogus = 1\n", "bogus"),
             ("bogus = 1\n", "bogus"),
         ] {
@@ -602,5 +756,17 @@ mod tests {
         assert_eq!(c.seed.upload_bytes_per_sec, 1000);
         assert_eq!(c.tracker.max_peers, 5);
         assert_eq!(c.manifests.chunk_size, 65536);
+        let c = parse(&format!(
+            "{MINIMAL}[hot_cache]\nmax_bytes = 0\n[notifications]\nenabled = true\n\
+             token = \"0123456789abcdef\"\nlisten = \"127.0.0.1:9999\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.hot_cache.max_bytes, 0);
+        assert_eq!(c.notifications.listen, "127.0.0.1:9999".parse().unwrap());
+        let shown = format!("{:?}", c.notifications);
+        assert!(
+            !shown.contains("0123456789abcdef"),
+            "the token is printed: {shown}"
+        );
     }
 }

@@ -8,13 +8,18 @@
 //!   the first seeder's chunk route (the blobs read for manifests), plus `/metrics`.
 //! - `torrent` (cargo feature `torrent`): the optional BitTorrent export, a v1 `.torrent` per
 //!   seeded blob at `GET /v1/torrents/{digest}`, seeded by a librqbit session.
+//! - [`notify`]: the push hook, where the registry's notifications arrive: chunk manifests
+//!   made and the seed cache warmed on push.
+//! - [`hot_cache`]: chunks of small, often requested blobs in memory in front of the seeder.
 //! - [`config`]: the TOML configuration; [`metrics`]: Prometheus metrics; [`Error`]: the
 //!   crate's error and its HTTP mapping.
 
 pub mod config;
 mod error;
+pub mod hot_cache;
 pub mod manifests;
 pub mod metrics;
+pub mod notify;
 pub mod server;
 #[cfg(feature = "torrent")]
 pub mod torrent;

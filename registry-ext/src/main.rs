@@ -104,12 +104,30 @@ async fn serve(path: &std::path::Path) -> Result<()> {
         ),
         None => None,
     };
+    let notify = match config.notifications.enabled {
+        true => {
+            let addr = config.notifications.listen;
+            Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("listening on {addr} (notifications)"))?,
+            )
+        }
+        false => None,
+    };
+    if let Some(n) = &notify {
+        eprintln!("push hook listening on {}", n.local_addr()?);
+    }
     let api_addr = api.local_addr()?;
     match metrics.as_ref().map(|m| m.local_addr()).transpose()? {
         Some(m) => eprintln!("listening on {api_addr} (metrics on {m})"),
         None => eprintln!("listening on {api_addr}"),
     }
-    let listeners = shoal_registry_ext::Listeners { api, metrics };
+    let listeners = shoal_registry_ext::Listeners {
+        api,
+        metrics,
+        notify,
+    };
     shoal_registry_ext::serve(config, listeners, stop_signal()?).await?;
     Ok(())
 }

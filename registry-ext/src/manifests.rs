@@ -6,7 +6,8 @@
 //!   fsynced and renamed, so a file under that name is always whole. A file that does not
 //!   parse, or describes another blob or chunk size, is ignored and made again.
 //! - A missing manifest is made once however many requests ask for it at the same time
-//!   (single flight, in a task of its own, so a client hanging up does not cancel it).
+//!   (single flight, in a task of its own, so a client hanging up does not cancel it); the
+//!   push hook's warm-ups ([`ManifestService::warm`]) share that single flight.
 //! - It is made from the seed cache when the blob is there (no registry read); else from the
 //!   registry's blob, hashed as it streams and written into the seed cache at the same time,
 //!   so the seeder holds the blob afterwards. A blob that does not hash to its digest gives
@@ -139,7 +140,7 @@ impl ManifestService {
             self.remember(&m);
             return Ok((m.to_json(), "cached"));
         }
-        let m = self.made(image, digest).await?;
+        let m = self.made(image, digest, false).await?;
         Ok((m.to_json(), "made"))
     }
 
@@ -172,7 +173,7 @@ impl ManifestService {
             if self.inner.seed.contains(digest) {
                 return Ok(());
             }
-            self.made(image.clone(), digest.clone()).await?;
+            self.made(image.clone(), digest.clone(), true).await?;
         }
         if self.inner.seed.contains(digest) {
             return Ok(());
@@ -184,11 +185,40 @@ impl ManifestService {
         )))
     }
 
-    /// The manifest of `digest`, made once for all concurrent callers.
+    /// Warms blob `digest` of `repository` (the push hook): makes its chunk manifest unless it
+    /// is on disk, and makes sure the seed cache holds the blob (reading it from the registry
+    /// once if not). Returns whether anything had to be done.
+    pub async fn warm(&self, repository: &str, digest: &Digest) -> Result<bool, Error> {
+        let image = image_reference(&self.inner.registry_host, repository)?;
+        if self.inner.seed.contains(digest) {
+            if let Some(m) =
+                read_disk(self.path_of(digest), digest.clone(), self.inner.chunk_size).await
+            {
+                self.remember(&m);
+                return Ok(false);
+            }
+        }
+        self.made(image, digest.clone(), true).await?;
+        Ok(true)
+    }
+
+    /// The registry client the manifests are made with.
+    pub fn client(&self) -> &RegistryClient {
+        &self.inner.client
+    }
+
+    /// The registry host this service serves.
+    pub fn registry_host(&self) -> &str {
+        &self.inner.registry_host
+    }
+
+    /// The manifest of `digest`, made once for all concurrent callers; with `seed`, the blob
+    /// is read into the seed cache even when the manifest is on disk already.
     async fn made(
         &self,
         image: ImageReference,
         digest: Digest,
+        seed: bool,
     ) -> Result<Arc<ChunkManifest>, Error> {
         let making = {
             let mut map = self.inner.making.lock().unwrap_or_else(|p| p.into_inner());
@@ -199,7 +229,7 @@ impl ManifestService {
                     let d = digest.clone();
                     let task = tokio::spawn(async move {
                         let _done = Forget(inner.clone(), d.clone());
-                        make(&inner, &image, &d)
+                        make(&inner, &image, &d, seed)
                             .await
                             .map(Arc::new)
                             .map_err(Arc::new)
@@ -271,7 +301,10 @@ pub fn manifest_path(dir: &Path, digest: &Digest, chunk_size: u64) -> PathBuf {
 }
 
 /// The image reference of `repository` on `registry_host`, or 400.
-fn image_reference(registry_host: &str, repository: &str) -> Result<ImageReference, Error> {
+pub(crate) fn image_reference(
+    registry_host: &str,
+    repository: &str,
+) -> Result<ImageReference, Error> {
     let bad = || {
         Error::BadRequest(format!(
             "query parameter repository {repository:?} is not a repository name"
@@ -350,12 +383,11 @@ async fn make(
     inner: &Arc<Inner>,
     image: &ImageReference,
     digest: &Digest,
+    seed: bool,
 ) -> Result<ChunkManifest, Error> {
     let path = manifest_path(&inner.dir, digest, inner.chunk_size);
-    // A computation that finished just before this one started may have written it. Only
-    // used when the seed cache holds the blob: making it again seeds the blob (which
-    // [`ManifestService::seeded`] relies on).
-    if inner.seed.contains(digest) {
+    // A computation that finished just before this one started may have written it.
+    if !seed || inner.seed.contains(digest) {
         if let Some(m) = read_disk(path, digest.clone(), inner.chunk_size).await {
             remember(inner, &m);
             return Ok(m);

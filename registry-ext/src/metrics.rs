@@ -179,3 +179,132 @@ impl TorrentMetrics {
         self.requests.get_or_create(&ResultLabel { result }).inc();
     }
 }
+
+/// The hot cache's metrics. Hit ratio = hits / (hits + misses); requests of chunks of blobs
+/// too large for the cache are counted as `bypassed`, in neither.
+#[derive(Clone, Debug, Default)]
+pub struct HotCacheMetrics {
+    /// Chunk requests served from memory.
+    pub hits: Counter,
+    /// Chunk requests of small blobs read from the seed cache's disk.
+    pub misses: Counter,
+    /// Chunk requests of blobs larger than `hot_cache.max_blob_bytes` (not cached).
+    pub bypassed: Counter,
+    /// Chunks pushed out to make room.
+    pub evictions: Counter,
+    /// Bytes held.
+    pub bytes: Gauge,
+    /// Chunks held.
+    pub entries: Gauge,
+}
+
+impl HotCacheMetrics {
+    /// Registers every metric in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "shoal_hotcache_hits",
+            "Seeder chunk requests served from the in-memory hot cache",
+            self.hits.clone(),
+        );
+        registry.register(
+            "shoal_hotcache_misses",
+            "Seeder chunk requests of small blobs read from the seed cache's disk",
+            self.misses.clone(),
+        );
+        registry.register(
+            "shoal_hotcache_bypassed",
+            "Seeder chunk requests of blobs too large for the hot cache",
+            self.bypassed.clone(),
+        );
+        registry.register(
+            "shoal_hotcache_evictions",
+            "Chunks pushed out of the hot cache to make room",
+            self.evictions.clone(),
+        );
+        registry.register(
+            "shoal_hotcache_bytes",
+            "Bytes held in the hot cache",
+            self.bytes.clone(),
+        );
+        registry.register(
+            "shoal_hotcache_entries",
+            "Chunks held in the hot cache",
+            self.entries.clone(),
+        );
+    }
+}
+
+/// Labels of a notification event counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// The event's action as sent (`push`, `pull`, `mount`, `delete`, ...; `other` for
+    /// anything unexpected).
+    pub action: &'static str,
+    /// `queued` (a warm-up was queued), `ignored` (nothing to do: another action, media type or
+    /// registry), `dropped` (the warm-up queue was full).
+    pub result: &'static str,
+}
+
+/// The push hook's metrics.
+#[derive(Clone, Debug)]
+pub struct NotifyMetrics {
+    /// Events received, by action and result.
+    pub events: Family<EventLabels, Counter>,
+    /// Notification requests refused, by reason (`unauthorized`, `bad_request`).
+    pub refused: Family<ReasonLabel, Counter>,
+    /// Warm-ups finished, by result (`ok`, `error`).
+    pub warmups: Family<ResultLabel, Counter>,
+    /// Seconds one warm-up took (a blob: manifest made and blob seeded; an image manifest:
+    /// fetched and parsed).
+    pub warmup_seconds: Histogram,
+}
+
+/// Labels of a refusal counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+impl Default for NotifyMetrics {
+    fn default() -> Self {
+        Self {
+            events: Family::default(),
+            refused: Family::default(),
+            warmups: Family::default(),
+            warmup_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+        }
+    }
+}
+
+impl NotifyMetrics {
+    /// Registers every metric in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "shoal_notify_events",
+            "Registry notification events received, by action and result",
+            self.events.clone(),
+        );
+        registry.register(
+            "shoal_notify_refused",
+            "Notification requests refused, by reason",
+            self.refused.clone(),
+        );
+        registry.register(
+            "shoal_notify_warmups",
+            "Warm-ups (chunk manifest + seed cache) finished, by result",
+            self.warmups.clone(),
+        );
+        registry.register(
+            "shoal_notify_warmup_seconds",
+            "Seconds one warm-up took",
+            self.warmup_seconds.clone(),
+        );
+    }
+
+    /// Counts one event.
+    pub fn event(&self, action: &'static str, result: &'static str) {
+        self.events
+            .get_or_create(&EventLabels { action, result })
+            .inc();
+    }
+}

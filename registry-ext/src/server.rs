@@ -12,7 +12,11 @@
 //!   `GET /v1/torrents/{digest}?registry=HOST&repository=REPO`, the blob's `.torrent`
 //!   (`crate::torrent`).
 //!
-//! The seeder is listed in peer lists of the blobs it holds as `registry-ext@<advertise>`.
+//! The seeder is listed in peer lists of the blobs it holds as `registry-ext@<advertise>`;
+//! with `[hot_cache]` on, it serves through [`crate::hot_cache::HotProvider`].
+//!
+//! On its own plain-HTTP listener (`[notifications] listen`, when given): the push hook,
+//! `POST /v1/registry-events` ([`crate::notify`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -37,8 +41,10 @@ use shoal_p2p::Digest;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::hot_cache::HotProvider;
 use crate::manifests::ManifestService;
-use crate::metrics::{ManifestMetrics, TrackerMetrics};
+use crate::metrics::{HotCacheMetrics, ManifestMetrics, NotifyMetrics, TrackerMetrics};
+use crate::notify::Hook;
 use crate::tracker::{Tracker, SEEDER_ID_PREFIX};
 use crate::Error;
 
@@ -51,6 +57,8 @@ pub struct Listeners {
     pub api: TcpListener,
     /// The `/metrics` listener (`metrics_listen`), if any.
     pub metrics: Option<TcpListener>,
+    /// The push hook's listener (`[notifications] listen`); served only when enabled.
+    pub notify: Option<TcpListener>,
 }
 
 /// Shared state of the API handlers.
@@ -89,6 +97,10 @@ pub async fn serve(
     manifest_metrics.register(&mut registry);
     let upload_metrics = UploadMetrics::default();
     upload_metrics.register(&mut registry);
+    let hot_metrics = HotCacheMetrics::default();
+    hot_metrics.register(&mut registry);
+    let notify_metrics = NotifyMetrics::default();
+    notify_metrics.register(&mut registry);
 
     let manifests = {
         let (dir, chunk_size) = (config.manifests.dir.clone(), config.manifests.chunk_size);
@@ -100,8 +112,27 @@ pub async fn serve(
         .map_err(|e| Error::Internal(format!("opening the manifest directory: {e}")))??
     };
 
+    let provider: Arc<dyn shoal_p2p::peer::ChunkProvider> = match config.hot_cache.max_bytes {
+        0 => Arc::new(seed.clone()),
+        max_bytes => Arc::new(HotProvider::new(
+            Arc::new(seed.clone()),
+            max_bytes,
+            config.hot_cache.max_blob_bytes,
+            hot_metrics,
+        )),
+    };
+    let n = &config.notifications;
+    let hook = (n.enabled && listeners.notify.is_some()).then(|| {
+        Hook::start(
+            n.token.clone(),
+            n.concurrency,
+            n.queue,
+            manifests.clone(),
+            notify_metrics,
+        )
+    });
     let (seeder, meter) = shoal_p2p::peer::router(
-        Arc::new(seed.clone()),
+        provider,
         UploadLimits {
             max_uploads: config.seed.max_uploads,
             bytes_per_sec: config.seed.upload_bytes_per_sec,
@@ -181,6 +212,23 @@ pub async fn serve(
             Ok(())
         }
     };
+    let notify_server = {
+        let shutdown = shutdown.clone();
+        async move {
+            let (Some(listener), Some(hook)) = (listeners.notify, hook) else {
+                return Ok(());
+            };
+            let addr = local_addr(&listener)?;
+            tracing::info!(listen = %addr, "push hook: serving {}", crate::notify::EVENTS_PATH);
+            Transport::Plaintext
+                .serve(listener, hook.router(), shutdown)
+                .await
+                .map_err(|source| Error::Listen {
+                    what: format!("notifications listener {addr}"),
+                    source,
+                })
+        }
+    };
     let expiry = expire_periodically(app, Duration::from_millis(config.tracker.peer_ttl_ms / 2));
     let expiry = async move {
         tokio::select! {
@@ -189,7 +237,7 @@ pub async fn serve(
         }
         Ok(())
     };
-    tokio::try_join!(api_server, metrics_server, expiry, torrent_task)?;
+    tokio::try_join!(api_server, metrics_server, notify_server, expiry, torrent_task)?;
     tracing::info!("stopped");
     Ok(())
 }

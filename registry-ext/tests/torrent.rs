@@ -128,6 +128,7 @@ async fn start(dir: &Path, registry: &str, tls: &TlsFiles, max_bytes: u64) -> Se
     let listeners = Listeners {
         api,
         metrics: Some(metrics),
+        notify: None,
     };
     let task = tokio::spawn(serve(config, listeners, async move {
         let _ = stopped.await;

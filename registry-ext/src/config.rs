@@ -51,6 +51,20 @@
 //! announce_interval_ms = 1000       # default 1000; told to peers in every announce reply
 //! peer_ttl_ms = 5000                # default 5000; more than announce_interval_ms
 //! max_peers = 30                    # default 30; longest peer list (1..=1000)
+//!
+//! # Preheat coordinator (nodes register and heartbeat; jobs warm images onto node groups).
+//! [preheat]
+//! enabled = false                   # default false
+//! state = "/var/lib/shoal-registry-ext/preheat.redb" # default; absolute: nodes and jobs
+//! heartbeat_interval_ms = 1000      # default 1000; told to nodes
+//! down_after_ms = 5000              # default 5000; a node silent this long is down
+//! concurrency = 0                   # default 0 = no limit: nodes of one group pulling at
+//!                                   # once (all groups are dispatched at the same time)
+//! admin_listen = ""                 # default "" = none; "IP:port" of the admin API for
+//!                                   # bearer tokens (HTTPS with the server certificate, no
+//!                                   # client certificate; plain HTTP with insecure_plaintext)
+//! tokens = []                       # bearer tokens accepted there (at least 16 characters);
+//!                                   # required with admin_listen
 //! ```
 
 use std::net::SocketAddr;
@@ -85,6 +99,45 @@ pub struct Config {
     pub seed: SeedConfig,
     /// The tracker.
     pub tracker: TrackerConfig,
+    /// The preheat coordinator.
+    pub preheat: PreheatConfig,
+}
+
+/// `[preheat]`: the preheat coordinator (see [`crate::preheat`]).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PreheatConfig {
+    /// Serve the preheat routes. Default false.
+    pub enabled: bool,
+    /// The redb file of nodes and jobs (created). Absolute. Default
+    /// `/var/lib/shoal-registry-ext/preheat.redb`.
+    pub state: PathBuf,
+    /// Heartbeat interval told to nodes (ms). Default 1000, at least 1.
+    pub heartbeat_interval_ms: u64,
+    /// A node not heard from for this long (ms) is down. Default 5000; more than
+    /// `heartbeat_interval_ms`.
+    pub down_after_ms: u64,
+    /// Nodes of one group pulling at once; 0 = no limit. Default 0.
+    pub concurrency: usize,
+    /// `IP:port` of the token-authenticated admin listener; `None` (`""`) = none.
+    #[serde(deserialize_with = "optional_addr")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer tokens accepted on the admin listener.
+    pub tokens: Vec<String>,
+}
+
+impl Default for PreheatConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            state: PathBuf::from("/var/lib/shoal-registry-ext/preheat.redb"),
+            heartbeat_interval_ms: 1000,
+            down_after_ms: 5000,
+            concurrency: 0,
+            admin_listen: None,
+            tokens: Vec::new(),
+        }
+    }
 }
 
 /// `[manifests]`: where chunk manifests are kept and how blobs are cut.
@@ -180,6 +233,8 @@ struct RawConfig {
     seed: SeedConfig,
     #[serde(default)]
     tracker: TrackerConfig,
+    #[serde(default)]
+    preheat: PreheatConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -314,6 +369,33 @@ impl RawConfig {
                 t.max_peers
             ));
         }
+        let p = &self.preheat;
+        if p.enabled {
+            if !p.state.is_absolute() {
+                return Err(format!("preheat.state {:?} must be absolute", p.state));
+            }
+            if p.heartbeat_interval_ms == 0 || p.down_after_ms <= p.heartbeat_interval_ms {
+                return Err(format!(
+                    "preheat.heartbeat_interval_ms ({}) must be at least 1 and less than \
+                     preheat.down_after_ms ({})",
+                    p.heartbeat_interval_ms, p.down_after_ms
+                ));
+            }
+            if p.admin_listen.is_some() && p.tokens.is_empty() {
+                return Err(
+                    "preheat.admin_listen needs at least one token in preheat.tokens".into(),
+                );
+            }
+            if p.tokens
+                .iter()
+                .any(|t| t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()))
+            {
+                return Err(
+                    "preheat.tokens: every token needs at least 16 characters, no whitespace"
+                        .into(),
+                );
+            }
+        }
         Ok(Config {
             listen: self.listen,
             advertise,
@@ -325,6 +407,7 @@ impl RawConfig {
             manifests: self.manifests,
             seed: self.seed,
             tracker: self.tracker,
+            preheat: self.preheat,
         })
     }
 }
@@ -368,6 +451,7 @@ mod tests {
         assert_eq!(c.manifests, ManifestsConfig::default());
         assert_eq!(c.seed, SeedConfig::default());
         assert_eq!(c.tracker, TrackerConfig::default());
+        assert_eq!(c.preheat, PreheatConfig::default());
         assert_eq!(c.manifests.chunk_size, 4 << 20);
         assert!(c.tls.is_none());
     }
@@ -439,6 +523,16 @@ mod tests {
                 "announce_interval_ms",
             ),
             ("[tracker]\nmax_peers = 0\n", "max_peers"),
+            ("[preheat]\nenabled = true\nstate = \"rel\"\n", "absolute"),
+            (
+                "[preheat]\nenabled = true\ndown_after_ms = 1000\n",
+                "down_after_ms",
+            ),
+            (
+                "[preheat]\nenabled = true\nadmin_listen = \"127.0.0.1:1\"\n",
+                "token",
+            ),
+            ("[preheat]\nenabled = true\ntokens = [\"short\"]\n", "16"),
             ("[registry]\nretries = 99\n", "[registry]"),
             ("[seed]\nbogus = 1\n", "bogus"),
             ("bogus = 1\n", "bogus"),
@@ -455,5 +549,16 @@ mod tests {
         assert_eq!(c.seed.upload_bytes_per_sec, 1000);
         assert_eq!(c.tracker.max_peers, 5);
         assert_eq!(c.manifests.chunk_size, 65536);
+        let c = parse(&format!(
+            "{MINIMAL}[preheat]\nenabled = true\nconcurrency = 2\n\
+             admin_listen = \"127.0.0.1:7081\"\ntokens = [\"0123456789abcdef\"]\n"
+        ))
+        .unwrap();
+        assert!(c.preheat.enabled);
+        assert_eq!(c.preheat.concurrency, 2);
+        assert_eq!(
+            c.preheat.admin_listen,
+            Some("127.0.0.1:7081".parse().unwrap())
+        );
     }
 }

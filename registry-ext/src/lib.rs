@@ -6,6 +6,7 @@
 //!   upload capacity with randomness.
 //! - [`server`]: `serve`, one mutual-TLS listener with the tracker, the manifest service and
 //!   the first seeder's chunk route (the blobs read for manifests), plus `/metrics`.
+//! - [`preheat`]: the preheat coordinator (nodes, jobs, dispatch over heartbeats, redb store).
 //! - [`config`]: the TOML configuration; [`metrics`]: Prometheus metrics; [`Error`]: the
 //!   crate's error and its HTTP mapping.
 
@@ -13,6 +14,7 @@ pub mod config;
 mod error;
 pub mod manifests;
 pub mod metrics;
+pub mod preheat;
 pub mod server;
 pub mod tracker;
 

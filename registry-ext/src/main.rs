@@ -105,12 +105,28 @@ async fn serve(path: &std::path::Path) -> Result<()> {
         ),
         None => None,
     };
+    let preheat_admin = match config
+        .preheat
+        .admin_listen
+        .filter(|_| config.preheat.enabled)
+    {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr} (preheat admin)"))?,
+        ),
+        None => None,
+    };
     let api_addr = api.local_addr()?;
     match metrics.as_ref().map(|m| m.local_addr()).transpose()? {
         Some(m) => eprintln!("listening on {api_addr} (metrics on {m})"),
         None => eprintln!("listening on {api_addr}"),
     }
-    let listeners = shoal_registry_ext::Listeners { api, metrics };
+    let listeners = shoal_registry_ext::Listeners {
+        api,
+        metrics,
+        preheat_admin,
+    };
     shoal_registry_ext::serve(config, listeners, stop_signal()?).await?;
     Ok(())
 }

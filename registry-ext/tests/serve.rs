@@ -114,6 +114,7 @@ impl Server {
         let listeners = Listeners {
             api,
             metrics: Some(metrics),
+            preheat_admin: None,
         };
         let task = tokio::spawn(serve(config, listeners, async move {
             let _ = stopped.await;

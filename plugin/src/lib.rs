@@ -8,6 +8,8 @@
 //!   snapshots on Prepare, all layers of an image at once.
 //! - [`node`]: this node's swarm peer (chunk server, announcer), the blob source layers come
 //!   through, and the Prometheus endpoint.
+//! - [`preheat`]: the preheat worker (registers with shoal-registry-ext, pulls jobs' images
+//!   through CRI) and the `shoald preheat` / `shoald nodes` commands.
 //! - [`snapshot`]: the containerd proxy snapshotter (overlayfs semantics, redb metadata, gRPC).
 //! - [`cri`]: `shoald pull` through CRI; [`sd_notify`]: readiness for systemd; [`report`]:
 //!   figures for the command line.
@@ -17,6 +19,7 @@ pub mod cri;
 pub mod error;
 pub mod image;
 pub mod node;
+pub mod preheat;
 pub mod remote;
 pub mod report;
 pub mod sd_notify;

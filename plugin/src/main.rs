@@ -84,13 +84,18 @@ enum Command {
 #[derive(clap::Args)]
 struct ConnectArgs {
     /// The coordinator's URL; default: the config's [preheat] coordinator.
-    #[arg(long, env = "SHOAL_COORDINATOR")]
+    #[arg(long, env = "SHOAL_COORDINATOR", global = true)]
     coordinator: Option<String>,
     /// Bearer token for the coordinator's admin listener.
-    #[arg(long, env = "SHOAL_PREHEAT_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SHOAL_PREHEAT_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     token: Option<String>,
     /// CA certificate to check the admin listener with; default: [swarm.tls] ca.
-    #[arg(long)]
+    #[arg(long, global = true)]
     ca: Option<PathBuf>,
 }
 

@@ -448,6 +448,10 @@ mod tests {
         assert_eq!(c.swarm.chunks_in_flight, d.swarm.chunks_in_flight);
         assert_eq!(c.swarm.chunks_per_peer, d.swarm.chunks_per_peer);
         assert_eq!(c.metrics.listen, d.metrics.listen);
+        assert_eq!(c.preheat.coordinator, d.preheat.coordinator);
+        assert_eq!(c.preheat.containerd, d.preheat.containerd);
+        assert_eq!(c.preheat.labels, d.preheat.labels);
+        assert_eq!(c.preheat.pull_timeout_secs, d.preheat.pull_timeout_secs);
     }
 
     #[test]

@@ -472,6 +472,7 @@ mod tests {
         assert_eq!(c.seed, SeedConfig::default());
         assert_eq!(c.tracker, TrackerConfig::default());
         assert_eq!(c.registry.retries, ClientConfig::default().retries);
+        assert_eq!(c.preheat, PreheatConfig::default());
     }
 
     #[test]

@@ -121,10 +121,13 @@ impl Store for RedbStore {
     }
 }
 
+/// Nodes by name and jobs by ID.
+type Kept = (BTreeMap<String, NodeRecord>, BTreeMap<String, JobStatus>);
+
 /// In memory; clones share the contents (a "restart" reopens a clone).
 #[derive(Clone, Default)]
 pub struct MemoryStore {
-    inner: Arc<Mutex<(BTreeMap<String, NodeRecord>, BTreeMap<String, JobStatus>)>>,
+    inner: Arc<Mutex<Kept>>,
 }
 
 impl Store for MemoryStore {

@@ -35,6 +35,7 @@ use shoal_p2p::preheat::proto::{
 pub use routes::{admin_router, node_router, Shared};
 pub use store::{MemoryStore, RedbStore, Store};
 
+use crate::metrics::{PreheatMetrics, StateLabel};
 use crate::Error;
 
 /// Most log lines a job keeps.
@@ -65,6 +66,7 @@ pub struct Coordinator {
     nodes: BTreeMap<String, NodeRecord>,
     jobs: BTreeMap<u64, JobStatus>,
     next_id: u64,
+    metrics: PreheatMetrics,
 }
 
 impl Coordinator {
@@ -90,7 +92,37 @@ impl Coordinator {
             nodes,
             jobs,
             next_id,
+            metrics: PreheatMetrics::default(),
         })
+    }
+
+    /// Reports into `metrics` from now on.
+    pub fn with_metrics(mut self, metrics: PreheatMetrics) -> Self {
+        self.metrics = metrics;
+        self.count_nodes();
+        self
+    }
+
+    /// Sets the node gauges.
+    fn count_nodes(&self) {
+        let up = self.nodes.values().filter(|n| n.up).count();
+        for (state, n) in [("up", up), ("down", self.nodes.len() - up)] {
+            self.metrics
+                .nodes
+                .get_or_create(&StateLabel {
+                    state: state.into(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Counts a job that just finished and its tasks.
+    fn count_finished(&self, job: &JobStatus) {
+        PreheatMetrics::count(&self.metrics.jobs, &job.state.to_string(), 1);
+        for state in [TaskState::Done, TaskState::Failed, TaskState::Cancelled] {
+            let n = job.count(state) as u64;
+            PreheatMetrics::count(&self.metrics.tasks, &state.to_string(), n);
+        }
     }
 
     pub fn settings(&self) -> &Settings {
@@ -109,6 +141,7 @@ impl Coordinator {
         self.store.put_node(&record)?;
         tracing::info!(node = %record.info.name, labels = ?record.info.labels, "preheat node registered");
         self.nodes.insert(record.info.name.clone(), record);
+        self.count_nodes();
         Ok(Registered {
             heartbeat_interval_ms: self.settings.heartbeat_interval_ms,
         })
@@ -126,10 +159,12 @@ impl Coordinator {
             });
         };
         node.last_seen_ms = now_ms;
+        self.metrics.heartbeats.inc();
         if !node.up {
             node.up = true;
             tracing::info!(node = %hb.node, "preheat node up again");
             self.store.put_node(node)?;
+            self.count_nodes();
         }
         let mut dirty = BTreeSet::new();
         for p in &hb.tasks {
@@ -236,6 +271,9 @@ impl Coordinator {
                 self.store.put_node(node)?;
                 gone.push(node.info.name.clone());
             }
+        }
+        if !gone.is_empty() {
+            self.count_nodes();
         }
         let mut dirty = BTreeSet::new();
         for name in &gone {
@@ -359,6 +397,7 @@ impl Coordinator {
             groups = job.groups.len(),
             "preheat job submitted"
         );
+        PreheatMetrics::count(&self.metrics.jobs, "submitted", 1);
         self.jobs.insert(id, job);
         self.finish_and_save(BTreeSet::from([id]), now_ms)?;
         Ok(self.jobs[&id].clone())
@@ -385,6 +424,7 @@ impl Coordinator {
             );
             let job = job.clone();
             self.store.put_job(&job)?;
+            self.count_finished(&job);
             tracing::info!(job = key, "preheat job cancelled");
         }
         Ok(self.jobs[&key].clone())
@@ -452,6 +492,10 @@ impl Coordinator {
                 );
                 log(job, now_ms, line);
                 tracing::info!(job = id, state = %job.state, "preheat job finished");
+                let job = job.clone();
+                self.count_finished(&job);
+                self.store.put_job(&job)?;
+                continue;
             }
             self.store.put_job(job)?;
         }

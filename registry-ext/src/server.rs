@@ -118,7 +118,11 @@ pub async fn serve(
     });
     let mut api = api_router(app.clone()).merge(seeder);
     let preheat = match config.preheat.enabled {
-        true => Some(open_preheat(&config).await?),
+        true => {
+            let metrics = crate::metrics::PreheatMetrics::default();
+            metrics.register(&mut registry);
+            Some(open_preheat(&config, metrics).await?)
+        }
         false => None,
     };
     if let Some(p) = &preheat {
@@ -218,7 +222,10 @@ pub async fn serve(
 }
 
 /// Opens the preheat store and coordinator.
-async fn open_preheat(config: &Config) -> Result<crate::preheat::Shared, Error> {
+async fn open_preheat(
+    config: &Config,
+    metrics: crate::metrics::PreheatMetrics,
+) -> Result<crate::preheat::Shared, Error> {
     let p = config.preheat.clone();
     let settings = crate::preheat::Settings {
         heartbeat_interval_ms: p.heartbeat_interval_ms,
@@ -228,7 +235,8 @@ async fn open_preheat(config: &Config) -> Result<crate::preheat::Shared, Error> 
     tokio::task::spawn_blocking(move || {
         let store = crate::preheat::RedbStore::open(&p.state)?;
         let c =
-            crate::preheat::Coordinator::open(settings, Box::new(store), crate::preheat::now_ms())?;
+            crate::preheat::Coordinator::open(settings, Box::new(store), crate::preheat::now_ms())?
+                .with_metrics(metrics);
         Ok(Arc::new(Mutex::new(c)))
     })
     .await

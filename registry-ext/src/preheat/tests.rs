@@ -8,6 +8,7 @@ use shoal_p2p::preheat::proto::{
 };
 
 use super::*;
+use crate::metrics::PreheatMetrics;
 
 const A: &str = "r.example/app-a:1";
 const B: &str = "r.example/app-b:1";
@@ -380,4 +381,36 @@ fn the_redb_store_keeps_nodes_and_jobs() {
     assert_eq!(job.state, JobState::Done);
     assert!(job.log.len() >= 3, "{:?}", job.log);
     assert_eq!(c.jobs().jobs[0].done, 1);
+}
+
+#[test]
+fn metrics_count_nodes_jobs_and_tasks() {
+    let mut registry = shoal_p2p::metrics::Registry::default();
+    let metrics = PreheatMetrics::default();
+    metrics.register(&mut registry);
+    let store = MemoryStore::default();
+    let mut c = coordinator(&store, 0).with_metrics(metrics);
+    c.submit(two_groups(), 0).unwrap();
+    for (n, image) in [("n0", A), ("n1", A), ("n2", B)] {
+        beat(&mut c, n, vec![], 10);
+        beat(
+            &mut c,
+            n,
+            vec![progress("1", image, TaskState::Done, None)],
+            20,
+        );
+    }
+    c.tick(10_000).unwrap();
+    let text = shoal_p2p::metrics::render(&registry);
+    for needle in [
+        "shoal_preheat_nodes{state=\"up\"} 0",
+        "shoal_preheat_nodes{state=\"down\"} 4",
+        "shoal_preheat_heartbeats_total 6",
+        "shoal_preheat_jobs_total{state=\"submitted\"} 1",
+        "shoal_preheat_jobs_total{state=\"failed\"} 1",
+        "shoal_preheat_tasks_total{state=\"done\"} 3",
+        "shoal_preheat_tasks_total{state=\"failed\"} 1",
+    ] {
+        assert!(text.contains(needle), "{needle} not in\n{text}");
+    }
 }

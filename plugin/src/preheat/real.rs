@@ -52,7 +52,7 @@ impl Puller for CriPuller {
             let channel = crate::cri::connect(&address).await.ok()?;
             let mut version = VersionClient::new(channel);
             let call = version.version(());
-            let v = tokio::time::timeout(Duration::from_secs(5), call)
+            let v = tokio::time::timeout(Duration::from_secs(2), call)
                 .await
                 .ok()?
                 .ok()?;

@@ -14,6 +14,7 @@
 //! - a node whose shoald is killed mid-job is reported failed with "node down" while the
 //!   others finish;
 //! - a job naming an image the registry does not have fails with the reason;
+//! - a running job cancelled with `shoald preheat cancel` reads cancelled;
 //! - after a registry-ext restart, the nodes and the jobs with their logs are still there.
 //!
 //! Needs root, iproute2, docker-registry, skopeo, containerd, and the workspace's binaries.
@@ -41,7 +42,7 @@ fn images_on(cluster: &Cluster, node: usize) -> Result<BTreeSet<String>> {
 }
 
 #[test]
-fn preheat_two_groups_kill_a_node_bad_image_and_restart() -> Result<()> {
+fn preheat_two_groups_kill_a_node_bad_image_cancel_and_restart() -> Result<()> {
     let mut config = ClusterConfig::new(MBIT);
     config.preheat_token = Some(TOKEN.into());
     if !cluster::available() {
@@ -55,6 +56,7 @@ fn preheat_two_groups_kill_a_node_bad_image_and_restart() -> Result<()> {
     let a = cluster.push_image("preheat/a", "v1", layers_a)?;
     let b = cluster.push_image("preheat/b", "v1", layers_b)?;
     let big = cluster.push_image("preheat/big", "v1", random_layers(4, 96 << 20, 13)?)?;
+    let late = cluster.push_image("preheat/late", "v1", random_layers(4, 96 << 20, 14)?)?;
     cluster.cap_registry()?;
     let ref_a = cluster.reference(&a)?;
     let ref_b = cluster.reference(&b)?;
@@ -232,13 +234,51 @@ fn preheat_two_groups_kill_a_node_bad_image_and_restart() -> Result<()> {
         );
     }
 
+    // A running job cancelled from the command line: its unfinished tasks are cancelled
+    // and the nodes stop pulling.
+    let spec = JobSpec {
+        targets: vec![Target {
+            images: vec![late.reference.clone()],
+            selector: [("group".to_string(), "a".to_string())].into(),
+            nodes: vec![],
+        }],
+    };
+    let job = block_on(admin.submit(&spec))??;
+    let pulling = Cluster::wait_until(Duration::from_secs(60), || {
+        block_on(admin.job(&job.id))
+            .ok()
+            .and_then(|r| r.ok())
+            .is_some_and(|j| j.count(TaskState::Pulling) > 0)
+    });
+    ensure!(pulling, "job {} never started", job.id);
+    let out = cluster.preheat_cli(&["preheat", "cancel", &job.id], CliAuth::Certificate)?;
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    ensure!(
+        out.status.success(),
+        "preheat cancel failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cancelled = block_on(admin.job(&job.id))??;
+    ensure!(cancelled.state == JobState::Cancelled, "{cancelled:#?}");
+    ensure!(cancelled.count(TaskState::Cancelled) > 0, "{cancelled:#?}");
+    ensure!(
+        cancelled
+            .tasks
+            .iter()
+            .all(|t| matches!(t.state, TaskState::Cancelled | TaskState::Done)),
+        "{cancelled:#?}"
+    );
+    // Heartbeats after the cancel change nothing.
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(block_on(admin.job(&job.id))??.tasks == cancelled.tasks);
+
     // State survives a restart of the coordinator.
     cluster.kill_registry_ext()?;
     cluster.start_registry_ext()?;
     let nodes_after = block_on(admin.nodes())??;
     ensure!(nodes_after.nodes.len() == 4, "{nodes_after:#?}");
     let jobs = block_on(admin.jobs())??;
-    ensure!(jobs.jobs.len() == 3, "{jobs:#?}");
+    ensure!(jobs.jobs.len() == 4, "{jobs:#?}");
     let first = block_on(admin.job("1"))??;
     ensure!(first.state == JobState::Done);
     if !first.log.iter().any(|l| l.message.starts_with("finished:")) {

@@ -202,6 +202,7 @@ impl Coordinator {
         let tasks = self
             .jobs
             .values()
+            .filter(|j| j.state == JobState::Running)
             .flat_map(|j| {
                 j.tasks
                     .iter()

@@ -19,6 +19,7 @@
 mod badpeer;
 mod metrics;
 mod node;
+pub mod preheat;
 mod registry_side;
 mod workload;
 
@@ -74,6 +75,9 @@ pub struct ClusterConfig {
     pub extra_shoald_config: String,
     /// Nodes started at once by [`Cluster::add_nodes`].
     pub start_parallelism: usize,
+    /// The registry extension's preheat coordinator on, its admin listener accepting this
+    /// bearer token (see [`preheat`]).
+    pub preheat_token: Option<String>,
 }
 
 impl ClusterConfig {
@@ -87,6 +91,7 @@ impl ClusterConfig {
             unpack_concurrency: 4,
             extra_shoald_config: String::new(),
             start_parallelism: 4,
+            preheat_token: None,
         }
     }
 }
@@ -163,6 +168,7 @@ impl Cluster {
                     &registry.addr(),
                     &tls,
                     config.chunk_size,
+                    config.preheat_token.as_deref(),
                     &dir.path.join("registry-ext"),
                 )
                 .with_context(|| {
@@ -265,6 +271,18 @@ impl Cluster {
 
     /// Starts `count` nodes of `mode` (a few at a time); returns their indexes.
     pub fn add_nodes(&mut self, count: usize, mode: NodeMode) -> Result<Vec<usize>> {
+        self.add_nodes_with(count, mode, &|_| (String::new(), None))
+    }
+
+    /// [`Self::add_nodes`], each node's shoald config getting `per_node(name).0` appended,
+    /// and its containerd socket linked at `per_node(name).1` when given (shoald starts
+    /// before containerd, so a config can only name the socket by a link made afterwards).
+    pub fn add_nodes_with(
+        &mut self,
+        count: usize,
+        mode: NodeMode,
+        per_node: &dyn Fn(&str) -> (String, Option<PathBuf>),
+    ) -> Result<Vec<usize>> {
         let tracker = self.registry_ext.as_ref().map(RegistryExt::url);
         if mode.uses_swarm() && tracker.is_none() {
             bail!("swarm nodes need the registry extension (ClusterConfig::registry_ext)");
@@ -275,14 +293,20 @@ impl Cluster {
         while remaining > 0 {
             let batch = remaining.min(self.config.start_parallelism.max(1));
             let setups: Vec<node::NodeSetup<'_>> = (0..batch)
-                .map(|k| node::NodeSetup {
-                    name: format!("node-{}", self.next_node + k),
-                    mode,
-                    mbit: self.config.node_mbit,
-                    registry: &registry,
-                    tracker: tracker.clone(),
-                    unpack_concurrency: self.config.unpack_concurrency,
-                    extra_shoald_config: &self.config.extra_shoald_config,
+                .map(|k| {
+                    let name = format!("node-{}", self.next_node + k);
+                    let (node_config, containerd_link) = per_node(&name);
+                    node::NodeSetup {
+                        name,
+                        node_config,
+                        containerd_link,
+                        mode,
+                        mbit: self.config.node_mbit,
+                        registry: &registry,
+                        tracker: tracker.clone(),
+                        unpack_concurrency: self.config.unpack_concurrency,
+                        extra_shoald_config: &self.config.extra_shoald_config,
+                    }
                 })
                 .collect();
             let pki = &self.pki;

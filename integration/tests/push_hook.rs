@@ -79,6 +79,7 @@ async fn a_pushed_image_is_warmed_before_any_pull() -> Result<()> {
             api,
             metrics: Some(metrics_listener),
             notify: Some(hook),
+            preheat_admin: None,
         },
         async move {
             let _ = stopped.await;

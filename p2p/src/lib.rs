@@ -11,6 +11,7 @@
 //! - [`metrics`]: Prometheus metrics of the swarm (download and upload sides).
 //! - [`peer`]: the peer protocol: the chunk server every node (and the registry extension's
 //!   seeder) runs, and the client that fetches chunks from it.
+//! - [`preheat`]: the preheat protocol (coordinator <-> worker, CLI) and its HTTP client.
 //! - [`swarm`]: the node's swarm download: chunk store, scheduler, and the
 //!   [`source::BlobSource`] that feeds the unpacker in order while chunks arrive.
 //! - [`tls`]: mutual TLS against the cluster CA (or explicit plaintext for tests).
@@ -21,6 +22,7 @@ pub mod chunk;
 pub mod digest;
 pub mod metrics;
 pub mod peer;
+pub mod preheat;
 pub mod reference;
 pub mod registry;
 pub mod source;

@@ -63,6 +63,9 @@ pub enum TlsError {
 /// TLS configured for both directions, built once from [`TlsFiles`].
 pub struct TlsMaterial {
     server: Arc<rustls::ServerConfig>,
+    /// The same server certificate, no client certificate asked for (token-authenticated
+    /// admin listeners).
+    server_only: Arc<rustls::ServerConfig>,
     client: rustls::ClientConfig,
 }
 
@@ -145,6 +148,13 @@ impl TlsMaterial {
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(|e| TlsError::Setup(format!("certificate {:?}: {e}", files.cert)))?;
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut server_only = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(setup)?
+            .with_no_client_auth()
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(|e| TlsError::Setup(format!("certificate {:?}: {e}", files.cert)))?;
+        server_only.alpn_protocols = vec![b"http/1.1".to_vec()];
 
         let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
             .build()
@@ -158,6 +168,7 @@ impl TlsMaterial {
             .map_err(|e| TlsError::Setup(format!("certificate {:?}: {e}", files.cert)))?;
         Ok(Self {
             server: Arc::new(server),
+            server_only: Arc::new(server_only),
             client,
         })
     }
@@ -266,59 +277,82 @@ impl Transport {
             Self::Tls(material) => Some(tokio_rustls::TlsAcceptor::from(material.server.clone())),
             Self::Plaintext => None,
         };
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        tokio::pin!(shutdown);
-        loop {
-            let (tcp, remote) = tokio::select! {
-                _ = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!("accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = tcp.set_nodelay(true);
-            let router = router.clone();
-            let acceptor = acceptor.clone();
-            let mut stop = stop_rx.clone();
-            tokio::spawn(async move {
-                let service = hyper_util::service::TowerToHyperService::new(router);
-                let builder = hyper::server::conn::http1::Builder::new();
-                match acceptor {
-                    Some(acceptor) => {
-                        let tls =
-                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-                                .await
-                            {
-                                Ok(Ok(tls)) => tls,
-                                Ok(Err(e)) => {
-                                    tracing::info!("TLS handshake with {remote} refused: {e}");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::info!("TLS handshake with {remote} timed out");
-                                    return;
-                                }
-                            };
-                        let conn =
-                            builder.serve_connection(hyper_util::rt::TokioIo::new(tls), service);
-                        drive(conn, &mut stop).await;
-                    }
-                    None => {
-                        let conn =
-                            builder.serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
-                        drive(conn, &mut stop).await;
-                    }
-                }
-            });
-        }
-        let _ = stop_tx.send(true);
-        Ok(())
+        serve_with(acceptor, listener, router, shutdown).await
     }
+
+    /// [`Self::serve`], but over TLS no client certificate is asked for: the server
+    /// certificate only. For listeners whose requests authenticate otherwise (a bearer token).
+    pub async fn serve_without_client_certs(
+        &self,
+        listener: TcpListener,
+        router: axum::Router,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> std::io::Result<()> {
+        let acceptor = match self {
+            Self::Tls(material) => Some(tokio_rustls::TlsAcceptor::from(
+                material.server_only.clone(),
+            )),
+            Self::Plaintext => None,
+        };
+        serve_with(acceptor, listener, router, shutdown).await
+    }
+}
+
+/// Serves `router` on `listener`, through `acceptor` when TLS, until `shutdown`.
+async fn serve_with(
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let router = router.clone();
+        let acceptor = acceptor.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            let builder = hyper::server::conn::http1::Builder::new();
+            match acceptor {
+                Some(acceptor) => {
+                    let tls =
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                tracing::info!("TLS handshake with {remote} refused: {e}");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::info!("TLS handshake with {remote} timed out");
+                                return;
+                            }
+                        };
+                    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+                    drive(conn, &mut stop).await;
+                }
+                None => {
+                    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+                    drive(conn, &mut stop).await;
+                }
+            }
+        });
+    }
+    let _ = stop_tx.send(true);
+    Ok(())
 }
 
 /// Runs one HTTP/1 connection until it ends, or shuts it down gracefully once `stop` is set.

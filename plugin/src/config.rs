@@ -49,6 +49,15 @@
 //! registries = []             # extra registry hosts `shoald hosts` writes files for
 //! hosts_dir = "/etc/containerd/certs.d"  # default for `shoald hosts --dir`
 //!
+//! # Preheat worker: registers with shoal-registry-ext's coordinator, heartbeats, and pulls
+//! # the images of preheat jobs through CRI. Uses [swarm.tls] (or swarm.insecure_plaintext)
+//! # and swarm.node_name, whether the swarm is enabled or not.
+//! [preheat]
+//! coordinator = ""            # default "" = off; e.g. "https://10.0.0.1:7080"
+//! containerd = "/run/containerd/containerd.sock" # default; containerd's socket (CRI)
+//! labels = {}                 # default none; e.g. { group = "gpu", zone = "a" }
+//! pull_timeout_secs = 3600    # default 3600, at least 1: one image's PullImage
+//!
 //! # Prometheus metrics (plain HTTP GET /metrics).
 //! [metrics]
 //! listen = "127.0.0.1:9464"   # default; "" turns the endpoint off
@@ -84,6 +93,43 @@ pub struct Config {
     /// The metrics endpoint.
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// The preheat worker.
+    #[serde(default)]
+    pub preheat: PreheatSection,
+}
+
+/// `[preheat]`: this node as a preheat worker (see the module documentation).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreheatSection {
+    /// The coordinator's URL; empty: no worker.
+    #[serde(default)]
+    pub coordinator: String,
+    #[serde(default = "default_containerd")]
+    pub containerd: PathBuf,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(default = "default_pull_timeout")]
+    pub pull_timeout_secs: u64,
+}
+
+fn default_containerd() -> PathBuf {
+    PathBuf::from("/run/containerd/containerd.sock")
+}
+
+fn default_pull_timeout() -> u64 {
+    3600
+}
+
+impl Default for PreheatSection {
+    fn default() -> Self {
+        Self {
+            coordinator: String::new(),
+            containerd: default_containerd(),
+            labels: Default::default(),
+            pull_timeout_secs: default_pull_timeout(),
+        }
+    }
 }
 
 /// `[mirror]`: shoald as a registry mirror in containerd's hosts.toml ([`crate::mirror`]).
@@ -354,6 +400,41 @@ impl Config {
                 )));
             }
         }
+        let p = &config.preheat;
+        if !p.coordinator.is_empty() {
+            let scheme = if config.swarm.tls.is_some() {
+                "https://"
+            } else if config.swarm.insecure_plaintext {
+                "http://"
+            } else {
+                return Err(invalid(
+                    "preheat.coordinator needs swarm.tls (the cluster certificate) unless \
+                     swarm.insecure_plaintext = true"
+                        .into(),
+                ));
+            };
+            if !p.coordinator.starts_with(scheme) {
+                return Err(invalid(format!(
+                    "preheat.coordinator {:?} must start with {scheme}",
+                    p.coordinator
+                )));
+            }
+            if !p.containerd.is_absolute() || p.pull_timeout_secs == 0 {
+                return Err(invalid(
+                    "preheat.containerd must be absolute and preheat.pull_timeout_secs at least 1"
+                        .into(),
+                ));
+            }
+            let info = shoal_p2p::preheat::proto::NodeInfo {
+                name: "x".into(),
+                labels: p.labels.clone(),
+                kernel: String::new(),
+                containerd: String::new(),
+                shoal: String::new(),
+            };
+            info.validate()
+                .map_err(|e| invalid(format!("preheat.labels: {e}")))?;
+        }
         let swarm = &config.swarm;
         if swarm.enabled {
             if swarm.trackers.is_empty() {
@@ -450,6 +531,10 @@ mod tests {
         assert_eq!(c.swarm.chunks_in_flight, d.swarm.chunks_in_flight);
         assert_eq!(c.swarm.chunks_per_peer, d.swarm.chunks_per_peer);
         assert_eq!(c.metrics.listen, d.metrics.listen);
+        assert_eq!(c.preheat.coordinator, d.preheat.coordinator);
+        assert_eq!(c.preheat.containerd, d.preheat.containerd);
+        assert_eq!(c.preheat.labels, d.preheat.labels);
+        assert_eq!(c.preheat.pull_timeout_secs, d.preheat.pull_timeout_secs);
         assert_eq!(c.mirror.enabled, d.mirror.enabled);
         assert_eq!(c.mirror.listen, d.mirror.listen);
         assert_eq!(c.mirror.default_upstream, d.mirror.default_upstream);
@@ -525,6 +610,35 @@ mod tests {
         let bad_adv = ok.replace("enabled = true", "enabled = true\nadvertise = \"host\"");
         let e = Config::parse(&bad_adv, Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("advertise"), "{e}");
+    }
+
+    #[test]
+    fn reads_and_checks_the_preheat_section() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        assert!(c.preheat.coordinator.is_empty());
+        assert_eq!(c.preheat.pull_timeout_secs, 3600);
+        let ok = "[preheat]\ncoordinator = \"http://10.0.0.1:7080\"\nlabels = { group = \"a\" }\n\
+                  [swarm]\ninsecure_plaintext = true\n";
+        let c = Config::parse(ok, Path::new("x.toml")).unwrap();
+        assert_eq!(c.preheat.labels["group"], "a");
+        for (bad, needle) in [
+            ("[preheat]\ncoordinator = \"https://t:1\"\n", "swarm.tls"),
+            (
+                "[preheat]\ncoordinator = \"https://t:1\"\n[swarm]\ninsecure_plaintext = true\n",
+                "http://",
+            ),
+            (
+                "[preheat]\ncoordinator = \"http://t:1\"\ncontainerd = \"rel\"\n[swarm]\ninsecure_plaintext = true\n",
+                "absolute",
+            ),
+            (
+                "[preheat]\ncoordinator = \"http://t:1\"\nlabels = { \"a b\" = \"c\" }\n[swarm]\ninsecure_plaintext = true\n",
+                "labels",
+            ),
+        ] {
+            let e = Config::parse(bad, Path::new("x.toml")).unwrap_err();
+            assert!(e.to_string().contains(needle), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -28,4 +28,10 @@ pub enum Error {
     Remote { layer: String, reason: String },
     #[error("internal task failed: {0}")]
     Task(String),
+    /// A request to the preheat coordinator failed.
+    #[error(transparent)]
+    Preheat(#[from] shoal_p2p::preheat::PreheatClientError),
+    /// A preheat command's arguments or files are unusable.
+    #[error("preheat: {0}")]
+    PreheatInput(String),
 }

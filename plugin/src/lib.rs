@@ -10,6 +10,8 @@
 //!   through, and the Prometheus endpoint.
 //! - [`mirror`]: the registry mirror for containerd's hosts.toml (blobs through the swarm,
 //!   after an access check with the registry; everything else passed through).
+//! - [`preheat`]: the preheat worker (registers with shoal-registry-ext, pulls jobs' images
+//!   through CRI) and the `shoald preheat` / `shoald nodes` commands.
 //! - [`snapshot`]: the containerd proxy snapshotter (overlayfs semantics, redb metadata, gRPC).
 //! - [`cri`]: `shoald pull` through CRI; [`sd_notify`]: readiness for systemd; [`report`]:
 //!   figures for the command line.
@@ -20,6 +22,7 @@ pub mod error;
 pub mod image;
 pub mod mirror;
 pub mod node;
+pub mod preheat;
 pub mod remote;
 pub mod report;
 pub mod sd_notify;

@@ -9,6 +9,7 @@ use shoal_p2p::reference::ImageReference;
 use shoal_p2p::registry::{Platform, RegistryClient};
 use shoal_plugin::config::Config;
 use shoal_plugin::image::{unpack_image, LayerReport};
+use shoal_plugin::preheat::cli;
 use shoal_plugin::report::human_bytes;
 
 #[derive(Parser)]
@@ -75,6 +76,71 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         timeout: u64,
     },
+    /// Preheat jobs on shoal-registry-ext's coordinator: warm images onto nodes.
+    Preheat {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        #[command(subcommand)]
+        command: PreheatCommand,
+    },
+    /// The nodes registered with the preheat coordinator (up or down, labels, versions).
+    Nodes {
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+}
+
+/// How to reach the preheat coordinator: the cluster certificate of the config's
+/// [swarm.tls] (its main listener), or a bearer token (its admin listener).
+#[derive(clap::Args)]
+struct ConnectArgs {
+    /// The coordinator's URL; default: the config's [preheat] coordinator.
+    #[arg(long, env = "SHOAL_COORDINATOR", global = true)]
+    coordinator: Option<String>,
+    /// Bearer token for the coordinator's admin listener.
+    #[arg(
+        long,
+        env = "SHOAL_PREHEAT_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    token: Option<String>,
+    /// CA certificate to check the admin listener with; default: [swarm.tls] ca.
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum PreheatCommand {
+    /// Submit a job: --image (repeatable) on the nodes matching every --selector KEY=VALUE
+    /// and named by --node, plus the per-node lists of --per-node-file ("NODE IMAGE..." lines).
+    Submit {
+        #[arg(long = "image")]
+        images: Vec<String>,
+        #[arg(long = "selector", value_name = "KEY=VALUE")]
+        selector: Vec<String>,
+        #[arg(long = "node")]
+        nodes: Vec<String>,
+        #[arg(long)]
+        per_node_file: Option<PathBuf>,
+        /// Follow the job until it finishes (exit status 1 if it failed).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// A job's progress per node and image (exit status 1 if it failed or was cancelled).
+    Status {
+        job: String,
+        /// Follow it until it finishes.
+        #[arg(long)]
+        watch: bool,
+        /// Print the job's log too.
+        #[arg(long)]
+        log: bool,
+    },
+    /// Cancel a job: tasks not started are dropped, running ones stopped.
+    Cancel { job: String },
+    /// Every job, oldest first.
+    Jobs,
 }
 
 #[tokio::main]
@@ -130,6 +196,93 @@ async fn main() -> Result<()> {
             std::time::Duration::from_secs(timeout),
         )
         .await?),
+        Command::Preheat { connect, command } => preheat(&config, connect, command).await,
+        Command::Nodes { connect } => {
+            let client = preheat_client(&config, connect)?;
+            let nodes = client.nodes().await?;
+            print!("{}", cli::render_nodes(&nodes, now_ms()));
+            Ok(())
+        }
+    }
+}
+
+fn preheat_client(config: &Config, c: ConnectArgs) -> Result<shoal_p2p::preheat::PreheatClient> {
+    let connect = cli::Connect {
+        coordinator: c.coordinator,
+        token: c.token,
+        ca: c.ca,
+    };
+    Ok(cli::client(&connect, config)?)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn preheat(config: &Config, connect: ConnectArgs, command: PreheatCommand) -> Result<()> {
+    use shoal_p2p::preheat::proto::JobState;
+    let client = preheat_client(config, connect)?;
+    let every = std::time::Duration::from_millis(500);
+    let finished = |job: &shoal_p2p::preheat::proto::JobStatus| -> Result<()> {
+        match job.state {
+            JobState::Done | JobState::Running => Ok(()),
+            state => anyhow::bail!("job {} {state}", job.id),
+        }
+    };
+    match command {
+        PreheatCommand::Submit {
+            images,
+            selector,
+            nodes,
+            per_node_file,
+            watch,
+        } => {
+            let spec = cli::job_spec(&images, &selector, &nodes, per_node_file.as_deref())?;
+            let job = client.submit(&spec).await?;
+            println!("job {} submitted", job.id);
+            let job = match watch {
+                true => cli::watch(&client, &job.id, every).await?,
+                false => {
+                    print!("{}", cli::render_job(&job));
+                    job
+                }
+            };
+            finished(&job)
+        }
+        PreheatCommand::Status { job, watch, log } => {
+            let job = match watch {
+                true => cli::watch(&client, &job, every).await?,
+                false => {
+                    let job = client.job(&job).await?;
+                    print!("{}", cli::render_job(&job));
+                    job
+                }
+            };
+            if log {
+                print!("log:\n{}", cli::render_log(&job));
+            }
+            finished(&job)
+        }
+        PreheatCommand::Cancel { job } => {
+            let job = client.cancel(&job).await?;
+            print!("{}", cli::render_job(&job));
+            Ok(())
+        }
+        PreheatCommand::Jobs => {
+            for j in client.jobs().await?.jobs {
+                println!(
+                    "{:>6}  {:<9}  {} tasks: {} done, {} failed",
+                    j.id,
+                    j.state.to_string(),
+                    j.tasks,
+                    j.done,
+                    j.failed
+                );
+            }
+            Ok(())
+        }
     }
 }
 

@@ -75,6 +75,7 @@ impl Node {
                 Err(e) => tracing::error!("swarm not started, layers come from the registry: {e}"),
             }
         }
+        let (client_for_preheat, cache_for_preheat) = (client.clone(), cache.clone());
         let blobs: Arc<dyn BlobSource> = match (&swarm, cache) {
             (Some(swarm), _) => Arc::new(swarm.clone()),
             (None, Some(cache)) => Arc::new(CachingSource::new(client, cache)),
@@ -87,6 +88,30 @@ impl Node {
         }
         if let Some(task) = start_metrics(&config.metrics.listen, registry).await {
             tasks.push(task);
+        }
+        if !config.preheat.coordinator.is_empty() {
+            let name = match config.swarm.node_name.as_str() {
+                "" => host_name(),
+                n => Ok(n.to_owned()),
+            };
+            let started = match name {
+                Ok(name) => {
+                    crate::preheat::start(
+                        config,
+                        name,
+                        client_for_preheat,
+                        cache_for_preheat,
+                        swarm.clone(),
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            match started {
+                Ok(Some(task)) => tasks.push(task),
+                Ok(None) => {}
+                Err(e) => tracing::error!("preheat worker not started: {e}"),
+            }
         }
         Self {
             blobs,

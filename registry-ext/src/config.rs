@@ -81,6 +81,20 @@
 //! [hot_cache]
 //! max_bytes = 268435456             # default 256 MiB; 0 disables; else at least chunk_size
 //! max_blob_bytes = 16777216         # default 16 MiB; only chunks of blobs this small or less
+//!
+//! # Preheat coordinator (nodes register and heartbeat; jobs warm images onto node groups).
+//! [preheat]
+//! enabled = false                   # default false
+//! state = "/var/lib/shoal-registry-ext/preheat.redb" # default; absolute: nodes and jobs
+//! heartbeat_interval_ms = 1000      # default 1000; told to nodes
+//! down_after_ms = 5000              # default 5000; a node silent this long is down
+//! concurrency = 0                   # default 0 = no limit: nodes of one group pulling at
+//!                                   # once (all groups are dispatched at the same time)
+//! admin_listen = ""                 # default "" = none; "IP:port" of the admin API for
+//!                                   # bearer tokens (HTTPS with the server certificate, no
+//!                                   # client certificate; plain HTTP with insecure_plaintext)
+//! tokens = []                       # bearer tokens accepted there (at least 16 characters);
+//!                                   # required with admin_listen
 //! ```
 
 use std::net::SocketAddr;
@@ -121,6 +135,8 @@ pub struct Config {
     pub notifications: NotificationsConfig,
     /// The seeder's in-memory hot cache.
     pub hot_cache: HotCacheConfig,
+    /// The preheat coordinator.
+    pub preheat: PreheatConfig,
 }
 
 /// `[notifications]`: the listener the registry's notifications are sent to.
@@ -182,6 +198,43 @@ impl Default for HotCacheConfig {
         Self {
             max_bytes: 256 << 20,
             max_blob_bytes: 16 << 20,
+        }
+    }
+}
+
+/// `[preheat]`: the preheat coordinator (see [`crate::preheat`]).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PreheatConfig {
+    /// Serve the preheat routes. Default false.
+    pub enabled: bool,
+    /// The redb file of nodes and jobs (created). Absolute. Default
+    /// `/var/lib/shoal-registry-ext/preheat.redb`.
+    pub state: PathBuf,
+    /// Heartbeat interval told to nodes (ms). Default 1000, at least 1.
+    pub heartbeat_interval_ms: u64,
+    /// A node not heard from for this long (ms) is down. Default 5000; more than
+    /// `heartbeat_interval_ms`.
+    pub down_after_ms: u64,
+    /// Nodes of one group pulling at once; 0 = no limit. Default 0.
+    pub concurrency: usize,
+    /// `IP:port` of the token-authenticated admin listener; `None` (`""`) = none.
+    #[serde(deserialize_with = "optional_addr")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer tokens accepted on the admin listener.
+    pub tokens: Vec<String>,
+}
+
+impl Default for PreheatConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            state: PathBuf::from("/var/lib/shoal-registry-ext/preheat.redb"),
+            heartbeat_interval_ms: 1000,
+            down_after_ms: 5000,
+            concurrency: 0,
+            admin_listen: None,
+            tokens: Vec::new(),
         }
     }
 }
@@ -325,6 +378,8 @@ struct RawConfig {
     notifications: NotificationsConfig,
     #[serde(default)]
     hot_cache: HotCacheConfig,
+    #[serde(default)]
+    preheat: PreheatConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -502,6 +557,33 @@ impl RawConfig {
                 h.max_bytes, m.chunk_size
             ));
         }
+        let p = &self.preheat;
+        if p.enabled {
+            if !p.state.is_absolute() {
+                return Err(format!("preheat.state {:?} must be absolute", p.state));
+            }
+            if p.heartbeat_interval_ms == 0 || p.down_after_ms <= p.heartbeat_interval_ms {
+                return Err(format!(
+                    "preheat.heartbeat_interval_ms ({}) must be at least 1 and less than \
+                     preheat.down_after_ms ({})",
+                    p.heartbeat_interval_ms, p.down_after_ms
+                ));
+            }
+            if p.admin_listen.is_some() && p.tokens.is_empty() {
+                return Err(
+                    "preheat.admin_listen needs at least one token in preheat.tokens".into(),
+                );
+            }
+            if p.tokens
+                .iter()
+                .any(|t| t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()))
+            {
+                return Err(
+                    "preheat.tokens: every token needs at least 16 characters, no whitespace"
+                        .into(),
+                );
+            }
+        }
         Ok(Config {
             listen: self.listen,
             advertise,
@@ -516,6 +598,7 @@ impl RawConfig {
             torrent,
             notifications: self.notifications,
             hot_cache: self.hot_cache,
+            preheat: self.preheat,
         })
     }
 }
@@ -610,6 +693,7 @@ mod tests {
         assert_eq!(c.notifications, NotificationsConfig::default());
         assert!(!c.notifications.enabled);
         assert_eq!(c.hot_cache, HotCacheConfig::default());
+        assert_eq!(c.preheat, PreheatConfig::default());
         assert_eq!(c.manifests.chunk_size, 4 << 20);
         assert!(c.tls.is_none());
     }
@@ -631,6 +715,7 @@ mod tests {
         assert_eq!(c.tracker, TrackerConfig::default());
         assert_eq!(c.torrent, TorrentConfig::default());
         assert_eq!(c.registry.retries, ClientConfig::default().retries);
+        assert_eq!(c.preheat, PreheatConfig::default());
         assert_eq!(c.hot_cache, HotCacheConfig::default());
         assert_eq!(c.notifications, NotificationsConfig::default());
     }
@@ -723,6 +808,16 @@ mod tests {
                 "announce_interval_ms",
             ),
             ("[tracker]\nmax_peers = 0\n", "max_peers"),
+            ("[preheat]\nenabled = true\nstate = \"rel\"\n", "absolute"),
+            (
+                "[preheat]\nenabled = true\ndown_after_ms = 1000\n",
+                "down_after_ms",
+            ),
+            (
+                "[preheat]\nenabled = true\nadmin_listen = \"127.0.0.1:1\"\n",
+                "token",
+            ),
+            ("[preheat]\nenabled = true\ntokens = [\"short\"]\n", "16"),
             ("[registry]\nretries = 99\n", "[registry]"),
             ("[notifications]\nenabled = true\n", "notifications.token"),
             (
@@ -767,6 +862,17 @@ mod tests {
         assert!(
             !shown.contains("0123456789abcdef"),
             "the token is printed: {shown}"
+        );
+        let c = parse(&format!(
+            "{MINIMAL}[preheat]\nenabled = true\nconcurrency = 2\n\
+             admin_listen = \"127.0.0.1:7081\"\ntokens = [\"0123456789abcdef\"]\n"
+        ))
+        .unwrap();
+        assert!(c.preheat.enabled);
+        assert_eq!(c.preheat.concurrency, 2);
+        assert_eq!(
+            c.preheat.admin_listen,
+            Some("127.0.0.1:7081".parse().unwrap())
         );
     }
 }

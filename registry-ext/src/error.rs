@@ -52,6 +52,18 @@ pub enum Error {
     #[error("bad request: {0}")]
     BadRequest(String),
 
+    /// A request without acceptable credentials (preheat admin listener).
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+
+    /// What a request names does not exist (a preheat job).
+    #[error("not found: {0}")]
+    NotFound(String),
+
+    /// The preheat store (redb) failed.
+    #[error("preheat store {path:?}: {reason}")]
+    Store { path: PathBuf, reason: String },
+
     /// A file-system operation failed.
     #[error("{what} {path:?}: {source}")]
     Io {
@@ -88,6 +100,8 @@ impl Error {
         match self {
             Error::Shared(inner) => inner.status(),
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::WrongRegistry { .. } => StatusCode::NOT_FOUND,
             Error::Registry(e) if e.is_not_found() => StatusCode::NOT_FOUND,
             Error::Registry(RegistryError::InvalidConfig { .. } | RegistryError::Cache { .. }) => {
@@ -99,6 +113,7 @@ impl Error {
             | Error::Tls(_)
             | Error::ChunkManifest(_)
             | Error::Io { .. }
+            | Error::Store { .. }
             | Error::Listen { .. }
             | Error::Torrent { .. }
             | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -11,6 +11,7 @@
 //! - [`notify`]: the push hook, where the registry's notifications arrive: chunk manifests
 //!   made and the seed cache warmed on push.
 //! - [`hot_cache`]: chunks of small, often requested blobs in memory in front of the seeder.
+//! - [`preheat`]: the preheat coordinator (nodes, jobs, dispatch over heartbeats, redb store).
 //! - [`config`]: the TOML configuration; [`metrics`]: Prometheus metrics; [`Error`]: the
 //!   crate's error and its HTTP mapping.
 
@@ -20,6 +21,7 @@ pub mod hot_cache;
 pub mod manifests;
 pub mod metrics;
 pub mod notify;
+pub mod preheat;
 pub mod server;
 #[cfg(feature = "torrent")]
 pub mod torrent;

@@ -118,6 +118,18 @@ async fn serve(path: &std::path::Path) -> Result<()> {
     if let Some(n) = &notify {
         eprintln!("push hook listening on {}", n.local_addr()?);
     }
+    let preheat_admin = match config
+        .preheat
+        .admin_listen
+        .filter(|_| config.preheat.enabled)
+    {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr} (preheat admin)"))?,
+        ),
+        None => None,
+    };
     let api_addr = api.local_addr()?;
     match metrics.as_ref().map(|m| m.local_addr()).transpose()? {
         Some(m) => eprintln!("listening on {api_addr} (metrics on {m})"),
@@ -127,6 +139,7 @@ async fn serve(path: &std::path::Path) -> Result<()> {
         api,
         metrics,
         notify,
+        preheat_admin,
     };
     shoal_registry_ext::serve(config, listeners, stop_signal()?).await?;
     Ok(())

@@ -308,3 +308,57 @@ impl NotifyMetrics {
             .inc();
     }
 }
+
+/// Labels of the preheat metrics: a node's state (`up`, `down`), a job's (`submitted`,
+/// `done`, `failed`, `cancelled`) or a finished task's (`done`, `failed`, `cancelled`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+/// The preheat coordinator's metrics.
+#[derive(Clone, Debug, Default)]
+pub struct PreheatMetrics {
+    /// Registered nodes, by state.
+    pub nodes: Family<StateLabel, Gauge>,
+    /// Heartbeats from known nodes.
+    pub heartbeats: Counter,
+    /// Jobs submitted, and finished by state.
+    pub jobs: Family<StateLabel, Counter>,
+    /// Tasks of finished jobs, by state.
+    pub tasks: Family<StateLabel, Counter>,
+}
+
+impl PreheatMetrics {
+    /// Registers every metric in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "shoal_preheat_nodes",
+            "Registered preheat nodes, by state",
+            self.nodes.clone(),
+        );
+        registry.register(
+            "shoal_preheat_heartbeats",
+            "Heartbeats from registered nodes",
+            self.heartbeats.clone(),
+        );
+        registry.register(
+            "shoal_preheat_jobs",
+            "Preheat jobs submitted, and finished by state",
+            self.jobs.clone(),
+        );
+        registry.register(
+            "shoal_preheat_tasks",
+            "Tasks (node, image) of finished preheat jobs, by state",
+            self.tasks.clone(),
+        );
+    }
+
+    /// Counts `n` in family `f` under `state`.
+    pub(crate) fn count(f: &Family<StateLabel, Counter>, state: &str, n: u64) {
+        f.get_or_create(&StateLabel {
+            state: state.to_owned(),
+        })
+        .inc_by(n);
+    }
+}

@@ -59,6 +59,8 @@ pub struct Listeners {
     pub metrics: Option<TcpListener>,
     /// The push hook's listener (`[notifications] listen`); served only when enabled.
     pub notify: Option<TcpListener>,
+    /// The preheat admin listener (`[preheat] admin_listen`), if any.
+    pub preheat_admin: Option<TcpListener>,
 }
 
 /// Shared state of the API handlers.
@@ -160,11 +162,21 @@ pub async fn serve(
     } else {
         None
     };
-    #[allow(unused_mut)]
     let mut api = api_router(app.clone()).merge(seeder);
     #[cfg(feature = "torrent")]
     if let Some(t) = &torrents {
         api = api.merge(crate::torrent::router(t.clone()));
+    }
+    let preheat = match config.preheat.enabled {
+        true => {
+            let metrics = crate::metrics::PreheatMetrics::default();
+            metrics.register(&mut registry);
+            Some(open_preheat(&config, metrics).await?)
+        }
+        false => None,
+    };
+    if let Some(p) = &preheat {
+        api = api.merge(crate::preheat::node_router(p.clone()));
     }
     let metrics = shoal_p2p::metrics::router(Arc::new(registry));
 
@@ -172,6 +184,7 @@ pub async fn serve(
     let api_addr = local_addr(&listeners.api)?;
     tracing::info!(listen = %api_addr, advertise = %config.advertise,
         scheme = transport.scheme(), registry = %config.registry_host, "serving");
+    let admin_transport = transport.clone();
     let api_server = {
         let shutdown = shutdown.clone();
         async move {
@@ -229,6 +242,45 @@ pub async fn serve(
                 })
         }
     };
+    let admin_server = {
+        let shutdown = shutdown.clone();
+        let transport = admin_transport;
+        let admin = preheat
+            .clone()
+            .map(|p| crate::preheat::admin_router(p, config.preheat.tokens.clone()));
+        async move {
+            let (Some(listener), Some(router)) = (listeners.preheat_admin, admin) else {
+                return Ok(());
+            };
+            let addr = local_addr(&listener)?;
+            tracing::info!(listen = %addr, scheme = transport.scheme(), "preheat admin API (bearer tokens)");
+            transport
+                .serve_without_client_certs(listener, router, shutdown)
+                .await
+                .map_err(|source| Error::Listen {
+                    what: format!("preheat admin listener {addr}"),
+                    source,
+                })
+        }
+    };
+    let down_detection = {
+        let shutdown = shutdown.clone();
+        let every = Duration::from_millis((config.preheat.heartbeat_interval_ms / 2).max(10));
+        async move {
+            let Some(p) = preheat else { return Ok(()) };
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.clone() => return Ok(()),
+                }
+                let result = lock(&p).tick(crate::preheat::now_ms());
+                if let Err(e) = result {
+                    tracing::error!("preheat: {e}");
+                }
+            }
+        }
+    };
     let expiry = expire_periodically(app, Duration::from_millis(config.tracker.peer_ttl_ms / 2));
     let expiry = async move {
         tokio::select! {
@@ -237,9 +289,39 @@ pub async fn serve(
         }
         Ok(())
     };
-    tokio::try_join!(api_server, metrics_server, notify_server, expiry, torrent_task)?;
+    tokio::try_join!(
+        api_server,
+        metrics_server,
+        notify_server,
+        admin_server,
+        down_detection,
+        expiry,
+        torrent_task
+    )?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the preheat store and coordinator.
+async fn open_preheat(
+    config: &Config,
+    metrics: crate::metrics::PreheatMetrics,
+) -> Result<crate::preheat::Shared, Error> {
+    let p = config.preheat.clone();
+    let settings = crate::preheat::Settings {
+        heartbeat_interval_ms: p.heartbeat_interval_ms,
+        down_after_ms: p.down_after_ms,
+        concurrency: p.concurrency,
+    };
+    tokio::task::spawn_blocking(move || {
+        let store = crate::preheat::RedbStore::open(&p.state)?;
+        let c =
+            crate::preheat::Coordinator::open(settings, Box::new(store), crate::preheat::now_ms())?
+                .with_metrics(metrics);
+        Ok(Arc::new(Mutex::new(c)))
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("opening the preheat store: {e}")))?
 }
 
 fn local_addr(listener: &TcpListener) -> Result<SocketAddr, Error> {

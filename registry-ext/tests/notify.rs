@@ -82,6 +82,7 @@ async fn start(dir: &Path, registry: SocketAddr, concurrency: usize, queue: usiz
         api,
         metrics: Some(metrics),
         notify: Some(hook),
+        preheat_admin: None,
     };
     tokio::spawn(serve(config, listeners, std::future::pending()));
     running

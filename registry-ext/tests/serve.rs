@@ -115,6 +115,7 @@ impl Server {
             api,
             metrics: Some(metrics),
             notify: None,
+            preheat_admin: None,
         };
         let task = tokio::spawn(serve(config, listeners, async move {
             let _ = stopped.await;

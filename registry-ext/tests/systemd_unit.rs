@@ -37,13 +37,18 @@ fn unit_serves_with_the_config_and_may_write_the_default_dirs() {
             "/etc/shoal/registry-ext.toml"
         ]
     );
-    // The example's data dirs are the defaults (torrent.dir too, used with the `torrent`
-    // feature); all must be writable under ProtectSystem.
+    // The example's data dirs (torrent.dir too, used with the `torrent` feature, and the
+    // preheat state file) are the defaults; all must be writable under ProtectSystem.
     let example = std::fs::read_to_string(repo_file("registry-ext.toml.example")).unwrap();
     let config = shoal_registry_ext::config::Config::parse(&example, Path::new("example"))
         .expect("the example parses");
     let writable = unit_value("ReadWritePaths");
-    for dir in [&config.manifests.dir, &config.seed.dir, &config.torrent.dir] {
+    for dir in [
+        &config.manifests.dir,
+        &config.seed.dir,
+        &config.torrent.dir,
+        &config.preheat.state,
+    ] {
         assert!(
             writable.split_whitespace().any(|p| dir.starts_with(p)),
             "{dir:?} is not in ReadWritePaths {writable:?}"

@@ -129,6 +129,7 @@ async fn start(dir: &Path, registry: &str, tls: &TlsFiles, max_bytes: u64) -> Se
         api,
         metrics: Some(metrics),
         notify: None,
+        preheat_admin: None,
     };
     let task = tokio::spawn(serve(config, listeners, async move {
         let _ = stopped.await;

@@ -59,6 +59,10 @@ pub(crate) struct NodeSetup<'a> {
     pub tracker: Option<String>,
     pub unpack_concurrency: usize,
     pub extra_shoald_config: &'a str,
+    /// Appended to this node's shoald config.
+    pub node_config: String,
+    /// Where to link containerd's socket once it runs.
+    pub containerd_link: Option<PathBuf>,
 }
 
 /// A running node; everything (processes, namespace, link) goes on drop.
@@ -118,6 +122,7 @@ impl Node {
             config.push_str(&format!("[metrics]\nlisten = \"{ip}:{METRICS_PORT}\"\n"));
         }
         config.push_str(setup.extra_shoald_config);
+        config.push_str(&setup.node_config);
         let snapshotter = if setup.mode.containerd_unpacks() {
             "overlayfs"
         } else {
@@ -153,6 +158,14 @@ impl Node {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
+        }
+        if let Some(link) = &setup.containerd_link {
+            if let Some(dir) = link.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let _ = std::fs::remove_file(link);
+            std::os::unix::fs::symlink(cri.containerd().address(), link)
+                .with_context(|| format!("linking containerd's socket at {link:?}"))?;
         }
         Ok(Self {
             cri,

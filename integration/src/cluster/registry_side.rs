@@ -17,6 +17,8 @@ use crate::pki::TlsPaths;
 pub const REGISTRY_EXT_PORT: u16 = 7080;
 /// Port of its Prometheus metrics.
 pub const REGISTRY_EXT_METRICS_PORT: u16 = 9465;
+/// Port of its preheat admin listener (bearer token), when preheat is on.
+pub const PREHEAT_ADMIN_PORT: u16 = 7082;
 
 /// A binary of this workspace: `$env_var`, or `name` in the target directory of the running
 /// executable (`target/PROFILE/deps/TEST` -> `target/PROFILE/NAME`), as
@@ -67,6 +69,7 @@ impl RegistryExt {
         registry_host: &str,
         tls: &TlsPaths,
         chunk_size: u64,
+        preheat_token: Option<&str>,
         dir: &Path,
     ) -> Result<Self> {
         fs::create_dir_all(dir)?;
@@ -84,6 +87,15 @@ impl RegistryExt {
             manifests = dir.join("manifests").display().to_string(),
             seed = dir.join("seed").display().to_string(),
         );
+        let config = match preheat_token {
+            None => config,
+            Some(token) => format!(
+                "{config}[preheat]\nenabled = true\nstate = {state:?}\n\
+                 heartbeat_interval_ms = 500\ndown_after_ms = 3000\n\
+                 admin_listen = \"{ip}:{PREHEAT_ADMIN_PORT}\"\ntokens = [{token:?}]\n",
+                state = dir.join("preheat/preheat.redb").display().to_string(),
+            ),
+        };
         fs::write(dir.join("registry-ext.toml"), config)?;
         let mut me = Self {
             netns: netns.to_string(),

@@ -1,0 +1,278 @@
+//! shoald's preheat worker (Hound's worker; coordinator in shoal-registry-ext, protocol in
+//! [`shoal_p2p::preheat::proto`]), and the `shoald preheat` / `shoald nodes` commands
+//! ([`cli`]).
+//!
+//! - Started by [`crate::node::Node::start`] when `[preheat] coordinator` is set. It
+//!   registers (name, labels, kernel, containerd and shoal versions), then heartbeats at the
+//!   interval the coordinator gives. The node needs no listener: the heartbeat reply lists
+//!   the tasks to run; a running task that is no longer listed is stopped (cancelled, or
+//!   failed by the coordinator), a finished one no longer listed was recorded and is
+//!   forgotten.
+//! - A task is CRI `PullImage` on the configured containerd socket, as kubelet pulls, so
+//!   the image goes through shoal's snapshotter and the swarm. All of a node's tasks run at
+//!   once; layers shared between images are fetched once (the swarm and the snapshotter
+//!   share downloads by digest).
+//! - Progress, "bytes done" of an image: the bytes of its layers (from its manifest,
+//!   resolved through the node's registry client) present on the node: a blob in the blob
+//!   cache counts whole, a blob the swarm is fetching counts its verified chunks, and a blob
+//!   containerd downloads itself (fallback) counts its ingest offset. Shared layers count for
+//!   every image that has them.
+//! - Stopping a task drops its `PullImage` call: containerd 1.6 then cancels that request's
+//!   downloads; layers shoal's snapshotter already started are finished into its store.
+
+pub mod cli;
+mod real;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use shoal_p2p::preheat::proto::{
+    Heartbeat, HeartbeatReply, NodeInfo, Registered, TaskProgress, TaskRef, TaskState,
+};
+use shoal_p2p::preheat::{PreheatClient, PreheatClientError};
+use shoal_p2p::Digest;
+use tokio::task::JoinHandle;
+
+pub use real::{start, CriPuller, NodeBlobs};
+
+/// The coordinator, as the worker uses it ([`PreheatClient`] is the real one).
+pub trait Coordinator: Send + Sync {
+    fn register(&self, info: NodeInfo) -> BoxFuture<'_, Result<Registered, String>>;
+    fn heartbeat(&self, hb: Heartbeat) -> BoxFuture<'_, Result<HeartbeatReply, String>>;
+}
+
+impl Coordinator for PreheatClient {
+    fn register(&self, info: NodeInfo) -> BoxFuture<'_, Result<Registered, String>> {
+        Box::pin(async move {
+            PreheatClient::register(self, &info)
+                .await
+                .map_err(|e: PreheatClientError| e.to_string())
+        })
+    }
+
+    fn heartbeat(&self, hb: Heartbeat) -> BoxFuture<'_, Result<HeartbeatReply, String>> {
+        Box::pin(async move {
+            PreheatClient::heartbeat(self, &hb)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// Bytes of a blob containerd is downloading itself, by digest, as a pull reports them.
+pub type Ingests = Arc<Mutex<HashMap<String, u64>>>;
+
+/// How images are pulled ([`CriPuller`]: CRI `PullImage`).
+pub trait Puller: Send + Sync {
+    /// Pulls `image`; keeps `ingests` up to date while it runs.
+    fn pull(&self, image: String, ingests: Ingests) -> BoxFuture<'static, Result<(), String>>;
+    /// The runtime's version (`None` while it does not answer).
+    fn version(&self) -> BoxFuture<'static, Option<String>>;
+}
+
+/// Which blobs of an image are on the node ([`NodeBlobs`]).
+pub trait LocalBlobs: Send + Sync {
+    /// The layers (digest, size) of `image`.
+    fn layers(&self, image: String) -> BoxFuture<'static, Result<Vec<(Digest, u64)>, String>>;
+    /// Bytes of each of `layers` held on the node (at most its size).
+    fn held(&self, layers: &[(Digest, u64)]) -> Vec<u64>;
+}
+
+/// One task as the worker runs it.
+struct Task {
+    handle: JoinHandle<()>,
+    shared: Arc<Mutex<TaskLocal>>,
+    ingests: Ingests,
+}
+
+#[derive(Default)]
+struct TaskLocal {
+    state: Option<Result<(), String>>,
+    layers: Vec<(Digest, u64)>,
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// The worker's state between heartbeats.
+pub struct Worker {
+    info: NodeInfo,
+    coordinator: Arc<dyn Coordinator>,
+    puller: Arc<dyn Puller>,
+    blobs: Arc<dyn LocalBlobs>,
+    registered: bool,
+    interval: Duration,
+    tasks: BTreeMap<TaskRef, Task>,
+}
+
+impl Worker {
+    /// A worker for the node `info` (its `containerd` version is asked for until known).
+    pub fn new(
+        info: NodeInfo,
+        coordinator: Arc<dyn Coordinator>,
+        puller: Arc<dyn Puller>,
+        blobs: Arc<dyn LocalBlobs>,
+    ) -> Self {
+        Self {
+            info,
+            coordinator,
+            puller,
+            blobs,
+            registered: false,
+            interval: Duration::from_secs(1),
+            tasks: BTreeMap::new(),
+        }
+    }
+
+    /// Runs rounds forever (until the future is dropped, which stops every task).
+    pub async fn run(mut self) {
+        let mut failing = false;
+        loop {
+            match self.round().await {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!("preheat coordinator reachable again");
+                    }
+                    failing = false;
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!("preheat coordinator: {e}");
+                    }
+                    failing = true;
+                }
+            }
+            tokio::time::sleep(self.interval).await;
+        }
+    }
+
+    /// The tasks running or not yet acknowledged.
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// One round: (re-)register when needed, heartbeat, start and stop tasks.
+    pub async fn round(&mut self) -> Result<(), String> {
+        if self.info.containerd.is_empty() {
+            if let Some(v) = self.puller.version().await {
+                self.info.containerd = v;
+                self.registered = false;
+            }
+        }
+        if !self.registered {
+            let r = self.coordinator.register(self.info.clone()).await?;
+            self.interval = Duration::from_millis(r.heartbeat_interval_ms.max(1));
+            self.registered = true;
+            tracing::info!(node = %self.info.name, "registered with the preheat coordinator");
+        }
+        let hb = Heartbeat {
+            node: self.info.name.clone(),
+            tasks: self.progress(),
+        };
+        let reply = self.coordinator.heartbeat(hb).await?;
+        self.interval = Duration::from_millis(reply.heartbeat_interval_ms.max(1));
+        if !reply.registered {
+            self.registered = false;
+            return Ok(());
+        }
+        let wanted: std::collections::BTreeSet<&TaskRef> = reply.tasks.iter().collect();
+        self.tasks.retain(|k, t| {
+            let keep = wanted.contains(k);
+            if !keep && lock(&t.shared).state.is_none() {
+                tracing::info!(job = %k.job, image = %k.image, "preheat task stopped");
+            }
+            keep
+        });
+        for t in &reply.tasks {
+            if !self.tasks.contains_key(t) {
+                tracing::info!(job = %t.job, image = %t.image, "preheat task started");
+                let task = self.start(t.image.clone());
+                self.tasks.insert(t.clone(), task);
+            }
+        }
+        Ok(())
+    }
+
+    fn start(&self, image: String) -> Task {
+        let shared = Arc::new(Mutex::new(TaskLocal::default()));
+        let ingests = Ingests::default();
+        let (puller, blobs) = (self.puller.clone(), self.blobs.clone());
+        let handle = tokio::spawn({
+            let (shared, ingests) = (shared.clone(), ingests.clone());
+            async move {
+                // Layer sizes are for progress only: the pull goes on without them.
+                match blobs.layers(image.clone()).await {
+                    Ok(layers) => lock(&shared).layers = layers,
+                    Err(e) => tracing::debug!(%image, "layers for progress: {e}"),
+                }
+                let result = puller.pull(image.clone(), ingests).await;
+                if let Err(e) = &result {
+                    tracing::warn!(%image, "preheat pull failed: {e}");
+                }
+                lock(&shared).state = Some(result);
+            }
+        });
+        Task {
+            handle,
+            shared,
+            ingests,
+        }
+    }
+
+    /// What is reported in the heartbeat.
+    fn progress(&self) -> Vec<TaskProgress> {
+        self.tasks
+            .iter()
+            .map(|(k, t)| {
+                let local = lock(&t.shared);
+                let held = self.blobs.held(&local.layers);
+                let ingests = lock(&t.ingests);
+                let bytes_done = local
+                    .layers
+                    .iter()
+                    .zip(held)
+                    .map(|((d, size), h)| {
+                        let ingest = ingests.get(&d.to_string()).copied().unwrap_or(0);
+                        h.max(ingest).min(*size)
+                    })
+                    .sum();
+                let bytes_total = local.layers.iter().map(|(_, s)| s).sum();
+                let (state, error) = match &local.state {
+                    None => (TaskState::Pulling, None),
+                    Some(Ok(())) => (TaskState::Done, None),
+                    Some(Err(e)) => (TaskState::Failed, Some(e.clone())),
+                };
+                TaskProgress {
+                    job: k.job.clone(),
+                    image: k.image.clone(),
+                    state,
+                    bytes_done: if state == TaskState::Done {
+                        bytes_total
+                    } else {
+                        bytes_done
+                    },
+                    bytes_total,
+                    error,
+                }
+            })
+            .collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// This host's kernel release (`uname -r`), or "" when unreadable.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,152 @@
+//! The preheat routes ([`shoal_p2p::preheat::proto`]) and how they are authenticated:
+//!
+//! - [`node_router`], on the main listener: mutual TLS against the cluster CA has already
+//!   authenticated the client (a node, or an operator with a cluster certificate), so every
+//!   route is open to it — registration, heartbeats and the admin routes. Any holder of a
+//!   cluster certificate may register under any node name: the cluster CA is the authority,
+//!   as for the swarm (certificates are not tied to node names).
+//! - [`admin_router`], on `[preheat] admin_listen`: the admin routes only (nodes, jobs,
+//!   cancel), each request needing `Authorization: Bearer TOKEN` with a token from
+//!   `[preheat] tokens`; anything else gets 401.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use shoal_p2p::preheat::proto::{
+    Heartbeat, HeartbeatReply, JobList, JobSpec, JobStatus, NodeInfo, NodeList, Registered,
+};
+
+use super::{now_ms, Coordinator};
+use crate::Error;
+
+/// Largest request body accepted (a heartbeat of many tasks, a job of many targets).
+const MAX_BODY: usize = 8 << 20;
+
+/// The coordinator, shared by the handlers.
+pub type Shared = Arc<Mutex<Coordinator>>;
+
+fn lock(c: &Shared) -> MutexGuard<'_, Coordinator> {
+    c.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn body<T>(b: Result<Json<T>, JsonRejection>, what: &str) -> Result<T, Error> {
+    b.map(|Json(v)| v)
+        .map_err(|e| Error::BadRequest(format!("{what}: {}", e.body_text())))
+}
+
+/// Every route, for the mutual-TLS listener.
+pub fn node_router(c: Shared) -> Router {
+    Router::new()
+        .route("/v1/preheat/register", post(register))
+        .route("/v1/preheat/heartbeat", post(heartbeat))
+        .merge(admin_routes())
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(c)
+}
+
+/// The admin routes behind a bearer token, for the admin listener.
+pub fn admin_router(c: Shared, tokens: Vec<String>) -> Router {
+    admin_routes()
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::new(tokens),
+            require_token,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(c)
+}
+
+fn admin_routes() -> Router<Shared> {
+    Router::new()
+        .route("/v1/preheat/nodes", get(nodes))
+        .route("/v1/preheat/jobs", post(submit).get(jobs))
+        .route("/v1/preheat/jobs/{id}", get(job))
+        .route("/v1/preheat/jobs/{id}/cancel", post(cancel))
+}
+
+async fn require_token(
+    State(tokens): State<Arc<Vec<String>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(t) if tokens.iter().any(|k| same(k.as_bytes(), t.as_bytes())) => {
+            next.run(request).await
+        }
+        Some(_) => Error::Unauthorized("the bearer token is not accepted".into()).into_response(),
+        None => {
+            Error::Unauthorized("Authorization: Bearer TOKEN is required".into()).into_response()
+        }
+    }
+}
+
+/// Compares without stopping at the first difference.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn register(
+    State(c): State<Shared>,
+    b: Result<Json<NodeInfo>, JsonRejection>,
+) -> Result<Json<Registered>, Error> {
+    let info = body(b, "registration")?;
+    Ok(Json(lock(&c).register(info, now_ms())?))
+}
+
+async fn heartbeat(
+    State(c): State<Shared>,
+    b: Result<Json<Heartbeat>, JsonRejection>,
+) -> Result<Json<HeartbeatReply>, Error> {
+    let hb = body(b, "heartbeat")?;
+    Ok(Json(lock(&c).heartbeat(hb, now_ms())?))
+}
+
+async fn nodes(State(c): State<Shared>) -> Json<NodeList> {
+    Json(lock(&c).nodes())
+}
+
+async fn submit(
+    State(c): State<Shared>,
+    b: Result<Json<JobSpec>, JsonRejection>,
+) -> Result<(StatusCode, Json<JobStatus>), Error> {
+    let spec = body(b, "job")?;
+    Ok((StatusCode::CREATED, Json(lock(&c).submit(spec, now_ms())?)))
+}
+
+async fn jobs(State(c): State<Shared>) -> Json<JobList> {
+    Json(lock(&c).jobs())
+}
+
+async fn job(State(c): State<Shared>, Path(id): Path<String>) -> Result<Json<JobStatus>, Error> {
+    lock(&c)
+        .job(&id)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| Error::NotFound(format!("preheat job {id:?}")))
+}
+
+async fn cancel(State(c): State<Shared>, Path(id): Path<String>) -> Result<Json<JobStatus>, Error> {
+    Ok(Json(lock(&c).cancel(&id, now_ms())?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abc", b"abd"));
+        assert!(!same(b"abc", b"abcd"));
+    }
+}

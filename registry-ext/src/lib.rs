@@ -15,6 +15,7 @@
 //! - [`config`]: the TOML configuration; [`metrics`]: Prometheus metrics; [`Error`]: the
 //!   crate's error and its HTTP mapping.
 
+pub mod bearer;
 pub mod config;
 mod error;
 pub mod hot_cache;

@@ -167,24 +167,10 @@ impl Hook {
             .with_state(self.clone())
     }
 
-    /// Whether `headers` carry the token (compared in constant time).
+    /// Whether `headers` carry the token ([`crate::bearer::check`]).
     fn authorised(&self, headers: &HeaderMap) -> bool {
-        let Some(value) = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-        else {
-            return false;
-        };
-        let Some(given) = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-        else {
-            return false;
-        };
-        let (a, b) = (given.trim().as_bytes(), self.token.as_bytes());
-        !b.is_empty()
-            && a.len() == b.len()
-            && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        crate::bearer::check(headers, std::slice::from_ref(&self.token))
+            == crate::bearer::Presented::Accepted
     }
 
     /// Queues `job`, or drops it when the queue is full.

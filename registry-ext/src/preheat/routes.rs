@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,6 +23,7 @@ use shoal_p2p::preheat::proto::{
 };
 
 use super::{now_ms, Coordinator};
+use crate::bearer::Presented;
 use crate::Error;
 
 /// Largest request body accepted (a heartbeat of many tasks, a job of many targets).
@@ -74,25 +75,15 @@ async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(t) if tokens.iter().any(|k| same(k.as_bytes(), t.as_bytes())) => {
-            next.run(request).await
+    match crate::bearer::check(request.headers(), &tokens) {
+        Presented::Accepted => next.run(request).await,
+        Presented::Wrong => {
+            Error::Unauthorized("the bearer token is not accepted".into()).into_response()
         }
-        Some(_) => Error::Unauthorized("the bearer token is not accepted".into()).into_response(),
-        None => {
+        Presented::Missing => {
             Error::Unauthorized("Authorization: Bearer TOKEN is required".into()).into_response()
         }
     }
-}
-
-/// Compares without stopping at the first difference.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn register(
@@ -137,16 +128,4 @@ async fn job(State(c): State<Shared>, Path(id): Path<String>) -> Result<Json<Job
 
 async fn cancel(State(c): State<Shared>, Path(id): Path<String>) -> Result<Json<JobStatus>, Error> {
     Ok(Json(lock(&c).cancel(&id, now_ms())?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_comparison() {
-        assert!(same(b"abc", b"abc"));
-        assert!(!same(b"abc", b"abd"));
-        assert!(!same(b"abc", b"abcd"));
-    }
 }

@@ -3,8 +3,9 @@
 //!
 //! - [`HotProvider`] wraps any [`ChunkProvider`] (the seed cache): a range the inner provider
 //!   serves from a file of at most `max_blob_bytes` bytes (a "small" blob; the seed cache's
-//!   files are whole blobs) is read once into memory and kept, up to `max_bytes` in total;
-//!   anything else passes through untouched. Chunks are immutable (content-addressed, served
+//!   files are whole blobs) is read once into memory and kept, up to `max_bytes` in total,
+//!   when the policy admits it (a miss it would not keep is served from the file, costing
+//!   what it costs without the cache); anything else passes through untouched. Chunks are immutable (content-addressed, served
 //!   only from verified blobs), so nothing is ever invalidated.
 //! - [`Policy`], the eviction policy: **LFU with aging and frequency-based admission** (a
 //!   small cousin of TinyLFU). Every request bumps a frequency counter kept for resident and
@@ -120,16 +121,20 @@ impl Policy {
         found
     }
 
-    /// Offers `data` for `key` after a miss ([`Policy::get`] counted the request). Admitted if
-    /// it fits once chunks asked for no more often than it are pushed out; returns whether it
-    /// was, and counts pushed-out chunks in `evicted`.
-    pub fn insert(&mut self, key: ChunkKey, data: Bytes, evicted: &mut u64) -> bool {
-        let len = data.len() as u64;
-        if len > self.max_bytes || self.resident.contains_key(&key) {
-            return false;
+    /// Whether a chunk of `len` bytes for `key` would be admitted now ([`Policy::insert`]
+    /// decides the same way), so a miss is read into memory only when it will be kept.
+    pub fn admits(&self, key: &ChunkKey, len: u64) -> bool {
+        self.victims(key, len).is_some()
+    }
+
+    /// The chunks `key` (of `len` bytes) would push out, least often requested first; `None`
+    /// when it is not admitted (too large, already held, or only chunks asked for more often
+    /// than it could make room). Removes nothing, so a refused admission changes nothing.
+    fn victims(&self, key: &ChunkKey, len: u64) -> Option<Vec<ChunkKey>> {
+        if len > self.max_bytes || self.resident.contains_key(key) {
+            return None;
         }
-        let f = self.freq.get(&key).copied().unwrap_or(0);
-        // Victims first, without removing any, so a refused admission changes nothing.
+        let f = self.freq.get(key).copied().unwrap_or(0);
         let mut room = self.max_bytes - self.bytes;
         let mut victims = Vec::new();
         for (vf, _, vk) in &self.order {
@@ -137,14 +142,23 @@ impl Policy {
                 break;
             }
             if *vf > f {
-                return false;
+                return None;
             }
             room += self.resident[vk].data.len() as u64;
             victims.push(vk.clone());
         }
-        if room < len {
+        (room >= len).then_some(victims)
+    }
+
+    /// Offers `data` for `key` after a miss ([`Policy::get`] counted the request). Admitted if
+    /// it fits once chunks asked for no more often than it are pushed out; returns whether it
+    /// was, and counts pushed-out chunks in `evicted`.
+    pub fn insert(&mut self, key: ChunkKey, data: Bytes, evicted: &mut u64) -> bool {
+        let len = data.len() as u64;
+        let Some(victims) = self.victims(&key, len) else {
             return false;
-        }
+        };
+        let f = self.freq.get(&key).copied().unwrap_or(0);
         for v in victims {
             self.remove(&v);
             *evicted += 1;
@@ -270,6 +284,15 @@ impl ChunkProvider for HotProvider {
             return Some(Held::File { file, offset, len });
         }
         self.metrics.misses.inc();
+        let admitted = {
+            let mut policy = self.policy();
+            policy.get(&key);
+            policy.admits(&key, len)
+        };
+        if !admitted {
+            // Not kept: served from the file, as without the cache.
+            return Some(Held::File { file, offset, len });
+        }
         let mut buf = vec![0u8; len as usize];
         if file.read_exact_at(&mut buf, offset).is_err() {
             // The server reads the file itself and reports what goes wrong.
@@ -277,7 +300,6 @@ impl ChunkProvider for HotProvider {
         }
         let data = Bytes::from(buf);
         let mut policy = self.policy();
-        policy.get(&key);
         let mut evicted = 0;
         policy.insert(key, data.clone(), &mut evicted);
         self.metrics.evictions.inc_by(evicted);
@@ -363,6 +385,28 @@ mod tests {
         assert!(hot.open(&dl, 3001..3001).is_none());
         assert_eq!((metrics.hits.get(), metrics.misses.get()), (1, 1));
         assert_eq!(metrics.entries.get(), 1);
+    }
+
+    #[test]
+    fn a_miss_that_would_not_be_kept_is_served_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, small, _) = seed(dir.path());
+        let metrics = HotCacheMetrics::default();
+        // Room for one 100-byte chunk.
+        let hot = HotProvider::new(Arc::new(cache), 100, 1000, metrics.clone());
+        let ds = Digest::of(&small);
+        for _ in 0..3 {
+            assert_eq!(bytes_of(hot.open(&ds, 0..100).unwrap()), &small[..100]);
+        }
+        assert_eq!((metrics.hits.get(), metrics.misses.get()), (2, 1));
+        // Asked for once, another chunk would push out one asked for three times: not kept,
+        // so not read into memory either.
+        let once = hot.open(&ds, 100..200).unwrap();
+        assert!(matches!(once, Held::File { .. }));
+        assert_eq!(bytes_of(once), &small[100..200]);
+        assert_eq!(metrics.misses.get(), 2);
+        assert_eq!((metrics.entries.get(), metrics.evictions.get()), (1, 0));
+        assert!(matches!(hot.open(&ds, 0..100).unwrap(), Held::Bytes(_)));
     }
 
     #[test]

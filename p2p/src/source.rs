@@ -46,66 +46,49 @@ impl fmt::Debug for Credentials {
 /// (the unpacker does), and a source that keeps bytes ([`crate::cache::CachingSource`])
 /// checks it before keeping them.
 pub trait BlobSource: Send + Sync {
-    /// The bytes of blob `digest` of `image`'s repository, as they arrive.
-    fn fetch<'a>(
-        &'a self,
-        image: &'a ImageReference,
-        digest: &'a Digest,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>>;
-
-    /// The bytes `range` of blob `digest` (HTTP Range from a registry), as they arrive; a
-    /// stream that ends short of the range ends with an error.
-    fn fetch_range<'a>(
-        &'a self,
-        image: &'a ImageReference,
-        digest: &'a Digest,
-        range: Range<u64>,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>>;
-
-    /// [`Self::fetch`] on behalf of a client whose `credentials` (when given) the registry
-    /// accepted for this blob: registry requests for it use them. The default ignores them
-    /// (for sources that never reach a registry).
+    /// The bytes of blob `digest` of `image`'s repository, as they arrive, fetched on behalf
+    /// of a client whose `credentials` (when given) the registry accepted for this blob:
+    /// registry requests for it use them instead of the node's. Sources that never reach a
+    /// registry ignore them.
     fn fetch_as<'a>(
         &'a self,
         image: &'a ImageReference,
         digest: &'a Digest,
         credentials: Option<&'a Credentials>,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
-        let _ = credentials;
-        self.fetch(image, digest)
-    }
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>>;
 
-    /// [`Self::fetch_range`] with a client's `credentials` (see [`Self::fetch_as`]).
+    /// The bytes `range` of blob `digest` (HTTP Range from a registry), as they arrive, with
+    /// a client's `credentials` (see [`Self::fetch_as`]); a stream that ends short of the
+    /// range ends with an error.
     fn fetch_range_as<'a>(
         &'a self,
         image: &'a ImageReference,
         digest: &'a Digest,
         range: Range<u64>,
         credentials: Option<&'a Credentials>,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
-        let _ = credentials;
-        self.fetch_range(image, digest, range)
-    }
-}
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>>;
 
-impl BlobSource for RegistryClient {
+    /// [`Self::fetch_as`] with the node's own credentials.
     fn fetch<'a>(
         &'a self,
         image: &'a ImageReference,
         digest: &'a Digest,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
-        Box::pin(self.blob(image, digest, None))
+        self.fetch_as(image, digest, None)
     }
 
+    /// [`Self::fetch_range_as`] with the node's own credentials.
     fn fetch_range<'a>(
         &'a self,
         image: &'a ImageReference,
         digest: &'a Digest,
         range: Range<u64>,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
-        Box::pin(self.blob(image, digest, Some(range)))
+        self.fetch_range_as(image, digest, range, None)
     }
+}
 
+impl BlobSource for RegistryClient {
     fn fetch_as<'a>(
         &'a self,
         image: &'a ImageReference,
@@ -127,23 +110,6 @@ impl BlobSource for RegistryClient {
 }
 
 impl<T: BlobSource + ?Sized> BlobSource for std::sync::Arc<T> {
-    fn fetch<'a>(
-        &'a self,
-        image: &'a ImageReference,
-        digest: &'a Digest,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
-        (**self).fetch(image, digest)
-    }
-
-    fn fetch_range<'a>(
-        &'a self,
-        image: &'a ImageReference,
-        digest: &'a Digest,
-        range: Range<u64>,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
-        (**self).fetch_range(image, digest, range)
-    }
-
     fn fetch_as<'a>(
         &'a self,
         image: &'a ImageReference,
@@ -180,7 +146,7 @@ pub struct RecordingSource {
     blobs: Mutex<HashMap<Digest, Served>>,
     calls: Mutex<Vec<(ImageReference, Digest)>>,
     ranges: Mutex<Vec<(Digest, Range<u64>)>>,
-    /// The credentials of every `*_as` call, in order.
+    /// The credentials of every fetch, in order (`None`: the node's own).
     credentials: Mutex<Vec<Option<Credentials>>>,
 }
 
@@ -218,7 +184,8 @@ impl RecordingSource {
         self.ranges.lock().expect("lock").clone()
     }
 
-    /// The credentials passed to every `fetch_as` / `fetch_range_as` so far, in order.
+    /// The credentials of every fetch and range fetch so far, in order (`None`: the node's
+    /// own).
     pub fn credentials_seen(&self) -> Vec<Option<Credentials>> {
         self.credentials.lock().expect("lock").clone()
     }
@@ -249,11 +216,14 @@ fn chunked(data: &[u8]) -> Vec<Result<Bytes, RegistryError>> {
 }
 
 impl BlobSource for RecordingSource {
-    fn fetch<'a>(
+    fn fetch_as<'a>(
         &'a self,
         image: &'a ImageReference,
         digest: &'a Digest,
+        credentials: Option<&'a Credentials>,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        let seen = &self.credentials;
+        seen.lock().expect("lock").push(credentials.cloned());
         let calls = &self.calls;
         calls
             .lock()
@@ -290,12 +260,15 @@ impl BlobSource for RecordingSource {
         })
     }
 
-    fn fetch_range<'a>(
+    fn fetch_range_as<'a>(
         &'a self,
         image: &'a ImageReference,
         digest: &'a Digest,
         range: Range<u64>,
+        credentials: Option<&'a Credentials>,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        let seen = &self.credentials;
+        seen.lock().expect("lock").push(credentials.cloned());
         self.ranges
             .lock()
             .expect("lock")
@@ -320,29 +293,6 @@ impl BlobSource for RecordingSource {
             }
             Ok(Box::pin(stream::iter(chunked(&data[start..end]))) as BlobStream)
         })
-    }
-
-    fn fetch_as<'a>(
-        &'a self,
-        image: &'a ImageReference,
-        digest: &'a Digest,
-        credentials: Option<&'a Credentials>,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
-        let seen = &self.credentials;
-        seen.lock().expect("lock").push(credentials.cloned());
-        self.fetch(image, digest)
-    }
-
-    fn fetch_range_as<'a>(
-        &'a self,
-        image: &'a ImageReference,
-        digest: &'a Digest,
-        range: Range<u64>,
-        credentials: Option<&'a Credentials>,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
-        let seen = &self.credentials;
-        seen.lock().expect("lock").push(credentials.cloned());
-        self.fetch_range(image, digest, range)
     }
 }
 

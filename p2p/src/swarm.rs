@@ -380,14 +380,6 @@ impl Swarm {
 }
 
 impl BlobSource for Swarm {
-    fn fetch<'a>(
-        &'a self,
-        image: &'a ImageReference,
-        digest: &'a Digest,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
-        self.fetch_as(image, digest, None)
-    }
-
     fn fetch_as<'a>(
         &'a self,
         image: &'a ImageReference,
@@ -407,15 +399,6 @@ impl BlobSource for Swarm {
                 }
             }
         })
-    }
-
-    fn fetch_range<'a>(
-        &'a self,
-        image: &'a ImageReference,
-        digest: &'a Digest,
-        range: Range<u64>,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
-        self.inner.registry.fetch_range(image, digest, range)
     }
 
     fn fetch_range_as<'a>(

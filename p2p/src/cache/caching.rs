@@ -107,14 +107,6 @@ impl<S> CachingSource<S> {
 }
 
 impl<S: BlobSource> BlobSource for CachingSource<S> {
-    fn fetch<'a>(
-        &'a self,
-        image: &'a ImageReference,
-        digest: &'a Digest,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
-        self.fetch_as(image, digest, None)
-    }
-
     /// A cached blob is served without the registry; otherwise `credentials` go to `inner`.
     fn fetch_as<'a>(
         &'a self,
@@ -138,15 +130,6 @@ impl<S: BlobSource> BlobSource for CachingSource<S> {
     }
 
     /// Ranges are passed to `inner` (a part of a blob is never cached).
-    fn fetch_range<'a>(
-        &'a self,
-        image: &'a ImageReference,
-        digest: &'a Digest,
-        range: std::ops::Range<u64>,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
-        self.inner.fetch_range(image, digest, range)
-    }
-
     fn fetch_range_as<'a>(
         &'a self,
         image: &'a ImageReference,

@@ -21,8 +21,8 @@
 mod client;
 mod limit;
 mod server;
-#[cfg(test)]
-pub(crate) mod test_pki;
+#[cfg(any(test, feature = "test-pki"))]
+pub mod test_pki;
 #[cfg(test)]
 mod tests;
 

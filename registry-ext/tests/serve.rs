@@ -11,6 +11,7 @@ use axum::http::{StatusCode, Uri};
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use shoal_p2p::chunk::{ChunkManifest, ChunkManifestBuilder};
+use shoal_p2p::peer::test_pki::TestCa;
 use shoal_p2p::peer::{PeerClient, PeerFetcher};
 use shoal_p2p::tls::{TlsFiles, Transport};
 use shoal_p2p::tracker::proto::{
@@ -508,43 +509,13 @@ async fn the_seeder_is_listed_and_serves_chunks_and_metrics_count() {
     server.stop().await;
 }
 
-/// A test CA and certificates for the server and a node, as PEM files in `dir`.
+/// A test cluster CA's certificates for the server and a node, as PEM files in `dir`.
 fn pki(dir: &Path) -> (TlsFiles, TlsFiles) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "test CA");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = params.self_signed(&ca_key).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    let issue = |name: &str| {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![format!("{name}.shoal.test")]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-        let files = TlsFiles {
-            ca: dir.join("ca.pem"),
-            cert: dir.join(format!("{name}.pem")),
-            key: dir.join(format!("{name}.key")),
-        };
-        std::fs::write(&files.cert, cert.pem()).unwrap();
-        std::fs::write(&files.key, key.serialize_pem()).unwrap();
-        files
-    };
-    (issue("registry-ext"), issue("node"))
+    let ca = TestCa::new("cluster");
+    (
+        ca.node_files(dir, "registry-ext"),
+        ca.node_files(dir, "node"),
+    )
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! Test certificates: a cluster CA and node certificates issued by it, written as PEM files
 //! for [`crate::tls::TlsFiles`]. Node certificates name `<node>.shoal.test`, not an IP: the
-//! transport does not check names.
+//! transport does not check names. For tests only: built for this crate's tests and, with the
+//! `test-pki` feature, for other crates' tests.
 
 use std::path::Path;
 
@@ -12,7 +13,7 @@ use rcgen::{
 use crate::tls::{TlsFiles, Transport};
 
 /// A test certificate authority.
-pub(crate) struct TestCa {
+pub struct TestCa {
     name: String,
     cert: Certificate,
     key: KeyPair,
@@ -20,7 +21,7 @@ pub(crate) struct TestCa {
 
 impl TestCa {
     /// A new self-signed CA called `name`.
-    pub(crate) fn new(name: &str) -> Self {
+    pub fn new(name: &str) -> Self {
         let key = KeyPair::generate().expect("CA key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params.distinguished_name.push(DnType::CommonName, name);
@@ -40,7 +41,7 @@ impl TestCa {
 
     /// Issues a certificate for `node` and writes `<ca>.ca.pem`, `<node>.pem`, `<node>.key`
     /// into `dir`.
-    pub(crate) fn node_files(&self, dir: &Path, node: &str) -> TlsFiles {
+    pub fn node_files(&self, dir: &Path, node: &str) -> TlsFiles {
         let key = KeyPair::generate().expect("node key");
         let mut params =
             CertificateParams::new(vec![format!("{node}.shoal.test")]).expect("node params");
@@ -64,7 +65,7 @@ impl TestCa {
     }
 
     /// A TLS transport for `node`, with its files in `dir`.
-    pub(crate) fn transport(&self, dir: &Path, node: &str) -> Transport {
+    pub fn transport(&self, dir: &Path, node: &str) -> Transport {
         Transport::load(Some(&self.node_files(dir, node)), false).expect("TLS transport")
     }
 }

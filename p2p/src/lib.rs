@@ -3,6 +3,7 @@
 //! - [`cache`]: the bounded on-disk cache of compressed blobs, and the [`source::BlobSource`]
 //!   that serves from it.
 //! - [`chunk`]: chunk manifests (the sha256 of each fixed-size chunk of a blob).
+//! - [`config_file`]: reading and parsing a daemon's TOML configuration file, and its error.
 //! - [`digest`]: validated sha256 digests and an incremental hasher.
 //! - [`reference`]: image references (`registry/name:tag`, `name@digest`).
 //! - [`registry`]: the OCI distribution client (resolve, auth, blob streams); the registry is
@@ -19,6 +20,7 @@
 
 pub mod cache;
 pub mod chunk;
+pub mod config_file;
 pub mod digest;
 pub mod metrics;
 pub mod peer;

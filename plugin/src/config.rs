@@ -68,6 +68,8 @@ use std::path::{Path, PathBuf};
 use std::net::SocketAddr;
 
 use serde::Deserialize;
+use shoal_p2p::config_file;
+pub use shoal_p2p::config_file::ConfigError;
 use shoal_p2p::registry::ClientConfig;
 use shoal_p2p::tls::TlsFiles;
 
@@ -323,46 +325,19 @@ impl Default for CacheConfig {
     }
 }
 
-/// Why a configuration cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("reading config {path:?}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("parsing config {path:?}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
-    #[error("invalid config {path:?}: {reason}")]
-    Invalid { path: PathBuf, reason: String },
-}
-
 impl Config {
     /// Reads, parses and validates the configuration at `path` (defaults when `None`).
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let Some(path) = path else {
             return Ok(Self::default());
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        Self::parse(&config_file::read(path)?, path)
     }
 
     /// Parses and validates configuration text; `path` only names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source: Box::new(e),
-        })?;
-        let invalid = |reason: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let config: Config = config_file::parse_toml(text, path)?;
+        let invalid = |reason: String| ConfigError::invalid(path, reason);
         if config.unpack.concurrency == 0 {
             return Err(invalid("unpack.concurrency must be at least 1".into()));
         }

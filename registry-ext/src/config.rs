@@ -102,6 +102,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 use shoal_p2p::chunk::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use shoal_p2p::config_file;
+pub use shoal_p2p::config_file::ConfigError;
 use shoal_p2p::reference::ImageReference;
 use shoal_p2p::registry::ClientConfig;
 use shoal_p2p::tls::TlsFiles;
@@ -198,43 +200,17 @@ fn optional_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, 
         .map_err(|e| serde::de::Error::custom(format!("{s:?} is not IP:port: {e}")))
 }
 
-/// Why a configuration cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("reading config {path:?}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("parsing config {path:?}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
-    #[error("invalid config {path:?}: {reason}")]
-    Invalid { path: PathBuf, reason: String },
-}
-
 impl Config {
     /// Reads, parses, normalises and validates the configuration at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        Self::parse(&config_file::read(path)?, path)
     }
 
     /// Parses, normalises and validates configuration text; `path` only names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source: Box::new(e),
-        })?;
-        raw.normalise().map_err(|reason| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            reason,
-        })
+        let raw: RawConfig = config_file::parse_toml(text, path)?;
+        raw.normalise()
+            .map_err(|reason| ConfigError::invalid(path, reason))
     }
 }
 

@@ -17,6 +17,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use shoal_integration::bench::env_or;
 use shoal_integration::containerd::scratch_dir;
 use shoal_integration::cri::CriContainerd;
 use shoal_integration::image::{Attrs, Compression, Layer, LayerBuilder, OciLayout, PlatformImage};
@@ -24,13 +25,6 @@ use shoal_integration::netns::{self, Link, Netns};
 use shoal_integration::registry::TestRegistry;
 use shoal_integration::tools::is_root;
 use shoal_p2p::registry::Platform;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn files_layer(mib: usize, files: usize, half_compressible: bool, seed: u64) -> Result<Vec<u8>> {
     let mut b = LayerBuilder::new();

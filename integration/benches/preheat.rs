@@ -22,35 +22,16 @@
 //! containerd, one node at a time, each pulling its group's image (CRI `PullImage` through
 //! `shoald pull`); its makespan is the sum.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::json;
+use shoal_integration::bench::{env_or, json_path};
 use shoal_integration::cluster::preheat::{block_on, wait_job, wait_nodes_up};
 use shoal_integration::cluster::{self, random_layers, Cluster, ClusterConfig, NodeMode};
 use shoal_p2p::preheat::proto::{JobSpec, JobState, Target};
 
 const TOKEN: &str = "preheat-bench-token-0123456789";
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn json_path() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("SHOAL_BENCH_JSON") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()?;
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .context("the bench executable has no target directory")?;
-    Ok(target.join("preheat-bench.json"))
-}
 
 fn main() -> Result<()> {
     let nodes: usize = env_or("SHOAL_BENCH_NODES", 8);
@@ -149,7 +130,7 @@ fn main() -> Result<()> {
         "node_by_node_registry_bytes": native_served.total(),
         "ratio": preheat_secs / native_secs,
     });
-    let path = json_path()?;
+    let path = json_path("preheat-bench.json")?;
     std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("writing {path:?}"))?;
     println!("results: {}", path.display());

@@ -23,21 +23,14 @@
 //! registry served (from its access log) as a multiple of F. The native run's bound is
 //! N*F/B: the registry's link carries every node's copy.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
+use shoal_integration::bench::{env_or, json_path};
 use shoal_integration::cluster::{
     self, percentile, random_layers, Cluster, ClusterConfig, NodeMode,
 };
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn mode_name(mode: NodeMode) -> &'static str {
     match mode {
@@ -46,19 +39,6 @@ fn mode_name(mode: NodeMode) -> &'static str {
         NodeMode::Native => "native",
         NodeMode::Mirror { .. } => "mirror",
     }
-}
-
-/// `target/swarm-bench.json` next to `target/release/deps/swarm-HASH`.
-fn json_path() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("SHOAL_BENCH_JSON") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()?;
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .context("the bench executable has no target directory")?;
-    Ok(target.join("swarm-bench.json"))
 }
 
 struct Run {
@@ -219,7 +199,7 @@ fn main() -> Result<()> {
         "f_over_b_secs": f_over_b,
         "runs": out,
     });
-    let path = json_path()?;
+    let path = json_path("swarm-bench.json")?;
     std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("writing {path:?}"))?;
     println!("results: {}", path.display());

@@ -23,6 +23,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use shoal_integration::bench::env_or;
 use shoal_integration::containerd::{scratch_dir, TestContainerd};
 use shoal_integration::image::{Attrs, Compression, Layer, LayerBuilder, OciLayout, PlatformImage};
 use shoal_integration::registry::TestRegistry;
@@ -35,13 +36,6 @@ struct Input {
     layer: Layer,
     uncompressed: u64,
     blob_path: PathBuf,
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn large_files_tar(total_mib: usize) -> Result<Vec<u8>> {

@@ -5,6 +5,7 @@
 //! Every harness that needs an outside tool has an `available()` check; a test skips only when
 //! the tool is truly absent and says so (CI installs them all through `scripts/install-deps.sh`).
 
+pub mod bench;
 pub mod cluster;
 pub mod compare;
 pub mod containerd;

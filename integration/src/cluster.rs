@@ -581,6 +581,24 @@ pub struct Reference {
     pub dirs: Vec<PathBuf>,
 }
 
+/// Fails with every failed pull of `results` (one per node of `which`, as
+/// [`Cluster::pull_all`] returns them), naming the node.
+pub fn pulls_succeeded(which: &[usize], results: &[Result<Duration>]) -> Result<()> {
+    let failures: Vec<String> = which
+        .iter()
+        .zip(results)
+        .filter_map(|(i, r)| r.as_ref().err().map(|e| format!("node {i}: {e:#}")))
+        .collect();
+    if !failures.is_empty() {
+        bail!(
+            "{} pulls failed:\n{}",
+            failures.len(),
+            failures.join("\n\n")
+        );
+    }
+    Ok(())
+}
+
 /// Sends SIGKILL to process `pid` (procps' `kill`).
 pub fn sigkill(pid: u32) -> Result<()> {
     crate::tools::run(std::process::Command::new("kill").args(["-KILL", &pid.to_string()]))?;

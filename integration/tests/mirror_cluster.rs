@@ -98,18 +98,7 @@ fn nodes_pull_through_their_mirrors_and_the_swarm() -> Result<()> {
         served.blob_gets,
         served.total() as f64 / image.bytes as f64
     );
-    let failures: Vec<String> = results
-        .iter()
-        .zip(&nodes)
-        .filter_map(|(r, i)| r.as_ref().err().map(|e| format!("node {i}: {e:#}")))
-        .collect();
-    if !failures.is_empty() {
-        bail!(
-            "{} pulls failed:\n{}",
-            failures.len(),
-            failures.join("\n\n")
-        );
-    }
+    cluster::pulls_succeeded(&nodes, &results)?;
     cluster.verify(&image, &reference, &nodes)?;
     for &i in &nodes {
         let node = cluster.node(i);

@@ -86,18 +86,7 @@ fn eight_nodes_pull_one_image_at_once_through_the_swarm() -> Result<()> {
         }
     }
 
-    let failures: Vec<String> = results
-        .iter()
-        .zip(&nodes)
-        .filter_map(|(r, i)| r.as_ref().err().map(|e| format!("node {i}: {e:#}")))
-        .collect();
-    if !failures.is_empty() {
-        bail!(
-            "{} pulls failed:\n{}",
-            failures.len(),
-            failures.join("\n\n")
-        );
-    }
+    cluster::pulls_succeeded(&nodes, &results)?;
     cluster.verify(&image, &reference, &nodes)?;
     // The first seeder: shoal-registry-ext (in the registry's namespace, so its reads come
     // from the registry's own address) read each layer from the registry once, however many

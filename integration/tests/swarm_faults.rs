@@ -69,19 +69,7 @@ fn check_pulls(label: &str, which: &[usize], results: &[Result<Duration>]) -> Re
         })
         .collect();
     eprintln!("{label}: {}", times.join(", "));
-    let failures: Vec<String> = which
-        .iter()
-        .zip(results)
-        .filter_map(|(i, r)| r.as_ref().err().map(|e| format!("node {i}: {e:#}")))
-        .collect();
-    if !failures.is_empty() {
-        bail!(
-            "{} pulls failed:\n{}",
-            failures.len(),
-            failures.join("\n\n")
-        );
-    }
-    Ok(())
+    cluster::pulls_succeeded(which, results)
 }
 
 fn report_metrics(cluster: &Cluster, which: &[usize]) {

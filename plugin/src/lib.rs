@@ -4,6 +4,7 @@
 //!   the blob arrives, digests verified, hostile entries refused).
 //! - [`image`]: a whole image from its registry through the unpacker, layers in parallel.
 //! - [`config`]: shoald's TOML configuration.
+//! - [`containerd`]: what differs between containerd versions (schema, CRI pull path).
 //! - [`remote`]: the CRI remote path: layers streamed from the registry into committed
 //!   snapshots on Prepare, all layers of an image at once.
 //! - [`node`]: this node's swarm peer (chunk server, announcer), the blob source layers come
@@ -17,6 +18,7 @@
 //!   figures for the command line.
 
 pub mod config;
+pub mod containerd;
 pub mod cri;
 pub mod error;
 pub mod image;

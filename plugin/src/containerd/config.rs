@@ -1,0 +1,1 @@
+//! `shoald containerd-config`: containerd's configuration written for shoal.

@@ -1,0 +1,1 @@
+//! `shoald doctor`: checks what a running containerd really does with shoal.

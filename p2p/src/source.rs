@@ -5,6 +5,13 @@
 //! `Authorization` a client sent, after checking with the registry that this client may pull
 //! the blob): a source that reaches the registry for that blob uses them instead of the
 //! node's configured credentials. Sources that do not reach a registry ignore them.
+//!
+//! A range of a blob comes from wherever its source keeps the blob: the cache (verified
+//! when it was committed), a swarm download (every chunk verified against the chunk
+//! manifest before it is read), else the registry (HTTP Range, unverified). [`ByteRange`]
+//! parses the `Range` header clients send.
+
+mod range;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,6 +25,7 @@ use futures::stream;
 use crate::digest::Digest;
 use crate::reference::ImageReference;
 use crate::registry::{BlobStream, OciError, RegistryClient, RegistryError};
+pub use range::{BadRange, ByteRange};
 
 /// A client's registry credentials for one fetch: the value of the `Authorization` header it
 /// sent (a bearer token from the registry's token service, or Basic). Never logged.
@@ -57,9 +65,11 @@ pub trait BlobSource: Send + Sync {
         credentials: Option<&'a Credentials>,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>>;
 
-    /// The bytes `range` of blob `digest` (HTTP Range from a registry), as they arrive, with
-    /// a client's `credentials` (see [`Self::fetch_as`]); a stream that ends short of the
-    /// range ends with an error.
+    /// The bytes `range` of blob `digest`, as they arrive, with a client's `credentials`
+    /// (see [`Self::fetch_as`]): from the cache or a swarm download when the source has them
+    /// (verified, see the module documentation), else from the registry (HTTP Range). A
+    /// range past the blob's end is an error; a stream that ends short of the range ends
+    /// with an error.
     fn fetch_range_as<'a>(
         &'a self,
         image: &'a ImageReference,
@@ -135,7 +145,8 @@ impl<T: BlobSource + ?Sized> BlobSource for std::sync::Arc<T> {
 enum Served {
     /// These bytes, in a few chunks.
     Bytes(Vec<u8>),
-    /// These bytes, then a transport-like error (a connection cut mid-body).
+    /// These bytes, then a transport-like error (a connection cut mid-body); a range
+    /// gets the part of them it covers, then the error.
     CutAfter(Vec<u8>),
 }
 
@@ -282,16 +293,21 @@ impl BlobSource for RecordingSource {
                 end: range.end,
                 reason: reason.into(),
             };
-            let data = match served {
-                Some(Served::Bytes(data)) => data,
-                Some(Served::CutAfter(_)) => return Err(range_err("connection cut (fake)")),
+            let (data, cut) = match served {
+                Some(Served::Bytes(data)) => (data, false),
+                Some(Served::CutAfter(prefix)) => (prefix, true),
                 None => return Err(range_err("blob unknown (fake)")),
             };
             let (start, end) = (range.start as usize, range.end as usize);
-            if start > end || end > data.len() {
+            if start > end || (!cut && end > data.len()) {
                 return Err(range_err("past the end (fake)"));
             }
-            Ok(Box::pin(stream::iter(chunked(&data[start..end]))) as BlobStream)
+            let part = data.get(start..end.min(data.len())).unwrap_or_default();
+            let mut items = chunked(part);
+            if cut {
+                items.push(Err(range_err("connection cut (fake)")));
+            }
+            Ok(Box::pin(stream::iter(items)) as BlobStream)
         })
     }
 }

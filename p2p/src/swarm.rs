@@ -5,7 +5,9 @@
 //! - A blob already in the node's [`BlobCache`] is served from there.
 //! - Otherwise the blob's chunk manifest comes from the trackers (the registry extension); a
 //!   [`download::Download`] assembles the blob in a [`crate::cache::PartialFile`] and is
-//!   shared by every concurrent fetch of the same digest (one download per blob per node).
+//!   shared by every concurrent fetch of the same digest (one download per blob per node),
+//!   whole blobs and ranges alike ([`BlobSource::fetch_range_as`] reads its range out of the
+//!   download as the chunks covering it arrive).
 //!   The [`scheduler`] fetches chunks from peers (several in flight per peer and across
 //!   peers; in order near the reader, rarest first further ahead; overdue chunks re-asked
 //!   elsewhere) and from the registry (HTTP Range, merged) for chunks no peer holds. Every
@@ -379,6 +381,35 @@ impl Swarm {
     }
 }
 
+impl Swarm {
+    /// The blob (`range` `None`) or a range of it: from the cache when it holds the blob;
+    /// otherwise from the blob's download, joined or started (so concurrent readers, whole
+    /// or ranges, share one download, which goes on to the whole blob); else from the
+    /// registry through the cache.
+    async fn fetch_part(
+        &self,
+        image: &ImageReference,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+        credentials: Option<&Credentials>,
+    ) -> Result<BlobStream, RegistryError> {
+        if !self.inner.cache.contains(digest) {
+            if let Some(download) = self.download(image, digest, credentials).await {
+                return download.reader(range.unwrap_or(0..download.manifest().size));
+            }
+            self.inner.metrics.registry_fallbacks.inc();
+        }
+        let fallback = &self.inner.fallback;
+        match range {
+            None => fallback.fetch_as(image, digest, credentials).await,
+            Some(range) => {
+                let fetch = fallback.fetch_range_as(image, digest, range, credentials);
+                fetch.await
+            }
+        }
+    }
+}
+
 impl BlobSource for Swarm {
     fn fetch_as<'a>(
         &'a self,
@@ -386,19 +417,7 @@ impl BlobSource for Swarm {
         digest: &'a Digest,
         credentials: Option<&'a Credentials>,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
-        Box::pin(async move {
-            let fallback = &self.inner.fallback;
-            if self.inner.cache.contains(digest) {
-                return fallback.fetch_as(image, digest, credentials).await;
-            }
-            match self.download(image, digest, credentials).await {
-                Some(download) => Ok(download.reader()),
-                None => {
-                    self.inner.metrics.registry_fallbacks.inc();
-                    fallback.fetch_as(image, digest, credentials).await
-                }
-            }
-        })
+        Box::pin(self.fetch_part(image, digest, None, credentials))
     }
 
     fn fetch_range_as<'a>(
@@ -408,8 +427,7 @@ impl BlobSource for Swarm {
         range: Range<u64>,
         credentials: Option<&'a Credentials>,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
-        let registry = &self.inner.registry;
-        registry.fetch_range_as(image, digest, range, credentials)
+        Box::pin(self.fetch_part(image, digest, Some(range), credentials))
     }
 }
 

@@ -3,10 +3,18 @@
 //! it, and the layers come through the swarm.
 //!
 //! - `GET`/`HEAD /v2/<name>/blobs/<digest>` is served from the node's blob source (the swarm,
-//!   or the cache in front of the registry), streamed while chunks arrive. Every other request
-//!   (manifests, tags, referrers, token endpoints, blob requests with `Range`) is passed to
-//!   the upstream registry named by `?ns=` (or `default_upstream`) unchanged: method, path,
-//!   query (without `ns`), headers, body; its status, headers and body come back unchanged
+//!   or the cache in front of the registry), streamed while chunks arrive.
+//! - So is a blob `GET` with one `Range` (`bytes=a-b`, `bytes=a-`, `bytes=-n`; containerd
+//!   2.1+ sends `bytes=a-` for its parallel fetch and resumed reads): `206` with
+//!   `Content-Range`, from the cache, the blob's swarm download (shared with every other
+//!   reader of the blob) or, when the source has neither, the registry's range fetched with
+//!   the client's credentials ([`BlobSource::fetch_range_as`]); `416` with
+//!   `bytes */size` for a range past the end. The access check comes first, as for whole
+//!   blobs.
+//! - Every other request (manifests, tags, referrers, token endpoints, blob requests with
+//!   several or malformed ranges, `If-Range`, `HEAD` with `Range`) is passed to the upstream
+//!   registry named by `?ns=` (or `default_upstream`) unchanged: method, path, query
+//!   (without `ns`), headers, body; its status, headers and body come back unchanged
 //!   (redirects are not followed here: containerd follows them).
 //! - Access ([`access`]): before a blob is served, the upstream is asked whether this client
 //!   may pull it: a `HEAD` of the blob with the request's own headers (its `Authorization`).
@@ -21,7 +29,8 @@
 //!   are fetched with the client's own credentials, not the node's. Sharing one download
 //!   between clients is safe because every client has passed the check for that blob first.
 //! - Integrity: the bytes are hashed on the way out; the last piece is held back until the
-//!   whole blob matched its digest and size. A source failing mid-stream, or a blob that does
+//!   whole blob matched its digest and size (a range: its length; its bytes were verified by
+//!   the source, see [`body`]). A source failing mid-stream, or a blob that does
 //!   not match, ends the response with an error (the connection is cut): containerd never
 //!   gets a complete corrupt blob, and retries or falls back to the next host.
 //! - If shoald is down, containerd falls back to the next host in hosts.toml (the registry):
@@ -45,12 +54,13 @@ use prometheus_client::metrics::family::Family;
 use shoal_p2p::metrics::Registry;
 use shoal_p2p::reference::ImageReference;
 use shoal_p2p::registry::ClientConfig;
-use shoal_p2p::source::{BlobSource, Credentials};
+use shoal_p2p::source::{BlobSource, ByteRange, Credentials};
 use shoal_p2p::Digest;
 
 use crate::config::MirrorSection;
 pub use access::AccessCache;
 use access::{AccessKey, Allowed};
+use body::Expected;
 pub use upstream::Upstream;
 
 /// Why the mirror could not answer a request itself (mapped to HTTP in [`MirrorError`]'s
@@ -107,7 +117,8 @@ impl IntoResponse for MirrorError {
 /// Labels of the mirror's request counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabel {
-    /// `blob` (served by shoal), `refused` (access check said no), `passthrough`, `error`.
+    /// `blob` (served by shoal), `range` (a range served by shoal, or `416`), `refused`
+    /// (access check said no), `passthrough`, `error`.
     pub route: &'static str,
 }
 
@@ -116,7 +127,7 @@ pub struct RouteLabel {
 pub struct MirrorMetrics {
     /// Requests, by how they were answered.
     pub requests: Family<RouteLabel, Counter>,
-    /// Blob bytes sent to clients from the blob source (swarm or cache).
+    /// Blob bytes sent to clients from the blob source (swarm or cache), ranges included.
     pub blob_bytes: Counter,
     /// Access checks answered from the cache.
     pub access_cached: Counter,
@@ -131,7 +142,7 @@ impl MirrorMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "shoal_mirror_requests",
-            "Mirror requests, by route (blob, refused, passthrough, error)",
+            "Mirror requests, by route (blob, range, refused, passthrough, error)",
             self.requests.clone(),
         );
         registry.register(
@@ -247,18 +258,34 @@ async fn handle(State(mirror): State<Arc<Mirror>>, req: Request) -> Response {
     }
 }
 
+/// What a blob request asks for: the whole blob (`GET`, `HEAD`), or one range of it
+/// (`GET` with one `Range` header, [`ByteRange`], and no `If-Range`). `None`: anything else,
+/// passed upstream (several or malformed ranges, `If-Range`, `HEAD` with a range).
+fn blob_request(method: &Method, headers: &HeaderMap) -> Option<Option<ByteRange>> {
+    let mut ranges = headers.get_all(header::RANGE).iter();
+    match (method, ranges.next(), ranges.next()) {
+        (&Method::GET | &Method::HEAD, None, _) => Some(None),
+        (&Method::GET, Some(range), None) if !headers.contains_key(header::IF_RANGE) => {
+            let parsed = range.to_str().ok().map(ByteRange::parse);
+            match parsed {
+                Some(Ok(range)) => Some(Some(range)),
+                Some(Err(e)) => {
+                    tracing::debug!("mirror: {e}; passed upstream");
+                    None
+                }
+                None => None,
+            }
+        }
+        _ => None,
+    }
+}
+
 async fn answer(mirror: &Mirror, req: Request) -> Result<Response, MirrorError> {
     let path = req.uri().path().to_owned();
     let registry = mirror.registry_of(req.uri().query(), &path)?;
-    let blob = match (req.method(), blob_path(&path)) {
-        (&Method::GET | &Method::HEAD, Some(blob))
-            if !req.headers().contains_key(header::RANGE) =>
-        {
-            Some(blob)
-        }
-        _ => None,
-    };
-    let Some((name, digest)) = blob else {
+    let blob =
+        blob_path(&path).and_then(|blob| Some((blob, blob_request(req.method(), req.headers())?)));
+    let Some(((name, digest), range)) = blob else {
         mirror.metrics.count("passthrough");
         return mirror.upstream.forward(&registry, req).await;
     };
@@ -268,21 +295,17 @@ async fn answer(mirror: &Mirror, req: Request) -> Result<Response, MirrorError> 
         tag: None,
         digest: None,
     };
-    serve_blob(
-        mirror,
-        &image,
-        digest,
-        req.method() == Method::HEAD,
-        req.headers(),
-    )
-    .await
+    let head = req.method() == Method::HEAD;
+    serve_blob(mirror, &image, digest, head, range, req.headers()).await
 }
 
+/// Serves blob `digest` (or `range` of it) to a client the upstream lets pull it.
 async fn serve_blob(
     mirror: &Mirror,
     image: &ImageReference,
     digest: Digest,
     head: bool,
+    range: Option<ByteRange>,
     headers: &HeaderMap,
 ) -> Result<Response, MirrorError> {
     let authorization = headers
@@ -312,7 +335,6 @@ async fn serve_blob(
         }
     };
     let mut resp_headers = HeaderMap::new();
-    resp_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     resp_headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
@@ -320,21 +342,51 @@ async fn serve_blob(
     if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
         resp_headers.insert("docker-content-digest", v);
     }
-    mirror.metrics.count("blob");
+    let (status, bytes) = match range.map(|r| r.resolve(size)) {
+        None => (StatusCode::OK, 0..size),
+        Some(Some(bytes)) => {
+            let content_range = format!("bytes {}-{}/{size}", bytes.start, bytes.end - 1);
+            if let Ok(v) = HeaderValue::from_str(&content_range) {
+                resp_headers.insert(header::CONTENT_RANGE, v);
+            }
+            (StatusCode::PARTIAL_CONTENT, bytes)
+        }
+        Some(None) => {
+            mirror.metrics.count("range");
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                resp_headers.insert(header::CONTENT_RANGE, v);
+            }
+            let status = StatusCode::RANGE_NOT_SATISFIABLE;
+            return Ok((status, resp_headers, Body::empty()).into_response());
+        }
+    };
+    let len = bytes.end - bytes.start;
+    resp_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    mirror
+        .metrics
+        .count(if range.is_some() { "range" } else { "blob" });
     if head {
-        return Ok((StatusCode::OK, resp_headers, Body::empty()).into_response());
+        return Ok((status, resp_headers, Body::empty()).into_response());
     }
-    let stream = mirror
-        .blobs
-        .fetch_as(image, &digest, authorization.as_ref())
-        .await
-        .map_err(|e| MirrorError::Source {
-            repository: image.repository.clone(),
-            digest: digest.clone(),
-            reason: e.to_string(),
-        })?;
-    let body = body::checked(stream, digest, size, mirror.metrics.clone());
-    Ok((StatusCode::OK, resp_headers, Body::from_stream(body)).into_response())
+    // A range that is the whole blob is fetched and checked as the whole blob.
+    let (fetched, expected) = if len == size {
+        let fetched = mirror
+            .blobs
+            .fetch_as(image, &digest, authorization.as_ref());
+        (fetched.await, Expected::Whole { size })
+    } else {
+        let fetched = mirror
+            .blobs
+            .fetch_range_as(image, &digest, bytes, authorization.as_ref());
+        (fetched.await, Expected::Part { len })
+    };
+    let stream = fetched.map_err(|e| MirrorError::Source {
+        repository: image.repository.clone(),
+        digest: digest.clone(),
+        reason: e.to_string(),
+    })?;
+    let body = body::checked(stream, digest, expected, mirror.metrics.clone());
+    Ok((status, resp_headers, Body::from_stream(body)).into_response())
 }
 
 #[cfg(test)]
@@ -360,5 +412,45 @@ mod tests {
             Some("docker.io")
         );
         assert_eq!(namespace_of("x=1"), None);
+    }
+
+    #[test]
+    fn blob_requests_with_one_plain_range_are_served_the_rest_passed() {
+        let ask = |method: Method, headers: &[(header::HeaderName, &[u8])]| {
+            let mut h = HeaderMap::new();
+            for (name, value) in headers {
+                h.append(name.clone(), HeaderValue::from_bytes(value).unwrap());
+            }
+            blob_request(&method, &h)
+        };
+        let range = |v: &'static str| (header::RANGE, v.as_bytes());
+        assert_eq!(ask(Method::GET, &[]), Some(None));
+        assert_eq!(ask(Method::HEAD, &[]), Some(None));
+        assert_eq!(ask(Method::PUT, &[]), None);
+        assert_eq!(
+            ask(Method::GET, &[range("bytes=5-")]),
+            Some(Some(ByteRange::From { first: 5 }))
+        );
+        assert_eq!(
+            ask(Method::GET, &[range("bytes=-5")]),
+            Some(Some(ByteRange::Suffix { len: 5 }))
+        );
+        for passed in [
+            vec![range("bytes=0-1,4-5")],
+            vec![range("bytes=5-2")],
+            vec![range("bytes=")],
+            vec![range("")],
+            vec![range("pages=1-2")],
+            vec![range("bytes=0-99999999999999999999999")],
+            vec![(header::RANGE, b"bytes=\xff-1".as_slice())],
+            vec![range("bytes=0-1"), range("bytes=2-3")],
+            vec![
+                range("bytes=0-1"),
+                (header::IF_RANGE, b"\"etag\"".as_slice()),
+            ],
+        ] {
+            assert_eq!(ask(Method::GET, &passed), None, "{passed:?}");
+        }
+        assert_eq!(ask(Method::HEAD, &[range("bytes=0-1")]), None);
     }
 }

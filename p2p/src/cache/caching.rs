@@ -1,6 +1,8 @@
 //! [`CachingSource`]: a [`BlobSource`] that serves blobs from a [`BlobCache`] when it has
 //! them, and otherwise fetches them from another source while copying them into the cache.
 
+use std::io::{Seek, SeekFrom};
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -54,6 +56,15 @@ impl<S> CachingSource<S> {
 
     pub fn inner(&self) -> &S {
         &self.inner
+    }
+
+    /// Blob `digest` opened from the cache (a use), if it is there.
+    async fn cached(&self, digest: &Digest) -> Option<CachedBlob> {
+        let (cache, d) = (self.cache.clone(), digest.clone());
+        tokio::task::spawn_blocking(move || cache.get(&d))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Waits until every cache write started so far has committed or given up.
@@ -115,29 +126,51 @@ impl<S: BlobSource> BlobSource for CachingSource<S> {
         credentials: Option<&'a Credentials>,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
         Box::pin(async move {
-            let (cache, d) = (self.cache.clone(), digest.clone());
-            let hit = tokio::task::spawn_blocking(move || cache.get(&d))
-                .await
-                .ok()
-                .flatten();
-            if let Some(blob) = hit {
+            if let Some(blob) = self.cached(digest).await {
                 tracing::debug!(%digest, bytes = blob.size, "blob served from the cache");
-                return Ok(serve_cached(self.cache.clone(), digest.clone(), blob));
+                let whole = 0..blob.size;
+                return Ok(serve_cached(
+                    self.cache.clone(),
+                    digest.clone(),
+                    blob,
+                    whole,
+                ));
             }
             let stream = self.inner.fetch_as(image, digest, credentials).await?;
             Ok(self.tee(stream, digest.clone()))
         })
     }
 
-    /// Ranges are passed to `inner` (a part of a blob is never cached).
+    /// A range of a cached blob is read from its file (the blob was verified when it was
+    /// committed); other ranges are passed to `inner` (a part of a blob is never cached).
     fn fetch_range_as<'a>(
         &'a self,
         image: &'a ImageReference,
         digest: &'a Digest,
-        range: std::ops::Range<u64>,
+        range: Range<u64>,
         credentials: Option<&'a Credentials>,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
-        self.inner.fetch_range_as(image, digest, range, credentials)
+        Box::pin(async move {
+            let Some(blob) = self.cached(digest).await else {
+                let fetch = self.inner.fetch_range_as(image, digest, range, credentials);
+                return fetch.await;
+            };
+            if range.start > range.end || range.end > blob.size {
+                return Err(RegistryError::Range {
+                    repository: image.repository.clone(),
+                    digest: digest.clone(),
+                    start: range.start,
+                    end: range.end,
+                    reason: format!("past the cached blob's {} bytes", blob.size),
+                });
+            }
+            Ok(serve_cached(
+                self.cache.clone(),
+                digest.clone(),
+                blob,
+                range,
+            ))
+        })
     }
 }
 
@@ -200,55 +233,87 @@ impl Stream for Tee {
 struct Serving {
     file: tokio::fs::File,
     path: std::path::PathBuf,
-    size: u64,
     cache: BlobCache,
     digest: Digest,
-    hasher: Hasher,
-    read: u64,
+    /// Hashes the bytes when the whole blob is served.
+    hasher: Option<Hasher>,
+    /// Where the next read starts, and where the range ends.
+    at: u64,
+    end: u64,
     done: bool,
 }
 
-/// The cached `blob` as a stream, checked against `digest` at the end.
-fn serve_cached(cache: BlobCache, digest: Digest, blob: CachedBlob) -> BlobStream {
+impl Serving {
+    /// The cached blob turned out corrupt (`what`): removed from the cache.
+    async fn corrupt(&mut self, what: String) -> RegistryError {
+        self.done = true;
+        let (cache, d) = (self.cache.clone(), self.digest.clone());
+        let _ = tokio::task::spawn_blocking(move || cache.remove(&d)).await;
+        RegistryError::Cache {
+            path: self.path.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("cached blob {}: {what}; removed", self.digest),
+            ),
+        }
+    }
+}
+
+/// The bytes `range` (within the blob) of the cached `blob` as a stream. The whole blob is
+/// hashed again on the way and checked against `digest` at the end; a part of it is served
+/// as it is (it was verified when committed). A blob found corrupt or short is removed from
+/// the cache and its stream ends with an error.
+fn serve_cached(
+    cache: BlobCache,
+    digest: Digest,
+    mut blob: CachedBlob,
+    range: Range<u64>,
+) -> BlobStream {
+    let whole = range == (0..blob.size);
+    let seeked = blob.file.seek(SeekFrom::Start(range.start));
     let state = Serving {
         file: tokio::fs::File::from_std(blob.file),
         path: blob.path,
-        size: blob.size,
         cache,
         digest,
-        hasher: Hasher::new(),
-        read: 0,
+        hasher: whole.then(Hasher::new),
+        at: range.start,
+        end: range.end,
         done: false,
     };
+    if let Err(e) = seeked {
+        let err = RegistryError::Cache {
+            path: state.path.clone(),
+            source: e,
+        };
+        return Box::pin(futures::stream::once(async move { Err(err) }));
+    }
     Box::pin(futures::stream::unfold(state, |mut st| async move {
         if st.done {
             return None;
         }
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        let item = match st.file.read_buf(&mut buf).await {
+        if st.at == st.end {
+            st.done = true;
+            let actual = st.hasher.take()?.finish();
+            if actual == st.digest {
+                return None;
+            }
+            let err = st.corrupt(format!("hashes to {actual}")).await;
+            return Some((Err(err), st));
+        }
+        let want = (st.end - st.at).min(READ_CHUNK as u64) as usize;
+        let mut buf = BytesMut::zeroed(want);
+        let item = match st.file.read(&mut buf).await {
             Ok(0) => {
-                st.done = true;
-                let actual = std::mem::take(&mut st.hasher).finish();
-                if actual == st.digest && st.read == st.size {
-                    return None;
-                }
-                let cache = st.cache.clone();
-                let d = st.digest.clone();
-                let _ = tokio::task::spawn_blocking(move || cache.remove(&d)).await;
-                Err(RegistryError::Cache {
-                    path: st.path.clone(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!(
-                            "cached blob is {actual} ({} bytes), not {}; removed",
-                            st.read, st.digest
-                        ),
-                    ),
-                })
+                let at = st.at;
+                Err(st.corrupt(format!("ends at byte {at}")).await)
             }
             Ok(n) => {
-                st.read += n as u64;
-                st.hasher.update(&buf);
+                buf.truncate(n);
+                st.at += n as u64;
+                if let Some(h) = st.hasher.as_mut() {
+                    h.update(&buf);
+                }
                 Ok(buf.freeze())
             }
             Err(e) => {

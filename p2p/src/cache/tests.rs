@@ -241,3 +241,55 @@ async fn a_blob_corrupted_on_disk_is_refused_and_dropped() {
     assert_eq!(src.inner().fetches_of(&d), 2);
     assert!(src.cache().contains(&d));
 }
+
+async fn collect_range(
+    s: &CachingSource<RecordingSource>,
+    d: &Digest,
+    range: std::ops::Range<u64>,
+) -> Result<Vec<u8>, String> {
+    let stream = s.fetch_range(&image(), d, range).await;
+    let parts: Vec<Bytes> = futures::TryStreamExt::try_collect(stream.map_err(|e| e.to_string())?)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(parts.concat())
+}
+
+#[tokio::test]
+async fn ranges_of_a_cached_blob_come_from_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = caching(dir.path());
+    let data: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+    let d = src.inner().add(&data);
+    // Not cached: the inner source's range.
+    assert_eq!(collect_range(&src, &d, 5..10).await.unwrap(), data[5..10]);
+    assert_eq!(src.inner().range_calls().len(), 1);
+    collect(&src, &d).await.unwrap();
+    src.flush().await;
+    let size = data.len() as u64;
+    for r in [
+        0..1,
+        3..300_000,
+        262_144..524_289,
+        size - 1..size,
+        0..size,
+        9..9,
+    ] {
+        let got = collect_range(&src, &d, r.clone()).await.unwrap();
+        assert!(got == data[r.start as usize..r.end as usize], "{r:?}");
+    }
+    assert_eq!(
+        src.inner().range_calls().len(),
+        1,
+        "ranges went to the inner source"
+    );
+    let e = collect_range(&src, &d, 10..size + 1).await.unwrap_err();
+    assert!(e.contains("past"), "{e}");
+    // A whole-blob range is hashed: a corrupt file is caught and dropped.
+    let mut bad = data.clone();
+    bad[600_000] ^= 1;
+    std::fs::write(src.cache().path_of(&d), &bad).unwrap();
+    assert_eq!(collect_range(&src, &d, 0..10).await.unwrap(), data[..10]);
+    let e = collect_range(&src, &d, 0..size).await.unwrap_err();
+    assert!(e.contains("removed"), "{e}");
+    assert!(!src.cache().contains(&d));
+}

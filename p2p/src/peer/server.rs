@@ -17,6 +17,7 @@ use super::{ChunkProvider, Held};
 use crate::cache::BlobCache;
 use crate::digest::Digest;
 use crate::metrics::UploadMetrics;
+use crate::source::ByteRange;
 use crate::tracker::proto::ErrorBody;
 
 /// Bytes read from a file and sent per step (and taken from the token bucket at once).
@@ -74,31 +75,15 @@ fn refuse(server: &Server, status: StatusCode, result: &'static str, error: Stri
 }
 
 /// Parses `bytes=<first>-<last>` (one range, both ends given, first <= last) into
-/// `first..last + 1`.
+/// `first..last + 1` ([`ByteRange::parse`], only its closed form).
 pub(crate) fn parse_range(value: &str) -> Result<Range<u64>, String> {
-    let spec = value
-        .trim()
-        .strip_prefix("bytes=")
-        .ok_or_else(|| format!("range {value:?} is not in bytes"))?;
-    let (first, last) = spec
-        .split_once('-')
-        .ok_or_else(|| format!("range {value:?} is not first-last"))?;
-    let parse = |s: &str| {
-        let s = s.trim();
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("range {value:?}: {s:?} is not a byte position"));
-        }
-        s.parse::<u64>()
-            .map_err(|e| format!("range {value:?}: {s:?}: {e}"))
-    };
-    let (first, last) = (parse(first)?, parse(last)?);
-    if first > last {
-        return Err(format!("range {value:?} ends before it starts"));
+    match ByteRange::parse(value).map_err(|e| e.to_string())? {
+        ByteRange::FromTo { first, last } => last
+            .checked_add(1)
+            .map(|end| first..end)
+            .ok_or_else(|| format!("range {value:?} too large")),
+        _ => Err(format!("range {value:?} is not first-last")),
     }
-    let end = last
-        .checked_add(1)
-        .ok_or_else(|| format!("range {value:?} too large"))?;
-    Ok(first..end)
 }
 
 async fn serve_blob(

@@ -198,17 +198,27 @@ impl Download {
         })
     }
 
-    /// The whole blob, in order, as chunks arrive. Each piece is read back from the file
-    /// once its chunk is held (verified). If the download fails, the stream ends with the
-    /// error after the chunks that did arrive.
-    pub(crate) fn reader(self: &Arc<Self>) -> BlobStream {
+    /// The bytes `range` of the blob (all of it: `0..size`), in order, as chunks arrive.
+    /// Each piece is read back from the file once its chunk is held (verified against the
+    /// chunk manifest). If the download fails, the stream ends with the error after the
+    /// pieces that did arrive; a range past the blob's end is an error at once.
+    pub(crate) fn reader(self: &Arc<Self>, range: Range<u64>) -> Result<BlobStream, RegistryError> {
+        if range.start > range.end || range.end > self.manifest.size {
+            return Err(RegistryError::Range {
+                repository: self.image.repository.clone(),
+                digest: self.digest().clone(),
+                start: range.start,
+                end: range.end,
+                reason: format!("past the blob's {} bytes", self.manifest.size),
+            });
+        }
         let rx = self.changed.subscribe();
-        let start = (self.clone(), rx, 0u64);
-        Box::pin(stream::unfold(
+        let end = range.end;
+        let start = (self.clone(), rx, range.start);
+        Ok(Box::pin(stream::unfold(
             start,
-            |(download, mut rx, offset)| async move {
-                let size = download.manifest.size;
-                if offset >= size {
+            move |(download, mut rx, offset)| async move {
+                if offset >= end {
                     return None;
                 }
                 let index = (offset / download.manifest.chunk_size) as u32;
@@ -225,18 +235,18 @@ impl Download {
                             digest: download.digest().clone(),
                             reason,
                         };
-                        return Some((Err(err), (download, rx, size)));
+                        return Some((Err(err), (download, rx, end)));
                     }
                     if rx.changed().await.is_err() {
                         let err = RegistryError::Swarm {
                             digest: download.digest().clone(),
                             reason: "download abandoned".into(),
                         };
-                        return Some((Err(err), (download, rx, size)));
+                        return Some((Err(err), (download, rx, end)));
                     }
                 }
                 let chunk_end = download.manifest.chunk_range(index as usize).end;
-                let len = (chunk_end - offset).min(READ_PIECE);
+                let len = (chunk_end.min(end) - offset).min(READ_PIECE);
                 let reading = download.clone();
                 let read = tokio::task::spawn_blocking(move || {
                     let mut buf = BytesMut::zeroed(len as usize);
@@ -254,9 +264,9 @@ impl Download {
                     digest: download.digest().clone(),
                     reason: format!("reading the chunk store: {e}"),
                 });
-                let next = if item.is_ok() { offset + len } else { size };
+                let next = if item.is_ok() { offset + len } else { end };
                 Some((item, (download, rx, next)))
             },
-        ))
+        )))
     }
 }

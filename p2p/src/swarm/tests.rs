@@ -505,3 +505,82 @@ async fn a_clients_credentials_reach_the_registry_for_its_blob() {
         "Credentials(<redacted>)"
     );
 }
+
+async fn pull_range(rig: &Rig, digest: &Digest, range: Range<u64>) -> Vec<u8> {
+    let stream = rig
+        .swarm
+        .fetch_range(&rig.image, digest, range)
+        .await
+        .unwrap();
+    let parts: Vec<Bytes> = stream.try_collect().await.unwrap();
+    parts.concat()
+}
+
+#[tokio::test]
+async fn ranges_share_the_blobs_download_and_then_come_from_the_cache() {
+    let rig = rig();
+    let data = blob(12 * CHUNK as usize + 777, 11);
+    let digest = rig.registry.add(&data);
+    rig.tracker.add_manifest(manifest_of(&data));
+    rig.peers
+        .add(addr(2), Behaviour::Slow(Duration::from_millis(20)), &data);
+    rig.tracker.add_peer(digest.clone(), peer_entry(2, &data));
+    let size = data.len() as u64;
+    // Parallel ranges across chunk boundaries, as containerd's parallel fetch sends them.
+    let ranges: Vec<Range<u64>> = (0..5)
+        .map(|i| i * size / 5..((i + 1) * size / 5))
+        .chain([CHUNK - 3..CHUNK + 3, size - 1..size])
+        .collect();
+    let parts =
+        futures::future::join_all(ranges.iter().map(|r| pull_range(&rig, &digest, r.clone())))
+            .await;
+    for (r, got) in ranges.iter().zip(&parts) {
+        assert!(*got == data[r.start as usize..r.end as usize], "{r:?}");
+    }
+    committed(&rig, &digest).await;
+    // One download: every chunk came once, none from the registry.
+    assert_eq!(received(&rig, "peer"), size);
+    assert_eq!(rig.registry.range_bytes_of(&digest), 0);
+    // Now from the cache; past the end is an error.
+    assert_eq!(pull_range(&rig, &digest, 5..9).await, data[5..9]);
+    assert!(rig
+        .swarm
+        .fetch_range(&rig.image, &digest, 5..size + 1)
+        .await
+        .is_err());
+    assert_eq!(received(&rig, "peer"), size);
+}
+
+#[tokio::test]
+async fn a_range_of_a_failing_download_ends_with_its_error() {
+    let rig = rig();
+    let data = blob(6 * CHUNK as usize, 12);
+    let digest = Digest::of(&data);
+    // The registry serves wrong bytes for the last chunks and no peer holds any.
+    let mut corrupt = data.clone();
+    corrupt[5 * CHUNK as usize + 1] ^= 0xff;
+    rig.registry.add_as(digest.clone(), &corrupt);
+    rig.tracker.add_manifest(manifest_of(&data));
+    let stream = rig
+        .swarm
+        .fetch_range(&rig.image, &digest, 10..6 * CHUNK)
+        .await
+        .unwrap();
+    let items: Vec<Result<Bytes, RegistryError>> = futures::StreamExt::collect(stream).await;
+    let got: Vec<u8> = items
+        .iter()
+        .filter_map(|i| i.as_ref().ok())
+        .flat_map(|b| b.to_vec())
+        .collect();
+    assert!(
+        matches!(items.last(), Some(Err(_))),
+        "the range ended without the error"
+    );
+    assert!(got.len() < 6 * CHUNK as usize - 10);
+    assert!(data[10..].starts_with(&got), "wrong bytes before the cut");
+    assert!(rig
+        .swarm
+        .fetch_range(&rig.image, &digest, 0..6 * CHUNK + 1)
+        .await
+        .is_err());
+}

@@ -1,7 +1,9 @@
-//! A blob's bytes on their way to the client: counted, hashed, and the last piece held back
-//! until the whole blob matched its digest and size. Anything wrong ends the stream with an
-//! error, which cuts the connection (the response has a Content-Length): the client never
-//! gets a complete response with wrong bytes.
+//! A blob's bytes on their way to the client: counted, hashed when the whole blob is sent,
+//! and the last piece held back until they checked out: the right length, and for a whole
+//! blob its digest (a range's bytes were verified by the source: the cache's blob when it
+//! was committed, a swarm download's chunks against the chunk manifest). Anything wrong ends
+//! the stream with an error, which cuts the connection (the response has a Content-Length):
+//! the client never gets a complete response with wrong bytes.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -13,19 +15,34 @@ use shoal_p2p::{Digest, Hasher};
 
 use super::MirrorMetrics;
 
-/// `stream` (blob `digest`, `size` bytes) as a response body; see the module documentation.
+/// What the stream must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expected {
+    /// The whole blob: `size` bytes that hash to its digest.
+    Whole { size: u64 },
+    /// A range of it: `len` bytes.
+    Part { len: u64 },
+}
+
+/// `stream` (blob `digest`, or a range of it) as a response body; see the module
+/// documentation.
 pub fn checked(
     stream: BlobStream,
     digest: Digest,
-    size: u64,
+    expected: Expected,
     metrics: MirrorMetrics,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    let (len, hasher) = match expected {
+        Expected::Whole { size } => (size, Some(Hasher::new())),
+        Expected::Part { len } => (len, None),
+    };
     Checked {
         inner: stream,
-        hasher: Some(Hasher::new()),
+        running: true,
+        hasher,
         held: None,
         digest,
-        size,
+        len,
         seen: 0,
         metrics,
     }
@@ -33,19 +50,21 @@ pub fn checked(
 
 struct Checked {
     inner: BlobStream,
-    /// `None` once the stream ended (or failed).
+    /// False once the stream ended (or failed).
+    running: bool,
+    /// Hashes the whole blob.
     hasher: Option<Hasher>,
-    /// The latest piece, sent once the next one arrives or the blob checked out.
+    /// The latest piece, sent once the next one arrives or the bytes checked out.
     held: Option<Bytes>,
     digest: Digest,
-    size: u64,
+    len: u64,
     seen: u64,
     metrics: MirrorMetrics,
 }
 
 impl Checked {
     fn fail(&mut self, reason: String) -> Poll<Option<Result<Bytes, std::io::Error>>> {
-        self.hasher = None;
+        self.running = false;
         self.held = None;
         self.metrics.blobs_cut.inc();
         tracing::warn!(blob = %self.digest, "mirror: cutting the response: {reason}");
@@ -64,7 +83,7 @@ impl Stream for Checked {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
-            if this.hasher.is_none() {
+            if !this.running {
                 // Ended: the held piece (if any) was checked.
                 return match this.held.take() {
                     Some(piece) => this.send(piece),
@@ -79,9 +98,9 @@ impl Stream for Checked {
                         continue;
                     }
                     this.seen += piece.len() as u64;
-                    if this.seen > this.size {
-                        let (seen, size) = (this.seen, this.size);
-                        return this.fail(format!("{seen} bytes, more than the blob's {size}"));
+                    if this.seen > this.len {
+                        let (seen, len) = (this.seen, this.len);
+                        return this.fail(format!("{seen} bytes, more than the {len} expected"));
                     }
                     if let Some(h) = this.hasher.as_mut() {
                         h.update(&piece);
@@ -91,14 +110,15 @@ impl Stream for Checked {
                     }
                 }
                 Poll::Ready(None) => {
-                    let hasher = this.hasher.take().expect("running");
-                    let actual = hasher.finish();
-                    if this.seen != this.size {
-                        let (seen, size) = (this.seen, this.size);
-                        return this.fail(format!("the source ended after {seen} of {size} bytes"));
+                    this.running = false;
+                    if this.seen != this.len {
+                        let (seen, len) = (this.seen, this.len);
+                        return this.fail(format!("the source ended after {seen} of {len} bytes"));
                     }
-                    if actual != this.digest {
-                        return this.fail(format!("the bytes hash to {actual}"));
+                    if let Some(actual) = this.hasher.take().map(Hasher::finish) {
+                        if actual != this.digest {
+                            return this.fail(format!("the bytes hash to {actual}"));
+                        }
                     }
                     // Loop: sends the held piece, then ends.
                 }
@@ -123,13 +143,19 @@ mod tests {
         })))
     }
 
-    async fn run(
+    async fn run_as(
         pieces: Vec<Result<&'static [u8], &'static str>>,
         digest: Digest,
         size: u64,
+        whole: bool,
     ) -> (Vec<u8>, bool, MirrorMetrics) {
         let metrics = MirrorMetrics::default();
-        let mut s = Box::pin(checked(source(pieces), digest, size, metrics.clone()));
+        let expected = if whole {
+            Expected::Whole { size }
+        } else {
+            Expected::Part { len: size }
+        };
+        let mut s = Box::pin(checked(source(pieces), digest, expected, metrics.clone()));
         let mut out = Vec::new();
         let mut failed = false;
         while let Some(item) = s.next().await {
@@ -142,6 +168,14 @@ mod tests {
             }
         }
         (out, failed, metrics)
+    }
+
+    async fn run(
+        pieces: Vec<Result<&'static [u8], &'static str>>,
+        digest: Digest,
+        size: u64,
+    ) -> (Vec<u8>, bool, MirrorMetrics) {
+        run_as(pieces, digest, size, true).await
     }
 
     #[tokio::test]
@@ -168,5 +202,23 @@ mod tests {
         let (out, failed, _) = run(vec![Ok(b"hello "), Err("cut")], d, 11).await;
         assert!(failed);
         assert!(out.len() < 11);
+    }
+
+    #[tokio::test]
+    async fn a_range_is_checked_for_its_length_only() {
+        let d = Digest::of(b"hello world");
+        let (out, failed, m) = run_as(vec![Ok(b"llo "), Ok(b"wo")], d.clone(), 6, false).await;
+        assert!(!failed);
+        assert_eq!(out, b"llo wo");
+        assert_eq!(m.blob_bytes.get(), 6);
+        let (out, failed, m) = run_as(vec![Ok(b"llo "), Ok(b"w")], d.clone(), 6, false).await;
+        assert!(failed, "short");
+        assert_eq!(out, b"llo ", "the last piece must be held back");
+        assert_eq!(m.blobs_cut.get(), 1);
+        let (_, failed, _) = run_as(vec![Ok(b"llo "), Ok(b"wor")], d.clone(), 6, false).await;
+        assert!(failed, "long");
+        let (out, failed, _) = run_as(vec![Ok(b"llo "), Err("cut")], d, 6, false).await;
+        assert!(failed);
+        assert_eq!(out, b"");
     }
 }

@@ -24,6 +24,7 @@
 //! `containerd --version`.
 
 mod edit;
+mod error;
 pub mod file;
 #[cfg(test)]
 mod tests;
@@ -33,10 +34,11 @@ use std::path::PathBuf;
 use toml_edit::{DocumentMut, Item, Table, TableLike, Value};
 
 use super::{
-    default_hosts_config_path, ContainerdVersion, Schema, VersionError, REMOTE_ANNOTATIONS_EXPORT,
+    default_hosts_config_path, ContainerdVersion, Schema, REMOTE_ANNOTATIONS_EXPORT,
     TRANSFER_PLUGIN,
 };
 use edit::Set;
+pub use error::ContainerdConfigError;
 
 /// shoal's snapshotter name inside containerd (`[proxy_plugins.shoal]`).
 pub const SNAPSHOTTER: &str = "shoal";
@@ -79,74 +81,6 @@ pub struct Applied {
     pub changed: bool,
     /// What was replaced or removed, or is worth knowing, and why; in plain words.
     pub notes: Vec<String>,
-}
-
-/// Why containerd's configuration could not be written.
-#[derive(Debug, thiserror::Error)]
-pub enum ContainerdConfigError {
-    /// The file is not TOML; nothing is written.
-    #[error("not valid TOML at line {line}, column {column}: {}", .source.message().trim_end())]
-    Parse {
-        line: usize,
-        column: usize,
-        source: toml_edit::TomlError,
-    },
-    /// No `version` (or `version = 1`): containerd's schema 1, from before 1.5.
-    #[error(
-        "the file has {found}, that is containerd's config schema 1, which shoal does not write: \
-         {hint}"
-    )]
-    Schema1 { found: String, hint: &'static str },
-    /// A `version` that is no containerd schema.
-    #[error(
-        "version = {found} is no containerd config schema (2: containerd 1.x, 3: containerd 2.x)"
-    )]
-    UnknownSchema { found: i64 },
-    /// A schema-2 file for a containerd 2.x: containerd migrates it at load, shoal writes 3.
-    #[error(
-        "the file is config version 2 but containerd {version} reads version 3: migrate it \
-         first with `containerd config migrate > NEW` (it reads /etc/containerd/config.toml, or \
-         --config FILE), check NEW and put it in place, then run this again"
-    )]
-    NeedsMigration { version: ContainerdVersion },
-    /// A schema-3 file for a containerd 1.x, which refuses it.
-    #[error("the file is config version 3 (containerd 2.x) but containerd {version} reads only version 2")]
-    SchemaTooNew { version: ContainerdVersion },
-    /// A containerd older than shoal supports.
-    #[error("containerd {version} is not supported: shoal needs containerd 1.6 or later")]
-    UnsupportedContainerd { version: ContainerdVersion },
-    /// A key of the wrong type where shoal reads or writes.
-    #[error("{key} is {found}, expected {expected}")]
-    WrongType {
-        key: String,
-        expected: &'static str,
-        found: &'static str,
-    },
-    /// Reading or writing the file (or its directory) failed.
-    #[error("{op} {path:?}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// `containerd --version` could not be run.
-    #[error("running `{bin:?} --version`: {source}; pass --containerd-version (e.g. 2.1.9)")]
-    VersionCommand {
-        bin: PathBuf,
-        source: std::io::Error,
-    },
-    /// `containerd --version` failed.
-    #[error(
-        "`{bin:?} --version` failed ({status}): {stderr}; pass --containerd-version (e.g. 2.1.9)"
-    )]
-    VersionCommandFailed {
-        bin: PathBuf,
-        status: std::process::ExitStatus,
-        stderr: String,
-    },
-    /// `containerd --version` printed no version.
-    #[error("`{bin:?} --version`: {source}; pass --containerd-version (e.g. 2.1.9)")]
-    VersionOutput { bin: PathBuf, source: VersionError },
 }
 
 /// This machine's platform as containerd writes it in `unpack_config` (`linux/amd64`).
@@ -242,12 +176,7 @@ fn check_schema(
     };
     let found = match doc.get("version") {
         None if doc.as_table().is_empty() => None,
-        None => {
-            return Err(ContainerdConfigError::Schema1 {
-                found: "no `version`".into(),
-                hint,
-            })
-        }
+        None => return Err(ContainerdConfigError::Schema1 { found: None, hint }),
         Some(item) => {
             let n = item
                 .as_integer()
@@ -260,7 +189,7 @@ fn check_schema(
                 Some(s) => Some(s),
                 None if n <= 1 => {
                     return Err(ContainerdConfigError::Schema1 {
-                        found: format!("version = {n}"),
+                        found: Some(n),
                         hint,
                     })
                 }

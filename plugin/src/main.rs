@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use shoal_p2p::reference::ImageReference;
 use shoal_p2p::registry::{Platform, RegistryClient};
 use shoal_plugin::config::Config;
+use shoal_plugin::containerd::config as containerd_config;
+use shoal_plugin::containerd::ContainerdVersion;
 use shoal_plugin::image::{unpack_image, LayerReport};
 use shoal_plugin::preheat::cli;
 use shoal_plugin::report::human_bytes;
@@ -61,6 +63,31 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Print the files instead of writing them.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Write containerd's configuration for shoal: register shoald's snapshotter and set CRI's
+    /// image settings for the installed containerd's version and config schema, keeping
+    /// everything else the file says. Prints what it changed and why.
+    ContainerdConfig {
+        /// containerd's configuration file (a missing one is created, with its directory).
+        #[arg(long, default_value = "/etc/containerd/config.toml")]
+        file: PathBuf,
+        /// shoald's snapshotter socket to register (`shoald snapshotter --address`).
+        #[arg(long, value_name = "SOCK", default_value = "/run/shoal/shoald.sock")]
+        address: PathBuf,
+        /// The containerd version the file is for, e.g. 2.1.9; default: what
+        /// `BIN --version` says.
+        #[arg(long, value_name = "V")]
+        containerd_version: Option<ContainerdVersion>,
+        /// The containerd binary asked for its version (a path, or a name on PATH).
+        #[arg(long, value_name = "BIN", default_value = "containerd")]
+        containerd: PathBuf,
+        /// containerd 2.1+: have CRI pull with the client (`use_local_image_pull`) instead of
+        /// the transfer service. Earlier versions always pull that way.
+        #[arg(long)]
+        local_pull: bool,
+        /// Print the resulting file instead of writing it.
         #[arg(long)]
         print: bool,
     },
@@ -186,6 +213,29 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::ContainerdConfig {
+            file,
+            address,
+            containerd_version,
+            containerd,
+            local_pull,
+            print,
+        } => {
+            let version = match containerd_version {
+                Some(v) => v,
+                None => containerd_config::file::detect_version(&containerd)?,
+            };
+            let opts = containerd_config::Options {
+                version,
+                shoald_socket: address,
+                pull_path: match local_pull {
+                    true => containerd_config::PullPath::Local,
+                    false => containerd_config::PullPath::Transfer,
+                },
+                platform: containerd_config::host_platform(),
+            };
+            write_containerd_config(&file, &opts, print)
+        }
         Command::Pull {
             image,
             cri_address,
@@ -204,6 +254,57 @@ async fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `shoald containerd-config`: [`containerd_config::apply`] to `file`, written atomically
+/// (or printed), with the notes and what to do next.
+fn write_containerd_config(
+    file: &std::path::Path,
+    opts: &containerd_config::Options,
+    print: bool,
+) -> Result<()> {
+    let existing = containerd_config::file::read(file)?;
+    let applied = containerd_config::apply(existing.as_deref().unwrap_or_default(), opts)
+        .with_context(|| format!("{}: nothing written", file.display()))?;
+    // With --print, stdout is the file alone.
+    let say = |line: String| match print {
+        true => eprintln!("{line}"),
+        false => println!("{line}"),
+    };
+    let v = opts.version;
+    say(format!(
+        "containerd {v}: config version {}, CRI pulls {}",
+        v.schema().number(),
+        match (v.cri_pulls_via_transfer(), opts.pull_path) {
+            (true, containerd_config::PullPath::Transfer) => "through the transfer service",
+            (true, containerd_config::PullPath::Local) => "with the client (use_local_image_pull)",
+            (false, _) => "with the client",
+        }
+    ));
+    if existing.is_none() {
+        say(format!(
+            "note: {} does not exist: starting from containerd's defaults",
+            file.display()
+        ));
+    }
+    for note in &applied.notes {
+        say(format!("note: {note}"));
+    }
+    if print {
+        print!("{}", applied.text);
+        return Ok(());
+    }
+    let restart = "restart containerd to load it (systemctl restart containerd), then check \
+                   what it does with `shoald doctor`";
+    if applied.changed || existing.is_none() {
+        containerd_config::file::write_atomic(file, &applied.text)?;
+        println!("written {}", file.display());
+        println!("{restart}");
+    } else {
+        println!("unchanged {}", file.display());
+        println!("if containerd has not been restarted since it was written: {restart}");
+    }
+    Ok(())
 }
 
 fn preheat_client(config: &Config, c: ConnectArgs) -> Result<shoal_p2p::preheat::PreheatClient> {

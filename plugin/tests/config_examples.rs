@@ -510,3 +510,63 @@ fn unit_passes_systemd_analyze_verify() {
         "systemd-analyze verify warnings: {ours:#?}"
     );
 }
+
+/// `shoald containerd-config` as an operator runs it: writes, then leaves alone, prints
+/// without writing, and on bad input fails with the file untouched.
+#[test]
+fn containerd_config_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("etc/containerd/config.toml");
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_shoald"))
+            .args([
+                "containerd-config",
+                "--containerd-version",
+                "2.1.9",
+                "--file",
+            ])
+            .arg(&file)
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let (ok, stdout, stderr) = run(&[]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("written"), "{stdout}");
+    assert!(stdout.contains("shoald doctor"), "{stdout}");
+    let written = std::fs::read_to_string(&file).unwrap();
+    let (ok, stdout, _) = run(&[]);
+    assert!(ok && stdout.contains("unchanged"), "{stdout}");
+    // --print: the file on stdout, notes on stderr, nothing written.
+    let (ok, stdout, stderr) = run(&["--local-pull", "--print"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("use_local_image_pull = true"), "{stdout}");
+    assert!(stderr.contains("note:"), "{stderr}");
+    assert!(stdout.parse::<toml::Table>().is_ok(), "{stdout}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), written);
+    // Bad input: non-zero exit, file untouched.
+    std::fs::write(&file, "version = 3\n[plugins\n").unwrap();
+    let (ok, _, stderr) = run(&[]);
+    assert!(!ok);
+    assert!(stderr.contains("line 2"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "version = 3\n[plugins\n"
+    );
+    // No version and no containerd to ask: says to pass --containerd-version.
+    let out = Command::new(env!("CARGO_BIN_EXE_shoald"))
+        .args([
+            "containerd-config",
+            "--containerd",
+            "/nonexistent/containerd",
+        ])
+        .arg("--file")
+        .arg(dir.path().join("other.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--containerd-version"));
+    assert!(!dir.path().join("other.toml").exists());
+}

@@ -133,6 +133,13 @@ pub const CRI_IMAGES_PLUGIN_V3: &str = "io.containerd.cri.v1.images";
 pub const TRANSFER_PLUGIN: &str = "io.containerd.transfer.v1.local";
 /// The proxy plugin export that makes the transfer service pass the `cri.*` labels.
 pub const REMOTE_ANNOTATIONS_EXPORT: &str = "enable_remote_snapshot_annotations";
+/// The name shoald is registered under as a proxy snapshotter (`[proxy_plugins.shoal]`,
+/// `snapshotter = "shoal"`).
+pub const SNAPSHOTTER_NAME: &str = "shoal";
+/// The plugin type of snapshotters, proxy ones included, as introspection lists it.
+pub const SNAPSHOT_PLUGIN_TYPE: &str = "io.containerd.snapshotter.v1";
+/// containerd's own snapshotter on Linux: CRI's and the transfer service's default.
+pub const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
 
 impl Schema {
     /// The number in the file.
@@ -189,7 +196,9 @@ mod tests {
         assert_eq!(v("2.1.9+ds1-5"), ContainerdVersion::new(2, 1, 9));
         assert_eq!(v("1.7.24-0ubuntu1"), ContainerdVersion::new(1, 7, 24));
         assert_eq!(v("v2.2.0-rc.1"), ContainerdVersion::new(2, 2, 0));
-        for bad in ["", "v", "2", "2.1", "2.1.x", "2.1.9.1", "a.b.c", "-1.2.3", "2..1"] {
+        for bad in [
+            "", "v", "2", "2.1", "2.1.x", "2.1.9.1", "a.b.c", "-1.2.3", "2..1",
+        ] {
             assert!(bad.parse::<ContainerdVersion>().is_err(), "{bad:?}");
         }
         let line = "containerd github.com/containerd/containerd/v2 2.1.9+ds1-5 2.1.9+ds1-5";
@@ -198,7 +207,10 @@ mod tests {
             ContainerdVersion::new(2, 1, 9)
         );
         assert_eq!(
-            ContainerdVersion::from_version_output("containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+b1").unwrap(),
+            ContainerdVersion::from_version_output(
+                "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+b1"
+            )
+            .unwrap(),
             ContainerdVersion::new(1, 6, 20)
         );
         assert!(ContainerdVersion::from_version_output("containerd: not found").is_err());

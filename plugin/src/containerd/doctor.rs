@@ -12,26 +12,31 @@
 mod diagnose;
 mod facts;
 mod gather;
+mod mirror_checks;
+mod report;
+mod settings;
 #[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;
 
-pub use diagnose::{
-    diagnose, effective_config_path, file_settings, first_host, pull_path,
-    snapshotter_of_mountpoint, Check, ImageSettings, Level, PullPath, Report, Verdict,
-};
+pub use diagnose::diagnose;
 pub use facts::{
     ContainerdFile, CriFacts, Facts, FileFacts, HostsFile, ImageSettingsFile, PluginFact, Probe,
     ProxyPluginFile, ShoaldFacts, StatusConfig, TransferFile, UnpackEntry,
 };
 pub use gather::{gather, Options};
+pub use report::{Check, Level, Report, Verdict};
+pub use settings::{
+    effective_config_path, file_settings, first_host, pull_path, snapshotter_of_mountpoint,
+    ImageSettings, PullPath,
+};
 
 /// Why the doctor cannot tell (exit status 2).
 #[derive(Debug, thiserror::Error)]
 pub enum DoctorError {
     /// containerd's socket cannot be connected to.
-    #[error("cannot reach containerd at {socket:?}: {source} (is containerd running, and is this its --containerd-address?)")]
+    #[error("cannot reach containerd at {socket:?}: {} (is containerd running, and is this its --containerd-address?)", causes(source))]
     Connect {
         socket: PathBuf,
         #[source]
@@ -86,6 +91,21 @@ pub enum DoctorError {
     /// shoald's own configuration is unusable.
     #[error(transparent)]
     ShoaldConfig(#[from] crate::config::ConfigError),
+}
+
+/// An error and its causes on one line (tonic's transport errors say only "transport error").
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 /// `shoald doctor`: gathers, diagnoses, prints the report on stdout and returns the exit

@@ -6,254 +6,22 @@
 //! not tell (2.x's image settings, the transfer service's unpack configuration), read the way
 //! the running version reads it (2.x migrates a version-2 file).
 
-use std::fmt;
-
-use super::facts::{Facts, FileFacts, HostsFile, PluginFact, Probe, StatusConfig};
-use crate::containerd::{
-    default_hosts_config_path, ContainerdVersion, Schema, DEFAULT_SNAPSHOTTER,
-    REMOTE_ANNOTATIONS_EXPORT, SNAPSHOTTER_NAME, SNAPSHOT_PLUGIN_TYPE, TRANSFER_PLUGIN,
+use super::facts::{Facts, Probe};
+use super::report::{Check, Level, Report, Verdict};
+use super::settings::{
+    effective_config_path, file_settings, pull_path, snapshotter_of_mountpoint, ImageSettings,
+    PullPath,
 };
-
-/// How a check came out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    Ok,
-    Warn,
-    Fail,
-}
-
-impl fmt::Display for Level {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Level::Ok => "ok",
-            Level::Warn => "warn",
-            Level::Fail => "FAIL",
-        })
-    }
-}
-
-/// One line of the report, with what to change when it is not ok.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Check {
-    pub level: Level,
-    pub text: String,
-    pub fix: Vec<String>,
-}
-
-/// How CRI pulls reach shoal, if they do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Layers stream into shoal's snapshotter (labels reach it).
-    Streaming,
-    /// Layers come through shoald's registry mirror (first in every hosts.toml).
-    Mirror,
-    /// Both.
-    Both,
-    /// Neither: CRI pulls do not use shoal.
-    Neither,
-}
-
-/// The doctor's findings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Report {
-    pub checks: Vec<Check>,
-    pub verdict: Verdict,
-}
-
-impl Report {
-    /// 0 when CRI pulls use shoal, 1 when they do not.
-    pub fn exit_code(&self) -> i32 {
-        match self.verdict {
-            Verdict::Neither => 1,
-            _ => 0,
-        }
-    }
-
-    /// The first check at `level` whose text contains `needle` (for tests and callers).
-    pub fn find(&self, level: Level, needle: &str) -> Option<&Check> {
-        self.checks
-            .iter()
-            .find(|c| c.level == level && c.text.contains(needle))
-    }
-}
-
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for c in &self.checks {
-            writeln!(f, "{:<4} {}", c.level.to_string(), c.text)?;
-            for line in &c.fix {
-                writeln!(f, "       {line}")?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// CRI's pull path on a containerd version with given settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PullPath {
-    /// CRI pulls and unpacks itself (containerd's client pull); why.
-    Local(String),
-    /// Through the transfer service (2.1+).
-    Transfer,
-}
-
-/// CRI's image settings as containerd reads them from the file (defaults filled in).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageSettings {
-    /// The table to change them in, as TOML names it.
-    pub table: String,
-    pub snapshotter: String,
-    pub disable_snapshot_annotations: bool,
-    pub discard_unpacked_layers: bool,
-    pub use_local_image_pull: bool,
-    pub max_concurrent_downloads: i64,
-    pub image_pull_with_sync_fs: bool,
-    /// CRI's registry `config_path` (roots separated by `:`); empty: no hosts.toml read.
-    pub config_path: String,
-    pub legacy_registry: Vec<&'static str>,
-    /// Settings of a version-2 file that containerd 2.x's migration drops
-    /// (`snapshotter = "shoal"`, ...).
-    pub dropped_by_migration: Vec<String>,
-}
-
-/// CRI's image settings for `version` from the file, migrated and defaulted as that version
-/// does (see `plugins/cri/images/plugin.go`'s `configMigration` in 2.x: the `containerd`
-/// table's keys move only when it also has `runtimes`).
-pub fn file_settings(version: ContainerdVersion, file: &FileFacts) -> ImageSettings {
-    let schema = version.schema();
-    let table = super::facts::dotted(schema.cri_images_table());
-    let empty = Default::default();
-    let content = file.content.as_ref().unwrap_or(&empty);
-    let mut dropped = Vec::new();
-    let s = match (schema, content.version) {
-        (Schema::V2, Some(2)) => content.cri_v2.clone(),
-        (Schema::V2, _) => Default::default(),
-        (Schema::V3, Some(3)) => content.images_v3.clone(),
-        (Schema::V3, _) => {
-            let (old, mut s) = (&content.cri_v2, content.images_v3.clone());
-            if old.has_registry {
-                s.has_registry = true;
-                s.config_path.clone_from(&old.config_path);
-                s.legacy_registry.clone_from(&old.legacy_registry);
-            }
-            s.max_concurrent_downloads =
-                old.max_concurrent_downloads.or(s.max_concurrent_downloads);
-            s.image_pull_with_sync_fs = old.image_pull_with_sync_fs.or(s.image_pull_with_sync_fs);
-            if content.cri_v2_has_runtimes {
-                s.snapshotter = old.snapshotter.clone().or(s.snapshotter);
-                s.disable_snapshot_annotations = old
-                    .disable_snapshot_annotations
-                    .or(s.disable_snapshot_annotations);
-                s.discard_unpacked_layers =
-                    old.discard_unpacked_layers.or(s.discard_unpacked_layers);
-            } else {
-                if let Some(v) = &old.snapshotter {
-                    dropped.push(format!("snapshotter = {v:?}"));
-                }
-                if let Some(v) = old.disable_snapshot_annotations {
-                    dropped.push(format!("disable_snapshot_annotations = {v}"));
-                }
-                if let Some(v) = old.discard_unpacked_layers {
-                    dropped.push(format!("discard_unpacked_layers = {v}"));
-                }
-            }
-            s
-        }
-    };
-    ImageSettings {
-        table,
-        snapshotter: s.snapshotter.unwrap_or_else(|| DEFAULT_SNAPSHOTTER.into()),
-        // true by default on Linux in every version shoal supports.
-        disable_snapshot_annotations: s.disable_snapshot_annotations.unwrap_or(true),
-        discard_unpacked_layers: s.discard_unpacked_layers.unwrap_or(false),
-        use_local_image_pull: s.use_local_image_pull.unwrap_or(false),
-        max_concurrent_downloads: s.max_concurrent_downloads.unwrap_or(3),
-        image_pull_with_sync_fs: s.image_pull_with_sync_fs.unwrap_or(false),
-        config_path: s
-            .config_path
-            .or_else(|| default_hosts_config_path(version).map(str::to_owned))
-            .unwrap_or_default(),
-        legacy_registry: s.legacy_registry,
-        dropped_by_migration: dropped,
-    }
-}
-
-/// CRI's `config_path` as containerd uses it: from CRI's status on 1.x, else from the file.
-pub fn effective_config_path(
-    version: ContainerdVersion,
-    file: &FileFacts,
-    status: Option<&StatusConfig>,
-) -> String {
-    status
-        .and_then(|s| s.config_path.clone())
-        .unwrap_or_else(|| file_settings(version, file).config_path)
-}
-
-/// Which pull path CRI takes (`CheckLocalImagePullConfigs` in 2.1+).
-pub fn pull_path(version: ContainerdVersion, s: &ImageSettings) -> PullPath {
-    if !version.cri_pulls_via_transfer() {
-        return PullPath::Local(format!("containerd {version} always pulls in CRI itself"));
-    }
-    let forced = if s.use_local_image_pull {
-        Some("use_local_image_pull = true".to_owned())
-    } else if !s.disable_snapshot_annotations {
-        Some("disable_snapshot_annotations = false forces it".to_owned())
-    } else if s.discard_unpacked_layers {
-        Some("discard_unpacked_layers = true forces it".to_owned())
-    } else if let Some(t) = s.legacy_registry.first() {
-        Some(format!("the deprecated registry.{t} forces it"))
-    } else if s.max_concurrent_downloads != 3 {
-        Some(format!(
-            "max_concurrent_downloads = {} (not 3) forces it",
-            s.max_concurrent_downloads
-        ))
-    } else if s.image_pull_with_sync_fs {
-        Some("image_pull_with_sync_fs = true forces it".to_owned())
-    } else {
-        None
-    };
-    forced.map_or(PullPath::Transfer, PullPath::Local)
-}
-
-/// The snapshotter whose root is `mountpoint`: one exporting it as `root`, else the name in
-/// containerd's `<root>/io.containerd.snapshotter.v1.<name>` layout.
-pub fn snapshotter_of_mountpoint(mountpoint: &str, plugins: &[PluginFact]) -> Option<String> {
-    let trimmed = mountpoint.trim_end_matches('/');
-    plugins
-        .iter()
-        .find(|p| {
-            p.kind == SNAPSHOT_PLUGIN_TYPE
-                && p.exports.get("root").map(|r| r.trim_end_matches('/')) == Some(trimmed)
-        })
-        .map(|p| p.id.clone())
-        .or_else(|| {
-            let base = trimmed.rsplit('/').next()?;
-            base.strip_prefix(&format!("{SNAPSHOT_PLUGIN_TYPE}."))
-                .filter(|n| !n.is_empty())
-                .map(str::to_owned)
-        })
-}
-
-/// The host containerd tries first in a hosts.toml: the first `[host."..."]`, else `server`.
-pub fn first_host(text: &str) -> Result<Option<String>, String> {
-    let doc: toml_edit::DocumentMut = text.parse().map_err(|e| format!("not TOML: {e}"))?;
-    if let Some(hosts) = doc.get("host").and_then(|h| h.as_table_like()) {
-        if let Some((k, _)) = hosts.iter().next() {
-            return Ok(Some(k.to_owned()));
-        }
-    }
-    Ok(doc
-        .get("server")
-        .and_then(|s| s.as_str())
-        .map(str::to_owned))
-}
+use crate::containerd::{
+    Schema, DEFAULT_SNAPSHOTTER, REMOTE_ANNOTATIONS_EXPORT, SNAPSHOTTER_NAME, SNAPSHOT_PLUGIN_TYPE,
+    TRANSFER_PLUGIN,
+};
 
 const RESTART: &str = "then restart containerd (`systemctl restart containerd`)";
 
 /// Whether a check's problem stops one pull path.
 #[derive(Clone, Copy)]
-enum Blocks {
+pub(super) enum Blocks {
     No,
     /// A FAIL, a warning when the other path carries the pulls.
     Yes,
@@ -271,7 +39,7 @@ enum On {
 
 /// The report's lines in order, each with the path it concerns.
 #[derive(Default)]
-struct Lines(Vec<(On, Blocks, Check)>);
+pub(super) struct Lines(Vec<(On, Blocks, Check)>);
 
 impl Lines {
     fn general(&mut self, c: Check) {
@@ -282,7 +50,7 @@ impl Lines {
         self.0.push((On::Streaming, b, c));
     }
 
-    fn mirror(&mut self, (b, c): (Blocks, Check)) {
+    pub(super) fn mirror(&mut self, (b, c): (Blocks, Check)) {
         self.0.push((On::Mirror, b, c));
     }
 }
@@ -767,74 +535,14 @@ pub fn diagnose(facts: &Facts) -> Report {
     }
 
     // The mirror path.
-    let sh = &facts.shoald;
-    let hosts_dir = sh.hosts_dir.display().to_string();
-    let first_root = config_path.split(':').next().unwrap_or_default().to_owned();
-    let run_hosts = if first_root.is_empty() || first_root == hosts_dir {
-        "run `shoald hosts`".to_owned()
-    } else {
-        format!("run `shoald hosts --dir {first_root}`")
-    };
-    let mut mirror_ok = cri_ok;
-    if !sh.mirror_enabled {
-        mirror_ok = false;
-        lines.mirror((
-            Blocks::Quietly,
-            bad(
-                Level::Fail,
-                "shoald's registry mirror is off ([mirror] enabled = false in shoald's config)"
-                    .into(),
-                vec![format!(
-                    "set [mirror] enabled = true in shoald's config, restart shoald, {run_hosts}"
-                )],
-            ),
-        ));
-    } else {
-        match &sh.mirror_listening {
-            Some(Probe::Fails(why)) => {
-                mirror_ok = false;
-                lines.mirror((
-                    Blocks::Yes,
-                    bad(
-                        Level::Fail,
-                        format!(
-                            "shoald's mirror does not answer on {}: {why}; containerd skips it",
-                            sh.mirror_url
-                        ),
-                        vec!["start shoald (`systemctl start shoald`)".into()],
-                    ),
-                ));
-            }
-            Some(Probe::Answers) => lines.mirror((
-                Blocks::No,
-                ok(format!("shoald's mirror answers on {}", sh.mirror_url)),
-            )),
-            None => {}
-        }
-        if config_path.is_empty() {
-            mirror_ok = false;
-            lines.mirror((
-                Blocks::Yes,
-                bad(
-                    Level::Fail,
-                    format!(
-                        "CRI reads no hosts.toml: config_path is not set in [{}.registry]",
-                        file_s.table
-                    ),
-                    vec![
-                        format!("set config_path = \"{hosts_dir}\" there"),
-                        format!("{and_restart}, then run `shoald hosts`"),
-                    ],
-                ),
-            ));
-        } else {
-            for h in &facts.hosts {
-                let (good, check) = hosts_check(h, &sh.mirror_url, &config_path, &run_hosts);
-                mirror_ok &= good;
-                lines.mirror((if good { Blocks::No } else { Blocks::Yes }, check));
-            }
-        }
-    }
+    let mirror_ok = cri_ok
+        && super::mirror_checks::mirror_checks(
+            facts,
+            &config_path,
+            &file_s.table,
+            &and_restart,
+            &mut lines,
+        );
 
     let streaming_ok =
         cri_ok && is_shoal && plugin_ok && socket_ok && labels_ok && !(has_rebase && rebase_active);
@@ -882,60 +590,4 @@ pub fn diagnose(facts: &Facts) -> Report {
         ),
     });
     Report { checks, verdict }
-}
-
-/// Whether shoald's mirror is first in the hosts.toml containerd reads for `h`.
-fn hosts_check(
-    h: &HostsFile,
-    mirror_url: &str,
-    config_path: &str,
-    run_hosts: &str,
-) -> (bool, Check) {
-    let fail = |text: String| {
-        (
-            false,
-            Check {
-                level: Level::Fail,
-                text,
-                fix: vec![run_hosts.to_owned()],
-            },
-        )
-    };
-    let ns = &h.namespace;
-    let Some(dir) = &h.dir else {
-        return fail(format!(
-            "{ns}: no hosts.toml under config_path {config_path:?}: containerd goes to the registry, not the mirror"
-        ));
-    };
-    let file = dir.join("hosts.toml");
-    let Some(text) = &h.text else {
-        return fail(format!(
-            "{ns}: {} has no hosts.toml: containerd goes to the registry, not the mirror",
-            dir.display()
-        ));
-    };
-    let via = match dir.file_name().and_then(|n| n.to_str()) {
-        Some(n) if n != ns => format!(" (through {n})"),
-        _ => String::new(),
-    };
-    let norm = |s: &str| s.trim_end_matches('/').to_owned();
-    match first_host(text) {
-        Err(e) => fail(format!("{ns}: {} is {e}", file.display())),
-        Ok(Some(first)) if norm(&first) == norm(mirror_url) => (
-            true,
-            Check {
-                level: Level::Ok,
-                text: format!("{ns}: shoald's mirror is first in {}{via}", file.display()),
-                fix: vec![],
-            },
-        ),
-        Ok(Some(first)) => fail(format!(
-            "{ns}: {} tries {first} first, not shoald's mirror {mirror_url}{via}",
-            file.display()
-        )),
-        Ok(None) => fail(format!(
-            "{ns}: {} lists no host: containerd goes to the registry{via}",
-            file.display()
-        )),
-    }
 }

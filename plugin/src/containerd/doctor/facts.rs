@@ -203,7 +203,7 @@ impl ContainerdFile {
                 path: path.to_owned(),
                 line,
                 column,
-                message: e.message().to_owned(),
+                message: e.message().trim().replace('\n', "; "),
             }
         })?;
         let r = Reader {

@@ -133,6 +133,13 @@ pub const CRI_IMAGES_PLUGIN_V3: &str = "io.containerd.cri.v1.images";
 pub const TRANSFER_PLUGIN: &str = "io.containerd.transfer.v1.local";
 /// The proxy plugin export that makes the transfer service pass the `cri.*` labels.
 pub const REMOTE_ANNOTATIONS_EXPORT: &str = "enable_remote_snapshot_annotations";
+/// The name shoald is registered under as a proxy snapshotter (`[proxy_plugins.shoal]`,
+/// `snapshotter = "shoal"`).
+pub const SNAPSHOTTER_NAME: &str = "shoal";
+/// The plugin type of snapshotters, proxy ones included, as introspection lists it.
+pub const SNAPSHOT_PLUGIN_TYPE: &str = "io.containerd.snapshotter.v1";
+/// containerd's own snapshotter on Linux: CRI's and the transfer service's default.
+pub const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
 
 impl Schema {
     /// The number in the file.

@@ -103,6 +103,19 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         timeout: u64,
     },
+    /// Check, without changing anything, what the running containerd does with shoal: its
+    /// version, shoal's proxy snapshotter, CRI's snapshotter and pull path, whether the cri.*
+    /// labels reach shoal, the mirror in hosts.toml. One line per check (ok, warn, FAIL) with
+    /// the fix below. Exit status 0 when CRI pulls use shoal, 1 when they do not, 2 when the
+    /// doctor cannot tell (containerd unreachable, a config file malformed).
+    Doctor {
+        /// containerd's gRPC socket.
+        #[arg(long, default_value = "/run/containerd/containerd.sock")]
+        containerd_address: PathBuf,
+        /// containerd's config file, for what its socket does not tell.
+        #[arg(long, default_value = "/etc/containerd/config.toml")]
+        containerd_config: PathBuf,
+    },
     /// Preheat jobs on shoal-registry-ext's coordinator: warm images onto nodes.
     Preheat {
         #[command(flatten)]
@@ -180,6 +193,19 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Command::Doctor {
+        containerd_address,
+        containerd_config,
+    } = &cli.command
+    {
+        // The doctor reads shoald's config itself: a bad one means "cannot tell" (status 2).
+        let options = shoal_plugin::containerd::doctor::Options {
+            containerd_address: containerd_address.clone(),
+            containerd_config: containerd_config.clone(),
+            shoald_config: cli.config.clone(),
+        };
+        std::process::exit(shoal_plugin::containerd::doctor::run(&options).await);
+    }
     let mut config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Unpack {
@@ -246,6 +272,7 @@ async fn main() -> Result<()> {
             std::time::Duration::from_secs(timeout),
         )
         .await?),
+        Command::Doctor { .. } => unreachable!("handled before the config is loaded"),
         Command::Preheat { connect, command } => preheat(&config, connect, command).await,
         Command::Nodes { connect } => {
             let client = preheat_client(&config, connect)?;

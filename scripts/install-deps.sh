@@ -49,3 +49,7 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo not found: install the Rust toolchain (rustup) first" >&2
   exit 1
 fi
+
+# containerd 1.7 and 2.1 (Debian 13's and sid's packages) unpacked beside the system's 1.6,
+# for the tests' containerd matrix.
+"$(dirname "$0")/install-containerd-versions.sh"

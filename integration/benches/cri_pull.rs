@@ -11,15 +11,17 @@
 //! standard library (`/usr/lib/python3*`, zstd) and 128 MiB of half-compressible large files
 //! (gzip). SHOAL_BENCH_RUNS (default 2) pulls each way, taking turns, each on a fresh
 //! containerd and shoald; the best of each is reported, with shoald's peak RSS and the
-//! bound F/B (image size over bandwidth).
+//! bound F/B (image size over bandwidth). SHOAL_BENCH_CONTAINERDS (default "1.6 2.1") names
+//! the containerds compared in the same run (values of SHOAL_CONTAINERD: 1.6, 1.7, 2.1 for
+//! 2.1's transfer-service pull path, 2.1-local), each configured by `shoald containerd-config`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use shoal_integration::bench::env_or;
-use shoal_integration::containerd::scratch_dir;
-use shoal_integration::cri::CriContainerd;
+use shoal_integration::containerd::{find_flavor, scratch_dir};
+use shoal_integration::cri::{CriContainerd, CriSettings, SNAPSHOTTER};
 use shoal_integration::image::{Attrs, Compression, Layer, LayerBuilder, OciLayout, PlatformImage};
 use shoal_integration::netns::{self, Link, Netns};
 use shoal_integration::registry::TestRegistry;
@@ -61,6 +63,11 @@ fn main() -> Result<()> {
     }
     let mbit: u64 = env_or("SHOAL_BENCH_MBIT", 400);
     let runs: usize = env_or("SHOAL_BENCH_RUNS", 2);
+    let containerds: String = env_or("SHOAL_BENCH_CONTAINERDS", "1.6 2.1".to_owned());
+    let flavors = containerds
+        .split_whitespace()
+        .map(find_flavor)
+        .collect::<Result<Vec<_>>>()?;
     let work = tempfile::Builder::new()
         .prefix("shoal-bench-cri-")
         .tempdir_in(scratch_dir())?;
@@ -113,18 +120,73 @@ fn main() -> Result<()> {
         layers.len(),
         size as f64 / 1e6
     );
+    let mut rows = Vec::new();
+    for flavor in &flavors {
+        eprintln!("== {}", flavor.describe());
+        let (native, shoal, rss) = pulls(
+            runs,
+            &hosts,
+            &shoald_config,
+            &image,
+            &layers,
+            CriSettings {
+                flavor: Some(flavor.clone()),
+                ..CriSettings::default()
+            },
+        )?;
+        rows.push((flavor, native, shoal, rss));
+    }
+    println!(
+        "\n{:<44} {:>9} {:>9}",
+        "CRI pull (best of runs)", "time", "vs F/B"
+    );
+    for (flavor, native, shoal, rss) in &rows {
+        let c = format!("containerd {} ({})", flavor.version, flavor.name);
+        for (how, t) in [("overlayfs (native)", native), ("shoal", shoal)] {
+            println!(
+                "{:<44} {:>8.2}s {:>8.2}x",
+                format!("{c}, {how}"),
+                t.as_secs_f64(),
+                t.as_secs_f64() / bound
+            );
+        }
+        println!(
+            "{c}: shoal / native: {:.2}; shoald peak RSS: {:.1} MiB",
+            shoal.as_secs_f64() / native.as_secs_f64(),
+            *rss as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(())
+}
+
+/// `runs` pulls each way on fresh nodes of one containerd, taking turns: the best native
+/// time, the best shoal time, shoald's peak RSS.
+fn pulls(
+    runs: usize,
+    hosts: &[String],
+    shoald_config: &str,
+    image: &str,
+    layers: &[Layer],
+    settings: CriSettings,
+) -> Result<(Duration, Duration, u64)> {
     let mut native = Duration::MAX;
     let mut shoal = Duration::MAX;
     let mut rss = 0u64;
     for run in 0..runs {
         for through_shoal in [run % 2 == 1, run % 2 == 0] {
-            let node = if through_shoal {
-                CriContainerd::start_with_config(&hosts, &shoald_config)?
-            } else {
-                CriContainerd::start_native(&hosts)?
+            let (config, snapshotter) = match through_shoal {
+                true => (shoald_config, SNAPSHOTTER),
+                false => ("", "overlayfs"),
             };
+            let node = CriContainerd::start_in_netns_with(
+                None,
+                hosts,
+                config,
+                snapshotter,
+                settings.clone(),
+            )?;
             let start = Instant::now();
-            node.shoald_pull(&image, Duration::from_secs(1800))?;
+            node.shoald_pull(image, Duration::from_secs(1800))?;
             let t = start.elapsed();
             if through_shoal {
                 // Every layer must have come through shoal, or the figure means nothing.
@@ -152,21 +214,5 @@ fn main() -> Result<()> {
             );
         }
     }
-    println!(
-        "\n{:<34} {:>9} {:>9}",
-        "CRI pull (best of runs)", "time", "vs F/B"
-    );
-    for (name, t) in [("containerd overlayfs (native)", native), ("shoal", shoal)] {
-        println!(
-            "{name:<34} {:>8.2}s {:>8.2}x",
-            t.as_secs_f64(),
-            t.as_secs_f64() / bound
-        );
-    }
-    println!(
-        "shoal / native: {:.2}; shoald peak RSS: {:.1} MiB",
-        shoal.as_secs_f64() / native.as_secs_f64(),
-        rss as f64 / (1 << 20) as f64
-    );
-    Ok(())
+    Ok((native, shoal, rss))
 }

@@ -114,7 +114,7 @@ fn main() -> Result<()> {
     // containerd, when we can run it: one image per input on a local registry.
     let containerd_env = if is_root() && TestContainerd::available() && TestRegistry::available() {
         let registry = TestRegistry::start_anonymous()?;
-        let containerd = TestContainerd::start("")?;
+        let containerd = TestContainerd::start()?;
         let layout = OciLayout::create(&work.path().join("layout"))?;
         let platform = Platform::host();
         for (i, input) in inputs.iter().enumerate() {

@@ -78,6 +78,9 @@ pub struct ClusterConfig {
     /// The registry extension's preheat coordinator on, its admin listener accepting this
     /// bearer token (see [`preheat`]).
     pub preheat_token: Option<String>,
+    /// containerd's `concurrent_layer_fetch_buffer` on every node (2.1+: each blob fetched as
+    /// parallel Range requests).
+    pub fetch_buffer: Option<u64>,
 }
 
 impl ClusterConfig {
@@ -92,6 +95,7 @@ impl ClusterConfig {
             extra_shoald_config: String::new(),
             start_parallelism: 4,
             preheat_token: None,
+            fetch_buffer: None,
         }
     }
 }
@@ -306,6 +310,7 @@ impl Cluster {
                         tracker: tracker.clone(),
                         unpack_concurrency: self.config.unpack_concurrency,
                         extra_shoald_config: &self.config.extra_shoald_config,
+                        fetch_buffer: self.config.fetch_buffer,
                     }
                 })
                 .collect();

@@ -1,5 +1,8 @@
-//! A private containerd 1.6 started by a test: its own root, state and socket in a temporary
-//! directory, killed (and its mounts undone) on drop.
+//! A private containerd started by a test: its own root, state and socket in a temporary
+//! directory, killed (and its mounts undone) on drop. Which containerd (1.6, 1.7, 2.1 on
+//! either CRI pull path) is [`flavor`]'s choice, from `SHOAL_CONTAINERD`.
+
+mod flavor;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -7,9 +10,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use shoal_plugin::containerd::config::{apply, Options};
+use shoal_plugin::containerd::{Schema, TRANSFER_PLUGIN};
 use tempfile::TempDir;
+use toml_edit::{value, DocumentMut, Item, Table};
 
-use crate::tools::{have, run};
+pub use flavor::{find as find_flavor, flavor, strict, Flavor, FLAVOR_VAR};
+
+use crate::tools::run;
 
 /// The namespace the tests use.
 pub const NAMESPACE: &str = "shoal-test";
@@ -17,31 +25,47 @@ pub const NAMESPACE: &str = "shoal-test";
 /// How [`TestContainerd::start_with`] configures containerd.
 #[derive(Debug, Clone, Default)]
 pub struct ContainerdConfig {
-    /// Load the CRI plugin (`io.containerd.grpc.v1.cri`); without it, it is disabled.
-    pub cri: bool,
-    /// Appended to the generated config (TOML, version 2).
-    pub extra: String,
+    /// Load the CRI plugin, configured as this says; without it, CRI is disabled.
+    pub cri: Option<CriConfig>,
+    /// This containerd instead of the process's [`flavor`].
+    pub flavor: Option<Flavor>,
+}
+
+/// containerd's CRI plugin for a test: shoald registered as `shoal` the way
+/// `shoald containerd-config` writes it for this containerd, and the test's own settings.
+#[derive(Debug, Clone)]
+pub struct CriConfig {
+    /// shoald's snapshotter socket (`[proxy_plugins.shoal] address`).
+    pub shoald_socket: PathBuf,
+    /// The snapshotter CRI pulls with: `shoal`, or `overlayfs` for containerd's own.
+    pub snapshotter: String,
+    /// CRI's `discard_unpacked_layers` (on 2.1 it moves CRI to the local pull path).
+    pub discard_unpacked_layers: bool,
+    /// CRI's registry `config_path` (hosts.toml files).
+    pub hosts_dir: PathBuf,
+    /// CNI's (unused) binary and configuration directories live under here.
+    pub cni_dir: PathBuf,
+    /// `concurrent_layer_fetch_buffer` (2.1+: blobs fetched as parallel Range requests), set
+    /// for CRI's local path and the transfer service alike.
+    pub fetch_buffer: Option<u64>,
 }
 
 pub struct TestContainerd {
     dir: TempDir,
     child: Child,
     address: PathBuf,
+    flavor: Flavor,
 }
 
 impl TestContainerd {
-    /// Whether containerd and ctr are installed.
+    /// Whether the containerd under test ([`flavor`]) is installed.
     pub fn available() -> bool {
-        have("containerd") && have("ctr")
+        flavor().is_ok()
     }
 
-    /// Starts containerd with the CRI plugin disabled, and `extra` appended to its config
-    /// (TOML, version 2).
-    pub fn start(extra: &str) -> Result<Self> {
-        Self::start_with(ContainerdConfig {
-            cri: false,
-            extra: extra.to_owned(),
-        })
+    /// Starts containerd with the CRI plugin disabled.
+    pub fn start() -> Result<Self> {
+        Self::start_with(ContainerdConfig::default())
     }
 
     /// Starts containerd as `config` says.
@@ -53,41 +77,25 @@ impl TestContainerd {
     /// its registry traffic then goes through that namespace's links. Its socket is a path,
     /// so `ctr` and CRI clients reach it from anywhere.
     pub fn start_in_netns(config: ContainerdConfig, netns: Option<&str>) -> Result<Self> {
-        let ContainerdConfig { cri, extra } = config;
-        let disabled = if cri {
-            r#"["io.containerd.internal.v1.opt"]"#
-        } else {
-            r#"["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt"]"#
+        let flavor = match config.flavor {
+            Some(f) => f,
+            None => flavor()?.clone(),
         };
         let dir = tempfile::Builder::new()
             .prefix("shoal-containerd-")
             .tempdir_in(scratch_dir())?;
-        let root = dir.path().join("root");
-        let state = dir.path().join("state");
         let address = dir.path().join("containerd.sock");
-        let config = format!(
-            "version = 2\n\
-             root = {root:?}\n\
-             state = {state:?}\n\
-             disabled_plugins = {disabled}\n\
-             [grpc]\n  address = {address:?}\n\
-             [ttrpc]\n  address = {ttrpc:?}\n\
-             [debug]\n  address = \"\"\n  level = {level:?}\n\
-             {extra}\n",
-            ttrpc = dir.path().join("containerd.sock.ttrpc"),
-            // SHOAL_CONTAINERD_LOG=debug for containerd's debug log in failing tests.
-            level = std::env::var("SHOAL_CONTAINERD_LOG").unwrap_or_else(|_| "info".into()),
-        );
+        let config = config_text(&flavor, dir.path(), config.cri.as_ref())?;
         let config_path = dir.path().join("config.toml");
         fs::write(&config_path, config)?;
         let log = fs::File::create(dir.path().join("containerd.log"))?;
         let mut cmd = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "containerd"]);
+                c.args(["netns", "exec", ns]).arg(flavor.containerd());
                 c
             }
-            None => Command::new("containerd"),
+            None => Command::new(flavor.containerd()),
         };
         let child = cmd
             .arg("--config")
@@ -101,6 +109,7 @@ impl TestContainerd {
             dir,
             child,
             address,
+            flavor,
         };
         me.wait_ready()?;
         Ok(me)
@@ -141,6 +150,16 @@ impl TestContainerd {
         &self.address
     }
 
+    /// The containerd this is ([`flavor`], or the one its config named).
+    pub fn flavor(&self) -> &Flavor {
+        &self.flavor
+    }
+
+    /// containerd's config file (written by [`config_text`]).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
     /// Runs `ctr` against this containerd in [`NAMESPACE`], returning its stdout.
     pub fn ctr(&self, args: &[&str]) -> Result<String> {
         self.ctr_in(NAMESPACE, args)
@@ -148,7 +167,7 @@ impl TestContainerd {
 
     /// Runs `ctr` against this containerd in `namespace`, returning its stdout.
     pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Result<String> {
-        let out = run(Command::new("ctr")
+        let out = run(Command::new(self.flavor.ctr())
             .arg("--address")
             .arg(&self.address)
             .args(["--namespace", namespace])
@@ -192,6 +211,102 @@ impl TestContainerd {
         );
         parse_view_mounts(&mounts)
     }
+}
+
+/// containerd's configuration for a test: its private root, state and sockets (in `dir`),
+/// the plugins it does not need disabled, and with CRI, shoal registered exactly as
+/// `shoald containerd-config` writes it for this containerd, then the test's own settings.
+fn config_text(flavor: &Flavor, dir: &Path, cri: Option<&CriConfig>) -> Result<String> {
+    let schema = flavor.version.schema();
+    // NRI would make every containerd of a test share /var/run/nri/nri.sock; opt is unused.
+    let mut disabled = vec!["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri"];
+    if cri.is_none() {
+        disabled.push("io.containerd.grpc.v1.cri");
+        if schema == Schema::V3 {
+            disabled.extend([
+                "io.containerd.cri.v1.images",
+                "io.containerd.cri.v1.runtime",
+            ]);
+        }
+    }
+    let base = format!(
+        "version = {version}\n\
+         root = {root:?}\n\
+         state = {state:?}\n\
+         disabled_plugins = {disabled:?}\n\
+         [grpc]\n  address = {address:?}\n\
+         [ttrpc]\n  address = {ttrpc:?}\n\
+         [debug]\n  address = \"\"\n  level = {level:?}\n",
+        version = schema.number(),
+        root = dir.join("root"),
+        state = dir.join("state"),
+        address = dir.join("containerd.sock"),
+        ttrpc = dir.join("containerd.sock.ttrpc"),
+        // SHOAL_CONTAINERD_LOG=debug for containerd's debug log in failing tests.
+        level = std::env::var("SHOAL_CONTAINERD_LOG").unwrap_or_else(|_| "info".into()),
+    );
+    let Some(cri) = cri else {
+        return Ok(base);
+    };
+    let applied = apply(
+        &base,
+        &Options {
+            version: flavor.version,
+            shoald_socket: cri.shoald_socket.clone(),
+            pull_path: flavor.pull_path,
+            platform: shoal_plugin::containerd::config::host_platform(),
+        },
+    )
+    .with_context(|| format!("shoald containerd-config for {}", flavor.describe()))?;
+    let mut doc: DocumentMut = applied.text.parse().context("containerd-config's output")?;
+    let images = table_at(&mut doc, schema.cri_images_table());
+    images["snapshotter"] = value(cri.snapshotter.as_str());
+    if cri.discard_unpacked_layers {
+        images["discard_unpacked_layers"] = value(true);
+    }
+    if let Some(buffer) = cri.fetch_buffer {
+        images["concurrent_layer_fetch_buffer"] = value(buffer as i64);
+        if schema == Schema::V3 {
+            table_at(&mut doc, &["plugins", TRANSFER_PLUGIN])["concurrent_layer_fetch_buffer"] =
+                value(buffer as i64);
+        }
+    }
+    let hosts = cri.hosts_dir.to_string_lossy().into_owned();
+    table_at(&mut doc, schema.cri_registry_table())["config_path"] = value(hosts);
+    let (bin, conf) = (cri.cni_dir.join("bin"), cri.cni_dir.join("net.d"));
+    let (bin, conf) = (bin.to_string_lossy(), conf.to_string_lossy());
+    match schema {
+        Schema::V2 => {
+            let cni = table_at(&mut doc, &["plugins", "io.containerd.grpc.v1.cri", "cni"]);
+            cni["bin_dir"] = value(bin.as_ref());
+            cni["conf_dir"] = value(conf.as_ref());
+        }
+        Schema::V3 => {
+            let cni = table_at(
+                &mut doc,
+                &["plugins", "io.containerd.cri.v1.runtime", "cni"],
+            );
+            cni["bin_dirs"] = value(toml_edit::Array::from_iter([bin.as_ref()]));
+            cni["conf_dir"] = value(conf.as_ref());
+        }
+    }
+    Ok(doc.to_string())
+}
+
+/// The table at `path` under the document's root, made (implicit parents) when missing.
+fn table_at<'a>(doc: &'a mut DocumentMut, path: &[&str]) -> &'a mut Table {
+    let mut t = doc.as_table_mut();
+    for key in path {
+        let item = t.entry(key).or_insert_with(|| {
+            let mut new = Table::new();
+            new.set_implicit(true);
+            Item::Table(new)
+        });
+        t = item
+            .as_table_mut()
+            .unwrap_or_else(|| panic!("{key} is not a table in containerd's test config"));
+    }
+    t
 }
 
 /// Parses `ctr snapshots mounts` output of a view: a bind mount of one directory, or an

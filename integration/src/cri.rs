@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 
-use crate::containerd::{scratch_dir, ContainerdConfig, TestContainerd};
+use crate::containerd::{scratch_dir, ContainerdConfig, CriConfig, TestContainerd};
 use crate::tools::run;
 
 /// The containerd namespace CRI keeps its images and snapshots in.
@@ -51,6 +51,17 @@ pub fn shoald_binary() -> Result<PathBuf> {
         );
     }
     Ok(bin)
+}
+
+/// CRI settings a test may change ([`CriContainerd::start_in_netns_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct CriSettings {
+    /// This containerd instead of the process's ([`crate::containerd::flavor`]).
+    pub flavor: Option<crate::containerd::Flavor>,
+    /// CRI's `discard_unpacked_layers` (on containerd 2.1 it moves CRI to the local path).
+    pub discard_unpacked_layers: bool,
+    /// `concurrent_layer_fetch_buffer` (containerd 2.1+: blobs as parallel Range requests).
+    pub fetch_buffer: Option<u64>,
 }
 
 /// `shoald snapshotter` on a temporary root and socket, killed on drop.
@@ -301,17 +312,22 @@ impl CriContainerd {
         shoald_config: &str,
         snapshotter: &str,
     ) -> Result<Self> {
-        Self::start_in_netns_with(netns, plain_http, shoald_config, snapshotter, "")
+        Self::start_in_netns_with(
+            netns,
+            plain_http,
+            shoald_config,
+            snapshotter,
+            CriSettings::default(),
+        )
     }
 
-    /// [`Self::start_in_netns`] with `cri_containerd_extra` (TOML lines) added to CRI's
-    /// `containerd` table, e.g. `discard_unpacked_layers = true`.
+    /// [`Self::start_in_netns`] with CRI settings of the test's own.
     pub fn start_in_netns_with(
         netns: Option<&str>,
         plain_http: &[String],
         shoald_config: &str,
         snapshotter: &str,
-        cri_containerd_extra: &str,
+        settings: CriSettings,
     ) -> Result<Self> {
         let shoald = Shoald::start_in_netns(shoald_config, netns)?;
         let hosts = tempfile::Builder::new()
@@ -328,23 +344,21 @@ impl CriContainerd {
                 ),
             )?;
         }
-        let cni = hosts.path().join("cni");
-        let extra = format!(
-            "[proxy_plugins.{SNAPSHOTTER}]\n  type = \"snapshot\"\n  address = {sock:?}\n\
-             [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n\
-             \x20 snapshotter = \"{snapshotter}\"\n\
-             \x20 disable_snapshot_annotations = false\n\
-             {cri_containerd_extra}\n\
-             [plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = {hosts:?}\n\
-             [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
-             \x20 bin_dir = {cni_bin:?}\n  conf_dir = {cni_conf:?}\n",
-            sock = shoald.socket(),
-            hosts = hosts.path(),
-            cni_bin = cni.join("bin"),
-            cni_conf = cni.join("net.d"),
-        );
-        let containerd =
-            TestContainerd::start_in_netns(ContainerdConfig { cri: true, extra }, netns)?;
+        let cri = CriConfig {
+            shoald_socket: shoald.socket().to_path_buf(),
+            snapshotter: snapshotter.to_owned(),
+            discard_unpacked_layers: settings.discard_unpacked_layers,
+            hosts_dir: hosts.path().to_path_buf(),
+            cni_dir: hosts.path().join("cni"),
+            fetch_buffer: settings.fetch_buffer,
+        };
+        let containerd = TestContainerd::start_in_netns(
+            ContainerdConfig {
+                cri: Some(cri),
+                flavor: settings.flavor,
+            },
+            netns,
+        )?;
         let me = Self {
             containerd,
             shoald,

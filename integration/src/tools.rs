@@ -34,19 +34,40 @@ fn effective_uid() -> u32 {
 }
 
 /// Prints why a test is skipped and returns true when any of `tools` is missing or when root
-/// is needed and absent. Use as `if skip_unless(&["ctr"], true) { return; }`.
+/// is needed and absent. Use as `if skip_unless(&["ctr"], true) { return; }`. `containerd`
+/// and `ctr` mean the containerd under test ([`crate::containerd::flavor`]). Under CI
+/// ([`crate::containerd::strict`]) a test never skips: it fails, naming what is missing.
 pub fn skip_unless(tools: &[&str], needs_root: bool) -> bool {
-    if needs_root && !is_root() {
-        eprintln!("SKIP: needs root");
-        return true;
-    }
-    for tool in tools {
-        if !have(tool) {
-            eprintln!("SKIP: {tool} not installed (scripts/install-deps.sh installs it)");
-            return true;
+    let missing = missing(tools, needs_root);
+    match missing {
+        None => false,
+        Some(why) if crate::containerd::strict() => {
+            panic!("cannot run under CI: {why}")
+        }
+        Some(why) => {
+            eprintln!("SKIP: {why}");
+            true
         }
     }
-    false
+}
+
+/// Why a test needing `tools` (and root, if `needs_root`) cannot run here, if it cannot.
+fn missing(tools: &[&str], needs_root: bool) -> Option<String> {
+    if needs_root && !is_root() {
+        return Some("needs root".into());
+    }
+    for tool in tools {
+        if matches!(*tool, "containerd" | "ctr") {
+            if let Err(e) = crate::containerd::flavor() {
+                return Some(format!("{e:#}"));
+            }
+        } else if !have(tool) {
+            return Some(format!(
+                "{tool} not installed (scripts/install-deps.sh installs it)"
+            ));
+        }
+    }
+    None
 }
 
 /// Runs `cmd`, failing with its stderr when it exits non-zero.

@@ -377,7 +377,7 @@ async fn containerd_pulls_a_private_image_through_the_mirror_only_with_credentia
     let text = shoal_plugin::mirror::hosts::merge(Some(&existing), None, &rig.url)
         .map_err(anyhow::Error::msg)?;
     std::fs::write(dir.join("hosts.toml"), text)?;
-    let containerd = TestContainerd::start("")?;
+    let containerd = TestContainerd::start()?;
     let image = format!("{}/{repo}:v1", reg.addr());
     let hosts_dir = hosts.path().display().to_string();
     let ctr = |user: Option<&str>| {

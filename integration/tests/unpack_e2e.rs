@@ -241,7 +241,7 @@ async fn unpacked_layers_match_containerd_overlayfs() -> Result<()> {
     }
 
     // containerd: the same image through its own pull and overlayfs snapshotter.
-    let containerd = TestContainerd::start("")?;
+    let containerd = TestContainerd::start()?;
     containerd.ctr(&[
         "images",
         "pull",

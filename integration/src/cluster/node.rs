@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use super::metrics::Metrics;
 use crate::compare::assert_same_tree;
-use crate::cri::{shoald_binary, CriContainerd, CRI_NAMESPACE, SNAPSHOTTER};
+use crate::cri::{shoald_binary, CriContainerd, CriSettings, CRI_NAMESPACE, SNAPSHOTTER};
 use crate::image::{chain_ids, Layer};
 use crate::netns::{Link, Netns};
 use crate::pki::TlsPaths;
@@ -63,6 +63,8 @@ pub(crate) struct NodeSetup<'a> {
     pub node_config: String,
     /// Where to link containerd's socket once it runs.
     pub containerd_link: Option<PathBuf>,
+    /// containerd's `concurrent_layer_fetch_buffer`.
+    pub fetch_buffer: Option<u64>,
 }
 
 /// A running node; everything (processes, namespace, link) goes on drop.
@@ -128,18 +130,22 @@ impl Node {
         } else {
             SNAPSHOTTER
         };
-        let cri_extra = match setup.mode {
-            NodeMode::Mirror {
-                discard_unpacked_layers: true,
-            } => "  discard_unpacked_layers = true",
-            _ => "",
+        let settings = CriSettings {
+            discard_unpacked_layers: matches!(
+                setup.mode,
+                NodeMode::Mirror {
+                    discard_unpacked_layers: true
+                }
+            ),
+            fetch_buffer: setup.fetch_buffer,
+            flavor: None,
         };
         let cri = CriContainerd::start_in_netns_with(
             Some(ns.name()),
             &[registry.to_string()],
             &config,
             snapshotter,
-            cri_extra,
+            settings,
         )
         .with_context(|| format!("starting node {} ({ip})", setup.name))?;
         if let NodeMode::Mirror { .. } = setup.mode {
@@ -230,7 +236,9 @@ impl Node {
         let containerd = self.cri.containerd();
         let out = Command::new("timeout")
             .arg(timeout.as_secs().max(1).to_string())
-            .args(["ip", "netns", "exec", self.ns.name(), "ctr", "--address"])
+            .args(["ip", "netns", "exec", self.ns.name()])
+            .arg(containerd.flavor().ctr())
+            .arg("--address")
             .arg(containerd.address())
             .args(["-n", CRI_NAMESPACE, "images", "pull", "--hosts-dir"])
             .arg(self.cri.hosts_dir())

@@ -41,13 +41,14 @@ SHOAL_CONTAINERD=1.6 cargo test --workspace --locked -- --test-threads=2 2>&1 | 
 # a librqbit client downloads a blob from the seeder on 127.0.0.1).
 cargo test -p shoal-registry-ext --features torrent --locked -- --test-threads=2 2>&1 |
     tee -a "$log" || status=$?
-# The containerd matrix: every end-to-end test that drives containerd, on each newer release
-# and CRI pull path (the same test binaries, the containerd chosen by SHOAL_CONTAINERD).
-matrix_tests=(--test cri_remote --test cri_pull --test mirror_cluster --test swarm_cluster)
+# The containerd matrix: the end-to-end tests (crate shoal-integration: CRI remote path,
+# fallback, kill -9, re-pull, mirror with CRI and ctr --hosts-dir, discard_unpacked_layers,
+# swarm clusters, faults, preheat) again on each newer release and CRI pull path: the same
+# test binaries, the containerd chosen by SHOAL_CONTAINERD.
 for c in ${SHOAL_TEST_MATRIX-1.7 2.1 2.1-local}; do
   echo "== containerd $c (SHOAL_CONTAINERD=$c): $(containerd_of "$c" 2>&1)"
-  SHOAL_CONTAINERD=$c cargo test -p shoal-integration --locked "${matrix_tests[@]}" \
-    -- --test-threads=2 2>&1 | tee -a "$log" || status=$?
+  SHOAL_CONTAINERD=$c cargo test -p shoal-integration --locked -- --test-threads=2 2>&1 |
+    tee -a "$log" || status=$?
 done
 # One closing line for the whole run (cargo prints one per test binary, the last of which is
 # often a crate's empty doc-test run).

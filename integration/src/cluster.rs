@@ -81,6 +81,8 @@ pub struct ClusterConfig {
     /// containerd's `concurrent_layer_fetch_buffer` on every node (2.1+: each blob fetched as
     /// parallel Range requests).
     pub fetch_buffer: Option<u64>,
+    /// The nodes' containerd, instead of the process's (`SHOAL_CONTAINERD`).
+    pub containerd: Option<crate::containerd::Flavor>,
 }
 
 impl ClusterConfig {
@@ -96,6 +98,7 @@ impl ClusterConfig {
             start_parallelism: 4,
             preheat_token: None,
             fetch_buffer: None,
+            containerd: None,
         }
     }
 }
@@ -311,6 +314,7 @@ impl Cluster {
                         unpack_concurrency: self.config.unpack_concurrency,
                         extra_shoald_config: &self.config.extra_shoald_config,
                         fetch_buffer: self.config.fetch_buffer,
+                        containerd: self.config.containerd.clone(),
                     }
                 })
                 .collect();

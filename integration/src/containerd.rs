@@ -29,6 +29,10 @@ pub struct ContainerdConfig {
     pub cri: Option<CriConfig>,
     /// This containerd instead of the process's [`flavor`].
     pub flavor: Option<Flavor>,
+    /// A whole configuration of the test's own (e.g. a user's config.toml) instead of the
+    /// generated one: the harness only puts its private root, state and sockets into it.
+    /// `{shoald_socket}`-style placeholders are the test's business.
+    pub body: Option<String>,
 }
 
 /// containerd's CRI plugin for a test: shoald registered as `shoal` the way
@@ -55,6 +59,7 @@ pub struct TestContainerd {
     child: Child,
     address: PathBuf,
     flavor: Flavor,
+    netns: Option<String>,
 }
 
 impl TestContainerd {
@@ -85,34 +90,47 @@ impl TestContainerd {
             .prefix("shoal-containerd-")
             .tempdir_in(scratch_dir())?;
         let address = dir.path().join("containerd.sock");
-        let config = config_text(&flavor, dir.path(), config.cri.as_ref())?;
-        let config_path = dir.path().join("config.toml");
-        fs::write(&config_path, config)?;
-        let log = fs::File::create(dir.path().join("containerd.log"))?;
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(flavor.containerd());
-                c
-            }
-            None => Command::new(flavor.containerd()),
+        let config = match &config.body {
+            Some(body) => private_paths(body, dir.path(), false)?,
+            None => config_text(&flavor, dir.path(), config.cri.as_ref())?,
         };
-        let child = cmd
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting containerd")?;
+        fs::write(dir.path().join("config.toml"), config)?;
+        let child = spawn(&flavor, dir.path(), netns)?;
         let mut me = Self {
             dir,
             child,
             address,
             flavor,
+            netns: netns.map(str::to_owned),
         };
         me.wait_ready()?;
         Ok(me)
+    }
+
+    /// Stops containerd (SIGKILL), undoes its mounts and starts it again on its config file
+    /// as it is now (a test may have changed it, as a user would before a restart).
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.child = spawn(&self.flavor, self.dir.path(), self.netns.as_deref())?;
+        self.wait_ready()
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Undo any mount containerd left under its root, deepest first, so the temp dir can go.
+        if let Ok(mounts) = fs::read_to_string("/proc/self/mounts") {
+            let root = self.dir.path().to_string_lossy().into_owned();
+            let mut targets: Vec<&str> = mounts
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .filter(|t| t.starts_with(&root))
+                .collect();
+            targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+            for t in targets {
+                let _ = Command::new("umount").arg("-l").arg(t).status();
+            }
+        }
     }
 
     fn wait_ready(&mut self) -> Result<()> {
@@ -213,38 +231,66 @@ impl TestContainerd {
     }
 }
 
+/// Starts `flavor`'s containerd on `dir/config.toml`, logging to `dir/containerd.log`
+/// (appended: a restart keeps the earlier log), inside `netns` when given.
+fn spawn(flavor: &Flavor, dir: &Path, netns: Option<&str>) -> Result<Child> {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("containerd.log"))?;
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(flavor.containerd());
+            c
+        }
+        None => Command::new(flavor.containerd()),
+    };
+    cmd.arg("--config")
+        .arg(dir.join("config.toml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", flavor.describe()))
+}
+
+/// `config` (containerd's TOML) with the test's private root, state and sockets under `dir`,
+/// and the plugins a test never needs disabled (CRI too, with `no_cri`).
+fn private_paths(config: &str, dir: &Path, no_cri: bool) -> Result<String> {
+    let mut doc: DocumentMut = config.parse().context("containerd's config for a test")?;
+    // NRI would make every containerd of a test share /var/run/nri/nri.sock; opt is unused.
+    let mut disabled = vec!["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri"];
+    if no_cri {
+        disabled.extend([
+            "io.containerd.grpc.v1.cri",
+            "io.containerd.cri.v1.images",
+            "io.containerd.cri.v1.runtime",
+        ]);
+    }
+    let path = |p: PathBuf| value(p.to_string_lossy().into_owned());
+    doc["root"] = path(dir.join("root"));
+    doc["state"] = path(dir.join("state"));
+    doc["disabled_plugins"] = value(toml_edit::Array::from_iter(disabled));
+    table_at(&mut doc, &["grpc"])["address"] = path(dir.join("containerd.sock"));
+    table_at(&mut doc, &["ttrpc"])["address"] = path(dir.join("containerd.sock.ttrpc"));
+    let debug = table_at(&mut doc, &["debug"]);
+    debug["address"] = value("");
+    // SHOAL_CONTAINERD_LOG=debug for containerd's debug log in failing tests.
+    debug["level"] = value(std::env::var("SHOAL_CONTAINERD_LOG").unwrap_or_else(|_| "info".into()));
+    Ok(doc.to_string())
+}
+
 /// containerd's configuration for a test: its private root, state and sockets (in `dir`),
 /// the plugins it does not need disabled, and with CRI, shoal registered exactly as
 /// `shoald containerd-config` writes it for this containerd, then the test's own settings.
 fn config_text(flavor: &Flavor, dir: &Path, cri: Option<&CriConfig>) -> Result<String> {
     let schema = flavor.version.schema();
-    // NRI would make every containerd of a test share /var/run/nri/nri.sock; opt is unused.
-    let mut disabled = vec!["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri"];
-    if cri.is_none() {
-        disabled.push("io.containerd.grpc.v1.cri");
-        if schema == Schema::V3 {
-            disabled.extend([
-                "io.containerd.cri.v1.images",
-                "io.containerd.cri.v1.runtime",
-            ]);
-        }
-    }
-    let base = format!(
-        "version = {version}\n\
-         root = {root:?}\n\
-         state = {state:?}\n\
-         disabled_plugins = {disabled:?}\n\
-         [grpc]\n  address = {address:?}\n\
-         [ttrpc]\n  address = {ttrpc:?}\n\
-         [debug]\n  address = \"\"\n  level = {level:?}\n",
-        version = schema.number(),
-        root = dir.join("root"),
-        state = dir.join("state"),
-        address = dir.join("containerd.sock"),
-        ttrpc = dir.join("containerd.sock.ttrpc"),
-        // SHOAL_CONTAINERD_LOG=debug for containerd's debug log in failing tests.
-        level = std::env::var("SHOAL_CONTAINERD_LOG").unwrap_or_else(|_| "info".into()),
-    );
+    let base = private_paths(
+        &format!("version = {}\n", schema.number()),
+        dir,
+        cri.is_none(),
+    )?;
     let Some(cri) = cri else {
         return Ok(base);
     };
@@ -344,21 +390,7 @@ pub fn scratch_dir() -> PathBuf {
 
 impl Drop for TestContainerd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Undo any mount containerd left under its root, deepest first, so the temp dir can go.
-        if let Ok(mounts) = fs::read_to_string("/proc/self/mounts") {
-            let root = self.dir.path().to_string_lossy().into_owned();
-            let mut targets: Vec<&str> = mounts
-                .lines()
-                .filter_map(|l| l.split_whitespace().nth(1))
-                .filter(|t| t.starts_with(&root))
-                .collect();
-            targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
-            for t in targets {
-                let _ = Command::new("umount").arg("-l").arg(t).status();
-            }
-        }
+        self.stop();
     }
 }
 

@@ -356,6 +356,7 @@ impl CriContainerd {
             ContainerdConfig {
                 cri: Some(cri),
                 flavor: settings.flavor,
+                body: None,
             },
             netns,
         )?;

@@ -1,32 +1,32 @@
-//! `shoald doctor` against real containerds, each started by the test in a temporary
-//! directory (its own root, state, sockets, `--config`), with a real `shoald snapshotter`
-//! registered as its `shoal` proxy snapshotter:
+//! `shoald doctor` against real containerds started by the harness (their own root, state,
+//! sockets, `--config`), with a real `shoald snapshotter` registered as their `shoal` proxy
+//! snapshotter:
 //!
 //! - containerd 1.6 (the system's) with the old version-2 example config: CRI streams
 //!   through shoal, exit 0;
-//! - containerd 2.1.9 (`/var/tmp/shoal-containerd/2.1.9/usr/bin/containerd`, or
-//!   `SHOAL_CONTAINERD_2_1`) with the same file: containerd's migration drops CRI's
-//!   `snapshotter` and `disable_snapshot_annotations`, so CRI uses overlayfs, exit 1;
-//! - containerd 2.1.9 with a schema-3 config for the transfer path (shoal's
-//!   `enable_remote_snapshot_annotations` export, shoal and overlayfs in `unpack_config`):
-//!   exit 0;
+//! - containerd 2.1 with the same file: containerd's migration drops CRI's `snapshotter`
+//!   and `disable_snapshot_annotations`, so CRI uses overlayfs: exit 1, saying why; then the
+//!   fix as a user applies it (`containerd config migrate`, `shoald containerd-config`,
+//!   restart): exit 0, on the transfer path, and a CRI pull then streams through shoal;
+//! - containerd 2.1 with a schema-3 config for the transfer path written by hand: exit 0;
 //! - a socket nobody serves, and a malformed config file: exit 2 with a clear message.
 //!
-//! The harness's `TestContainerd` runs only the `containerd` on `PATH` with a config it
-//! writes itself, so this test starts containerd on its own. Under `CI=true` a missing
-//! containerd binary is a failure naming it; elsewhere the scenario is skipped, saying why.
+//! These scenarios name their containerd (1.6, 2.1) whatever `SHOAL_CONTAINERD` says; under
+//! CI a missing one fails the test, naming it.
 
 use std::fs;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Output};
 
-use anyhow::{bail, Context, Result};
-use shoal_integration::containerd::scratch_dir;
+use anyhow::{Context, Result};
+use shoal_integration::containerd::{
+    find_flavor, scratch_dir, strict, ContainerdConfig, Flavor, TestContainerd,
+};
 use shoal_integration::cri::{shoald_binary, Shoald};
-use shoal_integration::tools::{have, is_root};
-use tempfile::TempDir;
+use shoal_integration::image::{Attrs, Compression, Layer, LayerBuilder, OciLayout, PlatformImage};
+use shoal_integration::registry::TestRegistry;
+use shoal_integration::tools::{run, skip_unless};
+use shoal_p2p::registry::Platform;
 
 /// `config.toml.example` as it was before containerd 2.x support (the containerd 1.6
 /// example; the file is being regenerated per schema version).
@@ -69,146 +69,36 @@ version = 2
   config_path = "/etc/containerd/certs.d"
 "#;
 
-/// Where the version-matrix containerd 2.1.9 is unpacked.
-const CONTAINERD_2_1: &str = "/var/tmp/shoal-containerd/2.1.9/usr/bin/containerd";
-
-/// Whether the tests run in CI, where nothing may be skipped.
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// `Some(())` when the scenario can run; otherwise fails under CI, or prints why it is
-/// skipped and returns `None`.
-fn require(missing: Option<String>) -> Option<()> {
-    match missing {
-        None => Some(()),
-        Some(what) if in_ci() => panic!("containerd_doctor needs {what} (CI=true: no skipping)"),
-        Some(what) => {
-            eprintln!("SKIP: {what}");
+/// Root, the outside tools, and containerd `name` (a `SHOAL_CONTAINERD` value); `None`
+/// (with a SKIP line) when something is missing outside CI, a failure under CI.
+fn containerd(name: &str) -> Option<Flavor> {
+    if skip_unless(&["docker-registry", "skopeo", "mount"], true) {
+        return None;
+    }
+    match find_flavor(name) {
+        Ok(f) => Some(f),
+        Err(e) if strict() => panic!("cannot run under CI: {e:#}"),
+        Err(e) => {
+            eprintln!("SKIP: {e:#}");
             None
         }
     }
 }
 
-fn containerd_1_6() -> Option<PathBuf> {
-    let missing = if !is_root() {
-        Some("root (containerd mounts overlayfs)".to_owned())
-    } else if !have("containerd") {
-        Some("containerd 1.6 on PATH (Debian 12's containerd package)".to_owned())
-    } else {
-        None
-    };
-    require(missing).map(|()| PathBuf::from("containerd"))
-}
-
-fn containerd_2_1() -> Option<PathBuf> {
-    let bin = std::env::var_os("SHOAL_CONTAINERD_2_1")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(CONTAINERD_2_1));
-    let missing = if !is_root() {
-        Some("root (containerd mounts overlayfs)".to_owned())
-    } else if !bin.is_file() {
-        Some(format!(
-            "containerd 2.1.9 at {} (unpacked from Debian's package; or set SHOAL_CONTAINERD_2_1)",
-            bin.display()
-        ))
-    } else {
-        None
-    };
-    require(missing).map(|()| bin)
-}
-
-/// A containerd of the test's own: a temp dir with its root, state, sockets and config.
-struct PrivateContainerd {
-    dir: TempDir,
-    child: Child,
-    address: PathBuf,
-    config: PathBuf,
-    hosts: PathBuf,
-}
-
-impl PrivateContainerd {
-    /// Starts `bin` with `body(shoald_socket, hosts_dir)` plus the test's root, state and
-    /// sockets, and waits until its socket answers.
-    fn start(
-        bin: &Path,
-        shoald_socket: &Path,
-        body: impl Fn(&Path, &Path) -> String,
-    ) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("shoal-doctor-containerd-")
-            .tempdir_in(scratch_dir())?;
-        let hosts = dir.path().join("certs.d");
-        fs::create_dir_all(&hosts)?;
-        let address = dir.path().join("containerd.sock");
-        // Top-level keys first (before any table of the body), private sockets last. The
-        // opt plugin writes to /opt and NRI listens on a fixed socket: both off.
-        let config = format!(
-            "root = {root:?}\nstate = {state:?}\n\
-             disabled_plugins = [\"io.containerd.internal.v1.opt\", \"io.containerd.nri.v1.nri\"]\n\
-             {body}\n\
-             [grpc]\n  address = {address:?}\n\
-             [ttrpc]\n  address = {ttrpc:?}\n\
-             [debug]\n  address = \"\"\n",
-            root = dir.path().join("root"),
-            state = dir.path().join("state"),
-            body = body(shoald_socket, &hosts),
-            ttrpc = dir.path().join("containerd.sock.ttrpc"),
-        );
-        let config_path = dir.path().join("config.toml");
-        fs::write(&config_path, config)?;
-        let log = fs::File::create(dir.path().join("containerd.log"))?;
-        let child = Command::new(bin)
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut me = Self {
-            dir,
-            child,
-            address,
-            config: config_path,
-            hosts,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while UnixStream::connect(&me.address).is_err() {
-            if let Some(status) = me.child.try_wait()? {
-                bail!("{} exited ({status}): {}", bin.display(), me.log());
-            }
-            if Instant::now() > deadline {
-                bail!("{} not ready after 60 s: {}", bin.display(), me.log());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(me)
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for PrivateContainerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Undo any mount containerd left under its directory, deepest first.
-        if let Ok(mounts) = fs::read_to_string("/proc/self/mounts") {
-            let root = self.dir.path().to_string_lossy().into_owned();
-            let mut targets: Vec<&str> = mounts
-                .lines()
-                .filter_map(|l| l.split_whitespace().nth(1))
-                .filter(|t| t.starts_with(&root))
-                .collect();
-            targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
-            for t in targets {
-                let _ = Command::new("umount").arg("-l").arg(t).status();
-            }
-        }
-    }
+/// shoald, and containerd `flavor` on `body(shoald_socket, hosts_dir)`.
+fn start(
+    flavor: &Flavor,
+    shoald_config: &str,
+    hosts: &Path,
+    body: impl Fn(&Path, &Path) -> String,
+) -> Result<(Shoald, TestContainerd)> {
+    let shoald = Shoald::start_with_config(shoald_config)?;
+    let containerd = TestContainerd::start_with(ContainerdConfig {
+        flavor: Some(flavor.clone()),
+        body: Some(body(shoald.socket(), hosts)),
+        ..ContainerdConfig::default()
+    })?;
+    Ok((shoald, containerd))
 }
 
 /// The old example with shoald's socket and the test's hosts directory in place of the
@@ -270,20 +160,19 @@ fn doctor(shoald_config: Option<&Path>, address: &Path, config: &Path) -> Result
     Ok(out)
 }
 
-/// Starts shoald and containerd `bin` on `body`, runs the doctor, checks its exit status and
-/// that its output has every line of `expected`.
-fn scenario(
-    bin: &Path,
-    body: impl Fn(&Path, &Path) -> String,
+/// Runs the doctor on `shoald` and `containerd`, checks its exit status and that its output
+/// has every line of `expected` and nothing but check lines, and that it wrote nothing.
+fn check(
+    shoald: &Shoald,
+    containerd: &TestContainerd,
+    hosts: &Path,
     exit: i32,
     expected: &[&str],
 ) -> Result<String> {
-    let shoald = Shoald::start()?;
-    let containerd = PrivateContainerd::start(bin, shoald.socket(), body)?;
     let out = doctor(
         Some(&shoald.config_path()),
-        &containerd.address,
-        &containerd.config,
+        containerd.address(),
+        &containerd.config_path(),
     )?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let report = format!(
@@ -303,21 +192,28 @@ fn scenario(
             "{line:?} in:\n{report}"
         );
     }
-    assert!(
-        containerd.hosts.read_dir()?.next().is_none(),
-        "doctor wrote"
-    );
+    assert!(hosts.read_dir()?.next().is_none(), "doctor wrote");
     Ok(stdout)
+}
+
+/// A temporary hosts directory (CRI's `config_path`).
+fn hosts_dir() -> Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix("shoal-doctor-certs.d-")
+        .tempdir_in(scratch_dir())?)
 }
 
 #[test]
 fn containerd_1_6_with_the_old_example_uses_shoal() -> Result<()> {
-    let Some(bin) = containerd_1_6() else {
+    let Some(flavor) = containerd("1.6") else {
         return Ok(());
     };
-    scenario(
-        &bin,
-        old_example,
+    let hosts = hosts_dir()?;
+    let (shoald, containerd) = start(&flavor, "", hosts.path(), old_example)?;
+    check(
+        &shoald,
+        &containerd,
+        hosts.path(),
         0,
         &[
             "ok   containerd 1.6.",
@@ -331,40 +227,138 @@ fn containerd_1_6_with_the_old_example_uses_shoal() -> Result<()> {
     Ok(())
 }
 
+/// The acceptance of the containerd-config/doctor pair on containerd 2.1: the old example
+/// is not enough (exit 1, and why); after the fix the doctor names, it is (exit 0), and a
+/// CRI pull really streams through shoal.
 #[test]
-fn containerd_2_1_with_the_old_example_does_not_use_shoal() -> Result<()> {
-    let Some(bin) = containerd_2_1() else {
+fn containerd_2_1_with_the_old_example_then_containerd_config() -> Result<()> {
+    let Some(flavor) = containerd("2.1") else {
         return Ok(());
     };
-    scenario(
-        &bin,
-        old_example,
+    let work = tempfile::Builder::new()
+        .prefix("shoal-doctor-")
+        .tempdir_in(scratch_dir())?;
+    let registry = TestRegistry::start_anonymous()?;
+    let image = push_image(work.path(), &registry)?;
+    let hosts = hosts_dir()?;
+    let shoald_config = format!(
+        "[registry.hosts.{:?}]\nplain_http = true\n",
+        registry.addr()
+    );
+    let (shoald, mut containerd) = start(&flavor, &shoald_config, hosts.path(), old_example)?;
+    check(
+        &shoald,
+        &containerd,
+        hosts.path(),
         1,
         &[
-            "ok   containerd 2.1.9",
-            "is a version 2 file: containerd 2.1.9 migrates it",
+            "ok   containerd 2.1.",
+            "is a version 2 file: containerd 2.1.",
             "drops snapshotter = \"shoal\", disable_snapshot_annotations = false",
+            "config migrate",
             "FAIL CRI's snapshotter is overlayfs, not shoal",
-            "shoald containerd-config",
+            "shoald containerd-config --file",
             "ok   CRI pull path: transfer service",
             "FAIL CRI pulls do not use shoal",
         ],
     )?;
+
+    // What the doctor says to do: migrate the file, run shoald containerd-config, restart.
+    let file = containerd.config_path();
+    let migrated = run(Command::new(flavor.containerd())
+        .arg("--config")
+        .arg(&file)
+        .args(["config", "migrate"]))?;
+    fs::write(&file, &migrated.stdout)?;
+    let out = run(Command::new(shoald_binary()?)
+        .arg("containerd-config")
+        .arg("--file")
+        .arg(&file)
+        .arg("--address")
+        .arg(shoald.socket())
+        .arg("--containerd")
+        .arg(flavor.containerd()))?;
+    eprintln!(
+        "$ shoald containerd-config\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    containerd.restart()?;
+    check(
+        &shoald,
+        &containerd,
+        hosts.path(),
+        0,
+        &[
+            "config version 3 as containerd 2.1.",
+            "ok   CRI's snapshotter is shoal (image filesystem ",
+            "ok   CRI pull path: transfer service",
+            "ok   the cri.* labels reach shoal on the transfer path",
+            "ok   CRI pulls use shoal: layers stream into its snapshotter",
+        ],
+    )?;
+
+    // And it is so: a CRI pull streams every layer through shoal.
+    let dir = hosts.path().join(registry.addr());
+    fs::create_dir_all(&dir)?;
+    fs::write(
+        dir.join("hosts.toml"),
+        format!("server = \"http://{0}\"\n[host.\"http://{0}\"]\n  capabilities = [\"pull\", \"resolve\"]\n", registry.addr()),
+    )?;
+    run(Command::new(shoald_binary()?)
+        .arg("pull")
+        .arg(&image)
+        .arg("--cri-address")
+        .arg(containerd.address())
+        .args(["--timeout", "120"]))
+    .with_context(|| format!("{}\n{}", shoald.log(), containerd.log()))?;
+    let log = shoald.log();
+    assert_eq!(log.matches("remote layer committed").count(), 2, "{log}");
     Ok(())
+}
+
+/// A two-layer image in `registry`; returns its reference.
+fn push_image(work: &Path, registry: &TestRegistry) -> Result<String> {
+    let mut base = LayerBuilder::new();
+    base.dir("etc", Attrs::new(0o755))?
+        .file("etc/os-release", Attrs::new(0o644), b"ID=shoal\n")?;
+    let mut top = LayerBuilder::new();
+    top.dir("app", Attrs::new(0o755))?.file(
+        "app/run",
+        Attrs::new(0o755),
+        b"#!/bin/sh\necho doctor\n",
+    )?;
+    let layout = OciLayout::create(&work.join("layout"))?;
+    layout.add(
+        "v1",
+        &[PlatformImage {
+            os: "linux".into(),
+            architecture: Platform::host().architecture,
+            layers: vec![
+                Layer::new(&base.finish()?, Compression::Gzip),
+                Layer::new(&top.finish()?, Compression::Zstd),
+            ],
+        }],
+    )?;
+    layout.push("v1", &registry.addr(), "shoal/doctor")?;
+    Ok(format!("{}/shoal/doctor:v1", registry.addr()))
 }
 
 #[test]
 fn containerd_2_1_transfer_path_by_hand_uses_shoal() -> Result<()> {
-    let Some(bin) = containerd_2_1() else {
+    let Some(flavor) = containerd("2.1") else {
         return Ok(());
     };
-    scenario(
-        &bin,
-        transfer_config,
+    let hosts = hosts_dir()?;
+    let (shoald, containerd) = start(&flavor, "", hosts.path(), transfer_config)?;
+    check(
+        &shoald,
+        &containerd,
+        hosts.path(),
         0,
         &[
-            "ok   containerd 2.1.9",
-            "config version 3 as containerd 2.1.9 expects",
+            "ok   containerd 2.1.",
+            "config version 3 as containerd 2.1.",
             "ok   CRI's snapshotter is shoal (image filesystem ",
             "ok   CRI pull path: transfer service",
             "ok   the cri.* labels reach shoal on the transfer path",
@@ -376,10 +370,6 @@ fn containerd_2_1_transfer_path_by_hand_uses_shoal() -> Result<()> {
 
 #[test]
 fn unreachable_socket_and_malformed_config_cannot_tell() -> Result<()> {
-    if shoald_binary().is_err() && !in_ci() {
-        eprintln!("SKIP: {}", shoald_binary().unwrap_err());
-        return Ok(());
-    }
     let dir = tempfile::tempdir()?;
     let socket = dir.path().join("nobody.sock");
     let config = dir.path().join("config.toml");

@@ -11,6 +11,10 @@
 //! each other through the swarm), the discarding node kept no layer blob. Then one node's
 //! shoald is killed and it pulls another image: containerd falls back to the registry.
 //!
+//! A second test runs containerd 2.1 (whatever `SHOAL_CONTAINERD` says) with
+//! `concurrent_layer_fetch_buffer` set, so containerd fetches every blob as parallel Range
+//! requests: the mirror serves them from the swarm (206), on both CRI pull paths.
+//!
 //! Needs root, iproute2, docker-registry, skopeo, containerd, and the workspace's binaries
 //! (`cargo build --workspace` first, as `cargo test --workspace` does).
 
@@ -18,6 +22,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Result};
 use shoal_integration::cluster::{self, random_layers, Cluster, ClusterConfig, NodeMode};
+use shoal_integration::containerd::{find_flavor, strict};
 
 const MBIT: u64 = 200;
 const TIMEOUT: Duration = Duration::from_secs(600);
@@ -149,5 +154,94 @@ fn nodes_pull_through_their_mirrors_and_the_swarm() -> Result<()> {
         took.as_secs_f64()
     );
     cluster.passed();
+    Ok(())
+}
+
+/// containerd 2.1 with `concurrent_layer_fetch_buffer` (1 MiB) asks the mirror for every
+/// blob as parallel `Range: bytes=N-` requests; the mirror answers them from the swarm (206),
+/// so the nodes still feed each other and the registry serves about one copy. Both CRI pull
+/// paths: the transfer service and the local pull.
+#[test]
+fn containerd_2_1_parallel_range_fetches_go_through_the_swarm() -> Result<()> {
+    if !cluster::available() {
+        return Ok(());
+    }
+    for name in ["2.1", "2.1-local"] {
+        let flavor = match find_flavor(name) {
+            Ok(f) => f,
+            Err(e) if strict() => panic!("cannot run under CI: {e:#}"),
+            Err(e) => {
+                eprintln!("SKIP: {e:#}");
+                return Ok(());
+            }
+        };
+        eprintln!("== {}", flavor.describe());
+        let mut cluster = Cluster::start(ClusterConfig {
+            fetch_buffer: Some(1 << 20),
+            containerd: Some(flavor),
+            ..ClusterConfig::new(MBIT)
+        })?;
+        let image = cluster.push_image("range/app", "v1", random_layers(3, 16 << 20, 21)?)?;
+        cluster.cap_registry()?;
+        let reference = cluster.reference(&image)?;
+        let nodes = cluster.add_nodes(
+            2,
+            NodeMode::Mirror {
+                discard_unpacked_layers: false,
+            },
+        )?;
+        let before = cluster.registry_served();
+        let results: Vec<Result<Duration>> = std::thread::scope(|s| {
+            let handles: Vec<_> = nodes
+                .iter()
+                .map(|&i| {
+                    let (node, image) = (cluster.node(i), &image.reference);
+                    s.spawn(move || node.pull(image, TIMEOUT))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| bail!("pull thread panicked")))
+                .collect()
+        });
+        let served = cluster.registry_served().since(&before);
+        cluster::pulls_succeeded(&nodes, &results)?;
+        cluster.verify(&image, &reference, &nodes)?;
+        for &i in &nodes {
+            let node = cluster.node(i);
+            let m = node.metrics()?;
+            let ranges = m.sum("shoal_mirror_requests_total", &[("route", "range")]);
+            let sent = m.sum("shoal_mirror_blob_sent_bytes_total", &[]);
+            eprintln!(
+                "  {}: {ranges} range requests answered, mirror sent {sent} bytes; {}",
+                node.name(),
+                node.swarm_summary()
+            );
+            ensure!(
+                ranges >= image.layers.len() as f64,
+                "{}: the mirror answered {ranges} range requests ({name}):\n{}",
+                node.name(),
+                m.show("shoal_mirror")
+            );
+            ensure!(
+                sent >= image.layer_bytes() as f64,
+                "{}: its mirror sent {sent} bytes, less than the layers ({})",
+                node.name(),
+                image.layer_bytes()
+            );
+        }
+        eprintln!(
+            "  registry served {} bytes = {:.2} x the image",
+            served.total(),
+            served.total() as f64 / image.bytes as f64
+        );
+        ensure!(
+            served.total() as f64 <= 1.3 * image.bytes as f64,
+            "the registry served {} bytes, more than 1.3 x the image ({} bytes): {served:#?}",
+            served.total(),
+            image.bytes
+        );
+        cluster.passed();
+    }
     Ok(())
 }

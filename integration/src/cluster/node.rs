@@ -65,6 +65,8 @@ pub(crate) struct NodeSetup<'a> {
     pub containerd_link: Option<PathBuf>,
     /// containerd's `concurrent_layer_fetch_buffer`.
     pub fetch_buffer: Option<u64>,
+    /// This node's containerd, instead of the process's.
+    pub containerd: Option<crate::containerd::Flavor>,
 }
 
 /// A running node; everything (processes, namespace, link) goes on drop.
@@ -138,7 +140,7 @@ impl Node {
                 }
             ),
             fetch_buffer: setup.fetch_buffer,
-            flavor: None,
+            flavor: setup.containerd.clone(),
         };
         let cri = CriContainerd::start_in_netns_with(
             Some(ns.name()),

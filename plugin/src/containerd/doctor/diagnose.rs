@@ -75,7 +75,7 @@ pub fn diagnose(facts: &Facts) -> Report {
     };
     let bad = |level: Level, text: String, fix: Vec<String>| Check { level, text, fix };
     let containerd_config = format!(
-        "run `shoald containerd-config` and merge its output (the settings for containerd {v}) into {file_path}"
+        "run `shoald containerd-config --file {file_path}` (it adds the settings containerd {v} needs, keeping the rest of the file)"
     );
     let and_restart = format!("{containerd_config}, {RESTART}");
 
@@ -132,7 +132,10 @@ pub fn diagnose(facts: &Facts) -> Report {
                     lines.general(bad(
                         Level::Warn,
                         format!("{file_path} is a version 2 file: containerd {v} migrates it at every start{dropped}"),
-                        vec!["write a version 3 file".into(), and_restart.clone()],
+                        vec![
+                            format!("migrate it to version 3 first: `containerd --config {file_path} config migrate > {file_path}.v3`, check it, move it to {file_path}"),
+                            and_restart.clone(),
+                        ],
                     ));
                 }
                 (Schema::V2, Some(3)) => lines.general(bad(

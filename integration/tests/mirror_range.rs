@@ -25,9 +25,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use mirror_rig::{header, noise, registry_available, swarm_over, token_for, Gated, CHUNK};
+use mirror_rig::{
+    header, noise, registry_available, swarm_over, token_for, token_registry, Gated, CHUNK,
+};
 use shoal_integration::registry::TestRegistry;
-use shoal_integration::token_server::TokenServer;
 use shoal_p2p::cache::{BlobCache, CachingSource};
 use shoal_p2p::source::{BlobSource, RecordingSource};
 use shoal_p2p::Digest;
@@ -117,8 +118,7 @@ async fn ranges_of_a_cached_blob_come_byte_for_byte_from_the_cache() -> Result<(
     if !registry_available() {
         return Ok(());
     }
-    let tokens = TokenServer::start("bob", "pw").await?;
-    let reg = TestRegistry::start_token_auth(&tokens, "bob", "pw")?;
+    let (tokens, reg) = token_registry().await?;
     let layer = noise((3 << 20) + 5, 1);
     let digest = reg.push_blob("private/app", &layer).await?;
     reg.push_blob("other/x", b"something else").await?;
@@ -263,8 +263,7 @@ async fn parallel_ranges_share_one_swarm_download_and_reassemble_the_blob() -> R
     if !registry_available() {
         return Ok(());
     }
-    let tokens = TokenServer::start("bob", "pw").await?;
-    let reg = TestRegistry::start_token_auth(&tokens, "bob", "pw")?;
+    let (tokens, reg) = token_registry().await?;
     let layer = noise(20 * CHUNK as usize + 1234, 2);
     let digest = reg.push_blob("private/app", &layer).await?;
     let gated = Gated::new(&[reg.addr()])?;
@@ -313,8 +312,7 @@ async fn a_range_is_served_while_its_download_is_in_progress() -> Result<()> {
     if !registry_available() {
         return Ok(());
     }
-    let tokens = TokenServer::start("bob", "pw").await?;
-    let reg = TestRegistry::start_token_auth(&tokens, "bob", "pw")?;
+    let (tokens, reg) = token_registry().await?;
     let layer = noise(10 * CHUNK as usize + 99, 3);
     let digest = reg.push_blob("private/app", &layer).await?;
     let gated = Gated::new(&[reg.addr()])?;

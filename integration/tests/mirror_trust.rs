@@ -23,10 +23,9 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use axum::http::{Method, StatusCode};
 use mirror_rig::{
-    noise, registry_available, start_mirror, swarm_over, token_for, Gated, Rig, CHUNK,
+    noise, registry_available, start_mirror, swarm_over, token_for, token_registry, Gated, Rig,
+    CHUNK,
 };
-use shoal_integration::registry::TestRegistry;
-use shoal_integration::token_server::TokenServer;
 use shoal_p2p::cache::{BlobCache, CachingSource};
 use shoal_p2p::Digest;
 use shoal_plugin::config::MirrorSection;
@@ -77,6 +76,11 @@ async fn get(
     ))
 }
 
+/// Whether `body` is a piece of `blob` (its first 32 bytes are somewhere in it).
+fn leaked(body: &[u8], blob: &[u8]) -> bool {
+    body.len() >= 32 && blob.windows(32).any(|w| w == &body[..32])
+}
+
 /// Waits until `digest` is in `cache`.
 async fn wait_cached(cache: &BlobCache, digest: &Digest) -> Result<()> {
     for _ in 0..200 {
@@ -88,33 +92,53 @@ async fn wait_cached(cache: &BlobCache, digest: &Digest) -> Result<()> {
     anyhow::bail!("{digest} was never cached")
 }
 
+/// The mirror for `hosts` over a blob cache in front of `gated`, with blob `data` of
+/// `private/app` on the first host pulled through it with `token` and cached.
+struct Cached {
+    rig: Rig,
+    cache: Arc<CachingSource<Arc<Gated>>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn cached_through_mirror(
+    hosts: &[String],
+    gated: Arc<Gated>,
+    data: &[u8],
+    token: &str,
+) -> Result<Cached> {
+    let dir = tempfile::tempdir()?;
+    let cache = Arc::new(CachingSource::new(
+        gated,
+        BlobCache::open(dir.path(), 1 << 30)?,
+    ));
+    let rig = start_mirror(hosts, MirrorSection::default(), cache.clone()).await?;
+    let digest = Digest::of(data);
+    let path = format!("/v2/private/app/blobs/{digest}");
+    let (status, body) = get(&rig, &hosts[0], &path, Some(token), None).await?;
+    ensure!(status == 200 && body == data, "from the registry: {status}");
+    cache.flush().await;
+    ensure!(cache.cache().contains(&digest), "not cached");
+    Ok(Cached {
+        rig,
+        cache,
+        _dir: dir,
+    })
+}
+
 #[tokio::test]
 async fn an_unconfigured_registry_is_passed_through_and_gets_nothing_from_the_cache() -> Result<()>
 {
     if !registry_available() {
         return Ok(());
     }
-    let tokens = TokenServer::start("bob", "pw").await?;
-    let reg = TestRegistry::start_token_auth(&tokens, "bob", "pw")?;
+    let (tokens, reg) = token_registry().await?;
     let layer = noise(1 << 20, 11);
     let digest = reg.push_blob("private/app", &layer).await?;
     let hosts = [reg.addr()];
     let gated = Gated::new(&hosts)?;
-    let dir = tempfile::tempdir()?;
-    let cache = Arc::new(CachingSource::new(
-        gated.clone(),
-        BlobCache::open(dir.path(), 1 << 30)?,
-    ));
-    let rig = start_mirror(&hosts, MirrorSection::default(), cache.clone()).await?;
     let path = format!("/v2/private/app/blobs/{digest}");
     let token = token_for(&tokens, "private/app")?;
-    let (status, body) = get(&rig, &reg.addr(), &path, Some(&token), None).await?;
-    ensure!(
-        status == 200 && body == layer,
-        "the configured registry: {status}"
-    );
-    cache.flush().await;
-    ensure!(cache.cache().contains(&digest), "not cached");
+    let Cached { rig, .. } = cached_through_mirror(&hosts, gated.clone(), &layer, &token).await?;
 
     let checks = rig.metrics.access_upstream.get();
     let (sent, passed) = (rig.metrics.blob_bytes.get(), rig.route("passthrough"));
@@ -133,7 +157,7 @@ async fn an_unconfigured_registry_is_passed_through_and_gets_nothing_from_the_ca
         let status = resp.status().as_u16();
         let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
         ensure!(
-            !body.windows(64).any(|w| w == &layer[..64]),
+            !leaked(&body, &layer),
             "{method} {range:?} for {unlisted}: layer bytes ({status})"
         );
         ensure!(
@@ -160,8 +184,7 @@ async fn a_lying_registry_gets_no_blob_that_came_from_another_registry() -> Resu
     if !registry_available() {
         return Ok(());
     }
-    let tokens = TokenServer::start("bob", "pw").await?;
-    let reg = TestRegistry::start_token_auth(&tokens, "bob", "pw")?;
+    let (tokens, reg) = token_registry().await?;
     let cached = noise((1 << 20) + 7, 12);
     let cached_digest = reg.push_blob("private/app", &cached).await?;
     let token = token_for(&tokens, "private/app")?;
@@ -169,21 +192,12 @@ async fn a_lying_registry_gets_no_blob_that_came_from_another_registry() -> Resu
     let hosts = [reg.addr(), liar.addr.clone()];
 
     // From the cache: the blob came from the private registry; the liar gets its own bytes.
-    let gated = Gated::new(&hosts)?;
-    let dir = tempfile::tempdir()?;
-    let cache = Arc::new(CachingSource::new(
-        gated.clone(),
-        BlobCache::open(dir.path(), 1 << 30)?,
-    ));
-    let rig = start_mirror(&hosts, MirrorSection::default(), cache.clone()).await?;
-    let path = format!("/v2/private/app/blobs/{cached_digest}");
-    let (status, body) = get(&rig, &reg.addr(), &path, Some(&token), None).await?;
-    ensure!(
-        status == 200 && body == cached,
-        "from the registry: {status}"
+    let cached_rig = cached_through_mirror(&hosts, Gated::new(&hosts)?, &cached, &token).await?;
+    let (rig, path) = (
+        &cached_rig.rig,
+        format!("/v2/private/app/blobs/{cached_digest}"),
     );
-    cache.flush().await;
-    ensure!(cache.cache().contains(&cached_digest), "not cached");
+    ensure!(cached_rig.cache.cache().origins(&cached_digest) == [reg.addr()]);
     let sent = rig.metrics.blob_bytes.get();
     for range in [
         None,
@@ -191,12 +205,9 @@ async fn a_lying_registry_gets_no_blob_that_came_from_another_registry() -> Resu
         Some("bytes=100-1000"),
         Some("bytes=-64"),
     ] {
-        let (status, body) = get(&rig, &liar.addr, &path, None, range).await?;
+        let (status, body) = get(rig, &liar.addr, &path, None, range).await?;
         ensure!(
-            !body
-                .windows(64)
-                .any(|w| cached.windows(64).next() == Some(w))
-                && !cached.ends_with(&body[body.len().saturating_sub(64)..]),
+            !leaked(&body, &cached),
             "range {range:?}: the liar got the private blob's bytes ({status})"
         );
     }
@@ -236,7 +247,7 @@ async fn a_lying_registry_gets_no_blob_that_came_from_another_registry() -> Resu
     let (lied, lied_range, ()) = tokio::join!(lied, lied_range, release);
     for (what, (status, body)) in [("whole", lied?), ("range", lied_range?)] {
         ensure!(
-            !body.windows(64).any(|w| w == &layer[..64]),
+            !leaked(&body, &layer),
             "{what}: the liar got the downloading blob's bytes ({status})"
         );
     }
@@ -261,10 +272,8 @@ async fn readers_of_two_repositories_and_two_registries_each_use_their_own_token
     if !registry_available() {
         return Ok(());
     }
-    let tokens_a = TokenServer::start("bob", "pw").await?;
-    let reg_a = TestRegistry::start_token_auth(&tokens_a, "bob", "pw")?;
-    let tokens_b = TokenServer::start("bob", "pw").await?;
-    let reg_b = TestRegistry::start_token_auth(&tokens_b, "bob", "pw")?;
+    let (tokens_a, reg_a) = token_registry().await?;
+    let (tokens_b, reg_b) = token_registry().await?;
     let layer = noise(16 * CHUNK as usize + 3, 14);
     let mut digest = Digest::of(b"");
     for repo in ["team/one", "team/two"] {

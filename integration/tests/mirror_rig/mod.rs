@@ -59,6 +59,13 @@ pub fn client_config(hosts: &[String]) -> ClientConfig {
     config
 }
 
+/// A `docker-registry` with token auth (user `bob`, password `pw`) and its token server.
+pub async fn token_registry() -> Result<(TokenServer, TestRegistry)> {
+    let tokens = TokenServer::start("bob", "pw").await?;
+    let registry = TestRegistry::start_token_auth(&tokens, "bob", "pw")?;
+    Ok((tokens, registry))
+}
+
 /// A pull token for `repo` from `tokens`.
 pub fn token_for(tokens: &TokenServer, repo: &str) -> Result<String> {
     tokens.issuer().sign(

@@ -428,14 +428,16 @@ async fn the_registry_client_fetches_with_a_clients_credentials_as_they_are() ->
         "Bearer {}",
         token_for(&tokens, "private/app")?
     ));
+    let good = shoal_p2p::source::Reader::Client(Some(good));
     let body = client
-        .fetch_range_as(&image, &digest, 10..1000, Some(&good))
+        .fetch_range_as(&image, &digest, 10..1000, &good)
         .await?;
     let bytes: Vec<bytes::Bytes> = futures::TryStreamExt::try_collect(body).await?;
     ensure!(bytes.concat() == layer[10..1000]);
     let other =
         shoal_p2p::source::Credentials::new(format!("Bearer {}", token_for(&tokens, "other/x")?));
-    let refused = client.fetch_as(&image, &digest, Some(&other)).await;
+    let other = shoal_p2p::source::Reader::Client(Some(other));
+    let refused = client.fetch_as(&image, &digest, &other).await;
     ensure!(
         matches!(
             refused,

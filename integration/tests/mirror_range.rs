@@ -17,194 +17,44 @@
 //!
 //! Needs docker-registry (skips without it).
 
+mod mirror_rig;
+
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use bytes::Bytes;
-use futures::future::BoxFuture;
+use mirror_rig::{
+    header, noise, registry_available, swarm_over, token_for, token_registry, Gated, CHUNK,
+};
 use shoal_integration::registry::TestRegistry;
-use shoal_integration::token_server::TokenServer;
 use shoal_p2p::cache::{BlobCache, CachingSource};
-use shoal_p2p::chunk::ChunkManifestBuilder;
-use shoal_p2p::metrics::SwarmMetrics;
-use shoal_p2p::peer::{PeerError, PeerFetcher};
-use shoal_p2p::reference::ImageReference;
-use shoal_p2p::registry::{BlobStream, ClientConfig, HostConfig, RegistryClient, RegistryError};
-use shoal_p2p::source::{BlobSource, Credentials, RecordingSource};
-use shoal_p2p::swarm::{Swarm, SwarmConfig};
-use shoal_p2p::tracker::MemoryTracker;
+use shoal_p2p::source::{BlobSource, RecordingSource};
 use shoal_p2p::Digest;
 use shoal_plugin::config::MirrorSection;
-use shoal_plugin::mirror::{Mirror, MirrorMetrics, RouteLabel};
-use tokio::sync::watch;
 
-/// The swarm's chunk size here.
-const CHUNK: u64 = 64 << 10;
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn client_config(reg: &TestRegistry) -> ClientConfig {
-    let mut config = ClientConfig::default();
-    config.hosts.insert(
-        reg.addr(),
-        HostConfig {
-            plain_http: true,
-            ..Default::default()
-        },
-    );
-    config
-}
-
-/// The real registry client, with test controls: counts what is fetched through it, holds
-/// ranges that start at or past `hold_from` until released, and flips the byte at
-/// `corrupt_at` in the ranges covering it.
-struct Gated {
-    inner: RegistryClient,
-    whole: AtomicU64,
-    range_bytes: AtomicU64,
-    hold_from: AtomicU64,
-    corrupt_at: AtomicU64,
-    released: watch::Sender<bool>,
-}
-
-impl Gated {
-    fn new(reg: &TestRegistry) -> Result<Arc<Self>> {
-        Ok(Arc::new(Self {
-            inner: RegistryClient::new(client_config(reg))?,
-            whole: AtomicU64::new(0),
-            range_bytes: AtomicU64::new(0),
-            hold_from: AtomicU64::new(u64::MAX),
-            corrupt_at: AtomicU64::new(u64::MAX),
-            released: watch::Sender::new(false),
-        }))
-    }
-}
-
-impl BlobSource for Gated {
-    fn fetch_as<'a>(
-        &'a self,
-        image: &'a ImageReference,
-        digest: &'a Digest,
-        credentials: Option<&'a Credentials>,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
-        self.whole.fetch_add(1, Ordering::SeqCst);
-        self.inner.fetch_as(image, digest, credentials)
-    }
-
-    fn fetch_range_as<'a>(
-        &'a self,
-        image: &'a ImageReference,
-        digest: &'a Digest,
-        range: Range<u64>,
-        credentials: Option<&'a Credentials>,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
-        Box::pin(async move {
-            if range.start >= self.hold_from.load(Ordering::SeqCst) {
-                let _ = self.released.subscribe().wait_for(|r| *r).await;
-            }
-            let len = range.end - range.start;
-            self.range_bytes.fetch_add(len, Ordering::SeqCst);
-            let at = self.corrupt_at.load(Ordering::SeqCst);
-            let stream = self
-                .inner
-                .fetch_range_as(image, digest, range.clone(), credentials)
-                .await?;
-            if !range.contains(&at) {
-                return Ok(stream);
-            }
-            let parts: Vec<Bytes> = futures::TryStreamExt::try_collect(stream).await?;
-            let mut bytes = parts.concat();
-            bytes[(at - range.start) as usize] ^= 0xff;
-            let once = futures::stream::once(async move { Ok(Bytes::from(bytes)) });
-            Ok(Box::pin(once) as BlobStream)
-        })
-    }
-}
-
-/// No other node holds anything.
-struct NoPeers;
-
-impl PeerFetcher for NoPeers {
-    fn fetch<'a>(
-        &'a self,
-        peer: std::net::SocketAddr,
-        _: &'a Digest,
-        _: Range<u64>,
-    ) -> BoxFuture<'a, Result<Bytes, PeerError>> {
-        Box::pin(async move {
-            Err(PeerError::Transport {
-                peer,
-                reason: "no peers in this test".into(),
-            })
-        })
-    }
-}
-
-/// A node's swarm for blob `data` of `reg`: the tracker has its chunk manifest, no peer holds
-/// it, so every chunk comes from `gated` (two chunks per registry range at most).
-fn swarm_over(gated: Arc<Gated>, data: &[u8], dir: &std::path::Path) -> Result<Swarm> {
-    let mut builder = ChunkManifestBuilder::new(CHUNK)?;
-    builder.update(data);
-    let tracker = Arc::new(MemoryTracker::new());
-    tracker.add_manifest(builder.finish(&Digest::of(data))?);
-    let mut config = SwarmConfig::new("node-a", "127.0.0.1:9".parse()?);
-    config.max_registry_range = 2 * CHUNK;
-    config.peer_refresh = Duration::from_millis(50);
-    Ok(Swarm::new(
-        config,
-        tracker,
-        Arc::new(NoPeers),
-        gated,
-        BlobCache::open(dir, 1 << 30)?,
-        SwarmMetrics::default(),
-    ))
-}
-
+/// The mirror for one registry.
 struct Rig {
-    url: String,
+    rig: mirror_rig::Rig,
     registry: String,
-    metrics: MirrorMetrics,
-    http: reqwest::Client,
 }
 
-/// The mirror over `blobs`, with no credentials of its own.
+impl std::ops::Deref for Rig {
+    type Target = mirror_rig::Rig;
+
+    fn deref(&self) -> &mirror_rig::Rig {
+        &self.rig
+    }
+}
+
+/// The mirror over `blobs` for `reg` (a configured registry), with no credentials of its own.
 async fn start_mirror(reg: &TestRegistry, blobs: Arc<dyn BlobSource>) -> Result<Rig> {
-    let metrics = MirrorMetrics::default();
-    let section = MirrorSection {
-        enabled: true,
-        ..Default::default()
-    };
-    let mirror = Arc::new(Mirror::new(
-        &section,
-        &client_config(reg),
-        blobs,
-        metrics.clone(),
-    )?);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(mirror.serve(listener, std::future::pending()));
+    let hosts = [reg.addr()];
+    let rig = mirror_rig::start_mirror(&hosts, MirrorSection::default(), blobs).await?;
     Ok(Rig {
-        url,
+        rig,
         registry: reg.addr(),
-        metrics,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()?,
     })
 }
 
@@ -216,15 +66,8 @@ impl Rig {
         token: Option<&str>,
         headers: &[(&str, &str)],
     ) -> reqwest::RequestBuilder {
-        let url = format!("{}{path}?ns={}", self.url, self.registry);
-        let mut rb = self.http.request(method, url);
-        if let Some(t) = token {
-            rb = rb.bearer_auth(t);
-        }
-        for (name, value) in headers {
-            rb = rb.header(*name, *value);
-        }
-        rb
+        self.rig
+            .request(method, &self.registry, path, token, headers)
     }
 
     /// `GET path` with `Range: range`: status, headers, the whole body.
@@ -241,20 +84,6 @@ impl Rig {
         let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
         Ok((status, headers, resp.bytes().await?.to_vec()))
     }
-
-    fn route(&self, route: &'static str) -> u64 {
-        self.metrics
-            .requests
-            .get_or_create(&RouteLabel { route })
-            .get()
-    }
-}
-
-fn header<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
 }
 
 /// Checks a `206` answer to be exactly `bytes` of `blob`.
@@ -284,25 +113,16 @@ fn check_part(
     Ok(())
 }
 
-fn token_for(tokens: &TokenServer, repo: &str) -> Result<String> {
-    tokens.issuer().sign(
-        "bob",
-        &[("repository".into(), repo.into(), vec!["pull".into()])],
-    )
-}
-
 #[tokio::test]
 async fn ranges_of_a_cached_blob_come_byte_for_byte_from_the_cache() -> Result<()> {
-    if !TestRegistry::available() {
-        eprintln!("SKIP: docker-registry not installed");
+    if !registry_available() {
         return Ok(());
     }
-    let tokens = TokenServer::start("bob", "pw").await?;
-    let reg = TestRegistry::start_token_auth(&tokens, "bob", "pw")?;
+    let (tokens, reg) = token_registry().await?;
     let layer = noise((3 << 20) + 5, 1);
     let digest = reg.push_blob("private/app", &layer).await?;
     reg.push_blob("other/x", b"something else").await?;
-    let gated = Gated::new(&reg)?;
+    let gated = Gated::new(&[reg.addr()])?;
     let dir = tempfile::tempdir()?;
     let cache = Arc::new(CachingSource::new(
         gated.clone(),
@@ -440,15 +260,13 @@ async fn containerd_style(
 
 #[tokio::test]
 async fn parallel_ranges_share_one_swarm_download_and_reassemble_the_blob() -> Result<()> {
-    if !TestRegistry::available() {
-        eprintln!("SKIP: docker-registry not installed");
+    if !registry_available() {
         return Ok(());
     }
-    let tokens = TokenServer::start("bob", "pw").await?;
-    let reg = TestRegistry::start_token_auth(&tokens, "bob", "pw")?;
+    let (tokens, reg) = token_registry().await?;
     let layer = noise(20 * CHUNK as usize + 1234, 2);
     let digest = reg.push_blob("private/app", &layer).await?;
-    let gated = Gated::new(&reg)?;
+    let gated = Gated::new(&[reg.addr()])?;
     let dir = tempfile::tempdir()?;
     let swarm = swarm_over(gated.clone(), &layer, dir.path())?;
     let rig = start_mirror(&reg, Arc::new(swarm.clone())).await?;
@@ -491,15 +309,13 @@ async fn parallel_ranges_share_one_swarm_download_and_reassemble_the_blob() -> R
 
 #[tokio::test]
 async fn a_range_is_served_while_its_download_is_in_progress() -> Result<()> {
-    if !TestRegistry::available() {
-        eprintln!("SKIP: docker-registry not installed");
+    if !registry_available() {
         return Ok(());
     }
-    let tokens = TokenServer::start("bob", "pw").await?;
-    let reg = TestRegistry::start_token_auth(&tokens, "bob", "pw")?;
+    let (tokens, reg) = token_registry().await?;
     let layer = noise(10 * CHUNK as usize + 99, 3);
     let digest = reg.push_blob("private/app", &layer).await?;
-    let gated = Gated::new(&reg)?;
+    let gated = Gated::new(&[reg.addr()])?;
     gated.hold_from.store(4 * CHUNK, Ordering::SeqCst);
     let dir = tempfile::tempdir()?;
     let swarm = swarm_over(gated.clone(), &layer, dir.path())?;
@@ -532,8 +348,7 @@ async fn a_range_is_served_while_its_download_is_in_progress() -> Result<()> {
 
 #[tokio::test]
 async fn a_corrupt_or_failing_source_cuts_a_range() -> Result<()> {
-    if !TestRegistry::available() {
-        eprintln!("SKIP: docker-registry not installed");
+    if !registry_available() {
         return Ok(());
     }
     let reg = TestRegistry::start_anonymous()?;
@@ -543,7 +358,7 @@ async fn a_corrupt_or_failing_source_cuts_a_range() -> Result<()> {
 
     // The swarm's only chunk source sends a wrong byte in chunk 6: the chunk fails its hash
     // and is never sent; the response is cut after the good chunks.
-    let gated = Gated::new(&reg)?;
+    let gated = Gated::new(&[reg.addr()])?;
     gated.corrupt_at.store(6 * CHUNK + 7, Ordering::SeqCst);
     let dir = tempfile::tempdir()?;
     let swarm = swarm_over(gated, &layer, dir.path())?;

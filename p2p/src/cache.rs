@@ -13,12 +13,15 @@
 //! - Eviction unlinks files; a reader that already has one open keeps reading it (Linux
 //!   keeps an unlinked file's data until its last descriptor closes), so eviction never
 //!   breaks a blob being served. [`BlobCache::get`] opens the file under the index lock.
+//! - Each blob records the registries it was fetched from ([`CachedBlob::origins`], kept in
+//!   `DIR/origins/`): the mirror serves a client only blobs known from the registry it asked.
 //! - All methods are blocking (small file-system calls); call them from blocking threads.
 //!
 //! [`CachingSource`] puts a cache in front of another [`crate::source::BlobSource`];
 //! [`PartialFile`] assembles a blob out of order (the swarm's chunks) and commits it.
 
 mod caching;
+mod origins;
 mod partial;
 
 use std::collections::{BTreeMap, HashMap};
@@ -66,10 +69,12 @@ struct State {
 struct Entry {
     size: u64,
     used: u64,
+    /// The registries the blob was fetched from, sorted.
+    origins: Vec<String>,
 }
 
 impl State {
-    fn insert(&mut self, digest: Digest, size: u64) {
+    fn insert(&mut self, digest: Digest, size: u64, origins: Vec<String>) {
         self.remove(&digest);
         self.clock += 1;
         self.order.insert(self.clock, digest.clone());
@@ -78,6 +83,7 @@ impl State {
             Entry {
                 size,
                 used: self.clock,
+                origins,
             },
         );
         self.total += size;
@@ -106,6 +112,8 @@ pub struct CachedBlob {
     pub file: File,
     pub size: u64,
     pub path: PathBuf,
+    /// The registries the node fetched the blob from (see [`crate::source::Reader`]).
+    pub origins: Vec<String>,
 }
 
 fn cache_err(path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
@@ -137,7 +145,7 @@ impl BlobCache {
                 .and_then(|n| n.strip_prefix(FILE_PREFIX))
                 .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok())
             else {
-                if name != TMP_DIR {
+                if name != TMP_DIR && name != origins::ORIGIN_DIR {
                     tracing::debug!(path = %entry.path().display(), "not a cached blob; ignored");
                 }
                 continue;
@@ -151,7 +159,8 @@ impl BlobCache {
         found.sort();
         let mut state = State::default();
         for (_, digest, size) in found {
-            state.insert(digest, size);
+            let known = origins::load(&dir, &digest);
+            state.insert(digest, size, known);
         }
         let cache = Self {
             inner: Arc::new(Inner {
@@ -162,6 +171,7 @@ impl BlobCache {
             }),
         };
         cache.evict(&mut state, None);
+        origins::prune(&cache.inner.dir, |d| state.entries.contains_key(d));
         tracing::info!(
             dir = %cache.inner.dir.display(),
             blobs = state.entries.len(),
@@ -210,23 +220,35 @@ impl BlobCache {
         state.entries.contains_key(digest)
     }
 
+    /// The registries blob `digest` is known from (empty when it is not cached).
+    pub fn origins(&self, digest: &Digest) -> Vec<String> {
+        let state = self.inner.state.lock().expect("lock");
+        let entry = state.entries.get(digest);
+        entry.map(|e| e.origins.clone()).unwrap_or_default()
+    }
+
     /// Blob `digest`, opened for reading, marked as just used; `None` if not cached (or
     /// its file vanished or cannot be opened, which drops it from the index).
     pub fn get(&self, digest: &Digest) -> Option<CachedBlob> {
         let mut state = self.inner.state.lock().expect("lock");
-        let size = state.entries.get(digest)?.size;
+        let entry = state.entries.get(digest)?;
+        let (size, origins) = (entry.size, entry.origins.clone());
         let path = self.path_of(digest);
         match File::open(&path) {
             Ok(file) => {
                 state.touch(digest);
                 // Persist the use for the LRU order after a restart; best effort.
                 let _ = file.set_modified(SystemTime::now());
-                Some(CachedBlob { file, size, path })
+                Some(CachedBlob {
+                    file,
+                    size,
+                    path,
+                    origins,
+                })
             }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cached blob unreadable; dropped");
-                state.remove(digest);
-                let _ = std::fs::remove_file(&path);
+                self.drop_entry(&mut state, digest);
                 None
             }
         }
@@ -235,11 +257,20 @@ impl BlobCache {
     /// Removes blob `digest` (e.g. found corrupt); true if it was cached.
     pub fn remove(&self, digest: &Digest) -> bool {
         let mut state = self.inner.state.lock().expect("lock");
-        let removed = state.remove(digest).is_some();
-        if removed {
-            let _ = std::fs::remove_file(self.path_of(digest));
+        self.drop_entry(&mut state, digest).is_some()
+    }
+
+    /// Drops blob `digest` from the index and removes its files; its size if it was cached.
+    fn drop_entry(&self, state: &mut State, digest: &Digest) -> Option<u64> {
+        let size = state.remove(digest)?.size;
+        let path = self.path_of(digest);
+        if let Err(e) = std::fs::remove_file(&path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), error = %e, "removing a cached blob");
+            }
         }
-        removed
+        origins::remove(&self.inner.dir, digest);
+        Some(size)
     }
 
     /// A writer for a new blob: write its bytes, then [`CacheWriter::finish`] with the
@@ -265,22 +296,42 @@ impl BlobCache {
             .join(format!("{}-{seq}", std::process::id()))
     }
 
-    /// Renames the synced, verified file `tmp` (`size` bytes of blob `expected`) to its
-    /// digest name under the index lock, then evicts to fit. A blob already cached is just
-    /// marked used and `tmp` removed.
-    fn commit_tmp(&self, tmp: &Path, expected: &Digest, size: u64) -> Result<(), RegistryError> {
+    /// Renames the synced, verified file `tmp` (`size` bytes of blob `expected`, fetched
+    /// from registry `origin` if given) to its digest name under the index lock, then evicts
+    /// to fit. A blob already cached is just marked used (and known from `origin` too) and
+    /// `tmp` removed.
+    fn commit_tmp(
+        &self,
+        tmp: &Path,
+        expected: &Digest,
+        size: u64,
+        origin: Option<&str>,
+    ) -> Result<(), RegistryError> {
         let mut state = self.inner.state.lock().expect("lock");
-        if state.entries.contains_key(expected) {
-            state.touch(expected);
+        if let Some(entry) = state.entries.get_mut(expected) {
             let _ = std::fs::remove_file(tmp);
+            if let Some(origin) = origin.filter(|o| !entry.origins.iter().any(|k| k == o)) {
+                entry.origins.push(origin.to_owned());
+                entry.origins.sort();
+                origins::save(&self.inner.dir, expected, &entry.origins);
+            }
+            state.touch(expected);
             return Ok(());
         }
         let path = self.path_of(expected);
+        let known: Vec<String> = origin.into_iter().map(str::to_owned).collect();
+        // The origins first: a blob is never known from a registry it was not fetched from,
+        // and a crash between the two leaves an origins file that `open` prunes.
+        origins::remove(&self.inner.dir, expected);
+        if !known.is_empty() {
+            origins::save(&self.inner.dir, expected, &known);
+        }
         if let Err(e) = std::fs::rename(tmp, &path) {
             let _ = std::fs::remove_file(tmp);
+            origins::remove(&self.inner.dir, expected);
             return Err(cache_err(&path)(e));
         }
-        state.insert(expected.clone(), size);
+        state.insert(expected.clone(), size, known);
         self.evict(&mut state, Some(expected));
         Ok(())
     }
@@ -290,11 +341,7 @@ impl BlobCache {
         while state.total > self.inner.max_bytes {
             let victim = state.order.values().find(|d| Some(*d) != keep).cloned();
             let Some(victim) = victim else { break };
-            let size = state.remove(&victim).map_or(0, |e| e.size);
-            let path = self.path_of(&victim);
-            if let Err(e) = std::fs::remove_file(&path) {
-                tracing::warn!(path = %path.display(), error = %e, "evicting a cached blob");
-            }
+            let size = self.drop_entry(state, &victim).unwrap_or(0);
             tracing::debug!(blob = %victim, bytes = size, "evicted from the blob cache");
         }
     }
@@ -343,7 +390,18 @@ impl CacheWriter {
 
     /// Keeps the blob under `expected` if the bytes hash to it (then evicts to fit the
     /// limit); otherwise removes it and fails. A blob already cached is just marked used.
-    pub fn finish(mut self, expected: &Digest) -> Result<(), RegistryError> {
+    /// The blob is known from no registry ([`Self::finish_from`]).
+    pub fn finish(self, expected: &Digest) -> Result<(), RegistryError> {
+        self.finish_as(expected, None)
+    }
+
+    /// [`Self::finish`] for a blob fetched from registry `origin` (a blob already cached is
+    /// then known from it too).
+    pub fn finish_from(self, expected: &Digest, origin: &str) -> Result<(), RegistryError> {
+        self.finish_as(expected, Some(origin))
+    }
+
+    fn finish_as(mut self, expected: &Digest, origin: Option<&str>) -> Result<(), RegistryError> {
         let actual = self.hasher.clone().finish();
         if actual != *expected {
             return Err(cache_err(&self.tmp)(std::io::Error::new(
@@ -360,7 +418,8 @@ impl CacheWriter {
             let _ = std::fs::remove_file(&self.tmp);
             return Err(cache_err(&self.tmp)(e));
         }
-        self.cache.commit_tmp(&self.tmp, expected, self.bytes)
+        self.cache
+            .commit_tmp(&self.tmp, expected, self.bytes, origin)
     }
 }
 

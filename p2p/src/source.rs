@@ -1,10 +1,13 @@
 //! Where whole blobs come from: the [`BlobSource`] seam (the registry; the cache in front of
 //! it; the swarm), with a recording fake for tests.
 //!
-//! A fetch may carry a client's own [`Credentials`] (shoald's registry mirror passes the
-//! `Authorization` a client sent, after checking with the registry that this client may pull
-//! the blob): a source that reaches the registry for that blob uses them instead of the
-//! node's configured credentials. Sources that do not reach a registry ignore them.
+//! A fetch is made for a [`Reader`]: the node itself, or a client of shoald's registry mirror
+//! (after the registry confirmed that this client may pull the blob). For a client, a source
+//! that reaches the registry uses the client's own [`Credentials`] instead of the node's, and
+//! a source that holds bytes (the cache, a swarm download) serves them only if it knows them
+//! from the registry the client asked ([`Reader::may_use`]); otherwise the fetch fails with
+//! [`RegistryError::OtherOrigin`] and the mirror passes the request upstream. Sources that
+//! neither hold bytes nor reach a registry ignore the reader.
 //!
 //! A range of a blob comes from wherever its source keeps the blob: the cache (verified
 //! when it was committed), a swarm download (every chunk verified against the chunk
@@ -50,23 +53,77 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// On whose behalf a blob is fetched (DESIGN "Security and bad input").
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Reader {
+    /// The node itself (the snapshotter, preheat): the node's configured credentials, and any
+    /// bytes of the blob the node holds, whichever registry they came from (as containerd's
+    /// own content store does).
+    #[default]
+    Node,
+    /// A client of shoald's mirror that the registry let pull the blob: registry requests for
+    /// it carry its own `Authorization` (`None`: it sent none, and the registry let it pull
+    /// anonymously; the node's credentials for that registry are used), and only bytes known
+    /// from the registry it asked are served to it.
+    Client(Option<Credentials>),
+}
+
+/// The node as a reader, for [`BlobSource::fetch`] and [`BlobSource::fetch_range`].
+static NODE: Reader = Reader::Node;
+
+impl Reader {
+    /// The client's own credentials (`None`: the node's).
+    pub fn credentials(&self) -> Option<&Credentials> {
+        match self {
+            Reader::Node => None,
+            Reader::Client(credentials) => credentials.as_ref(),
+        }
+    }
+
+    /// Whether bytes of a blob the node knows from the registries `origins` may be served to
+    /// this reader of the blob from `registry`: always to the node, to a client only when
+    /// `registry` is one of them.
+    pub fn may_use<'o>(&self, registry: &str, mut origins: impl Iterator<Item = &'o str>) -> bool {
+        match self {
+            Reader::Node => true,
+            Reader::Client(_) => origins.any(|o| o == registry),
+        }
+    }
+
+    /// [`Self::may_use`] as a result: [`RegistryError::OtherOrigin`] when not.
+    pub fn check_origin<'o>(
+        &self,
+        registry: &str,
+        digest: &Digest,
+        origins: impl Iterator<Item = &'o str>,
+    ) -> Result<(), RegistryError> {
+        if self.may_use(registry, origins) {
+            return Ok(());
+        }
+        Err(RegistryError::OtherOrigin {
+            registry: registry.to_owned(),
+            digest: digest.clone(),
+        })
+    }
+}
+
 /// A source of whole blobs. The stream is unverified: whoever consumes it checks the digest
 /// (the unpacker does), and a source that keeps bytes ([`crate::cache::CachingSource`])
 /// checks it before keeping them.
 pub trait BlobSource: Send + Sync {
-    /// The bytes of blob `digest` of `image`'s repository, as they arrive, fetched on behalf
-    /// of a client whose `credentials` (when given) the registry accepted for this blob:
-    /// registry requests for it use them instead of the node's. Sources that never reach a
-    /// registry ignore them.
+    /// The bytes of blob `digest` of `image`'s repository, as they arrive, fetched for
+    /// `reader`: a client's registry requests carry its own credentials, and it gets only
+    /// bytes known from `image`'s registry ([`RegistryError::OtherOrigin`] otherwise; see the
+    /// module documentation).
     fn fetch_as<'a>(
         &'a self,
         image: &'a ImageReference,
         digest: &'a Digest,
-        credentials: Option<&'a Credentials>,
+        reader: &'a Reader,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>>;
 
-    /// The bytes `range` of blob `digest`, as they arrive, with a client's `credentials`
-    /// (see [`Self::fetch_as`]): from the cache or a swarm download when the source has them
+    /// The bytes `range` of blob `digest`, as they arrive, for `reader` (see
+    /// [`Self::fetch_as`]): from the cache or a swarm download when the source has them
     /// (verified, see the module documentation), else from the registry (HTTP Range). A
     /// range past the blob's end is an error; a stream that ends short of the range ends
     /// with an error.
@@ -75,26 +132,26 @@ pub trait BlobSource: Send + Sync {
         image: &'a ImageReference,
         digest: &'a Digest,
         range: Range<u64>,
-        credentials: Option<&'a Credentials>,
+        reader: &'a Reader,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>>;
 
-    /// [`Self::fetch_as`] with the node's own credentials.
+    /// [`Self::fetch_as`] for the node itself.
     fn fetch<'a>(
         &'a self,
         image: &'a ImageReference,
         digest: &'a Digest,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
-        self.fetch_as(image, digest, None)
+        self.fetch_as(image, digest, &NODE)
     }
 
-    /// [`Self::fetch_range_as`] with the node's own credentials.
+    /// [`Self::fetch_range_as`] for the node itself.
     fn fetch_range<'a>(
         &'a self,
         image: &'a ImageReference,
         digest: &'a Digest,
         range: Range<u64>,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
-        self.fetch_range_as(image, digest, range, None)
+        self.fetch_range_as(image, digest, range, &NODE)
     }
 }
 
@@ -103,9 +160,9 @@ impl BlobSource for RegistryClient {
         &'a self,
         image: &'a ImageReference,
         digest: &'a Digest,
-        credentials: Option<&'a Credentials>,
+        reader: &'a Reader,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
-        Box::pin(self.blob_as(image, digest, None, credentials))
+        Box::pin(self.blob_as(image, digest, None, reader.credentials()))
     }
 
     fn fetch_range_as<'a>(
@@ -113,9 +170,9 @@ impl BlobSource for RegistryClient {
         image: &'a ImageReference,
         digest: &'a Digest,
         range: Range<u64>,
-        credentials: Option<&'a Credentials>,
+        reader: &'a Reader,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
-        Box::pin(self.blob_as(image, digest, Some(range), credentials))
+        Box::pin(self.blob_as(image, digest, Some(range), reader.credentials()))
     }
 }
 
@@ -124,9 +181,9 @@ impl<T: BlobSource + ?Sized> BlobSource for std::sync::Arc<T> {
         &'a self,
         image: &'a ImageReference,
         digest: &'a Digest,
-        credentials: Option<&'a Credentials>,
+        reader: &'a Reader,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
-        (**self).fetch_as(image, digest, credentials)
+        (**self).fetch_as(image, digest, reader)
     }
 
     fn fetch_range_as<'a>(
@@ -134,9 +191,9 @@ impl<T: BlobSource + ?Sized> BlobSource for std::sync::Arc<T> {
         image: &'a ImageReference,
         digest: &'a Digest,
         range: Range<u64>,
-        credentials: Option<&'a Credentials>,
+        reader: &'a Reader,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
-        (**self).fetch_range_as(image, digest, range, credentials)
+        (**self).fetch_range_as(image, digest, range, reader)
     }
 }
 
@@ -231,10 +288,12 @@ impl BlobSource for RecordingSource {
         &'a self,
         image: &'a ImageReference,
         digest: &'a Digest,
-        credentials: Option<&'a Credentials>,
+        reader: &'a Reader,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
         let seen = &self.credentials;
-        seen.lock().expect("lock").push(credentials.cloned());
+        seen.lock()
+            .expect("lock")
+            .push(reader.credentials().cloned());
         let calls = &self.calls;
         calls
             .lock()
@@ -276,10 +335,12 @@ impl BlobSource for RecordingSource {
         image: &'a ImageReference,
         digest: &'a Digest,
         range: Range<u64>,
-        credentials: Option<&'a Credentials>,
+        reader: &'a Reader,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
         let seen = &self.credentials;
-        seen.lock().expect("lock").push(credentials.cloned());
+        seen.lock()
+            .expect("lock")
+            .push(reader.credentials().cloned());
         self.ranges
             .lock()
             .expect("lock")
@@ -316,6 +377,26 @@ impl BlobSource for RecordingSource {
 mod tests {
     use super::*;
     use futures::TryStreamExt;
+
+    #[test]
+    fn the_node_uses_any_held_bytes_a_client_only_those_from_its_registry() {
+        let d = Digest::of(b"x");
+        let client = Reader::Client(Some(Credentials::new("Bearer t")));
+        let anonymous = Reader::Client(None);
+        let origins = ["a.example", "b.example:5000"];
+        for reader in [&client, &anonymous] {
+            assert!(reader.may_use("a.example", origins.iter().copied()));
+            assert!(reader.may_use("b.example:5000", origins.iter().copied()));
+            assert!(!reader.may_use("b.example", origins.iter().copied()));
+            assert!(!reader.may_use("a.example", std::iter::empty()));
+            let e = reader.check_origin("c.example", &d, origins.iter().copied());
+            assert!(matches!(e, Err(RegistryError::OtherOrigin { .. })), "{e:?}");
+        }
+        assert!(Reader::Node.may_use("c.example", std::iter::empty()));
+        assert_eq!(client.credentials(), Some(&Credentials::new("Bearer t")));
+        assert_eq!(anonymous.credentials(), None);
+        assert_eq!(Reader::Node.credentials(), None);
+    }
 
     #[tokio::test]
     async fn recording_source_serves_records_and_404s() {

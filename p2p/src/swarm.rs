@@ -16,17 +16,25 @@
 //! - Chunks are announced to the trackers as they arrive, so a half-done node seeds too; the
 //!   node's chunk server ([`crate::peer::router`]) serves them through [`Swarm`]'s
 //!   [`ChunkProvider`] implementation (downloads in progress, then the cache).
-//! - A fetch on behalf of a client with its own registry credentials
-//!   ([`BlobSource::fetch_as`], shoald's mirror) hands them to the blob's download, whose
-//!   registry ranges then use the latest such credentials (else the node's own). This is safe
-//!   because only callers that checked with the registry that their client may pull this
-//!   very blob pass credentials, and the bytes are the same, verified blob whoever's
-//!   credentials fetched them: no reader gets a blob it could not have pulled itself.
+//! - A download is from one registry, its origin: the registry of the image that started it,
+//!   whose extension made the chunk manifest; the blob is committed to the cache as known
+//!   from it. A fetch for a client of shoald's mirror ([`Reader::Client`]) of another
+//!   registry is not attached to it, and gets no cached blob that is not known from its
+//!   registry ([`RegistryError::OtherOrigin`]: the mirror passes it upstream).
+//! - Each reader attached to a download adds a grant: its repository of the origin registry
+//!   and its credentials (a client's own, or the node's). Each registry range goes to the
+//!   newest grant's repository with that grant's credentials, so a token is only sent to the
+//!   registry that issued it, for the repository it was issued for; a grant the registry
+//!   refuses is dropped and the next range uses an older one. Sharing a download is safe
+//!   because every client checked with the registry that it may pull this very blob, and the
+//!   bytes are the same, verified blob whoever's credentials fetched them.
 //! - If the trackers cannot give a manifest (down, unreachable, no manifest), the blob is
 //!   fetched whole from the registry and cached, as without a swarm: the swarm can only make
 //!   pulls faster, never break them.
 
 mod download;
+#[cfg(test)]
+mod origin_tests;
 mod scheduler;
 #[cfg(test)]
 mod tests;
@@ -48,7 +56,7 @@ use crate::metrics::SwarmMetrics;
 use crate::peer::{ChunkProvider, Held, PeerFetcher};
 use crate::reference::ImageReference;
 use crate::registry::{BlobStream, RegistryError};
-use crate::source::{BlobSource, Credentials};
+use crate::source::{BlobSource, Reader};
 use crate::tracker::{Announce, BlobHave, ChunkSet, Tracker, UploadStats};
 use download::Download;
 
@@ -259,40 +267,42 @@ impl Swarm {
             .collect()
     }
 
-    /// The download of `digest`, joined or started; `None` when the swarm cannot be used for
-    /// it (no manifest), and the caller fetches from the registry.
+    /// The download of `digest`, joined (with `reader`'s grant) or started; `None` when the
+    /// swarm cannot be used for it (no manifest), and the caller fetches from the registry;
+    /// [`RegistryError::OtherOrigin`] when a client of another registry than the download's
+    /// asks.
     async fn download(
         &self,
         image: &ImageReference,
         digest: &Digest,
-        credentials: Option<&Credentials>,
-    ) -> Option<Arc<Download>> {
+        reader: &Reader,
+    ) -> Result<Option<Arc<Download>>, RegistryError> {
         let cell = {
             let mut downloads = self.inner.downloads.lock().expect("lock");
             downloads.entry(digest.clone()).or_default().clone()
         };
         let started = cell
-            .get_or_init(|| self.start_download(image, digest, credentials))
+            .get_or_init(|| self.start_download(image, digest, reader))
             .await
             .clone();
-        if let (Some(download), Some(credentials)) = (&started, credentials) {
-            download.set_credentials(credentials.clone());
-        }
-        if started.is_none() {
-            // Let a later fetch try the swarm again.
-            let mut downloads = self.inner.downloads.lock().expect("lock");
-            if downloads.get(digest).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                downloads.remove(digest);
+        match &started {
+            Some(download) => download.attach(image, reader)?,
+            None => {
+                // Let a later fetch try the swarm again.
+                let mut downloads = self.inner.downloads.lock().expect("lock");
+                if downloads.get(digest).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                    downloads.remove(digest);
+                }
             }
         }
-        started
+        Ok(started)
     }
 
     async fn start_download(
         &self,
         image: &ImageReference,
         digest: &Digest,
-        credentials: Option<&Credentials>,
+        reader: &Reader,
     ) -> Option<Arc<Download>> {
         let inner = &self.inner;
         let manifest = tokio::time::timeout(
@@ -330,13 +340,18 @@ impl Swarm {
                 return None;
             }
         };
-        let download = match Download::new(image.clone(), manifest, partial, credentials.cloned()) {
+        let download = match Download::new(image.clone(), manifest, partial) {
             Ok(d) => Arc::new(d),
             Err(e) => {
                 tracing::warn!(blob = %digest, "cannot store the blob for the swarm ({e}); fetching from the registry");
                 return None;
             }
         };
+        // Its first grant before its first registry range.
+        if let Err(e) = download.attach(image, reader) {
+            tracing::warn!(blob = %digest, "{e}");
+            return None;
+        }
         tokio::spawn(scheduler::run(self.clone(), download.clone()));
         Some(download)
     }
@@ -382,28 +397,29 @@ impl Swarm {
 }
 
 impl Swarm {
-    /// The blob (`range` `None`) or a range of it: from the cache when it holds the blob;
-    /// otherwise from the blob's download, joined or started (so concurrent readers, whole
-    /// or ranges, share one download, which goes on to the whole blob); else from the
-    /// registry through the cache.
+    /// The blob (`range` `None`) or a range of it, for `reader`: from the cache when it
+    /// holds the blob; otherwise from the blob's download, joined or started (so concurrent
+    /// readers, whole or ranges, share one download, which goes on to the whole blob); else
+    /// from the registry through the cache. A client gets only bytes known from `image`'s
+    /// registry (see the module documentation).
     async fn fetch_part(
         &self,
         image: &ImageReference,
         digest: &Digest,
         range: Option<Range<u64>>,
-        credentials: Option<&Credentials>,
+        reader: &Reader,
     ) -> Result<BlobStream, RegistryError> {
         if !self.inner.cache.contains(digest) {
-            if let Some(download) = self.download(image, digest, credentials).await {
+            if let Some(download) = self.download(image, digest, reader).await? {
                 return download.reader(range.unwrap_or(0..download.manifest().size));
             }
             self.inner.metrics.registry_fallbacks.inc();
         }
         let fallback = &self.inner.fallback;
         match range {
-            None => fallback.fetch_as(image, digest, credentials).await,
+            None => fallback.fetch_as(image, digest, reader).await,
             Some(range) => {
-                let fetch = fallback.fetch_range_as(image, digest, range, credentials);
+                let fetch = fallback.fetch_range_as(image, digest, range, reader);
                 fetch.await
             }
         }
@@ -415,9 +431,9 @@ impl BlobSource for Swarm {
         &'a self,
         image: &'a ImageReference,
         digest: &'a Digest,
-        credentials: Option<&'a Credentials>,
+        reader: &'a Reader,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
-        Box::pin(self.fetch_part(image, digest, None, credentials))
+        Box::pin(self.fetch_part(image, digest, None, reader))
     }
 
     fn fetch_range_as<'a>(
@@ -425,9 +441,9 @@ impl BlobSource for Swarm {
         image: &'a ImageReference,
         digest: &'a Digest,
         range: Range<u64>,
-        credentials: Option<&'a Credentials>,
+        reader: &'a Reader,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
-        Box::pin(self.fetch_part(image, digest, Some(range), credentials))
+        Box::pin(self.fetch_part(image, digest, Some(range), reader))
     }
 }
 

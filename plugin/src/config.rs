@@ -46,7 +46,11 @@
 //! listen = "127.0.0.1:7075"   # default; plain HTTP, meant for loopback
 //! default_upstream = ""       # registry host for requests without ?ns= ("" = refuse them)
 //! access_ttl_secs = 30        # default 30: how long a positive access check is reused
-//! registries = []             # extra registry hosts `shoald hosts` writes files for
+//! registries = []             # extra registry hosts `shoald hosts` writes files for; blobs
+//!                             # of these, [registry.hosts] and default_upstream are served
+//!                             # from the cache and swarm
+//! serve_other_registries = false # default false: blobs of any other registry (`_default`)
+//!                             # pass through untouched; true serves them too
 //! hosts_dir = "/etc/containerd/certs.d"  # default for `shoald hosts --dir`
 //!
 //! # Preheat worker: registers with shoal-registry-ext's coordinator, heartbeats, and pulls
@@ -153,9 +157,15 @@ pub struct MirrorSection {
     #[serde(default = "default_access_ttl_secs")]
     pub access_ttl_secs: u64,
     /// Registry hosts `shoald hosts` writes a hosts.toml for, besides those of
-    /// `[registry.hosts]` and `_default`. Default empty.
+    /// `[registry.hosts]` and `_default`; the mirror serves their blobs from the cache and
+    /// the swarm. Default empty.
     #[serde(default)]
     pub registries: Vec<String>,
+    /// Serve blobs of every other registry (those containerd sends through `_default`) from
+    /// the cache and the swarm too, after the same access and origin checks. Default false:
+    /// their requests pass through to the registry untouched.
+    #[serde(default)]
+    pub serve_other_registries: bool,
     /// containerd's hosts directory, the default of `shoald hosts --dir`. Default
     /// `/etc/containerd/certs.d`.
     #[serde(default = "default_hosts_dir")]
@@ -182,6 +192,7 @@ impl Default for MirrorSection {
             default_upstream: String::new(),
             access_ttl_secs: default_access_ttl_secs(),
             registries: Vec::new(),
+            serve_other_registries: false,
             hosts_dir: default_hosts_dir(),
         }
     }

@@ -16,6 +16,12 @@
 //!   registry named by `?ns=` (or `default_upstream`) unchanged: method, path, query
 //!   (without `ns`), headers, body; its status, headers and body come back unchanged
 //!   (redirects are not followed here: containerd follows them).
+//! - Trust: a blob is served from the cache or the swarm only (1) for a registry the operator
+//!   configured ([`trust`]; every other registry by `serve_other_registries` only), (2) after
+//!   that registry confirmed access for the request's own credentials ([`access`]), and (3)
+//!   if the node knows the blob from that registry: it fetched it from there, or is fetching
+//!   it from there (a swarm download whose chunk manifest that registry's extension made)
+//!   ([`Reader::Client`]). Otherwise the request passes through to the upstream untouched.
 //! - Access ([`access`]): before a blob is served, the upstream is asked whether this client
 //!   may pull it: a `HEAD` of the blob with the request's own headers (its `Authorization`).
 //!   A refusal (401 with the registry's `WWW-Authenticate`, 403, 404) is passed back
@@ -25,9 +31,10 @@
 //!   registry, repository, digest). The check also gives the blob's size (`Content-Length`
 //!   of `HEAD` answers, and of `GET` answers before the bytes arrive).
 //! - Credentials: the request's `Authorization` goes with the fetch
-//!   ([`shoal_p2p::source::BlobSource::fetch_as`]), so chunks that come from the registry
-//!   are fetched with the client's own credentials, not the node's. Sharing one download
-//!   between clients is safe because every client has passed the check for that blob first.
+//!   ([`shoal_p2p::source::BlobSource::fetch_as`] for a [`Reader::Client`]), so chunks that
+//!   come from the registry are fetched with the credentials of a client of that registry
+//!   and repository, not the node's. Sharing one download between clients of one registry
+//!   is safe because every client has passed the check for that blob first.
 //! - Integrity: the bytes are hashed on the way out; the last piece is held back until the
 //!   whole blob matched its digest and size (a range: its length; its bytes were verified by
 //!   the source, see [`body`]). A source failing mid-stream, or a blob that does
@@ -39,6 +46,7 @@
 mod access;
 mod body;
 pub mod hosts;
+mod trust;
 mod upstream;
 
 use std::future::Future;
@@ -54,13 +62,15 @@ use prometheus_client::metrics::family::Family;
 use shoal_p2p::metrics::Registry;
 use shoal_p2p::reference::ImageReference;
 use shoal_p2p::registry::ClientConfig;
-use shoal_p2p::source::{BlobSource, ByteRange, Credentials};
+use shoal_p2p::registry::RegistryError;
+use shoal_p2p::source::{BlobSource, ByteRange, Credentials, Reader};
 use shoal_p2p::Digest;
 
 use crate::config::MirrorSection;
 pub use access::AccessCache;
 use access::{AccessKey, Allowed};
 use body::Expected;
+pub use trust::Trust;
 pub use upstream::Upstream;
 
 /// Why the mirror could not answer a request itself (mapped to HTTP in [`MirrorError`]'s
@@ -118,7 +128,8 @@ impl IntoResponse for MirrorError {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabel {
     /// `blob` (served by shoal), `range` (a range served by shoal, or `416`), `refused`
-    /// (access check said no), `passthrough`, `error`.
+    /// (access check said no), `passthrough` (everything else, blobs of registries not
+    /// served and blobs not known from the registry asked included), `error`.
     pub route: &'static str,
 }
 
@@ -177,13 +188,15 @@ pub struct Mirror {
     blobs: Arc<dyn BlobSource>,
     upstream: Upstream,
     access: AccessCache,
+    trust: Trust,
     default_upstream: String,
     metrics: MirrorMetrics,
 }
 
 impl Mirror {
     /// A mirror serving blobs from `blobs`, reaching registries as `registry` says (plain
-    /// HTTP hosts, timeouts; never its credentials: those of each request are used).
+    /// HTTP hosts, timeouts; never its credentials: those of each request are used). It
+    /// serves blobs of the registries of `registry`'s hosts and `section` ([`Trust`]).
     pub fn new(
         section: &MirrorSection,
         registry: &ClientConfig,
@@ -194,6 +207,7 @@ impl Mirror {
             blobs,
             upstream: Upstream::new(registry)?,
             access: AccessCache::new(std::time::Duration::from_secs(section.access_ttl_secs)),
+            trust: Trust::new(section, registry),
             default_upstream: section.default_upstream.clone(),
             metrics,
         })
@@ -285,21 +299,32 @@ async fn answer(mirror: &Mirror, req: Request) -> Result<Response, MirrorError> 
     let registry = mirror.registry_of(req.uri().query(), &path)?;
     let blob =
         blob_path(&path).and_then(|blob| Some((blob, blob_request(req.method(), req.headers())?)));
-    let Some(((name, digest), range)) = blob else {
-        mirror.metrics.count("passthrough");
-        return mirror.upstream.forward(&registry, req).await;
+    let served = match blob {
+        Some(((name, digest), range)) if mirror.trust.serves(&registry) => {
+            let image = ImageReference {
+                registry: registry.clone(),
+                repository: name.to_owned(),
+                tag: None,
+                digest: None,
+            };
+            let head = req.method() == Method::HEAD;
+            serve_blob(mirror, &image, digest, head, range, req.headers()).await?
+        }
+        Some(_) => {
+            tracing::debug!(%registry, "mirror: not a registry served from the cache and the swarm; passed upstream");
+            None
+        }
+        None => None,
     };
-    let image = ImageReference {
-        registry,
-        repository: name.to_owned(),
-        tag: None,
-        digest: None,
-    };
-    let head = req.method() == Method::HEAD;
-    serve_blob(mirror, &image, digest, head, range, req.headers()).await
+    if let Some(resp) = served {
+        return Ok(resp);
+    }
+    mirror.metrics.count("passthrough");
+    mirror.upstream.forward(&registry, req).await
 }
 
-/// Serves blob `digest` (or `range` of it) to a client the upstream lets pull it.
+/// Serves blob `digest` (or `range` of it) to a client the upstream lets pull it; `None`
+/// when the node does not know the blob from that registry (the request goes upstream).
 async fn serve_blob(
     mirror: &Mirror,
     image: &ImageReference,
@@ -307,7 +332,7 @@ async fn serve_blob(
     head: bool,
     range: Option<ByteRange>,
     headers: &HeaderMap,
-) -> Result<Response, MirrorError> {
+) -> Result<Option<Response>, MirrorError> {
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -329,7 +354,7 @@ async fn serve_blob(
                     tracing::info!(repository = %image.repository, blob = %digest,
                         status = %refusal.status(), "mirror: upstream refused access; passed back");
                     mirror.metrics.count("refused");
-                    return Ok(refusal);
+                    return Ok(Some(refusal));
                 }
             }
         }
@@ -357,36 +382,45 @@ async fn serve_blob(
                 resp_headers.insert(header::CONTENT_RANGE, v);
             }
             let status = StatusCode::RANGE_NOT_SATISFIABLE;
-            return Ok((status, resp_headers, Body::empty()).into_response());
+            return Ok(Some((status, resp_headers, Body::empty()).into_response()));
         }
     };
     let len = bytes.end - bytes.start;
     resp_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    mirror
-        .metrics
-        .count(if range.is_some() { "range" } else { "blob" });
+    let route = if range.is_some() { "range" } else { "blob" };
     if head {
-        return Ok((status, resp_headers, Body::empty()).into_response());
+        mirror.metrics.count(route);
+        return Ok(Some((status, resp_headers, Body::empty()).into_response()));
     }
     // A range that is the whole blob is fetched and checked as the whole blob.
+    let reader = Reader::Client(authorization);
     let (fetched, expected) = if len == size {
-        let fetched = mirror
-            .blobs
-            .fetch_as(image, &digest, authorization.as_ref());
+        let fetched = mirror.blobs.fetch_as(image, &digest, &reader);
         (fetched.await, Expected::Whole { size })
     } else {
-        let fetched = mirror
-            .blobs
-            .fetch_range_as(image, &digest, bytes, authorization.as_ref());
+        let fetched = mirror.blobs.fetch_range_as(image, &digest, bytes, &reader);
         (fetched.await, Expected::Part { len })
     };
-    let stream = fetched.map_err(|e| MirrorError::Source {
-        repository: image.repository.clone(),
-        digest: digest.clone(),
-        reason: e.to_string(),
-    })?;
+    let stream = match fetched {
+        Ok(stream) => stream,
+        Err(RegistryError::OtherOrigin { .. }) => {
+            tracing::info!(registry = %image.registry, blob = %digest,
+                "mirror: blob known only from other registries; passed upstream");
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(MirrorError::Source {
+                repository: image.repository.clone(),
+                digest,
+                reason: e.to_string(),
+            })
+        }
+    };
+    mirror.metrics.count(route);
     let body = body::checked(stream, digest, expected, mirror.metrics.clone());
-    Ok((status, resp_headers, Body::from_stream(body)).into_response())
+    Ok(Some(
+        (status, resp_headers, Body::from_stream(body)).into_response(),
+    ))
 }
 
 #[cfg(test)]

@@ -1,5 +1,8 @@
 //! [`CachingSource`]: a [`BlobSource`] that serves blobs from a [`BlobCache`] when it has
 //! them, and otherwise fetches them from another source while copying them into the cache.
+//! A blob it copies is known from the registry it was fetched for; a client of the mirror
+//! ([`Reader::Client`]) gets a cached blob only if it is known from the registry it asked
+//! ([`RegistryError::OtherOrigin`] otherwise).
 
 use std::io::{Seek, SeekFrom};
 use std::ops::Range;
@@ -18,7 +21,7 @@ use super::{BlobCache, CachedBlob};
 use crate::digest::{Digest, Hasher};
 use crate::reference::ImageReference;
 use crate::registry::{BlobStream, RegistryError};
-use crate::source::{BlobSource, Credentials};
+use crate::source::{BlobSource, Reader};
 
 /// Bytes read from a cached file per stream item.
 const READ_CHUNK: usize = 256 << 10;
@@ -26,7 +29,8 @@ const READ_CHUNK: usize = 256 << 10;
 /// not cached (the stream is never slowed down for the cache).
 const TEE_QUEUE: usize = 1024;
 
-/// A [`BlobSource`] in front of `inner` with a [`BlobCache`]:
+/// A [`BlobSource`] in front of `inner` (which fetches from the registry of the image it is
+/// given) with a [`BlobCache`]:
 ///
 /// - a cached blob is streamed from its file (hashed again on the way: a blob found corrupt
 ///   on disk ends its stream with an error and is removed from the cache);
@@ -58,13 +62,23 @@ impl<S> CachingSource<S> {
         &self.inner
     }
 
-    /// Blob `digest` opened from the cache (a use), if it is there.
-    async fn cached(&self, digest: &Digest) -> Option<CachedBlob> {
+    /// Blob `digest` opened from the cache (a use), if it is there and `reader` may have it
+    /// for `image`'s registry.
+    async fn cached(
+        &self,
+        image: &ImageReference,
+        digest: &Digest,
+        reader: &Reader,
+    ) -> Result<Option<CachedBlob>, RegistryError> {
         let (cache, d) = (self.cache.clone(), digest.clone());
-        tokio::task::spawn_blocking(move || cache.get(&d))
+        let blob = tokio::task::spawn_blocking(move || cache.get(&d))
             .await
             .ok()
-            .flatten()
+            .flatten();
+        let Some(blob) = blob else { return Ok(None) };
+        let origins = blob.origins.iter().map(String::as_str);
+        reader.check_origin(&image.registry, digest, origins)?;
+        Ok(Some(blob))
     }
 
     /// Waits until every cache write started so far has committed or given up.
@@ -73,8 +87,9 @@ impl<S> CachingSource<S> {
         let _ = rx.wait_for(|n| *n == 0).await;
     }
 
-    /// `stream` passed through, copied into the cache under `digest`.
-    fn tee(&self, stream: BlobStream, digest: Digest) -> BlobStream {
+    /// `stream` passed through, copied into the cache under `digest`, known from registry
+    /// `origin`.
+    fn tee(&self, stream: BlobStream, digest: Digest, origin: String) -> BlobStream {
         let (tx, mut rx) = mpsc::channel::<Bytes>(TEE_QUEUE);
         let complete = Arc::new(AtomicBool::new(false));
         let in_flight = InFlight::new(self.writes.clone());
@@ -102,7 +117,7 @@ impl<S> CachingSource<S> {
             // the tar is done), and a cut or corrupt stream never hashes to the digest.
             let complete = done.load(Ordering::Acquire);
             let bytes = writer.bytes_written();
-            match writer.finish(&blob) {
+            match writer.finish_from(&blob, &origin) {
                 Ok(()) => tracing::debug!(%blob, bytes, "blob cached"),
                 Err(e) if complete => tracing::warn!(%blob, error = %e, "blob not cached"),
                 Err(e) => tracing::debug!(%blob, error = %e, "blob stream cut short; not cached"),
@@ -118,15 +133,16 @@ impl<S> CachingSource<S> {
 }
 
 impl<S: BlobSource> BlobSource for CachingSource<S> {
-    /// A cached blob is served without the registry; otherwise `credentials` go to `inner`.
+    /// A cached blob is served without the registry (to a client, only if known from
+    /// `image`'s registry); otherwise `inner` fetches it for `reader`.
     fn fetch_as<'a>(
         &'a self,
         image: &'a ImageReference,
         digest: &'a Digest,
-        credentials: Option<&'a Credentials>,
+        reader: &'a Reader,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
         Box::pin(async move {
-            if let Some(blob) = self.cached(digest).await {
+            if let Some(blob) = self.cached(image, digest, reader).await? {
                 tracing::debug!(%digest, bytes = blob.size, "blob served from the cache");
                 let whole = 0..blob.size;
                 return Ok(serve_cached(
@@ -136,8 +152,8 @@ impl<S: BlobSource> BlobSource for CachingSource<S> {
                     whole,
                 ));
             }
-            let stream = self.inner.fetch_as(image, digest, credentials).await?;
-            Ok(self.tee(stream, digest.clone()))
+            let stream = self.inner.fetch_as(image, digest, reader).await?;
+            Ok(self.tee(stream, digest.clone(), image.registry.clone()))
         })
     }
 
@@ -148,11 +164,11 @@ impl<S: BlobSource> BlobSource for CachingSource<S> {
         image: &'a ImageReference,
         digest: &'a Digest,
         range: Range<u64>,
-        credentials: Option<&'a Credentials>,
+        reader: &'a Reader,
     ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
         Box::pin(async move {
-            let Some(blob) = self.cached(digest).await else {
-                let fetch = self.inner.fetch_range_as(image, digest, range, credentials);
+            let Some(blob) = self.cached(image, digest, reader).await? else {
+                let fetch = self.inner.fetch_range_as(image, digest, range, reader);
                 return fetch.await;
             };
             if range.start > range.end || range.end > blob.size {

@@ -103,9 +103,10 @@ impl PartialFile {
         Ok(hashed.1)
     }
 
-    /// Hashes whatever is left, then keeps the blob under `expected` if the whole hashes to
-    /// it; otherwise removes it and fails. Open descriptors of the file stay valid.
-    pub fn commit(mut self, expected: &Digest) -> Result<(), RegistryError> {
+    /// Hashes whatever is left, then keeps the blob under `expected`, known from registry
+    /// `origin`, if the whole hashes to it; otherwise removes it and fails. Open descriptors
+    /// of the file stay valid.
+    pub fn commit(mut self, expected: &Digest, origin: &str) -> Result<(), RegistryError> {
         self.hash_upto(self.size)?;
         let actual = self.hashed.lock().expect("lock").0.clone().finish();
         if actual != *expected {
@@ -116,7 +117,8 @@ impl PartialFile {
         }
         self.file.sync_all().map_err(cache_err(&self.tmp))?;
         self.committed = true;
-        self.cache.commit_tmp(&self.tmp, expected, self.size)
+        self.cache
+            .commit_tmp(&self.tmp, expected, self.size, Some(origin))
     }
 }
 
@@ -145,8 +147,9 @@ mod tests {
         p.write_at(100_000, &data[100_000..200_000]).unwrap();
         assert!(p.write_at(299_999, b"xx").is_err());
         assert_eq!(p.hash_upto(200_000).unwrap(), 200_000);
-        p.commit(&digest).unwrap();
+        p.commit(&digest, "registry.example").unwrap();
         assert!(cache.contains(&digest));
+        assert_eq!(cache.origins(&digest), ["registry.example"]);
         let got = std::fs::read(cache.path_of(&digest)).unwrap();
         assert_eq!(got, data);
         assert_eq!(
@@ -161,7 +164,7 @@ mod tests {
         let cache = BlobCache::open(dir.path(), 1 << 20).unwrap();
         let p = cache.partial(4).unwrap();
         p.write_at(0, b"abcd").unwrap();
-        let e = p.commit(&Digest::of(b"abce")).unwrap_err();
+        let e = p.commit(&Digest::of(b"abce"), "r.example").unwrap_err();
         assert!(e.to_string().contains("sha256"), "{e}");
         drop(cache.partial(10).unwrap());
         assert!(cache.is_empty());

@@ -293,3 +293,40 @@ async fn ranges_of_a_cached_blob_come_from_its_file() {
     assert!(e.contains("removed"), "{e}");
     assert!(!src.cache().contains(&d));
 }
+
+#[test]
+fn a_blob_knows_the_registries_it_came_from_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = BlobCache::open(dir.path(), 1 << 20).unwrap();
+    let put = |data: &[u8], origin: Option<&str>| {
+        let mut w = cache.writer().unwrap();
+        w.write(data).unwrap();
+        match origin {
+            Some(o) => w.finish_from(&Digest::of(data), o).unwrap(),
+            None => w.finish(&Digest::of(data)).unwrap(),
+        }
+    };
+    let (a, b) = (Digest::of(b"from two"), Digest::of(b"from none"));
+    put(b"from two", Some("r1.example:5000"));
+    put(b"from two", Some("r0.example"));
+    put(b"from two", Some("r1.example:5000"));
+    put(b"from none", None);
+    let both = ["r0.example", "r1.example:5000"];
+    assert_eq!(cache.origins(&a), both);
+    assert_eq!(cache.get(&a).unwrap().origins, both);
+    assert!(cache.origins(&b).is_empty());
+    drop(cache);
+    let cache = BlobCache::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(cache.get(&a).unwrap().origins, both);
+    assert!(cache.get(&b).unwrap().origins.is_empty());
+    // Removed or evicted, its origins go with it; a stray origins file is pruned.
+    assert!(cache.remove(&a));
+    assert!(cache.origins(&a).is_empty());
+    let origins = dir.path().join("origins");
+    assert_eq!(std::fs::read_dir(&origins).unwrap().count(), 0);
+    std::fs::write(origins.join(format!("sha256-{}", a.hex())), "r0.example\n").unwrap();
+    drop(cache);
+    let cache = BlobCache::open(dir.path(), 1 << 20).unwrap();
+    assert!(cache.origins(&a).is_empty());
+    assert_eq!(std::fs::read_dir(&origins).unwrap().count(), 0);
+}

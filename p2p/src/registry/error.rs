@@ -118,6 +118,12 @@ pub enum RegistryError {
     #[error("swarm fetch of blob {digest}: {reason}")]
     Swarm { digest: Digest, reason: String },
 
+    /// The node holds blob `digest` (cached or downloading) only from other registries than
+    /// `registry`, and the reader may use only bytes known from `registry`
+    /// ([`crate::source::Reader::Client`]): shoald's mirror passes such requests upstream.
+    #[error("blob {digest} is held only from other registries than {registry}; not served for it")]
+    OtherOrigin { registry: String, digest: Digest },
+
     /// The on-disk blob cache ([`crate::cache::BlobCache`]) failed at `path`.
     #[error("blob cache {path:?}: {source}")]
     Cache {

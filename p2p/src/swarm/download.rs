@@ -1,5 +1,6 @@
 //! One blob being assembled from chunks: the chunk store (a [`PartialFile`] plus the set of
-//! verified chunks), the in-order reader stream, and what the chunk server may serve of it.
+//! verified chunks), the in-order reader stream, what the chunk server may serve of it, and
+//! the credentials its readers brought for its registry ranges ([`Grant`]).
 
 use std::fs::File;
 use std::ops::Range;
@@ -17,19 +18,30 @@ use crate::digest::Digest;
 use crate::peer::Held;
 use crate::reference::ImageReference;
 use crate::registry::{BlobStream, RegistryError};
-use crate::source::Credentials;
+use crate::source::Reader;
 use crate::tracker::ChunkSet;
 
 /// Bytes per item of the reader stream (a chunk is cut into pieces this big).
 const READ_PIECE: u64 = 1 << 20;
+/// Grants kept per download at most (the oldest go first).
+const MAX_GRANTS: usize = 64;
+
+/// What one reader of a download brought for its registry ranges: a repository of the
+/// download's registry and a reader valid for it there (a client with its own credentials,
+/// or the node with its configured ones).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Grant {
+    pub(crate) repository: String,
+    pub(crate) reader: Reader,
+}
 
 /// A blob download shared by every reader of it.
 pub(crate) struct Download {
     image: ImageReference,
     manifest: ChunkManifest,
-    /// The latest credentials a reader's client passed (see the module documentation of
-    /// [`crate::swarm`]); registry ranges use them, else the node's own.
-    credentials: Mutex<Option<Credentials>>,
+    /// The readers' grants, newest last (see the module documentation of [`crate::swarm`]);
+    /// each registry range uses the newest, with its own repository.
+    grants: Mutex<Vec<Grant>>,
     /// The blob file (still valid after it is committed to the cache).
     file: File,
     /// Taken by the scheduler to commit.
@@ -49,18 +61,19 @@ struct State {
 }
 
 impl Download {
+    /// The download of `manifest`'s blob from `image`'s registry (its origin); attach its
+    /// first reader before it runs.
     pub(crate) fn new(
         image: ImageReference,
         manifest: ChunkManifest,
         partial: PartialFile,
-        credentials: Option<Credentials>,
     ) -> std::io::Result<Self> {
         let file = partial.file().try_clone()?;
         let chunks = manifest.chunks.len() as u32;
         Ok(Self {
             image,
             manifest,
-            credentials: Mutex::new(credentials),
+            grants: Mutex::new(Vec::new()),
             file,
             partial: Mutex::new(Some(partial)),
             state: Mutex::new(State {
@@ -77,18 +90,54 @@ impl Download {
         &self.manifest.digest
     }
 
-    pub(crate) fn image(&self) -> &ImageReference {
-        &self.image
+    /// The registry the blob is downloaded from (its manifest came from that registry's
+    /// extension, its registry ranges go there).
+    pub(crate) fn origin(&self) -> &str {
+        &self.image.registry
     }
 
-    /// Registry ranges of this blob use `credentials` from now on.
-    pub(crate) fn set_credentials(&self, credentials: Credentials) {
-        *self.credentials.lock().expect("lock") = Some(credentials);
+    /// Adds `reader` of `image` to the download: its grant becomes the newest. A client of
+    /// another registry than the download's is refused ([`RegistryError::OtherOrigin`]); the
+    /// node, reading another registry's image, lends its own credentials for the download's
+    /// first repository.
+    pub(crate) fn attach(
+        &self,
+        image: &ImageReference,
+        reader: &Reader,
+    ) -> Result<(), RegistryError> {
+        reader.check_origin(
+            &image.registry,
+            self.digest(),
+            std::iter::once(self.origin()),
+        )?;
+        let repository = if image.registry == self.origin() {
+            &image.repository
+        } else {
+            &self.image.repository
+        };
+        let grant = Grant {
+            repository: repository.clone(),
+            reader: reader.clone(),
+        };
+        let mut grants = self.grants.lock().expect("lock");
+        grants.retain(|g| *g != grant);
+        if grants.len() >= MAX_GRANTS {
+            grants.remove(0);
+        }
+        grants.push(grant);
+        Ok(())
     }
 
-    /// The credentials for registry ranges (`None`: the node's own).
-    pub(crate) fn credentials(&self) -> Option<Credentials> {
-        self.credentials.lock().expect("lock").clone()
+    /// The grant for the next registry range: the newest (`None` when every one was
+    /// refused).
+    pub(crate) fn grant(&self) -> Option<Grant> {
+        self.grants.lock().expect("lock").last().cloned()
+    }
+
+    /// Forgets `grant` (the registry refused it: an expired token, say); the next range uses
+    /// the one before it.
+    pub(crate) fn revoke(&self, grant: &Grant) {
+        self.grants.lock().expect("lock").retain(|g| g != grant);
     }
 
     pub(crate) fn manifest(&self) -> &ChunkManifest {
@@ -155,7 +204,7 @@ impl Download {
     pub(crate) fn commit(&self) -> Result<(), RegistryError> {
         let partial = self.partial.lock().expect("lock").take();
         let result = match partial {
-            Some(p) => p.commit(self.digest()),
+            Some(p) => p.commit(self.digest(), self.origin()),
             None => Ok(()),
         };
         self.end(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));

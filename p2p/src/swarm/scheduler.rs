@@ -43,6 +43,8 @@ use super::download::Download;
 use super::Swarm;
 use crate::digest::Digest;
 use crate::peer::PeerError;
+use crate::reference::ImageReference;
+use crate::registry::RegistryError;
 use crate::tracker::{ChunkSet, PeerEntry, TrackerError, SEEDER_ID_PREFIX};
 
 /// Scheduling pass interval (overdue checks, peer refreshes).
@@ -845,20 +847,33 @@ async fn fetch_registry_range(
     let manifest = download.manifest();
     let range = manifest.chunk_range(chunks.start as usize).start
         ..manifest.chunk_range(chunks.end as usize - 1).end;
-    let credentials = download.credentials();
-    let mut stream = match swarm
-        .inner()
-        .registry
-        .fetch_range_as(
-            download.image(),
-            download.digest(),
-            range,
-            credentials.as_ref(),
-        )
-        .await
-    {
+    // The newest reader's grant: its own repository of the download's registry, with
+    // credentials valid there. A refused grant is dropped; the next range uses an older one.
+    let Some(grant) = download.grant() else {
+        let reason = "every reader's credentials were refused by the registry";
+        return Some(Failure::Registry(reason.into()));
+    };
+    let image = ImageReference {
+        registry: download.origin().to_owned(),
+        repository: grant.repository.clone(),
+        tag: None,
+        digest: None,
+    };
+    let fetched =
+        swarm
+            .inner()
+            .registry
+            .fetch_range_as(&image, download.digest(), range, &grant.reader);
+    let mut stream = match fetched.await {
         Ok(s) => s,
-        Err(e) => return Some(Failure::Registry(e.to_string())),
+        Err(e) => {
+            if matches!(e, RegistryError::Unauthorized { .. })
+                || matches!(e.status(), Some(401 | 403))
+            {
+                download.revoke(&grant);
+            }
+            return Some(Failure::Registry(e.to_string()));
+        }
     };
     let mut index = chunks.start;
     let mut buf = BytesMut::new();

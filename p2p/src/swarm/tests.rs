@@ -14,10 +14,10 @@ use futures::TryStreamExt;
 use super::*;
 use crate::chunk::ChunkManifestBuilder;
 use crate::peer::PeerError;
-use crate::source::RecordingSource;
+use crate::source::{Credentials, RecordingSource};
 use crate::tracker::{MemoryTracker, PeerEntry};
 
-const CHUNK: u64 = 64 << 10;
+pub(super) const CHUNK: u64 = 64 << 10;
 
 /// How a fake peer answers.
 #[derive(Clone, Copy, PartialEq)]
@@ -126,7 +126,7 @@ impl PeerFetcher for FakePeers {
     }
 }
 
-fn blob(len: usize, seed: u32) -> Vec<u8> {
+pub(super) fn blob(len: usize, seed: u32) -> Vec<u8> {
     let mut x = seed.wrapping_mul(2654435761).max(1);
     (0..len)
         .map(|_| {
@@ -138,7 +138,7 @@ fn blob(len: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
-fn manifest_of(data: &[u8]) -> ChunkManifest {
+pub(super) fn manifest_of(data: &[u8]) -> ChunkManifest {
     let mut b = ChunkManifestBuilder::new(CHUNK).unwrap();
     b.update(data);
     b.finish(&Digest::of(data)).unwrap()
@@ -161,12 +161,12 @@ fn peer_entry(i: u8, data: &[u8]) -> PeerEntry {
     }
 }
 
-struct Rig {
-    swarm: Swarm,
-    tracker: Arc<MemoryTracker>,
+pub(super) struct Rig {
+    pub(super) swarm: Swarm,
+    pub(super) tracker: Arc<MemoryTracker>,
     peers: Arc<FakePeers>,
-    registry: Arc<RecordingSource>,
-    image: ImageReference,
+    pub(super) registry: Arc<RecordingSource>,
+    pub(super) image: ImageReference,
     _dir: tempfile::TempDir,
 }
 
@@ -196,7 +196,7 @@ fn rig_in(dir: tempfile::TempDir, config: impl FnOnce(&mut SwarmConfig)) -> Rig 
     }
 }
 
-fn rig() -> Rig {
+pub(super) fn rig() -> Rig {
     rig_in(tempfile::tempdir().unwrap(), |_| {})
 }
 
@@ -207,7 +207,7 @@ async fn pull(rig: &Rig, digest: &Digest) -> Vec<u8> {
 }
 
 /// Waits until the download of `digest` has been committed to the cache.
-async fn committed(rig: &Rig, digest: &Digest) {
+pub(super) async fn committed(rig: &Rig, digest: &Digest) {
     for _ in 0..200 {
         if rig.swarm.cache().contains(digest) && rig.swarm.active_downloads().is_empty() {
             return;
@@ -471,13 +471,14 @@ async fn a_chunk_another_node_fetches_is_left_to_it_but_not_for_ever() {
 async fn a_clients_credentials_reach_the_registry_for_its_blob() {
     let rig = rig();
     let creds = Credentials::new("Bearer client-token");
+    let client = Reader::Client(Some(creds.clone()));
     // Chunks no peer holds: the download's registry ranges carry the client's credentials.
     let data = blob(6 * CHUNK as usize, 9);
     let digest = rig.registry.add(&data);
     rig.tracker.add_manifest(manifest_of(&data));
     let stream = rig
         .swarm
-        .fetch_as(&rig.image, &digest, Some(&creds))
+        .fetch_as(&rig.image, &digest, &client)
         .await
         .unwrap();
     let parts: Vec<Bytes> = stream.try_collect().await.unwrap();
@@ -492,7 +493,7 @@ async fn a_clients_credentials_reach_the_registry_for_its_blob() {
     rig.tracker.set_down(true);
     let stream = rig
         .swarm
-        .fetch_as(&rig.image, &other_digest, Some(&creds))
+        .fetch_as(&rig.image, &other_digest, &client)
         .await
         .unwrap();
     let parts: Vec<Bytes> = stream.try_collect().await.unwrap();

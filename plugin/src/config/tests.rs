@@ -57,17 +57,22 @@ fn the_shipped_example_parses_to_the_defaults() {
     assert_eq!(c.mirror.access_ttl_secs, d.mirror.access_ttl_secs);
     assert_eq!(c.mirror.registries, d.mirror.registries);
     assert_eq!(c.mirror.hosts_dir, d.mirror.hosts_dir);
+    assert_eq!(
+        c.mirror.serve_other_registries,
+        d.mirror.serve_other_registries
+    );
 }
 
 #[test]
 fn reads_and_checks_the_mirror_section() {
     let c = Config::parse("", Path::new("x.toml")).unwrap();
     assert!(!c.mirror.enabled);
+    assert!(!c.mirror.serve_other_registries);
     assert_eq!(c.mirror.listen, "127.0.0.1:7075".parse().unwrap());
     let c = Config::parse(
         "[mirror]\nenabled = true\nlisten = \"127.0.0.1:9000\"\n\
          default_upstream = \"docker.io\"\naccess_ttl_secs = 5\n\
-         registries = [\"10.0.0.1:5000\"]\n",
+         registries = [\"10.0.0.1:5000\"]\nserve_other_registries = true\n",
         Path::new("x.toml"),
     )
     .unwrap();
@@ -75,6 +80,7 @@ fn reads_and_checks_the_mirror_section() {
     assert_eq!(c.mirror.listen.port(), 9000);
     assert_eq!(c.mirror.default_upstream, "docker.io");
     assert_eq!(c.mirror.access_ttl_secs, 5);
+    assert!(c.mirror.serve_other_registries);
     let e = Config::parse("[mirror]\naccess_ttl_secs = 7200\n", Path::new("x.toml")).unwrap_err();
     assert!(e.to_string().contains("access_ttl_secs"), "{e}");
     let e = Config::parse("[mirror]\nregistries = [\"a b\"]\n", Path::new("x.toml")).unwrap_err();

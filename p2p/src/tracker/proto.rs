@@ -318,7 +318,10 @@ mod tests {
             assert!(ChunkSet::decode("all", len).is_err(), "{len}");
             assert!(decode_fetching(None, len).is_err(), "{len}");
         }
-        assert_eq!(ChunkSet::decode("all", MAX_CHUNKS).unwrap().count(), MAX_CHUNKS);
+        assert_eq!(
+            ChunkSet::decode("all", MAX_CHUNKS).unwrap().count(),
+            MAX_CHUNKS
+        );
         assert_eq!(ChunkSet::full(13).encode(), "all");
         assert_eq!(ChunkSet::decode("/x8", 13).unwrap(), ChunkSet::full(13));
     }

@@ -19,9 +19,11 @@ packages=(
   ca-certificates
   openssl         # scripts/cluster-certs.sh (the cluster CA and node certificates), tested
   protobuf-compiler # protoc: containerd-snapshots generates containerd's snapshots gRPC API at build time
-  golang-go       # builds containerd's snapshotter conformance suite (../shared/conformance)
+  golang-go       # builds containerd's snapshotter conformance suite (conformance/)
   golang-github-containerd-containerd-dev # the suite's sources (containerd 1.6)
   attr            # getfattr/setfattr, for looking at unpacked layers by hand
+  systemd         # systemd-analyze: the tests verify the unit files in systemd/ (where systemd is
+                  # not PID 1, as in a container, this only adds its tools; nothing is started)
 )
 
 missing=()

@@ -25,6 +25,8 @@ pub mod digest;
 pub mod metrics;
 pub mod peer;
 pub mod preheat;
+#[cfg(test)]
+mod props;
 pub mod reference;
 pub mod registry;
 pub mod source;

@@ -29,6 +29,8 @@ mod tests;
 pub use client::PeerClient;
 pub(crate) use client::{error_chain, error_text};
 pub use limit::UploadMeter;
+#[cfg(test)]
+pub(crate) use server::parse_range;
 pub use server::{router, UploadLimits};
 
 use std::net::SocketAddr;

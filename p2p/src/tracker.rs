@@ -2,7 +2,7 @@
 //! `shoal-registry-ext`): the [`Tracker`] seam, its HTTP client for several trackers
 //! ([`HttpTrackers`]), and an in-memory fake ([`MemoryTracker`]).
 
-mod http;
+pub(crate) mod http;
 mod memory;
 pub mod proto;
 #[cfg(test)]

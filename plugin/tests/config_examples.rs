@@ -214,11 +214,8 @@ fn containerd_2_config_registers_shoal_for_the_transfer_path() {
     );
 }
 
-/// Whether a test that cannot run must fail instead of skipping (CI, scripts/test.sh).
-fn strict() -> bool {
-    let set = |v: &str| std::env::var(v).is_ok_and(|x| !x.is_empty() && x != "0" && x != "false");
-    set("CI") || set("SHOAL_TEST_STRICT")
-}
+#[path = "../../testing/skip.rs"]
+mod skip;
 
 /// The containerd binaries at hand: the system's (Debian 12's 1.6) and the newest of each
 /// line unpacked under SHOAL_CONTAINERD_DIR (scripts/install-containerd-versions.sh).
@@ -269,11 +266,7 @@ fn dump(bin: &Path, text: &str) -> toml::Table {
 fn real_containerd_reads_the_examples_as_meant() {
     let found = containerds();
     if found.is_empty() {
-        assert!(
-            !strict(),
-            "no containerd installed (scripts/install-deps.sh)"
-        );
-        eprintln!("SKIP: no containerd installed");
+        skip::skip("no containerd installed (scripts/install-deps.sh installs it)");
         return;
     }
     let mut schemas = Vec::new();
@@ -338,7 +331,7 @@ fn real_containerd_reads_the_examples_as_meant() {
             Some(false)
         );
     }
-    if strict() {
+    if skip::strict() {
         assert!(
             schemas.contains(&2) && schemas.contains(&3),
             "CI has containerd 1.x and 2.x: {found:?}"
@@ -476,12 +469,7 @@ fn unit_starts_shoald_before_containerd_on_the_configured_socket() {
 
 #[test]
 fn unit_passes_systemd_analyze_verify() {
-    if Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIP: systemd-analyze not installed");
+    if skip::skip_unless(&["systemd-analyze"], false) {
         return;
     }
     // verify checks that ExecStart's binary exists: point it at the one cargo built.

@@ -370,6 +370,10 @@ async fn events(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Body) -
 }
 
 #[cfg(test)]
+#[path = "notify_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;

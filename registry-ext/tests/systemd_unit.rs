@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "../../testing/skip.rs"]
+mod skip;
+
 fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
 }
@@ -60,12 +63,7 @@ fn unit_serves_with_the_config_and_may_write_the_default_dirs() {
 
 #[test]
 fn unit_passes_systemd_analyze_verify() {
-    if Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIP: systemd-analyze not installed");
+    if skip::skip_unless(&["systemd-analyze"], false) {
         return;
     }
     // verify checks that ExecStart's binary exists: point it at the one cargo built.

@@ -14,6 +14,8 @@ mod auth;
 mod client;
 mod error;
 mod platform;
+#[cfg(test)]
+mod props;
 mod resolve;
 mod stream;
 

@@ -69,7 +69,10 @@ fn is_schema1(m: &str) -> bool {
 
 /// The document's media type, from the header when it names a manifest kind, else from the
 /// body. `Err` carries the reason the document is unusable.
-fn effective_media_type(header: Option<&str>, body: &[u8]) -> Result<String, (String, String)> {
+pub(super) fn effective_media_type(
+    header: Option<&str>,
+    body: &[u8],
+) -> Result<String, (String, String)> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Peek {
@@ -353,7 +356,10 @@ impl RegistryClient {
 }
 
 /// The best entry for `platform` (containerd's ranking; the first of equals).
-fn pick_platform<'a>(index: &'a ImageIndex, platform: &Platform) -> Option<&'a Descriptor> {
+pub(super) fn pick_platform<'a>(
+    index: &'a ImageIndex,
+    platform: &Platform,
+) -> Option<&'a Descriptor> {
     index
         .manifests()
         .iter()
@@ -362,7 +368,7 @@ fn pick_platform<'a>(index: &'a ImageIndex, platform: &Platform) -> Option<&'a D
         .map(|(_, d)| d)
 }
 
-fn layer_infos(
+pub(super) fn layer_infos(
     manifest: &ImageManifest,
     config: &ImageConfiguration,
     image: &ImageReference,

@@ -27,6 +27,11 @@ use crate::digest::Digest;
 /// give them, so the registry side sends each chunk about once.
 pub const SEEDER_ID_PREFIX: &str = "registry-ext@";
 
+/// Most chunks a blob may have in the protocol (a 64 GiB blob in 64 KiB chunks): a chunk set
+/// declaring more is refused before anything is allocated for it (its bitmap is at most
+/// 128 KiB).
+pub const MAX_CHUNKS: u32 = 1 << 20;
+
 /// Which chunks of a blob a peer holds: a bitmap, bit `i` (LSB first in byte `i / 8`) set when
 /// chunk `i` is held and verified. In JSON it is `"all"` or base64 of the bitmap.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,11 +51,11 @@ impl ChunkSet {
 
     /// Every chunk of `len` held.
     pub fn full(len: u32) -> Self {
-        let mut s = Self::empty(len);
-        for i in 0..len {
-            s.insert(i);
+        let mut bits = vec![0xff; (len as usize).div_ceil(8)];
+        if let (Some(last), tail @ 1..) = (bits.last_mut(), len % 8) {
+            *last = (1u8 << tail) - 1;
         }
-        s
+        Self { len, bits }
     }
 
     /// Number of chunks of the blob.
@@ -99,8 +104,10 @@ impl ChunkSet {
         }
     }
 
-    /// Parses the wire form for a blob of `len` chunks. Bits past `len` must be clear.
+    /// Parses the wire form for a blob of `len` chunks (at most [`MAX_CHUNKS`]). Bits past
+    /// `len` must be clear.
     pub fn decode(text: &str, len: u32) -> Result<Self, ProtoError> {
+        check_len(len)?;
         if text == "all" {
             return Ok(Self::full(len));
         }
@@ -172,7 +179,19 @@ impl BlobHave {
     }
 }
 
+/// Refuses a declared chunk count past [`MAX_CHUNKS`] (network input: checked before the
+/// bitmap is allocated).
+fn check_len(len: u32) -> Result<(), ProtoError> {
+    if len > MAX_CHUNKS {
+        return Err(ProtoError(format!(
+            "{len} chunks declared, at most {MAX_CHUNKS}"
+        )));
+    }
+    Ok(())
+}
+
 fn decode_fetching(text: Option<&str>, chunks: u32) -> Result<ChunkSet, ProtoError> {
+    check_len(chunks)?;
     match text {
         None => Ok(ChunkSet::empty(chunks)),
         Some(text) => ChunkSet::decode(text, chunks),
@@ -289,6 +308,22 @@ mod tests {
         assert!(ChunkSet::decode("Bw", 3).unwrap().is_full());
         // Truncated: nothing for a 9-chunk blob.
         assert!(ChunkSet::decode("", 9).is_err());
+    }
+
+    /// Found by the property tests (`crate::props::tracker`): a peer list entry declaring
+    /// `u32::MAX` chunks with `"all"` (or no `fetching`) made a 512 MiB bitmap, bit by bit.
+    #[test]
+    fn chunk_counts_past_the_cap_are_refused() {
+        for len in [MAX_CHUNKS + 1, u32::MAX] {
+            assert!(ChunkSet::decode("all", len).is_err(), "{len}");
+            assert!(decode_fetching(None, len).is_err(), "{len}");
+        }
+        assert_eq!(
+            ChunkSet::decode("all", MAX_CHUNKS).unwrap().count(),
+            MAX_CHUNKS
+        );
+        assert_eq!(ChunkSet::full(13).encode(), "all");
+        assert_eq!(ChunkSet::decode("/x8", 13).unwrap(), ChunkSet::full(13));
     }
 
     #[test]

@@ -589,6 +589,10 @@ fn merge_pax(
 }
 
 #[cfg(test)]
+#[path = "header_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -15,7 +15,8 @@ use shoal_plugin::containerd::{Schema, TRANSFER_PLUGIN};
 use tempfile::TempDir;
 use toml_edit::{value, DocumentMut, Item, Table};
 
-pub use flavor::{find as find_flavor, flavor, strict, Flavor, FLAVOR_VAR};
+pub use crate::tools::strict;
+pub use flavor::{find as find_flavor, flavor, Flavor, FLAVOR_VAR};
 
 use crate::tools::run;
 

@@ -253,8 +253,7 @@ mod tests {
 
     #[test]
     fn a_namespace_is_reachable_and_capped() -> Result<()> {
-        if !available() {
-            eprintln!("SKIP: needs root, ip and tc");
+        if crate::tools::skip_unless(&["ip", "tc"], true) {
             return Ok(());
         }
         let ns = Netns::create("shoal-t")?;

@@ -23,8 +23,7 @@ fn files(dir: &Path, name: &str) -> TlsFiles {
 
 #[tokio::test]
 async fn certificates_from_the_script_work_for_both_roles() -> Result<()> {
-    if !tools::have("openssl") {
-        eprintln!("SKIP: openssl not installed");
+    if tools::skip_unless(&["openssl"], false) {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;

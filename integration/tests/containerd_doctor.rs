@@ -20,12 +20,12 @@ use std::process::{Command, Output};
 
 use anyhow::{Context, Result};
 use shoal_integration::containerd::{
-    find_flavor, scratch_dir, strict, ContainerdConfig, Flavor, TestContainerd,
+    find_flavor, scratch_dir, ContainerdConfig, Flavor, TestContainerd,
 };
 use shoal_integration::cri::{shoald_binary, Shoald};
 use shoal_integration::image::{Attrs, Compression, Layer, LayerBuilder, OciLayout, PlatformImage};
 use shoal_integration::registry::TestRegistry;
-use shoal_integration::tools::{run, skip_unless};
+use shoal_integration::tools::{run, skip_because, skip_unless};
 use shoal_p2p::registry::Platform;
 
 /// `config.toml.example` as it was before containerd 2.x support (the containerd 1.6
@@ -75,14 +75,9 @@ fn containerd(name: &str) -> Option<Flavor> {
     if skip_unless(&["docker-registry", "skopeo", "mount"], true) {
         return None;
     }
-    match find_flavor(name) {
-        Ok(f) => Some(f),
-        Err(e) if strict() => panic!("cannot run under CI: {e:#}"),
-        Err(e) => {
-            eprintln!("SKIP: {e:#}");
-            None
-        }
-    }
+    find_flavor(name)
+        .map_err(|e| skip_because(&format!("{e:#}")))
+        .ok()
 }
 
 /// shoald, and containerd `flavor` on `body(shoald_socket, hosts_dir)`.

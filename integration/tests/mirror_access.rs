@@ -130,8 +130,7 @@ impl Rig {
 
 #[tokio::test]
 async fn private_blobs_go_only_to_clients_the_registry_lets_pull_them() -> Result<()> {
-    if !TestRegistry::available() {
-        eprintln!("SKIP: docker-registry not installed");
+    if shoal_integration::tools::skip_unless(&["docker-registry"], false) {
         return Ok(());
     }
     let tokens = TokenServer::start("bob", "pw").await?;
@@ -236,8 +235,7 @@ async fn private_blobs_go_only_to_clients_the_registry_lets_pull_them() -> Resul
 
 #[tokio::test]
 async fn public_blobs_and_manifests_through_the_default_upstream() -> Result<()> {
-    if !TestRegistry::available() {
-        eprintln!("SKIP: docker-registry not installed");
+    if shoal_integration::tools::skip_unless(&["docker-registry"], false) {
         return Ok(());
     }
     let reg = TestRegistry::start_anonymous()?;
@@ -293,8 +291,7 @@ async fn public_blobs_and_manifests_through_the_default_upstream() -> Result<()>
 /// successful body.
 #[tokio::test]
 async fn a_failing_or_corrupt_source_cuts_the_response() -> Result<()> {
-    if !TestRegistry::available() {
-        eprintln!("SKIP: docker-registry not installed");
+    if shoal_integration::tools::skip_unless(&["docker-registry"], false) {
         return Ok(());
     }
     let reg = TestRegistry::start_anonymous()?;
@@ -412,8 +409,7 @@ async fn containerd_pulls_a_private_image_through_the_mirror_only_with_credentia
 /// node's (absent) credentials; a refused token is an error, not a retry.
 #[tokio::test]
 async fn the_registry_client_fetches_with_a_clients_credentials_as_they_are() -> Result<()> {
-    if !TestRegistry::available() {
-        eprintln!("SKIP: docker-registry not installed");
+    if shoal_integration::tools::skip_unless(&["docker-registry"], false) {
         return Ok(());
     }
     let tokens = TokenServer::start("bob", "pw").await?;

@@ -17,11 +17,7 @@ use shoal_p2p::registry::{
 use shoal_p2p::Digest;
 
 fn skip() -> bool {
-    if !TestRegistry::available() {
-        eprintln!("SKIP: docker-registry not installed");
-        return true;
-    }
-    false
+    shoal_integration::tools::skip_unless(&["docker-registry"], false)
 }
 
 fn client(addr: &str, creds: Option<(&str, &str)>) -> RegistryClient {

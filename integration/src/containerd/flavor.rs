@@ -165,10 +165,3 @@ fn version_of(containerd: &Path) -> Result<ContainerdVersion> {
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(ContainerdVersion::from_version_output(&text)?)
 }
-
-/// Whether the tests run under CI (`CI=true`, or `SHOAL_TEST_STRICT=1` which
-/// `scripts/test.sh` sets): a test that cannot run then fails instead of skipping.
-pub fn strict() -> bool {
-    let set = |v: &str| std::env::var(v).is_ok_and(|x| !x.is_empty() && x != "0" && x != "false");
-    set("CI") || set("SHOAL_TEST_STRICT")
-}

@@ -274,9 +274,5 @@ pub fn header<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> &'a st
 
 /// Whether `TestRegistry` can run here (says so when it cannot).
 pub fn registry_available() -> bool {
-    let ok = TestRegistry::available();
-    if !ok {
-        eprintln!("SKIP: docker-registry not installed");
-    }
-    ok
+    !shoal_integration::tools::skip_unless(&["docker-registry"], false)
 }

@@ -14,6 +14,11 @@ use super::{OverlaySnapshotter, SnapshotError};
 
 /// Binds the unix socket `path`, creating its directory and replacing a stale socket left by
 /// an earlier run (anything else at `path` is an error, not deleted). Needs a tokio runtime.
+///
+/// The socket appears at `path` only once it listens: it is bound under a temporary name
+/// beside it and renamed into place. (`bind` makes the file before `listen` runs, and a
+/// client that connects as soon as it sees the file, as containerd's snapshotter test suite
+/// does, gets "connection refused" in between.)
 pub fn bind_socket(path: &Path) -> Result<UnixListener, SnapshotError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(SnapshotError::io(dir))?;
@@ -31,7 +36,16 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, SnapshotError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(SnapshotError::io(path)(e)),
     }
-    UnixListener::bind(path).map_err(SnapshotError::io(path))
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(SnapshotError::io(&tmp))?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(SnapshotError::io(path)(e));
+    }
+    Ok(listener)
 }
 
 /// Serves `snapshotter` on `listener` until `shutdown` completes.

@@ -178,7 +178,7 @@ fn a_swarm_with_a_bad_certificate_is_degraded_and_pulls_go_on() -> Result<()> {
     );
 
     let log = node.shoald().log();
-    assert!(log.contains("degraded: not started"), "{log}");
+    assert!(log.contains("swarm degraded: not started"), "{log}");
     Ok(())
 }
 

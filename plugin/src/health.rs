@@ -239,22 +239,24 @@ impl Health {
                 metrics.show(component, state);
                 let held = held.as_secs();
                 match state {
-                    State::Up if from == State::Off => tracing::info!(component = name, "up"),
+                    State::Up if from == State::Off => {
+                        tracing::info!(component = name, "{name} up")
+                    }
                     State::Up => {
-                        tracing::info!(component = name, "up again after {held} s {from}")
+                        tracing::info!(component = name, "{name} up again after {held} s {from}")
                     }
                     State::Degraded => {
                         metrics.count_degraded(component);
-                        tracing::warn!(component = name, "degraded: {reason}")
+                        tracing::warn!(component = name, "{name} degraded: {reason}")
                     }
                     State::Down => {
                         metrics.count_degraded(component);
-                        tracing::error!(component = name, "down: {reason}")
+                        tracing::error!(component = name, "{name} down: {reason}")
                     }
-                    State::Off => tracing::info!(component = name, "off"),
+                    State::Off => tracing::info!(component = name, "{name} off"),
                 }
             }
-            Change::Reason => tracing::debug!(component = name, "still {state}: {reason}"),
+            Change::Reason => tracing::debug!(component = name, "{name} still {state}: {reason}"),
             Change::None => {}
         }
         change

@@ -8,7 +8,9 @@
 //! - [`remote`]: the CRI remote path: layers streamed from the registry into committed
 //!   snapshots on Prepare, all layers of an image at once.
 //! - [`node`]: this node's swarm peer (chunk server, announcer), the blob source layers come
-//!   through, and the Prometheus endpoint.
+//!   through, and the metrics and status endpoint.
+//! - [`health`]: each component's state (up, degraded, down, off) and why, for `shoald
+//!   status`, `/metrics` and the log.
 //! - [`mirror`]: the registry mirror for containerd's hosts.toml (blobs through the swarm,
 //!   after an access check with the registry; everything else passed through).
 //! - [`preheat`]: the preheat worker (registers with shoal-registry-ext, pulls jobs' images
@@ -21,6 +23,7 @@ pub mod config;
 pub mod containerd;
 pub mod cri;
 pub mod error;
+pub mod health;
 pub mod image;
 pub mod mirror;
 pub mod node;

@@ -116,6 +116,20 @@ enum Command {
         #[arg(long, default_value = "/etc/containerd/config.toml")]
         containerd_config: PathBuf,
     },
+    /// The running shoald's health: each component (snapshotter, remote path, swarm, mirror,
+    /// preheat worker, blob cache) up, degraded, down or off and why, the swarm's trackers
+    /// and peers, the cache's use, pulls in flight. Read from shoald's `GET /status` on its
+    /// metrics listener. Exit status 0 when every enabled component is up, 1 when one is
+    /// degraded or down, 2 when shoald cannot be reached.
+    Status {
+        /// shoald's metrics and status listener (IP:PORT); default: the config's [metrics]
+        /// listen.
+        #[arg(long, value_name = "ADDR")]
+        address: Option<String>,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Preheat jobs on shoal-registry-ext's coordinator: warm images onto nodes.
     Preheat {
         #[command(flatten)]
@@ -206,6 +220,20 @@ async fn main() -> Result<()> {
         };
         std::process::exit(shoal_plugin::containerd::doctor::run(&options).await);
     }
+    if let Command::Status { address, json } = &cli.command {
+        // Unreachable, or no address to ask (a bad config), is status 2.
+        let address = match address {
+            Some(a) => a.clone(),
+            None => match Config::load(cli.config.as_deref()) {
+                Ok(config) => config.metrics.listen,
+                Err(e) => {
+                    eprintln!("shoald status: {e:#} (or give --address)");
+                    std::process::exit(shoal_plugin::health::cli::UNREACHABLE);
+                }
+            },
+        };
+        std::process::exit(shoal_plugin::health::cli::run(&address, *json).await);
+    }
     let mut config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Unpack {
@@ -272,7 +300,9 @@ async fn main() -> Result<()> {
             std::time::Duration::from_secs(timeout),
         )
         .await?),
-        Command::Doctor { .. } => unreachable!("handled before the config is loaded"),
+        Command::Doctor { .. } | Command::Status { .. } => {
+            unreachable!("handled before the config is loaded")
+        }
         Command::Preheat { connect, command } => preheat(&config, connect, command).await,
         Command::Nodes { connect } => {
             let client = preheat_client(&config, connect)?;

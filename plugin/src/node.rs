@@ -1,37 +1,46 @@
 //! This node's side of the swarm, as shoald runs it: the blob source layers are fetched
-//! through, the chunk server for peers, the announcer, and the Prometheus endpoint.
+//! through, the chunk server for peers, the announcer, the health registry, and the local
+//! HTTP endpoint (`/metrics`, `/status`).
 //!
 //! - Without `[swarm] enabled`, layers come from the registry through the blob cache, as
 //!   before. With it, they come through [`Swarm`] (peers, then the registry per chunk).
-//! - A swarm that cannot start (unreadable certificates, the chunk port taken, no cache) is
-//!   logged as an error and shoald goes on without it: the swarm may only make pulls faster.
+//! - What cannot start never stops shoald; it shows in [`Health`] (`shoald status`,
+//!   `/metrics`, the log): a swarm that cannot start (unreadable certificates, the chunk port
+//!   taken) is degraded and started again with backoff ([`swarm`]) while layers come from the
+//!   registry through the cache; once it starts the node's blob source switches to it. A
+//!   blob cache that cannot be opened is down (and the swarm with it: it seeds from there).
 //! - With `[mirror] enabled`, the registry mirror ([`crate::mirror`]) serves blobs from the
-//!   same blob source; a mirror that cannot start (port taken) is logged, like the swarm.
+//!   same blob source; a mirror whose listener cannot be bound (port taken) is degraded and
+//!   bound again with backoff.
 //! - `advertise` defaults to `listen`'s IP when it is set, else to the source address this
 //!   host uses towards the first tracker (what the tracker sees), with `listen`'s port.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+mod swarm;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use shoal_p2p::cache::{BlobCache, CachingSource};
 use shoal_p2p::metrics::{Registry, SwarmMetrics, UploadMetrics};
-use shoal_p2p::peer::{PeerClient, UploadLimits};
 use shoal_p2p::registry::RegistryClient;
 use shoal_p2p::source::BlobSource;
-use shoal_p2p::swarm::{Swarm, SwarmConfig};
-use shoal_p2p::tls::Transport;
-use shoal_p2p::tracker::HttpTrackers;
+use shoal_p2p::swarm::Swarm;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, SwarmSection};
+use crate::config::Config;
+use crate::health::watch::{LiveSource, SourceSlot};
+use crate::health::{Backoff, Component, Health, State};
+use swarm::{host_name, SwarmStarter};
 
 /// The blob source and the background services of this node. Dropping it stops them.
 pub struct Node {
-    /// Where layer blobs come from.
+    /// Where layer blobs come from, for the snapshotter's remote path (counted in
+    /// `health.remote_in_flight`).
     pub blobs: Arc<dyn BlobSource>,
-    /// The swarm, when it runs.
-    pub swarm: Option<Swarm>,
+    /// The node's health registry.
+    pub health: Health,
+    swarm: Arc<Mutex<Option<Swarm>>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -44,10 +53,27 @@ impl Drop for Node {
 }
 
 impl Node {
-    /// Builds the blob source from `config` and starts the swarm's servers and the metrics
-    /// endpoint. Needs a tokio runtime; never fails (what cannot start is logged).
+    /// Builds the blob source from `config` and starts the swarm's servers, the mirror and
+    /// the metrics and status endpoint. Needs a tokio runtime; never fails (what cannot
+    /// start shows in [`Self::health`]).
     pub async fn start(config: &Config, client: RegistryClient) -> Self {
+        Self::start_with(config, client, Backoff::default()).await
+    }
+
+    /// The swarm, when it runs.
+    pub fn swarm(&self) -> Option<Swarm> {
+        self.swarm.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// [`Self::start`], retrying what could not start after `backoff`'s delays.
+    pub(crate) async fn start_with(
+        config: &Config,
+        client: RegistryClient,
+        backoff: Backoff,
+    ) -> Self {
+        let health = Health::new();
         let mut registry = Registry::default();
+        health.metrics().register(&mut registry);
         let mut tasks = Vec::new();
         let cache_config = config.cache.clone();
         let cache = tokio::task::spawn_blocking(move || {
@@ -57,36 +83,77 @@ impl Node {
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()));
         let cache = match cache {
-            Ok(cache) => Some(cache),
+            Ok(cache) => {
+                health.set_cache(cache.clone());
+                health.set_detail(Component::Cache, config.cache.dir.display().to_string());
+                health.up(Component::Cache);
+                Some(cache)
+            }
             Err(e) => {
                 // Without its cache shoald still streams layers: a cache it cannot open
                 // (permissions, a full disk) costs re-downloads, never a pull.
-                tracing::warn!(dir = %config.cache.dir.display(), error = %e, "blob cache unavailable; fetching without it (and without the swarm)");
+                let reason = format!(
+                    "{}: {e}; layers are fetched without it (and without the swarm)",
+                    config.cache.dir.display()
+                );
+                health.set(Component::Cache, State::Down, Some(reason));
                 None
             }
         };
-        let mut swarm = None;
-        if let (true, Some(cache)) = (config.swarm.enabled, &cache) {
-            match start_swarm(&config.swarm, client.clone(), cache.clone(), &mut registry).await {
-                Ok((s, mut t)) => {
-                    swarm = Some(s);
-                    tasks.append(&mut t);
+        let fallback: Arc<dyn BlobSource> = match &cache {
+            Some(cache) => Arc::new(CachingSource::new(client.clone(), cache.clone())),
+            None => Arc::new(client.clone()),
+        };
+        health.set_detail(
+            Component::Remote,
+            match cache {
+                Some(_) => "layers from the registry through the blob cache",
+                None => "layers from the registry",
+            },
+        );
+        let source: SourceSlot = Arc::new(RwLock::new(fallback));
+        let swarm_slot = Arc::new(Mutex::new(None));
+        match (config.swarm.enabled, &cache) {
+            (false, _) => {}
+            (true, None) => health.set(
+                Component::Swarm,
+                State::Down,
+                Some("needs the blob cache, which is down".into()),
+            ),
+            (true, Some(cache)) => {
+                let (swarm_metrics, upload_metrics) =
+                    (SwarmMetrics::default(), UploadMetrics::default());
+                swarm_metrics.register(&mut registry);
+                upload_metrics.register(&mut registry);
+                let starter = SwarmStarter {
+                    section: config.swarm.clone(),
+                    client: client.clone(),
+                    cache: cache.clone(),
+                    swarm_metrics,
+                    upload_metrics,
+                    health: health.clone(),
+                    source: source.clone(),
+                    swarm: swarm_slot.clone(),
+                };
+                match starter.start().await {
+                    Ok(mut t) => tasks.append(&mut t),
+                    Err(e) => tasks.push(starter.retry_later(e, backoff.clone())),
                 }
-                Err(e) => tracing::error!("swarm not started, layers come from the registry: {e}"),
             }
         }
-        let (client_for_preheat, cache_for_preheat) = (client.clone(), cache.clone());
-        let blobs: Arc<dyn BlobSource> = match (&swarm, cache) {
-            (Some(swarm), _) => Arc::new(swarm.clone()),
-            (None, Some(cache)) => Arc::new(CachingSource::new(client, cache)),
-            (None, None) => Arc::new(client),
-        };
+        let blobs: Arc<dyn BlobSource> = Arc::new(LiveSource::new(
+            source.clone(),
+            health.remote_in_flight.clone(),
+        ));
         if config.mirror.enabled {
-            if let Some(task) = start_mirror(config, blobs.clone(), &mut registry).await {
+            let mirror_blobs = Arc::new(LiveSource::new(source, health.mirror_in_flight.clone()));
+            if let Some(task) =
+                start_mirror(config, mirror_blobs, &mut registry, &health, backoff).await
+            {
                 tasks.push(task);
             }
         }
-        if let Some(task) = start_metrics(&config.metrics.listen, registry).await {
+        if let Some(task) = start_metrics(&config.metrics.listen, registry, health.clone()).await {
             tasks.push(task);
         }
         if !config.preheat.coordinator.is_empty() {
@@ -94,156 +161,41 @@ impl Node {
                 "" => host_name(),
                 n => Ok(n.to_owned()),
             };
+            let swarm = swarm_slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let started = match name {
                 Ok(name) => {
-                    crate::preheat::start(
-                        config,
-                        name,
-                        client_for_preheat,
-                        cache_for_preheat,
-                        swarm.clone(),
-                    )
-                    .await
+                    crate::preheat::start(config, name, client, cache, swarm, health.clone()).await
                 }
                 Err(e) => Err(e),
             };
             match started {
                 Ok(Some(task)) => tasks.push(task),
                 Ok(None) => {}
-                Err(e) => tracing::error!("preheat worker not started: {e}"),
+                Err(e) => health.set(
+                    Component::Preheat,
+                    State::Down,
+                    Some(format!("worker not started: {e}")),
+                ),
             }
         }
         Self {
             blobs,
-            swarm,
+            health,
+            swarm: swarm_slot,
             tasks,
         }
     }
 }
 
-async fn start_swarm(
-    section: &SwarmSection,
-    client: RegistryClient,
-    cache: BlobCache,
-    registry: &mut Registry,
-) -> Result<(Swarm, Vec<JoinHandle<()>>), String> {
-    let transport = Transport::load(section.tls.as_ref(), section.insecure_plaintext)
-        .map_err(|e| e.to_string())?;
-    let trackers = HttpTrackers::new(
-        section.trackers.clone(),
-        &transport,
-        Duration::from_secs(3),
-        Duration::from_secs(30),
-    )
-    .map_err(|e| e.to_string())?;
-    let peers = PeerClient::new(&transport, Duration::from_secs(3), Duration::from_secs(30))
-        .map_err(|e| e.to_string())?;
-    let node_name = if section.node_name.is_empty() {
-        host_name()?
-    } else {
-        section.node_name.clone()
-    };
-    let advertise = advertise_addr(section).await?;
-    let listener = tokio::net::TcpListener::bind(section.listen)
-        .await
-        .map_err(|e| format!("chunk server on {}: {e}", section.listen))?;
-
-    let mut swarm_config = SwarmConfig::new(node_name.clone(), advertise);
-    swarm_config.in_flight = section.chunks_in_flight;
-    swarm_config.per_peer_in_flight = section.chunks_per_peer;
-    let swarm_metrics = SwarmMetrics::default();
-    swarm_metrics.register(registry);
-    let upload_metrics = UploadMetrics::default();
-    upload_metrics.register(registry);
-    let swarm = Swarm::new(
-        swarm_config,
-        Arc::new(trackers),
-        Arc::new(peers),
-        Arc::new(client),
-        cache,
-        swarm_metrics,
-    );
-    let (router, meter) = shoal_p2p::peer::router(
-        Arc::new(swarm.clone()),
-        UploadLimits {
-            max_uploads: section.max_uploads,
-            bytes_per_sec: section.upload_bytes_per_sec,
-        },
-        upload_metrics,
-    );
-    swarm.set_upload_stats(move || meter.stats());
-    let server = tokio::spawn(async move {
-        if let Err(e) = transport
-            .serve(listener, router, std::future::pending())
-            .await
-        {
-            tracing::error!("chunk server stopped: {e}");
-        }
-    });
-    let announcer = tokio::spawn(swarm.clone().run_announcer());
-    tracing::info!(node = %node_name, listen = %section.listen, %advertise, trackers = ?section.trackers, "swarm peer serving");
-    Ok((swarm, vec![server, announcer]))
-}
-
-/// The host name, for the node name.
-fn host_name() -> Result<String, String> {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map_err(|e| format!("reading the host name (set swarm.node_name): {e}"))?;
-    let name = name.trim();
-    if name.is_empty() {
-        return Err("empty host name (set swarm.node_name)".into());
-    }
-    Ok(name.to_owned())
-}
-
-/// Where peers reach this node's chunk server (see the module documentation).
-async fn advertise_addr(section: &SwarmSection) -> Result<SocketAddr, String> {
-    let port = section.listen.port();
-    if !section.advertise.is_empty() {
-        if let Ok(addr) = section.advertise.parse::<SocketAddr>() {
-            return Ok(addr);
-        }
-        let ip: IpAddr = section
-            .advertise
-            .parse()
-            .map_err(|_| format!("swarm.advertise {:?}", section.advertise))?;
-        return Ok(SocketAddr::new(ip, port));
-    }
-    if !section.listen.ip().is_unspecified() {
-        return Ok(section.listen);
-    }
-    let tracker = section.trackers.first().ok_or("no tracker configured")?;
-    let host_port = tracker
-        .split_once("://")
-        .map_or(tracker.as_str(), |(_, rest)| rest)
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let target = tokio::net::lookup_host(host_port.clone())
-        .await
-        .map_err(|e| format!("resolving tracker {host_port:?} to pick swarm.advertise: {e}"))?
-        .next()
-        .ok_or_else(|| format!("tracker {host_port:?} has no address"))?;
-    // A connected UDP socket sends nothing; it only asks the kernel for the route.
-    let bind = if target.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    };
-    let socket = std::net::UdpSocket::bind(bind).map_err(|e| e.to_string())?;
-    socket
-        .connect(target)
-        .map_err(|e| format!("no route to tracker {target} to pick swarm.advertise: {e}"))?;
-    let ip = socket.local_addr().map_err(|e| e.to_string())?.ip();
-    Ok(SocketAddr::new(ip, port))
-}
-
-/// Serves the registry mirror on `mirror.listen`; `None` when it cannot start (logged).
+/// Serves the registry mirror on `mirror.listen`: `None` when its configuration is refused
+/// (down); a listener that cannot be bound is bound again after `backoff`'s delays
+/// (degraded meanwhile).
 async fn start_mirror(
     config: &Config,
     blobs: Arc<dyn BlobSource>,
     registry: &mut Registry,
+    health: &Health,
+    mut backoff: Backoff,
 ) -> Option<JoinHandle<()>> {
     let metrics = crate::mirror::MirrorMetrics::default();
     let mirror = match crate::mirror::Mirror::new(
@@ -254,43 +206,77 @@ async fn start_mirror(
     ) {
         Ok(m) => Arc::new(m),
         Err(e) => {
-            tracing::error!("mirror not started: {e}");
-            return None;
-        }
-    };
-    let addr = config.mirror.listen;
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("mirror not started on {addr}: {e}");
+            health.set(
+                Component::Mirror,
+                State::Down,
+                Some(format!("not started: {e}")),
+            );
             return None;
         }
     };
     metrics.register(registry);
-    tracing::info!("registry mirror on http://{addr}");
-    Some(tokio::spawn(async move {
-        if let Err(e) = mirror.serve(listener, std::future::pending()).await {
-            tracing::error!("mirror stopped: {e}");
+    let addr = config.mirror.listen;
+    health.set_detail(Component::Mirror, format!("http://{addr}"));
+    let report = {
+        let health = health.clone();
+        move |e: &std::io::Error, backoff: &mut Backoff| {
+            let delay = backoff.next_delay();
+            let reason = format!("listener on {addr}: {e}");
+            health.retrying(Component::Mirror, reason, Instant::now() + delay);
+            delay
         }
+    };
+    // The first attempt now, so that once the node has started the mirror serves or shows
+    // why not.
+    let mut attempt = tokio::net::TcpListener::bind(addr).await;
+    let mut delay = attempt.as_ref().err().map(|e| report(e, &mut backoff));
+    if attempt.is_ok() {
+        health.up(Component::Mirror);
+    }
+    let health = health.clone();
+    Some(tokio::spawn(async move {
+        let listener = loop {
+            match (attempt, delay) {
+                (Ok(listener), _) => break listener,
+                (Err(_), wait) => {
+                    tokio::time::sleep(wait.unwrap_or_default()).await;
+                    attempt = tokio::net::TcpListener::bind(addr).await;
+                    delay = attempt.as_ref().err().map(|e| report(e, &mut backoff));
+                }
+            }
+        };
+        health.up(Component::Mirror);
+        tracing::info!("registry mirror on http://{addr}");
+        let reason = match mirror.serve(listener, std::future::pending()).await {
+            Ok(()) => "stopped".to_string(),
+            Err(e) => format!("stopped: {e}"),
+        };
+        health.set(Component::Mirror, State::Down, Some(reason));
     }))
 }
 
-/// Serves `GET /metrics` on `listen` (plain HTTP); `None` when off or the port is taken
-/// (logged).
-async fn start_metrics(listen: &str, registry: Registry) -> Option<JoinHandle<()>> {
+/// Serves `GET /metrics` and `GET /status` ([`crate::health::http`]) on `listen` (plain
+/// HTTP); `None` when off or the port is taken (logged).
+async fn start_metrics(listen: &str, registry: Registry, health: Health) -> Option<JoinHandle<()>> {
     if listen.is_empty() {
         return None;
     }
-    let addr: SocketAddr = listen.parse().ok()?;
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
+    let addr: SocketAddr = match listen.parse() {
+        Ok(a) => a,
         Err(e) => {
-            tracing::warn!("metrics endpoint on {addr} not started: {e}");
+            tracing::warn!("metrics endpoint {listen:?} not started: {e}");
             return None;
         }
     };
-    let app = shoal_p2p::metrics::router(Arc::new(registry));
-    tracing::info!("metrics on http://{addr}/metrics");
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!("metrics and status endpoint on {addr} not started: {e}");
+            return None;
+        }
+    };
+    let app = crate::health::http::router(Arc::new(registry), health);
+    tracing::info!("metrics on http://{addr}/metrics, status on http://{addr}/status");
     Some(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!("metrics endpoint stopped: {e}");
@@ -300,7 +286,12 @@ async fn start_metrics(listen: &str, registry: Registry) -> Option<JoinHandle<()
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use super::swarm::advertise_addr;
     use super::*;
+    use crate::config::SwarmSection;
+    use crate::health::State;
 
     #[tokio::test]
     async fn advertise_comes_from_config_listen_or_the_route() {
@@ -336,8 +327,12 @@ mod tests {
         config.metrics.listen = String::new();
         let client = RegistryClient::new(config.registry.clone()).unwrap();
         let node = Node::start(&config, client).await;
-        assert!(node.swarm.is_none());
+        assert!(node.swarm().is_none());
         assert!(dir.path().join("blobs").is_dir());
+        let h = &node.health;
+        assert_eq!(h.get(Component::Cache).state, State::Up);
+        assert_eq!(h.get(Component::Swarm).state, State::Off);
+        assert_eq!(h.get(Component::Mirror).state, State::Off);
     }
 
     #[tokio::test]
@@ -355,6 +350,133 @@ mod tests {
         });
         let client = RegistryClient::new(config.registry.clone()).unwrap();
         let node = Node::start(&config, client).await;
-        assert!(node.swarm.is_none());
+        assert!(node.swarm().is_none());
+        let swarm = node.health.get(Component::Swarm);
+        assert_eq!(swarm.state, State::Degraded);
+        let reason = swarm.reason.unwrap();
+        assert!(reason.contains("missing-ca.pem"), "{reason}");
+        assert!(swarm.retry_at.is_some(), "retried");
+    }
+
+    /// Waits up to 10 s for `f`.
+    async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+        for _ in 0..200 {
+            if f() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_swarm_that_starts_later_takes_over_the_blob_source() {
+        let dir = tempfile::tempdir().unwrap();
+        // The chunk port is taken: the swarm cannot start until it is released.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut config = Config::default();
+        config.cache.dir = dir.path().join("blobs");
+        config.metrics.listen = String::new();
+        config.swarm.enabled = true;
+        config.swarm.insecure_plaintext = true;
+        config.swarm.node_name = "node-1".into();
+        config.swarm.listen = taken.local_addr().unwrap();
+        config.swarm.trackers = vec!["http://127.0.0.1:1".into()];
+        let client = RegistryClient::new(config.registry.clone()).unwrap();
+        let backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(200));
+        let node = Node::start_with(&config, client, backoff).await;
+        let swarm = node.health.get(Component::Swarm);
+        assert_eq!(swarm.state, State::Degraded);
+        assert!(swarm.reason.unwrap().contains("chunk server on"));
+        assert!(node.swarm().is_none());
+        drop(taken);
+        assert!(
+            eventually(|| node.swarm().is_some()).await,
+            "started on a retry"
+        );
+        let swarm = node.health.get(Component::Swarm);
+        assert_eq!(swarm.state, State::Up, "{swarm:?}");
+        assert!(node
+            .health
+            .get(Component::Remote)
+            .detail
+            .unwrap()
+            .contains("swarm"));
+    }
+
+    #[tokio::test]
+    async fn a_mirror_whose_port_is_taken_is_degraded_until_it_binds() {
+        let dir = tempfile::tempdir().unwrap();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut config = Config::default();
+        config.cache.dir = dir.path().join("blobs");
+        config.metrics.listen = String::new();
+        config.mirror.enabled = true;
+        config.mirror.listen = taken.local_addr().unwrap();
+        let client = RegistryClient::new(config.registry.clone()).unwrap();
+        let backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(200));
+        let node = Node::start_with(&config, client, backoff).await;
+        let h = node.health.clone();
+        assert!(eventually(|| h.get(Component::Mirror).state == State::Degraded).await);
+        assert!(h
+            .get(Component::Mirror)
+            .reason
+            .unwrap()
+            .contains("listener on"));
+        drop(taken);
+        assert!(eventually(|| h.get(Component::Mirror).state == State::Up).await);
+    }
+
+    #[tokio::test]
+    async fn status_and_metrics_are_served_on_the_metrics_listener() {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut config = Config::default();
+        config.cache.dir = dir.path().join("blobs");
+        config.metrics.listen = port.to_string();
+        config.swarm.enabled = true;
+        config.swarm.trackers = vec!["https://127.0.0.1:1".into()];
+        config.swarm.tls = Some(shoal_p2p::tls::TlsFiles {
+            ca: dir.path().join("missing-ca.pem"),
+            cert: dir.path().join("missing.pem"),
+            key: dir.path().join("missing-key.pem"),
+        });
+        let client = RegistryClient::new(config.registry.clone()).unwrap();
+        let node = Node::start(&config, client).await;
+        node.health.up(Component::Snapshotter);
+        let report = crate::health::cli::fetch(&port.to_string()).await.unwrap();
+        assert_eq!(report.exit_code(), 1);
+        let swarm = report
+            .components
+            .iter()
+            .find(|c| c.name == "swarm")
+            .unwrap();
+        assert_eq!(swarm.state, State::Degraded);
+        assert!(swarm.reason.as_ref().unwrap().contains("missing-ca.pem"));
+        assert_eq!(report.cache.as_ref().unwrap().blobs, 0);
+        let metrics = reqwest::get(format!("http://{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("shoal_component_up{component=\"swarm\"} 0"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("shoal_component_up{component=\"cache\"} 1"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("shoal_cache_max_bytes "), "{metrics}");
+        drop(node);
+        let unreachable = crate::health::cli::fetch(&port.to_string()).await;
+        assert!(matches!(
+            unreachable,
+            Err(crate::health::cli::StatusError::Unreachable { .. })
+        ));
     }
 }

@@ -110,6 +110,10 @@ pub struct Worker {
     registered: bool,
     interval: Duration,
     tasks: BTreeMap<TaskRef, Task>,
+    /// Where the worker reports its heartbeats (and the coordinator's URL, for the detail).
+    health: Option<(crate::health::Health, String)>,
+    /// How long heartbeats may fail before the worker is degraded.
+    grace: Duration,
 }
 
 impl Worker {
@@ -128,25 +132,51 @@ impl Worker {
             registered: false,
             interval: Duration::from_secs(1),
             tasks: BTreeMap::new(),
+            health: None,
+            grace: crate::health::GRACE,
         }
+    }
+
+    /// Reports to `health`: up while heartbeats to `coordinator` go through, degraded when
+    /// they have failed for [`crate::health::GRACE`].
+    pub fn with_health(mut self, health: crate::health::Health, coordinator: String) -> Self {
+        use crate::health::Component;
+        health.set_detail(Component::Preheat, format!("coordinator {coordinator}"));
+        health.up(Component::Preheat);
+        self.health = Some((health, coordinator));
+        self
     }
 
     /// Runs rounds forever (until the future is dropped, which stops every task).
     pub async fn run(mut self) {
-        let mut failing = false;
+        use crate::health::{Component, State};
+        let mut outage = crate::health::Outage::default();
         loop {
-            match self.round().await {
+            let result = self.round().await;
+            let now = std::time::Instant::now();
+            match result {
                 Ok(()) => {
-                    if failing {
+                    if outage.failing_since.is_some() {
                         tracing::info!("preheat coordinator reachable again");
                     }
-                    failing = false;
+                    outage.ok(now);
                 }
                 Err(e) => {
-                    if !failing {
+                    if outage.failing_since.is_none() {
                         tracing::warn!("preheat coordinator: {e}");
                     }
-                    failing = true;
+                    outage.failed(e, now);
+                }
+            }
+            if let Some((health, url)) = &self.health {
+                match (outage.is_out(now, self.grace), &outage.last_error) {
+                    (true, Some(e)) => health.set(
+                        Component::Preheat,
+                        State::Degraded,
+                        Some(format!("heartbeats to {url} failing: {e}")),
+                    ),
+                    _ if outage.failing_since.is_none() => health.up(Component::Preheat),
+                    _ => {}
                 }
             }
             tokio::time::sleep(self.interval).await;

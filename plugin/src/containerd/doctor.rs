@@ -94,7 +94,7 @@ pub enum DoctorError {
 }
 
 /// An error and its causes on one line (tonic's transport errors say only "transport error").
-fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn causes(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut next = e.source();
     while let Some(cause) = next {

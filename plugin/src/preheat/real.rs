@@ -108,14 +108,15 @@ impl LocalBlobs for NodeBlobs {
     }
 }
 
-/// Starts the worker when `[preheat] coordinator` is set; errors (TLS files) are returned
-/// for the caller to log: preheat is optional, pulls work without it.
+/// Starts the worker when `[preheat] coordinator` is set, reporting to `health`; errors (TLS
+/// files) are returned for the caller to report: preheat is optional, pulls work without it.
 pub async fn start(
     config: &Config,
     node_name: String,
     client: RegistryClient,
     cache: Option<BlobCache>,
     swarm: Option<Swarm>,
+    health: crate::health::Health,
 ) -> Result<Option<JoinHandle<()>>, String> {
     let p = &config.preheat;
     if p.coordinator.is_empty() {
@@ -149,6 +150,7 @@ pub async fn start(
             cache,
             swarm,
         }),
-    );
+    )
+    .with_health(health, p.coordinator.clone());
     Ok(Some(tokio::spawn(worker.run())))
 }

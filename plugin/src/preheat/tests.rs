@@ -14,6 +14,8 @@ struct FakeCoordinator {
     heartbeats: Mutex<Vec<Heartbeat>>,
     tasks: Mutex<Vec<TaskRef>>,
     known: AtomicBool,
+    /// Heartbeats fail while set.
+    down: AtomicBool,
 }
 
 impl Coordinator for FakeCoordinator {
@@ -29,6 +31,9 @@ impl Coordinator for FakeCoordinator {
 
     fn heartbeat(&self, hb: Heartbeat) -> BoxFuture<'_, Result<HeartbeatReply, String>> {
         lock(&self.heartbeats).push(hb);
+        if self.down.load(Ordering::SeqCst) {
+            return Box::pin(async { Err("connection refused".to_string()) });
+        }
         let registered = self.known.load(Ordering::SeqCst);
         let tasks = if registered {
             lock(&self.tasks).clone()
@@ -231,4 +236,37 @@ async fn registers_again_when_unknown_or_when_containerd_answers() {
     w.round().await.unwrap();
     w.round().await.unwrap();
     assert_eq!(lock(&c.registrations).len(), 3);
+}
+
+#[tokio::test]
+async fn heartbeats_failing_for_a_while_make_the_worker_degraded() {
+    use crate::health::{Component, Health, State};
+    let c = Arc::new(FakeCoordinator::default());
+    let p = Arc::new(FakePuller::default());
+    let health = Health::new();
+    let mut w = worker(&c, &p).with_health(health.clone(), "https://coordinator:7080".into());
+    w.grace = Duration::from_millis(300);
+    let run = tokio::spawn(w.run());
+    let state = || health.get(Component::Preheat).state;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(state(), State::Up);
+    c.down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        state(),
+        State::Up,
+        "a few missed heartbeats are not an outage"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let record = health.get(Component::Preheat);
+    assert_eq!(record.state, State::Degraded);
+    let reason = record.reason.unwrap();
+    assert!(
+        reason.contains("heartbeats to https://coordinator:7080 failing: connection refused"),
+        "{reason}"
+    );
+    c.down.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(state(), State::Up, "up again when heartbeats go through");
+    run.abort();
 }

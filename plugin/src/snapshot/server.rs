@@ -90,6 +90,7 @@ pub async fn run(
         .map_err(crate::Error::from)?;
     // The swarm peer, the announcer and the metrics endpoint run as long as the snapshotter.
     let node = crate::node::Node::start(&config, client).await;
+    let health = node.health.clone();
     let blobs = node.blobs.clone();
     let snapshotter = tokio::task::spawn_blocking(move || {
         let sn = OverlaySnapshotter::open(&root_owned)?;
@@ -98,9 +99,16 @@ pub async fn run(
     })
     .await
     .map_err(|e| SnapshotError::Task(e.to_string()))??;
+    health.up(crate::health::Component::Remote);
     let listener = bind_socket(address)?;
+    health.set_detail(
+        crate::health::Component::Snapshotter,
+        format!("serving {}", address.display()),
+    );
+    health.up(crate::health::Component::Snapshotter);
     tracing::info!(root = %root.display(), address = %address.display(), "snapshotter serving");
-    if let Err(e) = crate::sd_notify::ready(&format!("serving {}", address.display())) {
+    let status = format!("serving {}; {}", address.display(), health.summary());
+    if let Err(e) = crate::sd_notify::ready(&status) {
         tracing::warn!(error = %e, "sd_notify READY=1");
     }
     let served = serve(snapshotter, listener, shutdown).await;

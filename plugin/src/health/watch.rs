@@ -1,0 +1,169 @@
+//! The seams that report into [`Health`] as traffic passes: [`WatchedTrackers`] (the swarm's
+//! trackers, each one's announces recorded) and [`LiveSource`] (the blob source the remote
+//! path and the mirror fetch from: fetches in flight counted, and switched to the swarm when
+//! a swarm that could not start at first comes up).
+
+use std::ops::Range;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use futures::future::{join_all, BoxFuture};
+use futures::StreamExt;
+use shoal_p2p::chunk::ChunkManifest;
+use shoal_p2p::reference::ImageReference;
+use shoal_p2p::registry::{BlobStream, RegistryError};
+use shoal_p2p::source::{BlobSource, Reader};
+use shoal_p2p::tracker::{Announce, HttpTrackers, PeerEntry, Tracker, TrackerError};
+use shoal_p2p::Digest;
+
+use super::{Health, InFlight};
+
+/// The swarm's trackers, as [`HttpTrackers`] asks them, with every announce's outcome per
+/// tracker and the peers they list reported to [`Health`].
+pub struct WatchedTrackers {
+    /// All trackers at once, for peer lists and chunk manifests.
+    all: HttpTrackers,
+    /// One client per tracker, for announces (to see each one's answer).
+    each: Vec<HttpTrackers>,
+    health: Health,
+}
+
+impl WatchedTrackers {
+    /// `all` (every tracker), `each` (one client per tracker, same order), reporting to
+    /// `health`.
+    pub fn new(all: HttpTrackers, each: Vec<HttpTrackers>, health: Health) -> Self {
+        Self { all, each, health }
+    }
+
+    async fn announce_each(&self, announce: &Announce) -> Result<(), TrackerError> {
+        let results = join_all(self.each.iter().map(|t| t.announce(announce))).await;
+        let now = Instant::now();
+        let mut failures = Vec::new();
+        let mut accepted = 0;
+        for (tracker, result) in self.each.iter().zip(results) {
+            let url = tracker.urls().first().map_or("", String::as_str);
+            match result {
+                Ok(()) => {
+                    accepted += 1;
+                    self.health.tracker_result(url, Ok(()), now);
+                }
+                Err(e) => {
+                    let reason = match e {
+                        TrackerError::Unavailable(v) => v
+                            .iter()
+                            .map(|f| f.strip_prefix(&format!("{url}: ")).unwrap_or(f).to_owned())
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                        e => e.to_string(),
+                    };
+                    failures.push(format!("{url}: {reason}"));
+                    self.health.tracker_result(url, Err(reason), now);
+                }
+            }
+        }
+        // As HttpTrackers: one tracker taking the announce is enough.
+        match (accepted, failures.is_empty()) {
+            (0, true) => Err(TrackerError::Unavailable(vec![
+                "no tracker configured".into()
+            ])),
+            (0, false) => Err(TrackerError::Unavailable(failures)),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Tracker for WatchedTrackers {
+    fn announce<'a>(&'a self, announce: &'a Announce) -> BoxFuture<'a, Result<(), TrackerError>> {
+        Box::pin(self.announce_each(announce))
+    }
+
+    fn peers<'a>(
+        &'a self,
+        digest: &'a Digest,
+        self_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PeerEntry>, TrackerError>> {
+        Box::pin(async move {
+            let peers = self.all.peers(digest, self_id).await?;
+            self.health.peers_listed(
+                peers.iter().map(|p| (p.peer_id.as_str(), p.addr)),
+                Instant::now(),
+            );
+            Ok(peers)
+        })
+    }
+
+    fn chunk_manifest<'a>(
+        &'a self,
+        registry: &'a str,
+        repository: &'a str,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<ChunkManifest, TrackerError>> {
+        self.all.chunk_manifest(registry, repository, digest)
+    }
+}
+
+/// Where blobs come from now: shared by every [`LiveSource`] of a node, switched once the
+/// swarm starts.
+pub type SourceSlot = Arc<RwLock<Arc<dyn BlobSource>>>;
+
+/// A blob source that fetches from whatever its [`SourceSlot`] holds at the time of the
+/// fetch, counting each fetch in `in_flight` until its stream is dropped.
+pub struct LiveSource {
+    slot: SourceSlot,
+    in_flight: InFlight,
+}
+
+impl LiveSource {
+    /// Fetches from `slot`, counted in `in_flight`.
+    pub fn new(slot: SourceSlot, in_flight: InFlight) -> Self {
+        Self { slot, in_flight }
+    }
+
+    fn current(&self) -> Arc<dyn BlobSource> {
+        self.slot.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs `fetch` on the current source; the stream counts as one in flight.
+    fn counted<'a>(
+        &'a self,
+        fetch: impl FnOnce(Arc<dyn BlobSource>) -> BoxFuture<'a, Result<BlobStream, RegistryError>>
+            + Send
+            + 'a,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        let guard = self.in_flight.enter();
+        let source = self.current();
+        Box::pin(async move {
+            let stream = fetch(source).await?;
+            let counted = stream.map(move |item| {
+                let _counted = &guard;
+                item
+            });
+            Ok(Box::pin(counted) as BlobStream)
+        })
+    }
+}
+
+impl BlobSource for LiveSource {
+    fn fetch_as<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        reader: &'a Reader,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        self.counted(move |source| {
+            Box::pin(async move { source.fetch_as(image, digest, reader).await })
+        })
+    }
+
+    fn fetch_range_as<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        range: Range<u64>,
+        reader: &'a Reader,
+    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        self.counted(move |source| {
+            Box::pin(async move { source.fetch_range_as(image, digest, range, reader).await })
+        })
+    }
+}

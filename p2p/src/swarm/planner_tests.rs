@@ -420,3 +420,18 @@ fn nothing_for_two_minutes_fails_the_download() {
         })
     ));
 }
+
+#[test]
+fn chunks_a_busy_node_holds_wait_for_it_rather_than_go_to_the_seeder() {
+    let t0 = Instant::now();
+    let n = 6;
+    let (mut p, mut rng) = planner(n, 4, t0);
+    p.peers(vec![seeder(n), node(2, n, 0..n)]);
+    let mut budget = Budget::new(4);
+    let fetches = peer_fetches(&p.plan(t0, &mut rng, &mut budget));
+    // The node's two slots; nothing for the seeder, however free.
+    assert_eq!(fetches.len(), 2, "{fetches:?}");
+    assert!(fetches.iter().all(|f| f.0 == "node-2"));
+    let later = p.plan(t0 + Duration::from_millis(500), &mut rng, &mut budget);
+    assert!(later.is_empty(), "{later:?}");
+}

@@ -61,6 +61,9 @@ pub const MAX_REGISTRY_HASH_FAILURES: u32 = 2;
 const SEEDER_OVERDUE_FACTOR: u32 = 2;
 /// An overdue chunk goes to the registry at this many times the overdue limit.
 const REGISTRY_OVERDUE_FACTOR: u32 = 4;
+/// A chunk a seeder refused ("not held": it just sent it to another node) is not asked of
+/// anyone for this long; by then that node's announce says it fetches or holds it.
+pub const SEEDER_REFUSAL_WAIT: Duration = Duration::from_secs(1);
 /// The overdue limit before three chunk times are measured.
 const FIRST_OVERDUE: Duration = Duration::from_secs(8);
 /// Chunk times kept for the median.
@@ -255,6 +258,8 @@ pub struct Planner {
     last_progress: Instant,
     /// Since when each chunk has been left to another node fetching it.
     waiting: HashMap<u32, Instant>,
+    /// When a seeder last refused each chunk.
+    refused: HashMap<u32, Instant>,
 }
 
 impl Planner {
@@ -284,6 +289,7 @@ impl Planner {
             fastest: 0.0,
             last_progress: now,
             waiting: HashMap::new(),
+            refused: HashMap::new(),
         }
     }
 
@@ -423,6 +429,7 @@ impl Planner {
         self.last_progress = now;
         self.held.insert(index);
         self.waiting.remove(&index);
+        self.refused.remove(&index);
         if source == Source::Registry {
             self.registry_failures = 0;
         }
@@ -481,6 +488,13 @@ impl Planner {
                 };
                 match failure {
                     Failure::Busy => peer.busy_until = Some(now + BUSY_BACKOFF),
+                    Failure::NotHeld if peer.seeder => {
+                        // Sent to another node a moment ago: leave it to that node (not to
+                        // the registry) until its announce arrives.
+                        for i in r.chunks.clone() {
+                            self.refused.insert(i, now);
+                        }
+                    }
                     Failure::NotHeld => {
                         self.counts.apply(peer, false);
                         let mut have = ChunkSet::empty(self.n);
@@ -549,6 +563,12 @@ impl Planner {
                 break;
             }
             let k = i as usize;
+            if let Some(&at) = self.refused.get(&i) {
+                if now.saturating_duration_since(at) < SEEDER_REFUSAL_WAIT {
+                    continue;
+                }
+                self.refused.remove(&i);
+            }
             let (nodes, seeders) = (self.counts.nodes[k], self.counts.seeders[k]);
             if nodes == 0 && self.counts.fetchers[k] > 0 {
                 // Another node fetches it: leave it to that node (the registry side sends it

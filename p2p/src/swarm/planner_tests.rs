@@ -435,3 +435,22 @@ fn chunks_a_busy_node_holds_wait_for_it_rather_than_go_to_the_seeder() {
     let later = p.plan(t0 + Duration::from_millis(500), &mut rng, &mut budget);
     assert!(later.is_empty(), "{later:?}");
 }
+
+#[test]
+fn a_chunk_the_seeder_refuses_goes_to_nobody_else_for_a_while_then_to_it_again() {
+    let t0 = Instant::now();
+    let n = 1;
+    let (mut p, mut rng) = planner(n, 4, t0);
+    p.peers(vec![seeder(n)]);
+    let mut budget = Budget::new(1);
+    let first = peer_fetches(&p.plan(t0, &mut rng, &mut budget));
+    assert_eq!(first.len(), 1);
+    p.ended(t0, first[0].2, Some(Failure::NotHeld)).unwrap();
+    budget.release(addr(100));
+    // Not the registry, not the seeder again at once.
+    let soon = t0 + SEEDER_REFUSAL_WAIT - Duration::from_millis(1);
+    assert!(p.plan(soon, &mut rng, &mut budget).is_empty());
+    let later = peer_fetches(&p.plan(t0 + SEEDER_REFUSAL_WAIT, &mut rng, &mut budget));
+    assert_eq!(later.len(), 1);
+    assert!(later[0].0.starts_with("registry-ext@"));
+}

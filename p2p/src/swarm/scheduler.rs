@@ -27,6 +27,24 @@ const TICK: Duration = Duration::from_millis(100);
 /// How long to wait for the first peer list (a tracker that is down answers at once).
 const FIRST_PEERS_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a swarm download ended without its blob (its readers get it as
+/// [`RegistryError::Swarm`], and shoald falls back to containerd's own pull).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DownloadError {
+    /// The planner gave up (stalled, registry failing, manifest contradicted).
+    #[error(transparent)]
+    Plan(#[from] super::planner::PlanError),
+    /// A verified chunk could not be stored.
+    #[error("storing a chunk: {0}")]
+    Store(#[source] RegistryError),
+    /// The assembled blob could not be committed to the cache (its digest, or the disk).
+    #[error("committing the blob: {0}")]
+    Commit(#[source] RegistryError),
+    /// A blocking task panicked or was cancelled.
+    #[error("blocking task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// How a request's task ended.
 pub(super) enum Ended {
     /// With its chunks (each reported as an [`Event::Chunk`]).
@@ -72,13 +90,14 @@ pub(crate) async fn run(swarm: Swarm, download: Arc<Download>) {
             let committing = download.clone();
             match tokio::task::spawn_blocking(move || committing.commit()).await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(e) => Err(e.to_string()),
+                Ok(Err(e)) => Err(DownloadError::Commit(e)),
+                Err(e) => Err(DownloadError::Task(e)),
             }
         }
-        Err(reason) => {
-            download.end(Err(reason.clone()));
-            Err(reason)
+        Err(e) => {
+            // The readers' boundary: the error's text goes into `RegistryError::Swarm`.
+            download.end(Err(e.to_string()));
+            Err(e)
         }
     };
     let secs = download.started.elapsed().as_secs_f64();
@@ -155,7 +174,7 @@ impl Scheduler {
         }
     }
 
-    async fn run(&mut self) -> Result<(), String> {
+    async fn run(&mut self) -> Result<(), DownloadError> {
         self.refresh_peers();
         // Wait for the first peer list before choosing sources.
         let first = tokio::time::timeout(FIRST_PEERS_TIMEOUT, self.events_rx.recv()).await;
@@ -169,7 +188,7 @@ impl Scheduler {
                 return Ok(());
             }
             let now = Instant::now();
-            self.planner.check(now).map_err(|e| e.to_string())?;
+            self.planner.check(now)?;
             let actions = self
                 .planner
                 .plan(now, &mut self.rng, &mut NodeBudget(&self.swarm));
@@ -208,7 +227,7 @@ impl Scheduler {
         });
     }
 
-    fn handle(&mut self, event: Event) -> Result<(), String> {
+    fn handle(&mut self, event: Event) -> Result<(), DownloadError> {
         let now = Instant::now();
         let actions = match event {
             Event::Peers(result) => {
@@ -241,7 +260,7 @@ impl Scheduler {
                 }
                 let failure = match ended {
                     Ended::Ok => None,
-                    Ended::Store(e) => return Err(e.to_string()),
+                    Ended::Store(e) => return Err(DownloadError::Store(e)),
                     Ended::Failed(failure, reason) => {
                         let registry = task.as_ref().is_some_and(|t| t.peer.is_none());
                         self.count_failure(failure, registry, &reason);
@@ -251,8 +270,7 @@ impl Scheduler {
                 self.planner.ended(now, req, failure)
             }
         };
-        let actions = actions.map_err(|e| e.to_string())?;
-        self.execute(actions);
+        self.execute(actions?);
         Ok(())
     }
 

@@ -33,8 +33,12 @@
 //!   pulls faster, never break them.
 
 mod download;
+mod fetch;
 #[cfg(test)]
 mod origin_tests;
+pub mod planner;
+#[cfg(test)]
+mod planner_tests;
 mod scheduler;
 #[cfg(test)]
 mod tests;
@@ -378,21 +382,24 @@ impl Swarm {
         &self.inner
     }
 
-    /// Whether this node may send the seeder at `addr` one more request.
-    pub(crate) fn seeder_has_slot(&self, addr: SocketAddr) -> bool {
-        let requests = self.inner.seeder_requests.lock().expect("lock");
-        requests.get(&addr).copied().unwrap_or(0) < self.inner.config.per_seeder_in_flight
-    }
-
-    /// Counts a request to the seeder at `addr` starting (`true`) or ending.
-    pub(crate) fn seeder_slot(&self, addr: SocketAddr, start: bool) {
+    /// Takes one of this node's slots for requests to the seeder at `addr` (across blobs),
+    /// if one is free.
+    pub(crate) fn take_seeder_slot(&self, addr: SocketAddr) -> bool {
         let mut requests = self.inner.seeder_requests.lock().expect("lock");
         let n = requests.entry(addr).or_default();
-        if start {
+        if *n < self.inner.config.per_seeder_in_flight {
             *n += 1;
+            true
         } else {
-            *n = n.saturating_sub(1);
+            false
         }
+    }
+
+    /// Gives back a slot taken with [`Swarm::take_seeder_slot`].
+    pub(crate) fn release_seeder_slot(&self, addr: SocketAddr) {
+        let mut requests = self.inner.seeder_requests.lock().expect("lock");
+        let n = requests.entry(addr).or_default();
+        *n = n.saturating_sub(1);
     }
 }
 

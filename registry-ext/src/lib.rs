@@ -11,6 +11,7 @@
 //! - [`notify`]: the push hook, where the registry's notifications arrive: chunk manifests
 //!   made and the seed cache warmed on push.
 //! - [`hot_cache`]: chunks of small, often requested blobs in memory in front of the seeder.
+//! - [`super_seed`]: the seeder refuses a chunk it just sent, so the nodes trade it instead.
 //! - [`preheat`]: the preheat coordinator (nodes, jobs, dispatch over heartbeats, redb store).
 //! - [`config`]: the TOML configuration; [`metrics`]: Prometheus metrics; [`Error`]: the
 //!   crate's error and its HTTP mapping.
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod notify;
 pub mod preheat;
 pub mod server;
+pub mod super_seed;
 #[cfg(feature = "torrent")]
 pub mod torrent;
 pub mod tracker;

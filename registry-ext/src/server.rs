@@ -123,6 +123,10 @@ pub async fn serve(
             hot_metrics,
         )),
     };
+    // Each chunk about once per swarm: a chunk just sent is left to the node that has it.
+    let provider: Arc<dyn shoal_p2p::peer::ChunkProvider> = Arc::new(
+        crate::super_seed::SuperSeed::new(provider, crate::super_seed::DEFAULT_DEFER),
+    );
     let n = &config.notifications;
     let hook = (n.enabled && listeners.notify.is_some()).then(|| {
         Hook::start(

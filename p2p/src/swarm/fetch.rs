@@ -1,0 +1,175 @@
+//! The executor's I/O for one request: a chunk from a peer, or a range of chunks from the
+//! registry; each chunk is checked against the manifest and stored, then reported to the
+//! executor ([`super::scheduler`]) as an [`Event`].
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::download::Download;
+use super::planner::{Failure, ReqId};
+use super::scheduler::{Ended, Event};
+use super::Swarm;
+use crate::digest::Digest;
+use crate::peer::PeerError;
+use crate::reference::ImageReference;
+use crate::registry::RegistryError;
+
+/// Fetches chunk `index` from the peer at `addr` as request `req`.
+pub(super) async fn from_peer(
+    swarm: Swarm,
+    download: Arc<Download>,
+    addr: std::net::SocketAddr,
+    req: ReqId,
+    index: u32,
+    tx: mpsc::UnboundedSender<Event>,
+) {
+    let range = download.manifest().chunk_range(index as usize);
+    let fetched = swarm
+        .inner()
+        .peers
+        .fetch(addr, download.digest(), range)
+        .await;
+    let ended = match fetched {
+        Ok(bytes) => match verify_and_store(&swarm, "peer", &download, index, bytes).await {
+            Ok((len, verified)) => {
+                let _ = tx.send(Event::Chunk {
+                    req,
+                    index,
+                    len,
+                    verified,
+                });
+                Ended::Ok
+            }
+            Err(e) => Ended::Store(e),
+        },
+        Err(PeerError::Busy { .. }) => Ended::Failed(Failure::Busy, "busy".into()),
+        Err(PeerError::NotHeld { .. }) => Ended::Failed(Failure::NotHeld, "not held".into()),
+        Err(e) => Ended::Failed(Failure::Transport, e.to_string()),
+    };
+    let _ = tx.send(Event::End { req, ended });
+}
+
+/// Fetches `chunks` as one range from the registry as request `req`, storing each chunk as
+/// soon as its bytes are in.
+pub(super) async fn from_registry(
+    swarm: Swarm,
+    download: Arc<Download>,
+    req: ReqId,
+    chunks: Range<u32>,
+    tx: mpsc::UnboundedSender<Event>,
+) {
+    let ended = registry_range(&swarm, &download, req, chunks, &tx).await;
+    let _ = tx.send(Event::End { req, ended });
+}
+
+/// Checks `bytes` against chunk `index`'s hash and, if it matches and is not held yet, stores
+/// it (counting it in the metrics when it is new). Returns its length and whether it
+/// matched; `Err` when the store failed.
+async fn verify_and_store(
+    swarm: &Swarm,
+    source: &'static str,
+    download: &Arc<Download>,
+    index: u32,
+    bytes: Bytes,
+) -> Result<(u64, bool), RegistryError> {
+    let download = download.clone();
+    let metrics = swarm.inner().metrics.clone();
+    let len = bytes.len() as u64;
+    let digest = download.digest().clone();
+    tokio::task::spawn_blocking(move || {
+        let expected = &download.manifest().chunks[index as usize];
+        if Digest::of(&bytes) != *expected {
+            return Ok((len, false));
+        }
+        let new = download.store(index, &bytes)?;
+        if new {
+            metrics.received(source, len);
+        }
+        Ok((len, true))
+    })
+    .await
+    .map_err(|e| RegistryError::Swarm {
+        digest,
+        reason: format!("storing chunk {index}: {e}"),
+    })?
+}
+
+async fn registry_range(
+    swarm: &Swarm,
+    download: &Arc<Download>,
+    req: ReqId,
+    chunks: Range<u32>,
+    tx: &mpsc::UnboundedSender<Event>,
+) -> Ended {
+    let manifest = download.manifest();
+    let range = manifest.chunk_range(chunks.start as usize).start
+        ..manifest.chunk_range(chunks.end as usize - 1).end;
+    // The newest reader's grant: its own repository of the download's registry, with
+    // credentials valid there. A refused grant is dropped; the next range uses an older one.
+    let Some(grant) = download.grant() else {
+        let reason = "every reader's credentials were refused by the registry";
+        return Ended::Failed(Failure::Transport, reason.into());
+    };
+    let image = ImageReference {
+        registry: download.origin().to_owned(),
+        repository: grant.repository.clone(),
+        tag: None,
+        digest: None,
+    };
+    let fetched =
+        swarm
+            .inner()
+            .registry
+            .fetch_range_as(&image, download.digest(), range, &grant.reader);
+    let mut stream = match fetched.await {
+        Ok(s) => s,
+        Err(e) => {
+            if matches!(e, RegistryError::Unauthorized { .. })
+                || matches!(e.status(), Some(401 | 403))
+            {
+                download.revoke(&grant);
+            }
+            return Ended::Failed(Failure::Transport, e.to_string());
+        }
+    };
+    let mut index = chunks.start;
+    let mut buf = BytesMut::new();
+    while index < chunks.end {
+        let want = {
+            let r = manifest.chunk_range(index as usize);
+            (r.end - r.start) as usize
+        };
+        if buf.len() >= want {
+            let bytes = buf.split_to(want).freeze();
+            match verify_and_store(swarm, "registry", download, index, bytes).await {
+                Ok((len, verified)) => {
+                    let _ = tx.send(Event::Chunk {
+                        req,
+                        index,
+                        len,
+                        verified,
+                    });
+                    if !verified {
+                        return Ended::Ok;
+                    }
+                }
+                Err(e) => return Ended::Store(e),
+            }
+            index += 1;
+            continue;
+        }
+        match stream.next().await {
+            Some(Ok(bytes)) => buf.extend_from_slice(&bytes),
+            Some(Err(e)) => return Ended::Failed(Failure::Transport, e.to_string()),
+            None => {
+                let reason = format!("range ended {} bytes short", want - buf.len());
+                return Ended::Failed(Failure::Transport, reason);
+            }
+        }
+    }
+    Ended::Ok
+}

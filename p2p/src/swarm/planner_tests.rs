@@ -1,0 +1,456 @@
+//! Deterministic tests of the planner: a fixed random seed, a fake clock (an `Instant` moved
+//! by hand), no tasks, no sockets.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::planner::*;
+use crate::tracker::ChunkSet;
+
+/// A seeder budget of `per_seeder` requests per seeder, given back by hand.
+struct Budget {
+    per_seeder: usize,
+    taken: HashMap<SocketAddr, usize>,
+}
+
+impl Budget {
+    fn new(per_seeder: usize) -> Self {
+        Self {
+            per_seeder,
+            taken: HashMap::new(),
+        }
+    }
+
+    fn release(&mut self, addr: SocketAddr) {
+        if let Some(n) = self.taken.get_mut(&addr) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+impl SeederBudget for Budget {
+    fn take(&mut self, addr: SocketAddr) -> bool {
+        let n = self.taken.entry(addr).or_default();
+        if *n < self.per_seeder {
+            *n += 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn config() -> PlannerConfig {
+    PlannerConfig {
+        in_flight: 8,
+        per_peer_in_flight: 2,
+        registry_in_flight: 2,
+        max_registry_chunks: 4,
+        near_window: 2,
+    }
+}
+
+fn addr(i: u8) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, i], 7070))
+}
+
+fn set(n: u32, chunks: impl IntoIterator<Item = u32>) -> ChunkSet {
+    let mut s = ChunkSet::empty(n);
+    for i in chunks {
+        s.insert(i);
+    }
+    s
+}
+
+fn node(i: u8, n: u32, have: impl IntoIterator<Item = u32>) -> PeerInfo {
+    PeerInfo {
+        id: format!("node-{i}"),
+        addr: addr(i),
+        seeder: false,
+        have: set(n, have),
+        fetching: ChunkSet::empty(n),
+        speed: None,
+    }
+}
+
+fn seeder(n: u32) -> PeerInfo {
+    PeerInfo {
+        id: "registry-ext@10.0.0.100:7070".into(),
+        addr: addr(100),
+        seeder: true,
+        have: ChunkSet::full(n),
+        fetching: ChunkSet::empty(n),
+        speed: None,
+    }
+}
+
+fn planner(n: u32, seed: u64, t0: Instant) -> (Planner, fastrand::Rng) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (Planner::new(config(), n, t0, &mut rng), rng)
+}
+
+/// (peer, chunk) of each peer fetch in `actions`.
+fn peer_fetches(actions: &[Action]) -> Vec<(String, u32, ReqId)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Peer {
+                peer, chunk, req, ..
+            } => Some((peer.clone(), *chunk, *req)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn registry_fetches(actions: &[Action]) -> Vec<std::ops::Range<u32>> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Registry { chunks, .. } => Some(chunks.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn rarest_first_after_the_window_next_to_the_reader() {
+    let t0 = Instant::now();
+    let n = 12;
+    for seed in 0..20 {
+        let (mut p, mut rng) = planner(n, seed, t0);
+        // Chunks 0..10 held by five nodes each, 10 and 11 by two: the rare ones.
+        let mut list: Vec<PeerInfo> = (1..=3).map(|i| node(i, n, 0..10)).collect();
+        list.extend([node(4, n, 0..n), node(5, n, 0..n)]);
+        p.peers(list);
+        let mut budget = Budget::new(1);
+        let fetches = peer_fetches(&p.plan(t0, &mut rng, &mut budget));
+        let chunks: Vec<u32> = fetches.iter().map(|f| f.1).collect();
+        // The reader's next two chunks first, in order, then the rarest.
+        assert_eq!(&chunks[..2], &[0, 1], "seed {seed}: {chunks:?}");
+        let mut rare = chunks[2..4].to_vec();
+        rare.sort();
+        assert_eq!(rare, vec![10, 11], "seed {seed}: {chunks:?}");
+        // Only node-4 and node-5 hold them.
+        assert!(fetches[2..4]
+            .iter()
+            .all(|f| f.0 == "node-4" || f.0 == "node-5"));
+        assert_eq!(fetches.len(), 8, "in flight per blob");
+        // Per peer at most two.
+        for i in 1..=5 {
+            let id = format!("node-{i}");
+            assert!(fetches.iter().filter(|f| f.0 == id).count() <= 2);
+        }
+    }
+}
+
+#[test]
+fn nodes_spread_over_equally_rare_chunks() {
+    // Different nodes (seeds) start on different chunks of the seeder.
+    let t0 = Instant::now();
+    let n = 64;
+    let mut first = std::collections::HashSet::new();
+    for seed in 0..16 {
+        let (mut p, mut rng) = planner(n, seed, t0);
+        p.peers(vec![seeder(n)]);
+        let fetches = peer_fetches(&p.plan(t0, &mut rng, &mut Budget::new(1)));
+        assert_eq!(fetches.len(), 1);
+        first.insert(fetches[0].1);
+    }
+    assert!(first.len() >= 10, "{first:?}");
+}
+
+#[test]
+fn the_seeder_is_asked_only_for_chunks_no_node_holds_or_fetches_and_within_its_budget() {
+    let t0 = Instant::now();
+    let n = 16;
+    let (mut p, mut rng) = planner(n, 7, t0);
+    let mut other = node(2, n, 0..8);
+    other.fetching = set(n, 8..12);
+    p.peers(vec![seeder(n), other]);
+    let mut budget = Budget::new(1);
+    let actions = p.plan(t0, &mut rng, &mut budget);
+    let fetches = peer_fetches(&actions);
+    let to_seeder: Vec<u32> = fetches
+        .iter()
+        .filter(|f| f.0.starts_with("registry-ext@"))
+        .map(|f| f.1)
+        .collect();
+    assert_eq!(to_seeder.len(), 1, "{fetches:?}");
+    assert!(to_seeder[0] >= 12, "{to_seeder:?}");
+    // The node's two slots are used; nothing else goes to the seeder while they are busy.
+    let to_node: Vec<&(String, u32, ReqId)> = fetches.iter().filter(|f| f.0 == "node-2").collect();
+    assert_eq!(to_node.len(), 2);
+    assert!(to_node.iter().all(|f| f.1 < 8));
+    assert!(registry_fetches(&actions).is_empty());
+    // With the seeder slot still taken, planning again asks nothing more of it.
+    let again = p.plan(t0 + Duration::from_millis(100), &mut rng, &mut budget);
+    assert!(peer_fetches(&again).is_empty(), "{again:?}");
+    // Its request ends: the next one goes to it, again a chunk nobody holds or fetches.
+    let (_, _, req) = fetches
+        .iter()
+        .find(|f| f.0.starts_with("registry-ext@"))
+        .unwrap()
+        .clone();
+    p.chunk(
+        t0 + Duration::from_millis(200),
+        req,
+        to_seeder[0],
+        1000,
+        true,
+    )
+    .unwrap();
+    p.ended(t0 + Duration::from_millis(200), req, None).unwrap();
+    budget.release(addr(100));
+    let next = peer_fetches(&p.plan(t0 + Duration::from_millis(200), &mut rng, &mut budget));
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert!(next[0].0.starts_with("registry-ext@") && next[0].1 >= 12 && next[0].1 != to_seeder[0]);
+}
+
+#[test]
+fn a_chunk_another_node_fetches_waits_for_it_then_goes_to_the_seeder() {
+    let t0 = Instant::now();
+    let n = 2;
+    let (mut p, mut rng) = planner(n, 1, t0);
+    let mut other = node(2, n, []);
+    other.fetching = ChunkSet::full(n);
+    p.peers(vec![seeder(n), other]);
+    let mut budget = Budget::new(2);
+    assert!(p.plan(t0, &mut rng, &mut budget).is_empty());
+    let limit = p.overdue_after();
+    assert!(p
+        .plan(t0 + limit - Duration::from_millis(1), &mut rng, &mut budget)
+        .is_empty());
+    let late = peer_fetches(&p.plan(t0 + limit, &mut rng, &mut budget));
+    assert_eq!(late.len(), 2, "{late:?}");
+    assert!(late.iter().all(|f| f.0.starts_with("registry-ext@")));
+}
+
+/// Delivers chunk `i` of request `req` after `ms` milliseconds from `t`.
+fn deliver(p: &mut Planner, t: Instant, req: ReqId, i: u32, ms: u64) -> Vec<Action> {
+    let at = t + Duration::from_millis(ms);
+    let mut out = p.chunk(at, req, i, 1 << 20, true).unwrap();
+    out.extend(p.ended(at, req, None).unwrap());
+    out
+}
+
+#[test]
+fn an_overdue_chunk_is_asked_of_another_node_and_the_late_copy_cancelled() {
+    let t0 = Instant::now();
+    // As many chunks as the two nodes' slots, so no new chunk takes a freed slot.
+    let n = 4;
+    let (mut p, mut rng) = planner(n, 3, t0);
+    p.peers(vec![node(2, n, 0..n), node(3, n, 0..n)]);
+    let mut budget = Budget::new(1);
+    let first = peer_fetches(&p.plan(t0, &mut rng, &mut budget));
+    assert_eq!(first.len(), 4);
+    // Three of them arrive in 100 ms (a median of 100 ms: overdue after 1 s, the floor).
+    let (slow_peer, slow_chunk, slow_req) = first[3].clone();
+    for f in &first[..3] {
+        deliver(&mut p, t0, f.2, f.1, 100);
+    }
+    assert_eq!(p.overdue_after(), Duration::from_secs(1));
+    // Not yet overdue at 1 s.
+    let at = t0 + Duration::from_millis(1000);
+    let actions = p.plan(at, &mut rng, &mut budget);
+    assert!(!peer_fetches(&actions).iter().any(|f| f.1 == slow_chunk));
+    // Overdue after: asked of the other node.
+    let at = t0 + Duration::from_millis(1001);
+    let actions = p.plan(at, &mut rng, &mut budget);
+    let again: Vec<_> = peer_fetches(&actions)
+        .into_iter()
+        .filter(|f| f.1 == slow_chunk)
+        .collect();
+    assert_eq!(again.len(), 1, "{actions:?}");
+    assert_ne!(again[0].0, slow_peer);
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::Peer { chunk, overdue: true, .. } if *chunk == slow_chunk)));
+    // The new copy arrives first: the slow request is cancelled.
+    let out = p
+        .chunk(
+            at + Duration::from_millis(50),
+            again[0].2,
+            slow_chunk,
+            1 << 20,
+            true,
+        )
+        .unwrap();
+    assert!(out.contains(&Action::Cancel { req: slow_req }), "{out:?}");
+}
+
+#[test]
+fn an_overdue_chunk_nobody_else_holds_goes_to_the_registry_at_four_times_the_limit() {
+    let t0 = Instant::now();
+    let n = 1;
+    let (mut p, mut rng) = planner(n, 3, t0);
+    p.peers(vec![node(2, n, 0..n)]);
+    let mut budget = Budget::new(1);
+    assert_eq!(peer_fetches(&p.plan(t0, &mut rng, &mut budget)).len(), 1);
+    let limit = p.overdue_after();
+    assert!(p.plan(t0 + limit * 4, &mut rng, &mut budget).is_empty());
+    let actions = p.plan(
+        t0 + limit * 4 + Duration::from_millis(1),
+        &mut rng,
+        &mut budget,
+    );
+    assert_eq!(registry_fetches(&actions), vec![0..1]);
+}
+
+#[test]
+fn a_peer_sending_a_corrupt_chunk_is_dropped_with_its_requests() {
+    let t0 = Instant::now();
+    let n = 6;
+    let (mut p, mut rng) = planner(n, 5, t0);
+    p.peers(vec![node(2, n, 0..n), node(3, n, 0..n)]);
+    let mut budget = Budget::new(1);
+    let fetches = peer_fetches(&p.plan(t0, &mut rng, &mut budget));
+    let bad: Vec<_> = fetches
+        .iter()
+        .filter(|f| f.0 == "node-2")
+        .cloned()
+        .collect();
+    assert_eq!(bad.len(), 2);
+    let out = p.chunk(t0, bad[0].2, bad[0].1, 1 << 20, false).unwrap();
+    assert!(out.contains(&Action::Drop {
+        peer: "node-2".into(),
+        addr: addr(2),
+        reason: DropReason::Corrupt
+    }));
+    assert!(out.contains(&Action::Cancel { req: bad[1].2 }));
+    // From now on only node-3 is asked, even after a new peer list naming node-2.
+    p.peers(vec![node(2, n, 0..n), node(3, n, 0..n)]);
+    for f in fetches.iter().filter(|f| f.0 == "node-3") {
+        deliver(&mut p, t0, f.2, f.1, 10);
+    }
+    let next = peer_fetches(&p.plan(t0 + Duration::from_millis(20), &mut rng, &mut budget));
+    assert!(!next.is_empty());
+    assert!(next.iter().all(|f| f.0 == "node-3"), "{next:?}");
+}
+
+#[test]
+fn chunks_nobody_holds_come_from_the_registry_merged() {
+    let t0 = Instant::now();
+    let n = 10;
+    let (mut p, mut rng) = planner(n, 9, t0);
+    // A node holds 4 and 5; nobody else holds anything.
+    p.peers(vec![node(2, n, [4, 5])]);
+    let mut budget = Budget::new(1);
+    let actions = p.plan(t0, &mut rng, &mut budget);
+    let mut peer: Vec<u32> = peer_fetches(&actions).iter().map(|f| f.1).collect();
+    peer.sort();
+    assert_eq!(peer, vec![4, 5]);
+    // Ranges of at most 4 chunks, two at once.
+    assert_eq!(registry_fetches(&actions), vec![0..4, 6..10]);
+}
+
+#[test]
+fn registry_failures_back_off_and_fail_the_download_when_nobody_else_holds_the_rest() {
+    let t0 = Instant::now();
+    let n = 1;
+    let (mut p, mut rng) = planner(n, 9, t0);
+    let mut budget = Budget::new(1);
+    let mut at = t0;
+    for k in 1..=MAX_REGISTRY_FAILURES {
+        let actions = p.plan(at, &mut rng, &mut budget);
+        let req = match actions.as_slice() {
+            [Action::Registry { req, .. }] => *req,
+            other => panic!("{other:?}"),
+        };
+        // Backing off: nothing before the back-off ends.
+        let result = p.ended(at, req, Some(Failure::Transport));
+        if k == MAX_REGISTRY_FAILURES {
+            assert_eq!(result, Err(PlanError::RegistryFailing { failures: k }));
+            return;
+        }
+        assert!(p.plan(at, &mut rng, &mut budget).is_empty());
+        at += Duration::from_secs(10);
+    }
+}
+
+#[test]
+fn a_slow_peer_gets_one_request_at_a_time_and_fast_peers_the_rest() {
+    let t0 = Instant::now();
+    let n = 16;
+    let (mut p, mut rng) = planner(n, 11, t0);
+    let mut slow = node(2, n, 0..n);
+    slow.speed = Some(1e6);
+    let mut fast = node(3, n, 0..n);
+    fast.speed = Some(10e6);
+    let mut fast2 = node(4, n, 0..n);
+    fast2.speed = Some(10e6);
+    p.peers(vec![slow, fast, fast2]);
+    let fetches = peer_fetches(&p.plan(t0, &mut rng, &mut Budget::new(1)));
+    assert_eq!(fetches.iter().filter(|f| f.0 == "node-2").count(), 1);
+    assert_eq!(fetches.iter().filter(|f| f.0 == "node-3").count(), 2);
+    assert_eq!(fetches.iter().filter(|f| f.0 == "node-4").count(), 2);
+    // The reader's next chunk goes to a fast one.
+    let next = fetches.iter().find(|f| f.1 == 0).unwrap();
+    assert_ne!(next.0, "node-2");
+}
+
+#[test]
+fn a_busy_peer_is_left_alone_and_not_held_chunks_are_not_asked_again() {
+    let t0 = Instant::now();
+    let n = 4;
+    let (mut p, mut rng) = planner(n, 2, t0);
+    p.peers(vec![node(2, n, 0..n)]);
+    let mut budget = Budget::new(1);
+    let fetches = peer_fetches(&p.plan(t0, &mut rng, &mut budget));
+    assert_eq!(fetches.len(), 2);
+    p.ended(t0, fetches[0].2, Some(Failure::Busy)).unwrap();
+    p.ended(t0, fetches[1].2, Some(Failure::NotHeld)).unwrap();
+    assert!(peer_fetches(&p.plan(t0 + BUSY_BACKOFF / 2, &mut rng, &mut budget)).is_empty());
+    let after = peer_fetches(&p.plan(t0 + BUSY_BACKOFF, &mut rng, &mut budget));
+    assert!(!after.iter().any(|f| f.1 == fetches[1].1), "{after:?}");
+    assert!(after.iter().any(|f| f.1 == fetches[0].1), "{after:?}");
+}
+
+#[test]
+fn nothing_for_two_minutes_fails_the_download() {
+    let t0 = Instant::now();
+    let (p, _) = planner(3, 1, t0);
+    assert!(p.check(t0 + STALL_LIMIT).is_ok());
+    assert!(matches!(
+        p.check(t0 + STALL_LIMIT + Duration::from_millis(1)),
+        Err(PlanError::Stalled {
+            held: 0,
+            total: 3,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn chunks_a_busy_node_holds_wait_for_it_rather_than_go_to_the_seeder() {
+    let t0 = Instant::now();
+    let n = 6;
+    let (mut p, mut rng) = planner(n, 4, t0);
+    p.peers(vec![seeder(n), node(2, n, 0..n)]);
+    let mut budget = Budget::new(4);
+    let fetches = peer_fetches(&p.plan(t0, &mut rng, &mut budget));
+    // The node's two slots; nothing for the seeder, however free.
+    assert_eq!(fetches.len(), 2, "{fetches:?}");
+    assert!(fetches.iter().all(|f| f.0 == "node-2"));
+    let later = p.plan(t0 + Duration::from_millis(500), &mut rng, &mut budget);
+    assert!(later.is_empty(), "{later:?}");
+}
+
+#[test]
+fn a_chunk_the_seeder_refuses_goes_to_nobody_else_for_a_while_then_to_it_again() {
+    let t0 = Instant::now();
+    let n = 1;
+    let (mut p, mut rng) = planner(n, 4, t0);
+    p.peers(vec![seeder(n)]);
+    let mut budget = Budget::new(1);
+    let first = peer_fetches(&p.plan(t0, &mut rng, &mut budget));
+    assert_eq!(first.len(), 1);
+    p.ended(t0, first[0].2, Some(Failure::NotHeld)).unwrap();
+    budget.release(addr(100));
+    // Not the registry, not the seeder again at once.
+    let soon = t0 + SEEDER_REFUSAL_WAIT - Duration::from_millis(1);
+    assert!(p.plan(soon, &mut rng, &mut budget).is_empty());
+    let later = peer_fetches(&p.plan(t0 + SEEDER_REFUSAL_WAIT, &mut rng, &mut budget));
+    assert_eq!(later.len(), 1);
+    assert!(later[0].0.starts_with("registry-ext@"));
+}

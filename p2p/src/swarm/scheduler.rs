@@ -19,7 +19,9 @@ use super::planner::{
     Action, DropReason, Failure, PeerInfo, Planner, PlannerConfig, ReqId, SeederBudget,
 };
 use super::Swarm;
+use crate::digest::Digest;
 use crate::registry::RegistryError;
+use crate::single_flight::Entry;
 use crate::tracker::{ChunkSet, PeerEntry, TrackerError, SEEDER_ID_PREFIX};
 
 /// Scheduling pass interval (overdue checks, peer refreshes).
@@ -78,8 +80,9 @@ struct Task {
     peer: Option<String>,
 }
 
-/// Runs the download of `download` to its end: committed to the cache, or failed.
-pub(crate) async fn run(swarm: Swarm, download: Arc<Download>) {
+/// Runs the download of `download` (`entry` among the swarm's downloads) to its end:
+/// committed to the cache, or failed.
+pub(crate) async fn run(swarm: Swarm, download: Arc<Download>, entry: Entry<Digest>) {
     let mut scheduler = Scheduler::new(swarm.clone(), download.clone());
     let result = scheduler.run().await;
     scheduler.cancel_all();
@@ -112,7 +115,7 @@ pub(crate) async fn run(swarm: Swarm, download: Arc<Download>) {
             tracing::warn!(blob = %download.digest(), "swarm download failed: {reason}");
         }
     }
-    swarm.finished(&download, result.is_ok());
+    swarm.finished(&download, &entry, result.is_ok());
 }
 
 fn label(reason: &'static str) -> crate::metrics::ReasonLabel {

@@ -33,6 +33,7 @@
 //!   pulls faster, never break them.
 
 mod download;
+mod error;
 mod fetch;
 #[cfg(test)]
 mod origin_tests;
@@ -64,6 +65,7 @@ use crate::single_flight::{Entry, InFlight, Joined};
 use crate::source::{BlobSource, Reader};
 use crate::tracker::{Announce, BlobHave, ChunkSet, Tracker, UploadStats};
 use download::Download;
+pub use error::SwarmError;
 
 /// Subdirectory of the cache directory holding the chunk manifests of cached blobs, so a
 /// restarted node announces (seeds) what it already holds.

@@ -109,8 +109,8 @@ struct Staged {
 
 /// One layer being fetched (or done), shared by whoever waits for it.
 struct Fetch {
-    /// `None` while running; then `Ok` (staged) or the reason it failed.
-    done: watch::Receiver<Option<Result<(), String>>>,
+    /// `None` while running; then `Ok` (staged) or why it failed.
+    done: watch::Receiver<Option<Result<(), Arc<Error>>>>,
     /// The finished layer until a Prepare claims it.
     staged: Mutex<Option<Staged>>,
 }
@@ -309,7 +309,7 @@ impl RemoteLayers {
                 Err(e) => {
                     tracing::debug!(layer = %spec.digest, error = %e, "remote layer fetch failed");
                     forget();
-                    let _ = tx.send(Some(Err(e.to_string())));
+                    let _ = tx.send(Some(Err(Arc::new(e))));
                     return;
                 }
             }
@@ -341,10 +341,10 @@ impl RemoteLayers {
                 .await
                 .map(|v| v.clone())
                 .map_err(|_| Error::Task(format!("fetch of layer {digest} vanished")))?;
-            if let Some(Err(reason)) = outcome {
-                return Err(Error::Remote {
-                    layer: digest.to_string(),
-                    reason,
+            if let Some(Err(source)) = outcome {
+                return Err(Error::RemoteFetch {
+                    layer: digest.clone(),
+                    source,
                 });
             }
             self.fetches.remove(&entry);

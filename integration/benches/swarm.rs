@@ -24,7 +24,8 @@
 //! the image's bytes and B the group's bandwidth: the time one node alone needs at best;
 //! `hetero` reports its fast and slow groups separately, each against its own B), what the
 //! registry served (from its access log), and all the bytes that left the registry
-//! namespace as data (access log plus the registry extension's seeder), as multiples of F.
+//! namespace as data (access log less the registry extension's own reads inside the
+//! namespace, plus its seeder), as multiples of F.
 //! The native run's bound is N*F/B: the registry's link carries every node's copy.
 
 use std::time::Duration;
@@ -94,6 +95,8 @@ struct Run {
     mode: Mode,
     groups: Vec<Group>,
     served: cluster::Served,
+    /// Of `served`, what went to the registry extension inside the registry namespace.
+    served_inside: u64,
     seeder_bytes: u64,
     link_bytes: u64,
     peer_bytes: f64,
@@ -101,10 +104,10 @@ struct Run {
 }
 
 impl Run {
-    /// Bytes that left the registry namespace as data: docker-registry's (access log) and
-    /// the seeder's.
+    /// Bytes that left the registry namespace as data: docker-registry's (access log, less
+    /// what the registry extension read inside the namespace) and the seeder's.
     fn left_registry(&self) -> u64 {
-        self.served.total() + self.seeder_bytes
+        self.served.total() - self.served_inside + self.seeder_bytes
     }
 
     fn all_times(&self) -> Vec<Duration> {
@@ -210,6 +213,7 @@ fn main() -> Result<()> {
         let run = Run {
             mode,
             groups,
+            served_inside: cluster.served_inside_registry_ns(&served),
             served,
             seeder_bytes,
             link_bytes,
@@ -290,6 +294,7 @@ fn main() -> Result<()> {
             "registry_blob_bytes": r.served.blob_bytes,
             "registry_blob_gets": r.served.blob_gets,
             "registry_served_over_image": r.served.total() as f64 / image.bytes as f64,
+            "registry_served_inside_namespace_bytes": r.served_inside,
             "seeder_sent_bytes": r.seeder_bytes,
             "left_registry_bytes": r.left_registry(),
             "left_registry_over_image": r.left_registry() as f64 / image.bytes as f64,

@@ -287,6 +287,19 @@ impl Cluster {
         self.start_nodes(count, mode, mbit, &|_| (String::new(), None))
     }
 
+    /// Blob bytes of `served` that went to clients inside the registry namespace (the
+    /// registry extension reading blobs to make chunk manifests and to seed): they never
+    /// crossed its link.
+    pub fn served_inside_registry_ns(&self, served: &Served) -> u64 {
+        let ns_ip = self.reg_link.ns_ip.as_str();
+        served
+            .blob_bytes_by_client
+            .iter()
+            .filter(|(ip, _)| ip.as_str() == ns_ip || ip.starts_with("127.") || *ip == "[::1]")
+            .map(|(_, bytes)| bytes)
+            .sum()
+    }
+
     /// Bytes the registry extension's seeder has sent to nodes so far (its
     /// `shoal_upload_sent_bytes_total`; 0 without the extension or its metrics).
     pub fn seeder_sent(&self) -> u64 {

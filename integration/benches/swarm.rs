@@ -10,18 +10,23 @@
 //!   shoald; the registry namespace (docker-registry + shoal-registry-ext) sends at the same
 //!   rate B.
 //! - `SHOAL_BENCH_IMAGE_MIB` (default 64): the image, four layers of incompressible files.
-//! - `SHOAL_BENCH_MODES` (default `swarm,native`): the runs, in order, each on fresh nodes
-//!   with empty caches (`swarm`: shoal's snapshotter through the swarm; `native`: containerd's
-//!   overlayfs snapshotter and its own downloads; `shoal`: shoal's snapshotter straight from
-//!   the registry, no swarm).
+//! - `SHOAL_BENCH_MODES` (default `swarm,hetero,mirror,native`): the runs, in order, each on
+//!   fresh nodes with empty caches (`swarm`: shoal's snapshotter through the swarm; `hetero`:
+//!   the same with half the nodes (the fast group) at B and half (the slow group) at B/4;
+//!   `mirror`: containerd's overlayfs snapshotter pulling through shoald's registry mirror
+//!   (hosts.toml) and the swarm; `native`: containerd's overlayfs snapshotter and its own
+//!   downloads; `shoal`: shoal's snapshotter straight from the registry, no swarm).
 //! - `SHOAL_BENCH_VERIFY` (default 1): check every node's layers against a reference pull.
 //! - `SHOAL_BENCH_JSON` (default `target/swarm-bench.json`): where the results go as JSON.
 //!
 //! Every run pulls on all nodes at once (CRI `PullImage` through `shoald pull`, as kubelet)
-//! and reports each node's pull time (p50, p95, max, and as a multiple of F/B, F the image's
-//! bytes and B one node's bandwidth: the time one node alone needs at best), and what the
-//! registry served (from its access log) as a multiple of F. The native run's bound is
-//! N*F/B: the registry's link carries every node's copy.
+//! and reports each node's pull time per group (p50, p95, max, and as a multiple of F/B, F
+//! the image's bytes and B the group's bandwidth: the time one node alone needs at best;
+//! `hetero` reports its fast and slow groups separately, each against its own B), what the
+//! registry served (from its access log), and all the bytes that left the registry
+//! namespace as data (access log less the registry extension's own reads inside the
+//! namespace, plus its seeder), as multiples of F.
+//! The native run's bound is N*F/B: the registry's link carries every node's copy.
 
 use std::time::Duration;
 
@@ -32,22 +37,82 @@ use shoal_integration::cluster::{
     self, percentile, random_layers, Cluster, ClusterConfig, NodeMode,
 };
 
-fn mode_name(mode: NodeMode) -> &'static str {
-    match mode {
-        NodeMode::Swarm => "swarm",
-        NodeMode::Shoal => "shoal",
-        NodeMode::Native => "native",
-        NodeMode::Mirror { .. } => "mirror",
+/// One benchmark run (`SHOAL_BENCH_MODES`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Swarm,
+    Hetero,
+    Mirror,
+    Shoal,
+    Native,
+}
+
+impl Mode {
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "swarm" => Mode::Swarm,
+            "hetero" => Mode::Hetero,
+            "mirror" => Mode::Mirror,
+            "shoal" => Mode::Shoal,
+            "native" => Mode::Native,
+            other => bail!(
+                "SHOAL_BENCH_MODES: unknown mode {other:?} (swarm, hetero, mirror, shoal, native)"
+            ),
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Swarm => "swarm",
+            Mode::Hetero => "hetero",
+            Mode::Mirror => "mirror",
+            Mode::Shoal => "shoal",
+            Mode::Native => "native",
+        }
+    }
+
+    fn node_mode(self) -> NodeMode {
+        match self {
+            Mode::Swarm | Mode::Hetero => NodeMode::Swarm,
+            Mode::Mirror => NodeMode::Mirror {
+                discard_unpacked_layers: false,
+            },
+            Mode::Shoal => NodeMode::Shoal,
+            Mode::Native => NodeMode::Native,
+        }
     }
 }
 
-struct Run {
-    mode: NodeMode,
+/// Nodes of one run with the same link cap.
+struct Group {
+    name: String,
+    mbit: u64,
+    nodes: Vec<usize>,
     times: Vec<Duration>,
+}
+
+struct Run {
+    mode: Mode,
+    groups: Vec<Group>,
     served: cluster::Served,
+    /// Of `served`, what went to the registry extension inside the registry namespace.
+    served_inside: u64,
+    seeder_bytes: u64,
     link_bytes: u64,
     peer_bytes: f64,
     registry_chunk_bytes: f64,
+}
+
+impl Run {
+    /// Bytes that left the registry namespace as data: docker-registry's (access log, less
+    /// what the registry extension read inside the namespace) and the seeder's.
+    fn left_registry(&self) -> u64 {
+        self.served.total() - self.served_inside + self.seeder_bytes
+    }
+
+    fn all_times(&self) -> Vec<Duration> {
+        self.groups.iter().flat_map(|g| g.times.clone()).collect()
+    }
 }
 
 fn main() -> Result<()> {
@@ -55,18 +120,13 @@ fn main() -> Result<()> {
     let mbit: u64 = env_or("SHOAL_BENCH_MBIT", 100);
     let image_mib: usize = env_or("SHOAL_BENCH_IMAGE_MIB", 64);
     let verify: u32 = env_or("SHOAL_BENCH_VERIFY", 1);
-    let modes: Vec<NodeMode> = std::env::var("SHOAL_BENCH_MODES")
-        .unwrap_or_else(|_| "swarm,native".into())
+    let modes: Vec<Mode> = std::env::var("SHOAL_BENCH_MODES")
+        .unwrap_or_else(|_| "swarm,hetero,mirror,native".into())
         .split(',')
-        .map(|m| match m.trim() {
-            "swarm" => Ok(NodeMode::Swarm),
-            "shoal" => Ok(NodeMode::Shoal),
-            "native" => Ok(NodeMode::Native),
-            other => bail!("SHOAL_BENCH_MODES: unknown mode {other:?} (swarm, shoal, native)"),
-        })
+        .map(|m| Mode::parse(m.trim()))
         .collect::<Result<_>>()?;
     let mut config = ClusterConfig::new(mbit);
-    config.registry_ext = modes.contains(&NodeMode::Swarm);
+    config.registry_ext = modes.iter().any(|m| m.node_mode().uses_swarm());
     if !cluster::available() {
         bail!("needs root, iproute2, docker-registry, skopeo, containerd and the workspace's release binaries: run scripts/install-deps.sh as root and `cargo build --release --workspace`");
     }
@@ -79,7 +139,8 @@ fn main() -> Result<()> {
     } else {
         None
     };
-    let f_over_b = image.bytes as f64 * 8.0 / (mbit as f64 * 1e6);
+    let f_over = |mbit: u64| image.bytes as f64 * 8.0 / (mbit as f64 * 1e6);
+    let f_over_b = f_over(mbit);
     eprintln!(
         "image: {} layers, {:.1} MB; {nodes} nodes, B = {mbit} Mbit/s per node and at the registry: F/B = {f_over_b:.2} s",
         image.layers.len(),
@@ -88,21 +149,52 @@ fn main() -> Result<()> {
 
     let mut runs = Vec::new();
     for &mode in &modes {
-        let which = cluster.add_nodes(nodes, mode)?;
+        let node_mode = mode.node_mode();
+        let mut groups = Vec::new();
+        if mode == Mode::Hetero {
+            let slow = nodes / 2;
+            let slow_mbit = (mbit / 4).max(1);
+            let fast = cluster.add_nodes(nodes - slow, node_mode)?;
+            let slow = cluster.add_nodes_at(slow, node_mode, slow_mbit)?;
+            for (name, mbit, nodes) in [
+                ("hetero fast", mbit, fast),
+                ("hetero slow", slow_mbit, slow),
+            ] {
+                groups.push(Group {
+                    name: name.into(),
+                    mbit,
+                    nodes,
+                    times: Vec::new(),
+                });
+            }
+        } else {
+            groups.push(Group {
+                name: mode.name().into(),
+                mbit,
+                nodes: cluster.add_nodes(nodes, node_mode)?,
+                times: Vec::new(),
+            });
+        }
+        let which: Vec<usize> = groups.iter().flat_map(|g| g.nodes.clone()).collect();
         let before = cluster.registry_served();
+        let seeder_before = cluster.seeder_sent();
         let link_before = cluster.registry_link_sent()?;
-        eprintln!("{}: {nodes} nodes pulling at once...", mode_name(mode));
+        eprintln!("{}: {} nodes pulling at once...", mode.name(), which.len());
         let results = cluster.pull_all(&image.reference, &which, Duration::from_secs(3600));
         let served = cluster.registry_served().since(&before);
+        let seeder_bytes = cluster.seeder_sent().saturating_sub(seeder_before);
         let link_bytes = cluster.registry_link_sent()? - link_before;
-        let mut times = Vec::new();
-        for (i, r) in which.iter().zip(results) {
-            times.push(r.with_context(|| format!("{} run, node {i}", mode_name(mode)))?);
+        let mut results = which.iter().zip(results);
+        for group in &mut groups {
+            for (i, r) in results.by_ref().take(group.nodes.len()) {
+                let time = r.with_context(|| format!("{} run, node {i}", mode.name()))?;
+                group.times.push(time);
+            }
         }
         if let Some(reference) = &reference {
             cluster.verify(&image, reference, &which)?;
         }
-        let (peer_bytes, registry_chunk_bytes) = if mode == NodeMode::Swarm {
+        let (peer_bytes, registry_chunk_bytes) = if node_mode.uses_swarm() {
             (
                 cluster.metric_sum(
                     &which,
@@ -118,77 +210,110 @@ fn main() -> Result<()> {
         } else {
             (0.0, 0.0)
         };
-        eprintln!(
-            "{}: max {:.2} s, registry served {:.1} MB",
-            mode_name(mode),
-            percentile(&times, 100.0).as_secs_f64(),
-            served.total() as f64 / 1e6
-        );
-        runs.push(Run {
+        let run = Run {
             mode,
-            times,
+            groups,
+            served_inside: cluster.served_inside_registry_ns(&served),
             served,
+            seeder_bytes,
             link_bytes,
             peer_bytes,
             registry_chunk_bytes,
-        });
+        };
+        eprintln!(
+            "{}: max {:.2} s, registry served {:.1} MB, left the registry namespace {:.1} MB",
+            mode.name(),
+            percentile(&run.all_times(), 100.0).as_secs_f64(),
+            run.served.total() as f64 / 1e6,
+            run.left_registry() as f64 / 1e6,
+        );
+        runs.push(run);
         cluster.remove_nodes();
     }
 
     println!(
-        "\n{nodes} nodes, {mbit} Mbit/s each, image {:.1} MB, F/B = {f_over_b:.2} s",
+        "\n{nodes} nodes, {mbit} Mbit/s each (hetero: half at {} Mbit/s), image {:.1} MB, F/B = {f_over_b:.2} s",
+        (mbit / 4).max(1),
         image.bytes as f64 / 1e6
     );
     println!(
-        "{:<8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>13} {:>9} {:>13}",
-        "run", "p50", "p95", "max", "p50/FB", "max/FB", "registry MB", "x image", "reg. link MB"
+        "{:<12} {:>5} {:>9} {:>9} {:>9} {:>8} {:>8} {:>12} {:>10} {:>12} {:>13}",
+        "run",
+        "Mbit",
+        "p50",
+        "p95",
+        "max",
+        "p50/FB",
+        "max/FB",
+        "registry MB",
+        "seeder MB",
+        "left reg. xF",
+        "reg. link MB"
     );
     let mut out = Vec::new();
     for r in &runs {
-        let (p50, p95, max) = (
-            percentile(&r.times, 50.0).as_secs_f64(),
-            percentile(&r.times, 95.0).as_secs_f64(),
-            percentile(&r.times, 100.0).as_secs_f64(),
-        );
-        println!(
-            "{:<8} {:>8.2}s {:>8.2}s {:>8.2}s {:>7.2}x {:>7.2}x {:>13.1} {:>8.2}x {:>13.1}",
-            mode_name(r.mode),
-            p50,
-            p95,
-            max,
-            p50 / f_over_b,
-            max / f_over_b,
-            r.served.total() as f64 / 1e6,
-            r.served.total() as f64 / image.bytes as f64,
-            r.link_bytes as f64 / 1e6,
-        );
+        let mut groups = Vec::new();
+        for g in &r.groups {
+            let (p50, p95, max) = (
+                percentile(&g.times, 50.0).as_secs_f64(),
+                percentile(&g.times, 95.0).as_secs_f64(),
+                percentile(&g.times, 100.0).as_secs_f64(),
+            );
+            let bound = f_over(g.mbit);
+            println!(
+                "{:<12} {:>5} {:>8.2}s {:>8.2}s {:>8.2}s {:>7.2}x {:>7.2}x {:>12.1} {:>10.1} {:>11.2}x {:>13.1}",
+                g.name,
+                g.mbit,
+                p50,
+                p95,
+                max,
+                p50 / bound,
+                max / bound,
+                r.served.total() as f64 / 1e6,
+                r.seeder_bytes as f64 / 1e6,
+                r.left_registry() as f64 / image.bytes as f64,
+                r.link_bytes as f64 / 1e6,
+            );
+            groups.push(json!({
+                "group": g.name,
+                "mbit": g.mbit,
+                "f_over_b_secs": bound,
+                "times_secs": g.times.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
+                "p50_secs": p50,
+                "p95_secs": p95,
+                "max_secs": max,
+                "p50_over_f_over_b": p50 / bound,
+                "p95_over_f_over_b": p95 / bound,
+                "max_over_f_over_b": max / bound,
+            }));
+        }
         out.push(json!({
-            "mode": mode_name(r.mode),
-            "times_secs": r.times.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
-            "p50_secs": p50,
-            "p95_secs": p95,
-            "max_secs": max,
-            "p50_over_f_over_b": p50 / f_over_b,
-            "p95_over_f_over_b": p95 / f_over_b,
-            "max_over_f_over_b": max / f_over_b,
+            "mode": r.mode.name(),
+            "groups": groups,
             "registry_served_bytes": r.served.total(),
             "registry_blob_bytes": r.served.blob_bytes,
             "registry_blob_gets": r.served.blob_gets,
             "registry_served_over_image": r.served.total() as f64 / image.bytes as f64,
+            "registry_served_inside_namespace_bytes": r.served_inside,
+            "seeder_sent_bytes": r.seeder_bytes,
+            "left_registry_bytes": r.left_registry(),
+            "left_registry_over_image": r.left_registry() as f64 / image.bytes as f64,
             "registry_link_sent_bytes": r.link_bytes,
             "swarm_peer_bytes": r.peer_bytes,
             "swarm_registry_bytes": r.registry_chunk_bytes,
         }));
     }
-    if let (Some(s), Some(n)) = (
-        runs.iter().find(|r| r.mode == NodeMode::Swarm),
-        runs.iter().find(|r| r.mode == NodeMode::Native),
-    ) {
+    let native = runs.iter().find(|r| r.mode == Mode::Native);
+    for r in runs.iter().filter(|r| r.mode != Mode::Native) {
+        let Some(n) = native else { break };
+        let (times, native_times) = (r.all_times(), n.all_times());
         println!(
-            "swarm / native: p50 {:.2}, max {:.2}; registry bytes {:.3}",
-            percentile(&s.times, 50.0).as_secs_f64() / percentile(&n.times, 50.0).as_secs_f64(),
-            percentile(&s.times, 100.0).as_secs_f64() / percentile(&n.times, 100.0).as_secs_f64(),
-            s.served.total() as f64 / n.served.total().max(1) as f64
+            "{} / native: p50 {:.2}, max {:.2}; bytes that left the registry namespace {:.3}",
+            r.mode.name(),
+            percentile(&times, 50.0).as_secs_f64() / percentile(&native_times, 50.0).as_secs_f64(),
+            percentile(&times, 100.0).as_secs_f64()
+                / percentile(&native_times, 100.0).as_secs_f64(),
+            r.left_registry() as f64 / n.left_registry().max(1) as f64
         );
     }
     let report = json!({

@@ -281,6 +281,34 @@ impl Cluster {
         self.add_nodes_with(count, mode, &|_| (String::new(), None))
     }
 
+    /// [`Self::add_nodes`] with the nodes' links capped at `mbit` instead of
+    /// [`ClusterConfig::node_mbit`] (heterogeneous clusters).
+    pub fn add_nodes_at(&mut self, count: usize, mode: NodeMode, mbit: u64) -> Result<Vec<usize>> {
+        self.start_nodes(count, mode, mbit, &|_| (String::new(), None))
+    }
+
+    /// Blob bytes of `served` that went to clients inside the registry namespace (the
+    /// registry extension reading blobs to make chunk manifests and to seed): they never
+    /// crossed its link.
+    pub fn served_inside_registry_ns(&self, served: &Served) -> u64 {
+        let ns_ip = self.reg_link.ns_ip.as_str();
+        served
+            .blob_bytes_by_client
+            .iter()
+            .filter(|(ip, _)| ip.as_str() == ns_ip || ip.starts_with("127.") || *ip == "[::1]")
+            .map(|(_, bytes)| bytes)
+            .sum()
+    }
+
+    /// Bytes the registry extension's seeder has sent to nodes so far (its
+    /// `shoal_upload_sent_bytes_total`; 0 without the extension or its metrics).
+    pub fn seeder_sent(&self) -> u64 {
+        self.registry_ext
+            .as_ref()
+            .and_then(|ext| Metrics::scrape(&ext.metrics_addr()).ok())
+            .map_or(0, |m| m.sum("shoal_upload_sent_bytes_total", &[]) as u64)
+    }
+
     /// [`Self::add_nodes`], each node's shoald config getting `per_node(name).0` appended,
     /// and its containerd socket linked at `per_node(name).1` when given (shoald starts
     /// before containerd, so a config can only name the socket by a link made afterwards).
@@ -288,6 +316,16 @@ impl Cluster {
         &mut self,
         count: usize,
         mode: NodeMode,
+        per_node: &dyn Fn(&str) -> (String, Option<PathBuf>),
+    ) -> Result<Vec<usize>> {
+        self.start_nodes(count, mode, self.config.node_mbit, per_node)
+    }
+
+    fn start_nodes(
+        &mut self,
+        count: usize,
+        mode: NodeMode,
+        mbit: u64,
         per_node: &dyn Fn(&str) -> (String, Option<PathBuf>),
     ) -> Result<Vec<usize>> {
         let tracker = self.registry_ext.as_ref().map(RegistryExt::url);
@@ -308,7 +346,7 @@ impl Cluster {
                         node_config,
                         containerd_link,
                         mode,
-                        mbit: self.config.node_mbit,
+                        mbit,
                         registry: &registry,
                         tracker: tracker.clone(),
                         unpack_concurrency: self.config.unpack_concurrency,

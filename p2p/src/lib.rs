@@ -13,6 +13,8 @@
 //! - [`peer`]: the peer protocol: the chunk server every node (and the registry extension's
 //!   seeder) runs, and the client that fetches chunks from it.
 //! - [`preheat`]: the preheat protocol (coordinator <-> worker, CLI) and its HTTP client.
+//! - [`single_flight`]: the one helper for work concurrent callers share (keyed in-flight
+//!   map, single flight).
 //! - [`swarm`]: the node's swarm download: chunk store, scheduler, and the
 //!   [`source::BlobSource`] that feeds the unpacker in order while chunks arrive.
 //! - [`tls`]: mutual TLS against the cluster CA (or explicit plaintext for tests).
@@ -29,6 +31,7 @@ pub mod preheat;
 mod props;
 pub mod reference;
 pub mod registry;
+pub mod single_flight;
 pub mod source;
 pub mod swarm;
 pub mod tls;

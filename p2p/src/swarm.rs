@@ -33,6 +33,7 @@
 //!   pulls faster, never break them.
 
 mod download;
+mod error;
 mod fetch;
 #[cfg(test)]
 mod origin_tests;
@@ -60,9 +61,11 @@ use crate::metrics::SwarmMetrics;
 use crate::peer::{ChunkProvider, Held, PeerFetcher};
 use crate::reference::ImageReference;
 use crate::registry::{BlobStream, RegistryError};
+use crate::single_flight::{Entry, InFlight, Joined};
 use crate::source::{BlobSource, Reader};
 use crate::tracker::{Announce, BlobHave, ChunkSet, Tracker, UploadStats};
 use download::Download;
+pub use error::SwarmError;
 
 /// Subdirectory of the cache directory holding the chunk manifests of cached blobs, so a
 /// restarted node announces (seeds) what it already holds.
@@ -140,7 +143,7 @@ pub(crate) struct Inner {
     pub(crate) cache: BlobCache,
     pub(crate) metrics: SwarmMetrics,
     /// Downloads in progress (or starting), by digest.
-    downloads: Mutex<HashMap<Digest, DownloadSlot>>,
+    downloads: InFlight<Digest, DownloadSlot>,
     /// Chunk counts of cached blobs whose manifest is known, for announcing them.
     seeded: Mutex<HashMap<Digest, u32>>,
     /// Upload stats reported with each announce.
@@ -174,7 +177,7 @@ impl Swarm {
                 registry,
                 cache,
                 metrics,
-                downloads: Mutex::new(HashMap::new()),
+                downloads: InFlight::new(),
                 seeded: Mutex::new(seeded),
                 upload_stats: Mutex::new(None),
                 announce_now: Notify::new(),
@@ -264,9 +267,9 @@ impl Swarm {
     }
 
     fn active_downloads(&self) -> Vec<Arc<Download>> {
-        let downloads = self.inner.downloads.lock().expect("lock");
+        let downloads = self.inner.downloads.values();
         downloads
-            .values()
+            .iter()
             .filter_map(|cell| cell.get().cloned().flatten())
             .collect()
     }
@@ -281,22 +284,23 @@ impl Swarm {
         digest: &Digest,
         reader: &Reader,
     ) -> Result<Option<Arc<Download>>, RegistryError> {
-        let cell = {
-            let mut downloads = self.inner.downloads.lock().expect("lock");
-            downloads.entry(digest.clone()).or_default().clone()
-        };
+        // Joined or started here; whoever gets to the cell first (and is not cancelled)
+        // starts the download, the others wait for it.
+        let Joined {
+            value: cell, entry, ..
+        } = self
+            .inner
+            .downloads
+            .join_or_start(digest, |_| DownloadSlot::default());
         let started = cell
-            .get_or_init(|| self.start_download(image, digest, reader))
+            .get_or_init(|| self.start_download(image, digest, reader, &entry))
             .await
             .clone();
         match &started {
             Some(download) => download.attach(image, reader)?,
             None => {
                 // Let a later fetch try the swarm again.
-                let mut downloads = self.inner.downloads.lock().expect("lock");
-                if downloads.get(digest).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                    downloads.remove(digest);
-                }
+                self.inner.downloads.remove(&entry);
             }
         }
         Ok(started)
@@ -307,6 +311,7 @@ impl Swarm {
         image: &ImageReference,
         digest: &Digest,
         reader: &Reader,
+        entry: &Entry<Digest>,
     ) -> Option<Arc<Download>> {
         let inner = &self.inner;
         let manifest = tokio::time::timeout(
@@ -356,13 +361,17 @@ impl Swarm {
             tracing::warn!(blob = %digest, "{e}");
             return None;
         }
-        tokio::spawn(scheduler::run(self.clone(), download.clone()));
+        tokio::spawn(scheduler::run(
+            self.clone(),
+            download.clone(),
+            entry.clone(),
+        ));
         Some(download)
     }
 
     /// Called by the scheduler when a download ended: forget it (its blob is in the cache if
     /// it succeeded) and remember its manifest for announcing.
-    pub(crate) fn finished(&self, download: &Download, committed: bool) {
+    pub(crate) fn finished(&self, download: &Download, entry: &Entry<Digest>, committed: bool) {
         if committed {
             let manifest = download.manifest();
             self.inner
@@ -372,9 +381,7 @@ impl Swarm {
                 .insert(manifest.digest.clone(), manifest.chunks.len() as u32);
             save_manifest(&self.inner.cache, manifest);
         }
-        let mut downloads = self.inner.downloads.lock().expect("lock");
-        downloads.remove(download.digest());
-        drop(downloads);
+        self.inner.downloads.remove(entry);
         self.inner.announce_now.notify_one();
     }
 
@@ -456,12 +463,11 @@ impl BlobSource for Swarm {
 
 impl ChunkProvider for Swarm {
     fn open(&self, digest: &Digest, range: Range<u64>) -> Option<Held> {
-        let download = {
-            let downloads = self.inner.downloads.lock().expect("lock");
-            downloads
-                .get(digest)
-                .and_then(|c| c.get().cloned().flatten())
-        };
+        let download = self
+            .inner
+            .downloads
+            .get(digest)
+            .and_then(|c| c.get().cloned().flatten());
         if let Some(download) = download {
             if let Some(held) = download.open(range.clone()) {
                 return Some(held);

@@ -26,6 +26,13 @@ pub enum Error {
     /// The remote path could not make a layer.
     #[error("remote layer {layer}: {reason}")]
     Remote { layer: String, reason: String },
+    /// The fetch of remote layer `layer`, shared by the Prepares waiting for it, failed.
+    #[error("remote layer {layer}: {source}")]
+    RemoteFetch {
+        layer: shoal_p2p::Digest,
+        #[source]
+        source: std::sync::Arc<Error>,
+    },
     #[error("internal task failed: {0}")]
     Task(String),
     /// A request to the preheat coordinator failed.

@@ -57,6 +57,7 @@ use containerd_snapshots::tonic;
 use futures::TryStreamExt;
 use shoal_p2p::reference::ImageReference;
 use shoal_p2p::registry::{Platform, RegistryClient, ResolvedImage};
+use shoal_p2p::single_flight::{InFlight, Joined};
 use shoal_p2p::source::BlobSource;
 use shoal_p2p::Digest;
 use tokio::sync::{watch, Semaphore};
@@ -108,8 +109,8 @@ struct Staged {
 
 /// One layer being fetched (or done), shared by whoever waits for it.
 struct Fetch {
-    /// `None` while running; then `Ok` (staged) or the reason it failed.
-    done: watch::Receiver<Option<Result<(), String>>>,
+    /// `None` while running; then `Ok` (staged) or why it failed.
+    done: watch::Receiver<Option<Result<(), Arc<Error>>>>,
     /// The finished layer until a Prepare claims it.
     staged: Mutex<Option<Staged>>,
 }
@@ -122,7 +123,8 @@ pub struct RemoteLayers {
     staging: PathBuf,
     limit: Arc<Semaphore>,
     manifests: Mutex<HashMap<Digest, Arc<ResolvedImage>>>,
-    fetches: Arc<Mutex<HashMap<Digest, Arc<Fetch>>>>,
+    /// Layers being fetched, or fetched and not yet claimed.
+    fetches: InFlight<Digest, Arc<Fetch>>,
     seq: AtomicU64,
 }
 
@@ -214,7 +216,7 @@ impl RemoteLayers {
             staging,
             limit: Arc::new(Semaphore::new(config.unpack.concurrency.max(1))),
             manifests: Mutex::new(HashMap::new()),
-            fetches: Arc::new(Mutex::new(HashMap::new())),
+            fetches: InFlight::new(),
             seq: AtomicU64::new(0),
         })
     }
@@ -249,19 +251,20 @@ impl RemoteLayers {
 
     /// The fetch of layer `index` of `image`: the one in progress (or done, unclaimed), or
     /// a new one started now.
-    fn start(&self, image: &ResolvedImage, index: usize) -> Arc<Fetch> {
+    fn start(&self, image: &ResolvedImage, index: usize) -> Joined<Digest, Arc<Fetch>> {
         let layer = &image.layers[index];
-        let mut fetches = self.fetches.lock().expect("lock");
-        if let Some(f) = fetches.get(&layer.digest) {
-            return f.clone();
-        }
-        let (tx, rx) = watch::channel(None);
-        let fetch = Arc::new(Fetch {
-            done: rx,
-            staged: Mutex::new(None),
+        let mut done = None;
+        let joined = self.fetches.join_or_start(&layer.digest, |_| {
+            let (tx, rx) = watch::channel(None);
+            done = Some(tx);
+            Arc::new(Fetch {
+                done: rx,
+                staged: Mutex::new(None),
+            })
         });
-        fetches.insert(layer.digest.clone(), fetch.clone());
-        drop(fetches);
+        let Some(tx) = done else {
+            return joined;
+        };
 
         let spec = LayerSpec {
             digest: layer.digest.clone(),
@@ -274,7 +277,8 @@ impl RemoteLayers {
             self.seq.fetch_add(1, Ordering::Relaxed)
         ));
         let (blobs, reference) = (self.blobs.clone(), image.reference.clone());
-        let (limit, fetches, me) = (self.limit.clone(), self.fetches.clone(), fetch.clone());
+        let (limit, fetches) = (self.limit.clone(), self.fetches.clone());
+        let (me, entry) = (joined.value.clone(), joined.entry.clone());
         tokio::spawn(async move {
             let unpacked = async {
                 let _permit = limit.acquire_owned().await.expect("never closed");
@@ -293,12 +297,7 @@ impl RemoteLayers {
                 Ok::<_, Error>(stats)
             }
             .await;
-            let forget = || {
-                let mut f = fetches.lock().expect("lock");
-                if f.get(&spec.digest).is_some_and(|x| Arc::ptr_eq(x, &me)) {
-                    f.remove(&spec.digest);
-                }
-            };
+            let forget = || fetches.remove(&entry);
             match unpacked {
                 Ok(stats) => {
                     *me.staged.lock().expect("lock") = Some(Staged {
@@ -310,7 +309,7 @@ impl RemoteLayers {
                 Err(e) => {
                     tracing::debug!(layer = %spec.digest, error = %e, "remote layer fetch failed");
                     forget();
-                    let _ = tx.send(Some(Err(e.to_string())));
+                    let _ = tx.send(Some(Err(Arc::new(e))));
                     return;
                 }
             }
@@ -323,7 +322,7 @@ impl RemoteLayers {
                 let _ = tokio::task::spawn_blocking(move || remove_dir_all_if_exists(&s.dir)).await;
             }
         });
-        fetch
+        joined
     }
 
     /// Waits for layer `index` of `image` and takes its staged directory (fetching it again
@@ -331,25 +330,24 @@ impl RemoteLayers {
     async fn claim(&self, image: &ResolvedImage, index: usize) -> Result<Staged, Error> {
         let digest = &image.layers[index].digest;
         for _ in 0..2 {
-            let fetch = self.start(image, index);
+            let Joined {
+                value: fetch,
+                entry,
+                ..
+            } = self.start(image, index);
             let mut rx = fetch.done.clone();
             let outcome = rx
                 .wait_for(Option::is_some)
                 .await
                 .map(|v| v.clone())
                 .map_err(|_| Error::Task(format!("fetch of layer {digest} vanished")))?;
-            if let Some(Err(reason)) = outcome {
-                return Err(Error::Remote {
-                    layer: digest.to_string(),
-                    reason,
+            if let Some(Err(source)) = outcome {
+                return Err(Error::RemoteFetch {
+                    layer: digest.clone(),
+                    source,
                 });
             }
-            {
-                let mut f = self.fetches.lock().expect("lock");
-                if f.get(digest).is_some_and(|x| Arc::ptr_eq(x, &fetch)) {
-                    f.remove(digest);
-                }
-            }
+            self.fetches.remove(&entry);
             let staged = fetch.staged.lock().expect("lock").take();
             if let Some(staged) = staged {
                 return Ok(staged);

@@ -89,6 +89,10 @@ pub enum Error {
     #[error("internal error: {0}")]
     Internal(String),
 
+    /// A computation shared by several requests (single flight) ended without a result.
+    #[error("a manifest or torrent shared by several requests: {0}")]
+    Abandoned(#[from] shoal_p2p::single_flight::Abandoned),
+
     /// The same error, shared by every request that waited for one computation.
     #[error(transparent)]
     Shared(Arc<Error>),
@@ -116,6 +120,7 @@ impl Error {
             | Error::Store { .. }
             | Error::Listen { .. }
             | Error::Torrent { .. }
+            | Error::Abandoned(_)
             | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

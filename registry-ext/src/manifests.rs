@@ -21,12 +21,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures::future::{BoxFuture, Shared};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use shoal_p2p::cache::BlobCache;
 use shoal_p2p::chunk::{ChunkManifest, ChunkManifestBuilder, ChunkManifestError};
 use shoal_p2p::reference::ImageReference;
 use shoal_p2p::registry::RegistryClient;
+use shoal_p2p::single_flight::SingleFlight;
 use shoal_p2p::Digest;
 
 use crate::metrics::ManifestMetrics;
@@ -37,7 +37,8 @@ const TMP_PREFIX: &str = ".tmp-";
 /// Most chunk counts remembered for the seeder's peer entries (then the memo starts over).
 const MAX_REMEMBERED: usize = 100_000;
 
-type Making = Shared<BoxFuture<'static, Result<Arc<ChunkManifest>, Arc<Error>>>>;
+/// Manifests being made, by blob.
+type Making = SingleFlight<Digest, Result<Arc<ChunkManifest>, Arc<Error>>>;
 
 /// The chunk-manifest service. Cloning shares it.
 #[derive(Clone)]
@@ -52,7 +53,7 @@ struct Inner {
     client: RegistryClient,
     seed: BlobCache,
     metrics: ManifestMetrics,
-    making: Mutex<HashMap<Digest, Making>>,
+    making: Making,
     chunk_counts: Mutex<HashMap<Digest, u32>>,
     tmp_seq: AtomicU64,
 }
@@ -89,7 +90,7 @@ impl ManifestService {
                 client,
                 seed,
                 metrics,
-                making: Mutex::new(HashMap::new()),
+                making: SingleFlight::new(),
                 chunk_counts: Mutex::new(HashMap::new()),
                 tmp_seq: AtomicU64::new(0),
             }),
@@ -220,36 +221,19 @@ impl ManifestService {
         digest: Digest,
         seed: bool,
     ) -> Result<Arc<ChunkManifest>, Error> {
-        let making = {
-            let mut map = self.inner.making.lock().unwrap_or_else(|p| p.into_inner());
-            match map.get(&digest) {
-                Some(f) => f.clone(),
-                None => {
-                    let inner = self.inner.clone();
-                    let d = digest.clone();
-                    let task = tokio::spawn(async move {
-                        let _done = Forget(inner.clone(), d.clone());
-                        make(&inner, &image, &d, seed)
-                            .await
-                            .map(Arc::new)
-                            .map_err(Arc::new)
-                    });
-                    let f = async move {
-                        match task.await {
-                            Ok(r) => r,
-                            Err(e) => Err(Arc::new(Error::Internal(format!(
-                                "making a chunk manifest: {e}"
-                            )))),
-                        }
-                    }
-                    .boxed()
-                    .shared();
-                    map.insert(digest, f.clone());
-                    f
-                }
-            }
+        let inner = self.inner.clone();
+        let d = digest.clone();
+        let work = async move {
+            make(&inner, &image, &d, seed)
+                .await
+                .map(Arc::new)
+                .map_err(Arc::new)
         };
-        making.await.map_err(Error::Shared)
+        self.inner
+            .making
+            .run(digest, work)
+            .await?
+            .map_err(Error::Shared)
     }
 
     /// The chunk count of `digest` from its manifest, if one was made (memory, then disk).
@@ -286,15 +270,6 @@ fn remember(inner: &Inner, m: &ChunkManifest) {
 }
 
 /// Removes a finished (or failed, or panicked) computation from the single-flight map.
-struct Forget(Arc<Inner>, Digest);
-
-impl Drop for Forget {
-    fn drop(&mut self) {
-        let mut map = self.0.making.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(&self.1);
-    }
-}
-
 /// `DIR/sha256-<hex>.<chunk_size>.json`.
 pub fn manifest_path(dir: &Path, digest: &Digest, chunk_size: u64) -> PathBuf {
     dir.join(format!("sha256-{}.{chunk_size}.json", digest.hex()))

@@ -22,7 +22,6 @@
 //!   `AddTorrentOptions::initial_peers`; other clients: "add peer", or a magnet link with
 //!   `x.pe=IP:port`).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -31,8 +30,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::future::{BoxFuture, Shared};
-use futures::FutureExt;
 use librqbit::api::TorrentIdOrHash;
 use librqbit::dht::Id20;
 use librqbit::limits::LimitsConfig;
@@ -41,6 +38,7 @@ use librqbit::{
     AddTorrent, AddTorrentOptions, ListenerMode, ListenerOptions, Session, SessionOptions,
 };
 use shoal_p2p::cache::BlobCache;
+use shoal_p2p::single_flight::SingleFlight;
 use shoal_p2p::Digest;
 
 use crate::config::TorrentConfig;
@@ -61,7 +59,8 @@ pub use route::PEER_HEADER;
 /// Prefix of temporary files in the torrent directories.
 const TMP_PREFIX: &str = ".tmp-";
 
-type Making = Shared<BoxFuture<'static, Result<Bytes, Arc<Error>>>>;
+/// Torrents being made, by blob.
+type Making = SingleFlight<Digest, Result<Bytes, Arc<Error>>>;
 
 /// The BitTorrent export. Cloning shares it.
 #[derive(Clone)]
@@ -80,7 +79,7 @@ struct Inner {
     seed: BlobCache,
     metrics: TorrentMetrics,
     spawner: BlockingSpawner,
-    making: Mutex<HashMap<Digest, Making>>,
+    making: Making,
     kept: Mutex<Kept>,
     tmp_seq: AtomicU64,
 }
@@ -172,7 +171,7 @@ impl TorrentService {
                 seed,
                 metrics,
                 spawner: BlockingSpawner::new(2),
-                making: Mutex::new(HashMap::new()),
+                making: SingleFlight::new(),
                 kept: Mutex::new(Kept::default()),
                 tmp_seq: AtomicU64::new(0),
             }),
@@ -236,26 +235,10 @@ impl TorrentService {
             }
         }
         let inner = self.inner.clone();
-        let making = {
-            let mut map = lock(&self.inner.making);
-            map.entry(digest.clone())
-                .or_insert_with(|| {
-                    let d = digest.clone();
-                    let task = tokio::spawn(async move {
-                        let _done = Forget(inner.clone(), d.clone());
-                        make(&inner, &image, &d).await.map_err(Arc::new)
-                    });
-                    async move {
-                        task.await.unwrap_or_else(|e| {
-                            Err(Arc::new(Error::Internal(format!("making a torrent: {e}"))))
-                        })
-                    }
-                    .boxed()
-                    .shared()
-                })
-                .clone()
-        };
-        let bytes = making.await.map_err(Error::Shared)?;
+        let d = digest.clone();
+        let work = async move { make(&inner, &image, &d).await.map_err(Arc::new) };
+        let made = self.inner.making.run(digest, work).await?;
+        let bytes = made.map_err(Error::Shared)?;
         Ok((bytes, "made"))
     }
 
@@ -347,14 +330,6 @@ fn update_gauges(inner: &Inner, kept: &Kept) {
 }
 
 /// Removes a finished (or failed, or panicked) computation from the single-flight map.
-struct Forget(Arc<Inner>, Digest);
-
-impl Drop for Forget {
-    fn drop(&mut self) {
-        lock(&self.0.making).remove(&self.1);
-    }
-}
-
 /// `DIR/torrents/sha256-<hex>.torrent`.
 fn torrent_path(torrents_dir: &Path, digest: &Digest) -> PathBuf {
     torrents_dir.join(format!("{}.torrent", torrent_name(digest)))
@@ -414,7 +389,7 @@ async fn make(
         evict
     };
     for (old, hash) in evict {
-        if lock(&inner.making).contains_key(&old) {
+        if inner.making.is_running(&old) {
             continue; // being made again: that computation keeps it
         }
         inner.metrics.evicted.inc();

@@ -115,8 +115,12 @@ pub enum RegistryError {
     BadResponse { url: String, reason: String },
 
     /// The swarm could not deliver blob `digest` (every source failed).
-    #[error("swarm fetch of blob {digest}: {reason}")]
-    Swarm { digest: Digest, reason: String },
+    #[error("swarm fetch of blob {digest}: {source}")]
+    Swarm {
+        digest: Digest,
+        #[source]
+        source: crate::swarm::SwarmError,
+    },
 
     /// The node holds blob `digest` (cached or downloading) only from other registries than
     /// `registry`, and the reader may use only bytes known from `registry`

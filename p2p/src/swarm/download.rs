@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use futures::stream;
 use tokio::sync::watch;
 
+use super::SwarmError;
 use crate::cache::PartialFile;
 use crate::chunk::ChunkManifest;
 use crate::digest::Digest;
@@ -57,7 +58,7 @@ struct State {
     /// Chunks with a request in flight (announced so that other nodes count them).
     fetching: ChunkSet,
     /// `Some(Err(reason))` once the download failed; `Some(Ok)` once committed.
-    ended: Option<Result<(), String>>,
+    ended: Option<Result<(), SwarmError>>,
 }
 
 impl Download {
@@ -201,24 +202,25 @@ impl Download {
     }
 
     /// Checks the whole blob against its digest and commits it to the cache (blocking).
-    pub(crate) fn commit(&self) -> Result<(), RegistryError> {
+    pub(crate) fn commit(&self) -> Result<(), SwarmError> {
         let partial = self.partial.lock().expect("lock").take();
         let result = match partial {
             Some(p) => p.commit(self.digest(), self.origin()),
             None => Ok(()),
-        };
-        self.end(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        }
+        .map_err(|e| SwarmError::Commit(Arc::new(e)));
+        self.end(result.clone());
         result
     }
 
     /// Ends the download: readers get every chunk held, then this result.
-    pub(crate) fn end(&self, result: Result<(), String>) {
+    pub(crate) fn end(&self, result: Result<(), SwarmError>) {
         let mut state = self.state.lock().expect("lock");
         if state.ended.is_none() {
             state.ended = Some(result);
         }
         drop(state);
-        if self.state.lock().expect("lock").ended != Some(Ok(())) {
+        if !matches!(self.state.lock().expect("lock").ended, Some(Ok(()))) {
             // A failed download's file is removed; readers keep their descriptor.
             self.partial.lock().expect("lock").take();
         }
@@ -279,17 +281,17 @@ impl Download {
                     if held {
                         break;
                     }
-                    if let Some(Err(reason)) = ended {
+                    if let Some(Err(source)) = ended {
                         let err = RegistryError::Swarm {
                             digest: download.digest().clone(),
-                            reason,
+                            source,
                         };
                         return Some((Err(err), (download, rx, end)));
                     }
                     if rx.changed().await.is_err() {
                         let err = RegistryError::Swarm {
                             digest: download.digest().clone(),
-                            reason: "download abandoned".into(),
+                            source: SwarmError::Abandoned,
                         };
                         return Some((Err(err), (download, rx, end)));
                     }
@@ -306,13 +308,20 @@ impl Download {
                 })
                 .await;
                 let read = match read {
-                    Ok(r) => r.map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
+                    Ok(r) => r.map_err(|e| SwarmError::Read {
+                        offset,
+                        source: Arc::new(e),
+                    }),
+                    Err(e) => Err(SwarmError::Read {
+                        offset,
+                        source: Arc::new(std::io::Error::other(e)),
+                    }),
                 };
-                let item: Result<Bytes, RegistryError> = read.map_err(|e| RegistryError::Swarm {
-                    digest: download.digest().clone(),
-                    reason: format!("reading the chunk store: {e}"),
-                });
+                let item: Result<Bytes, RegistryError> =
+                    read.map_err(|source| RegistryError::Swarm {
+                        digest: download.digest().clone(),
+                        source,
+                    });
                 let next = if item.is_ok() { offset + len } else { end };
                 Some((item, (download, rx, next)))
             },

@@ -10,9 +10,10 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::download::Download;
+use super::error::RequestError;
 use super::planner::{Failure, ReqId};
 use super::scheduler::{Ended, Event};
-use super::Swarm;
+use super::{Swarm, SwarmError};
 use crate::digest::Digest;
 use crate::peer::PeerError;
 use crate::reference::ImageReference;
@@ -46,9 +47,9 @@ pub(super) async fn from_peer(
             }
             Err(e) => Ended::Store(e),
         },
-        Err(PeerError::Busy { .. }) => Ended::Failed(Failure::Busy, "busy".into()),
-        Err(PeerError::NotHeld { .. }) => Ended::Failed(Failure::NotHeld, "not held".into()),
-        Err(e) => Ended::Failed(Failure::Transport, e.to_string()),
+        Err(e @ PeerError::Busy { .. }) => Ended::Failed(Failure::Busy, e.into()),
+        Err(e @ PeerError::NotHeld { .. }) => Ended::Failed(Failure::NotHeld, e.into()),
+        Err(e) => Ended::Failed(Failure::Transport, e.into()),
     };
     let _ = tx.send(Event::End { req, ended });
 }
@@ -94,7 +95,10 @@ async fn verify_and_store(
     .await
     .map_err(|e| RegistryError::Swarm {
         digest,
-        reason: format!("storing chunk {index}: {e}"),
+        source: SwarmError::Task {
+            chunk: Some(index),
+            source: Arc::new(e),
+        },
     })?
 }
 
@@ -111,8 +115,7 @@ async fn registry_range(
     // The newest reader's grant: its own repository of the download's registry, with
     // credentials valid there. A refused grant is dropped; the next range uses an older one.
     let Some(grant) = download.grant() else {
-        let reason = "every reader's credentials were refused by the registry";
-        return Ended::Failed(Failure::Transport, reason.into());
+        return Ended::Failed(Failure::Transport, RequestError::NoGrant);
     };
     let image = ImageReference {
         registry: download.origin().to_owned(),
@@ -133,7 +136,7 @@ async fn registry_range(
             {
                 download.revoke(&grant);
             }
-            return Ended::Failed(Failure::Transport, e.to_string());
+            return Ended::Failed(Failure::Transport, e.into());
         }
     };
     let mut index = chunks.start;
@@ -164,10 +167,10 @@ async fn registry_range(
         }
         match stream.next().await {
             Some(Ok(bytes)) => buf.extend_from_slice(&bytes),
-            Some(Err(e)) => return Ended::Failed(Failure::Transport, e.to_string()),
+            Some(Err(e)) => return Ended::Failed(Failure::Transport, e.into()),
             None => {
-                let reason = format!("range ended {} bytes short", want - buf.len());
-                return Ended::Failed(Failure::Transport, reason);
+                let missing = want - buf.len();
+                return Ended::Failed(Failure::Transport, RequestError::Short { missing });
             }
         }
     }

@@ -15,11 +15,14 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::download::Download;
+use super::error::RequestError;
 use super::planner::{
     Action, DropReason, Failure, PeerInfo, Planner, PlannerConfig, ReqId, SeederBudget,
 };
-use super::Swarm;
+use super::{Swarm, SwarmError};
+use crate::digest::Digest;
 use crate::registry::RegistryError;
+use crate::single_flight::Entry;
 use crate::tracker::{ChunkSet, PeerEntry, TrackerError, SEEDER_ID_PREFIX};
 
 /// Scheduling pass interval (overdue checks, peer refreshes).
@@ -27,30 +30,12 @@ const TICK: Duration = Duration::from_millis(100);
 /// How long to wait for the first peer list (a tracker that is down answers at once).
 const FIRST_PEERS_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why a swarm download ended without its blob (its readers get it as
-/// [`RegistryError::Swarm`], and shoald falls back to containerd's own pull).
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum DownloadError {
-    /// The planner gave up (stalled, registry failing, manifest contradicted).
-    #[error(transparent)]
-    Plan(#[from] super::planner::PlanError),
-    /// A verified chunk could not be stored.
-    #[error("storing a chunk: {0}")]
-    Store(#[source] RegistryError),
-    /// The assembled blob could not be committed to the cache (its digest, or the disk).
-    #[error("committing the blob: {0}")]
-    Commit(#[source] RegistryError),
-    /// A blocking task panicked or was cancelled.
-    #[error("blocking task: {0}")]
-    Task(#[from] tokio::task::JoinError),
-}
-
 /// How a request's task ended.
 pub(super) enum Ended {
     /// With its chunks (each reported as an [`Event::Chunk`]).
     Ok,
-    /// Without them: the planner's kind of failure and a reason for the log.
-    Failed(Failure, String),
+    /// Without them: the planner's kind of failure and why, for the metrics and the log.
+    Failed(Failure, RequestError),
     /// A verified chunk could not be stored: the download cannot go on.
     Store(RegistryError),
 }
@@ -78,8 +63,9 @@ struct Task {
     peer: Option<String>,
 }
 
-/// Runs the download of `download` to its end: committed to the cache, or failed.
-pub(crate) async fn run(swarm: Swarm, download: Arc<Download>) {
+/// Runs the download of `download` (`entry` among the swarm's downloads) to its end:
+/// committed to the cache, or failed.
+pub(crate) async fn run(swarm: Swarm, download: Arc<Download>, entry: Entry<Digest>) {
     let mut scheduler = Scheduler::new(swarm.clone(), download.clone());
     let result = scheduler.run().await;
     scheduler.cancel_all();
@@ -90,13 +76,16 @@ pub(crate) async fn run(swarm: Swarm, download: Arc<Download>) {
             let committing = download.clone();
             match tokio::task::spawn_blocking(move || committing.commit()).await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(DownloadError::Commit(e)),
-                Err(e) => Err(DownloadError::Task(e)),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(SwarmError::Task {
+                    chunk: None,
+                    source: Arc::new(e),
+                }),
             }
         }
         Err(e) => {
-            // The readers' boundary: the error's text goes into `RegistryError::Swarm`.
-            download.end(Err(e.to_string()));
+            // The readers get it as `RegistryError::Swarm`.
+            download.end(Err(e.clone()));
             Err(e)
         }
     };
@@ -112,7 +101,7 @@ pub(crate) async fn run(swarm: Swarm, download: Arc<Download>) {
             tracing::warn!(blob = %download.digest(), "swarm download failed: {reason}");
         }
     }
-    swarm.finished(&download, result.is_ok());
+    swarm.finished(&download, &entry, result.is_ok());
 }
 
 fn label(reason: &'static str) -> crate::metrics::ReasonLabel {
@@ -174,7 +163,7 @@ impl Scheduler {
         }
     }
 
-    async fn run(&mut self) -> Result<(), DownloadError> {
+    async fn run(&mut self) -> Result<(), SwarmError> {
         self.refresh_peers();
         // Wait for the first peer list before choosing sources.
         let first = tokio::time::timeout(FIRST_PEERS_TIMEOUT, self.events_rx.recv()).await;
@@ -227,7 +216,7 @@ impl Scheduler {
         });
     }
 
-    fn handle(&mut self, event: Event) -> Result<(), DownloadError> {
+    fn handle(&mut self, event: Event) -> Result<(), SwarmError> {
         let now = Instant::now();
         let actions = match event {
             Event::Peers(result) => {
@@ -260,7 +249,7 @@ impl Scheduler {
                 }
                 let failure = match ended {
                     Ended::Ok => None,
-                    Ended::Store(e) => return Err(DownloadError::Store(e)),
+                    Ended::Store(e) => return Err(SwarmError::Store(Arc::new(e))),
                     Ended::Failed(failure, reason) => {
                         let registry = task.as_ref().is_some_and(|t| t.peer.is_none());
                         self.count_failure(failure, registry, &reason);
@@ -274,7 +263,7 @@ impl Scheduler {
         Ok(())
     }
 
-    fn count_failure(&self, failure: Failure, registry: bool, reason: &str) {
+    fn count_failure(&self, failure: Failure, registry: bool, reason: &RequestError) {
         let metrics = &self.swarm.inner().metrics;
         if registry {
             metrics.chunk_failed("registry");

@@ -715,8 +715,8 @@ impl Scheduler {
             return;
         };
         peer.in_flight += 1;
-        let addr = peer.addr;
-        if peer.seeder {
+        let (addr, seeder) = (peer.addr, peer.seeder);
+        if seeder {
             self.swarm.seeder_slot(addr, true);
         }
         let id = self.next_id();
@@ -729,7 +729,11 @@ impl Scheduler {
         let handle = tokio::spawn(async move {
             let range = download.manifest().chunk_range(index as usize);
             let digest = download.digest().clone();
-            let failure = match fetcher.fetch(addr, &digest, range).await {
+            let fetched = match seeder {
+                true => fetcher.fetch_from_seeder(addr, &digest, range).await,
+                false => fetcher.fetch(addr, &digest, range).await,
+            };
+            let failure = match fetched {
                 Ok(bytes) => {
                     match verify_and_store(&swarm, "peer", &download, index, bytes).await {
                         Ok((len, verified)) => {

@@ -7,6 +7,10 @@
 //!   logged as an error and shoald goes on without it: the swarm may only make pulls faster.
 //! - With `[mirror] enabled`, the registry mirror ([`crate::mirror`]) serves blobs from the
 //!   same blob source; a mirror that cannot start (port taken) is logged, like the swarm.
+//! - Over TLS the node's certificate must have the `node` role, and the node's name is the
+//!   certificate's (`swarm.node_name`, if set, must equal it): trackers accept announces only
+//!   under that name. A certificate without a role stops the swarm with an error saying how to
+//!   remake it.
 //! - `advertise` defaults to `listen`'s IP when it is set, else to the source address this
 //!   host uses towards the first tracker (what the tracker sees), with `listen`'s port.
 
@@ -20,7 +24,7 @@ use shoal_p2p::peer::{PeerClient, UploadLimits};
 use shoal_p2p::registry::RegistryClient;
 use shoal_p2p::source::BlobSource;
 use shoal_p2p::swarm::{Swarm, SwarmConfig};
-use shoal_p2p::tls::Transport;
+use shoal_p2p::tls::{Role, Transport};
 use shoal_p2p::tracker::HttpTrackers;
 use tokio::task::JoinHandle;
 
@@ -129,6 +133,10 @@ async fn start_swarm(
 ) -> Result<(Swarm, Vec<JoinHandle<()>>), String> {
     let transport = Transport::load(section.tls.as_ref(), section.insecure_plaintext)
         .map_err(|e| e.to_string())?;
+    transport
+        .require_role(Role::Node, "shoald's swarm")
+        .map_err(|e| e.to_string())?;
+    let node_name = node_name(&section.node_name, &transport)?;
     let trackers = HttpTrackers::new(
         section.trackers.clone(),
         &transport,
@@ -138,11 +146,6 @@ async fn start_swarm(
     .map_err(|e| e.to_string())?;
     let peers = PeerClient::new(&transport, Duration::from_secs(3), Duration::from_secs(30))
         .map_err(|e| e.to_string())?;
-    let node_name = if section.node_name.is_empty() {
-        host_name()?
-    } else {
-        section.node_name.clone()
-    };
     let advertise = advertise_addr(section).await?;
     let listener = tokio::net::TcpListener::bind(section.listen)
         .await
@@ -183,6 +186,22 @@ async fn start_swarm(
     let announcer = tokio::spawn(swarm.clone().run_announcer());
     tracing::info!(node = %node_name, listen = %section.listen, %advertise, trackers = ?section.trackers, "swarm peer serving");
     Ok((swarm, vec![server, announcer]))
+}
+
+/// This node's name: over TLS the certificate's node name (`configured`, when not empty, must
+/// be the same), else `configured` or the host name.
+pub(crate) fn node_name(configured: &str, transport: &Transport) -> Result<String, String> {
+    match transport.identity() {
+        Some(id) if configured.is_empty() || configured == id.name => Ok(id.name.clone()),
+        Some(id) => Err(format!(
+            "swarm.node_name {configured:?} is not the node name {:?} of this node's certificate; \
+             set it to {:?} or leave it empty (trackers accept announces only under the \
+             certificate's name)",
+            id.name, id.name
+        )),
+        None if configured.is_empty() => host_name(),
+        None => Ok(configured.to_owned()),
+    }
 }
 
 /// The host name, for the node name.
@@ -356,5 +375,47 @@ mod tests {
         let client = RegistryClient::new(config.registry.clone()).unwrap();
         let node = Node::start(&config, client).await;
         assert!(node.swarm.is_none());
+    }
+
+    /// `start_swarm`'s error for `section` with TLS files `tls`.
+    async fn swarm_error(mut section: SwarmSection, tls: shoal_p2p::tls::TlsFiles) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        section.tls = Some(tls);
+        section.listen = "127.0.0.1:0".parse().unwrap();
+        section.advertise = "127.0.0.1".into();
+        let client = RegistryClient::new(Default::default()).unwrap();
+        let cache = BlobCache::open(dir.path().join("blobs"), 1 << 20).unwrap();
+        match start_swarm(&section, client, cache, &mut Registry::default()).await {
+            Ok(_) => panic!("the swarm started"),
+            Err(e) => e,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_swarm_needs_a_node_certificate_naming_this_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = shoal_p2p::peer::test_pki::TestCa::new("cluster");
+        let e = swarm_error(Default::default(), ca.files(dir.path(), "old", None)).await;
+        assert!(
+            e.contains("names no shoal role") && e.contains("scripts/cluster-certs.sh DIR NAME"),
+            "{e}"
+        );
+        let reg = ca.registry_side_files(dir.path(), "reg");
+        let e = swarm_error(Default::default(), reg).await;
+        assert!(e.contains("needs a node certificate"), "{e}");
+        let named = SwarmSection {
+            node_name: "node-2".into(),
+            ..Default::default()
+        };
+        let e = swarm_error(named, ca.node_files(dir.path(), "node-1")).await;
+        assert!(
+            e.contains("\"node-2\" is not the node name \"node-1\""),
+            "{e}"
+        );
+
+        let node = ca.transport(dir.path(), "node-1");
+        assert_eq!(node_name("", &node).unwrap(), "node-1");
+        assert_eq!(node_name("node-1", &node).unwrap(), "node-1");
+        assert_eq!(node_name("n", &Transport::Plaintext).unwrap(), "n");
     }
 }

@@ -499,7 +499,8 @@ impl Cluster {
             self.config.chunk_size,
             self.config.node_mbit,
             &self.dir.path.join("badpeers"),
-            |ip| pki.issue_for(&format!("badpeer-{n}"), &[ip.parse()?]),
+            // Named as it announces (`badpeer-IP`): the tracker binds announces to the name.
+            |ip| pki.issue_for(&format!("badpeer-{ip}"), &[ip.parse()?]),
         )?;
         self.bad_peers.push(peer);
         Ok(n)

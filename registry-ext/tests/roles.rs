@@ -68,6 +68,15 @@ fn announce(peer_id: &str, holds: bool) -> Announce {
     }
 }
 
+/// How `server` ended; a server still running after a few seconds (it accepted the
+/// certificate) fails the test instead of hanging it.
+async fn ended(server: Server) -> Result<(), Error> {
+    tokio::time::timeout(Duration::from_secs(5), server.task)
+        .await
+        .expect("shoal-registry-ext started with a certificate it must refuse")
+        .unwrap()
+}
+
 fn client(transport: &Transport) -> reqwest::Client {
     transport.http_client(TIMEOUT, TIMEOUT).unwrap()
 }
@@ -77,7 +86,7 @@ async fn a_node_or_role_less_certificate_does_not_start_the_registry_side() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("cluster");
     let node = ca.node_files(dir.path(), "registry-ext");
-    match start(dir.path(), &node).await.task.await.unwrap() {
+    match ended(start(dir.path(), &node).await).await {
         Err(Error::Tls(e @ TlsError::WrongRole { .. })) => {
             let text = e.to_string();
             assert!(
@@ -88,7 +97,7 @@ async fn a_node_or_role_less_certificate_does_not_start_the_registry_side() {
         other => panic!("{other:?}"),
     }
     let old = ca.files(dir.path(), "old", None);
-    match start(dir.path(), &old).await.task.await.unwrap() {
+    match ended(start(dir.path(), &old).await).await {
         Err(Error::Tls(
             e @ TlsError::Identity {
                 source: IdentityError::NoRole,

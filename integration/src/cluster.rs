@@ -167,7 +167,7 @@ impl Cluster {
         let registry = TestRegistry::start_in_netns(reg_ns.name(), &reg_link.ns_ip)?;
         let registry_ext = if config.registry_ext {
             let ip: std::net::IpAddr = reg_link.ns_ip.parse()?;
-            let tls = pki.issue_for("registry-ext", &[ip])?;
+            let tls = pki.issue_registry_side("registry-ext", &[ip])?;
             Some(
                 RegistryExt::start(
                     reg_ns.name(),
@@ -537,7 +537,8 @@ impl Cluster {
             self.config.chunk_size,
             self.config.node_mbit,
             &self.dir.path.join("badpeers"),
-            |ip| pki.issue_for(&format!("badpeer-{n}"), &[ip.parse()?]),
+            // Named as it announces (`badpeer-IP`): the tracker binds announces to the name.
+            |ip| pki.issue_for(&format!("badpeer-{ip}"), &[ip.parse()?]),
         )?;
         self.bad_peers.push(peer);
         Ok(n)

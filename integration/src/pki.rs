@@ -3,8 +3,9 @@
 //! every node must refuse.
 //!
 //! Every certificate is good for both TLS server and client authentication (a node serves
-//! chunks and fetches them with the same identity) and names the node and, when given, its
-//! IP addresses.
+//! chunks and fetches them with the same identity) and names the node (DNS), when given its
+//! IP addresses, and its role as `shoal://node/NAME` or `shoal://registry-side/NAME`
+//! (`shoal_p2p::tls::Identity`), unless made role-less on purpose ([`Pki::issue_roleless`]).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
 };
+use shoal_p2p::tls::{Identity, Role};
 
 /// PEM files of one identity: the CA it trusts, its certificate and its private key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,14 +69,21 @@ impl Authority {
         Ok(Self { cert, key, path })
     }
 
-    /// A leaf certificate for `name` (and `ips`) signed by this CA: (certificate PEM, key PEM).
-    fn sign(&self, name: &str, ips: &[IpAddr]) -> Result<(String, String)> {
+    /// A leaf certificate for `name` (and `ips`) with `role` signed by this CA: (certificate
+    /// PEM, key PEM).
+    fn sign(&self, name: &str, ips: &[IpAddr], role: Option<Role>) -> Result<(String, String)> {
         let key = KeyPair::generate().context("generating a node key")?;
         let mut params = CertificateParams::new(vec![name.to_string()])
             .with_context(|| format!("certificate name {name:?}"))?;
         params
             .subject_alt_names
             .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        if let Some(role) = role {
+            let uri = Identity::new(role, name)
+                .with_context(|| format!("{name:?} is not a node name"))?
+                .uri();
+            params.subject_alt_names.push(SanType::URI(uri.try_into()?));
+        }
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
@@ -117,7 +126,7 @@ impl Pki {
         &self.cluster.path
     }
 
-    /// A certificate and key for `name` signed by the cluster CA.
+    /// A node certificate and key for `name` signed by the cluster CA.
     pub fn issue(&self, name: &str) -> Result<TlsPaths> {
         self.issue_for(name, &[])
     }
@@ -125,7 +134,22 @@ impl Pki {
     /// [`Self::issue`], naming `ips` too (IP subject alternative names), so that ordinary TLS
     /// clients dialling the node by IP accept it.
     pub fn issue_for(&self, name: &str, ips: &[IpAddr]) -> Result<TlsPaths> {
-        let (cert, key) = self.cluster.sign(name, ips)?;
+        self.issue_as(name, ips, Some(Role::Node))
+    }
+
+    /// A registry-side certificate (shoal-registry-ext) for `name` and `ips`.
+    pub fn issue_registry_side(&self, name: &str, ips: &[IpAddr]) -> Result<TlsPaths> {
+        self.issue_as(name, ips, Some(Role::RegistrySide))
+    }
+
+    /// A certificate of the cluster CA naming no role, as `cluster-certs.sh` made them
+    /// before roles: shoal refuses it.
+    pub fn issue_roleless(&self, name: &str) -> Result<TlsPaths> {
+        self.issue_as(name, &[], None)
+    }
+
+    fn issue_as(&self, name: &str, ips: &[IpAddr], role: Option<Role>) -> Result<TlsPaths> {
+        let (cert, key) = self.cluster.sign(name, ips, role)?;
         self.write(name, &cert, &key, self.cluster.path.clone())
     }
 
@@ -143,7 +167,7 @@ impl Pki {
                 self.foreign.get().expect("just set")
             }
         };
-        let (cert, key) = authority.sign(name, &[])?;
+        let (cert, key) = authority.sign(name, &[], Some(Role::Node))?;
         self.write(
             &format!("foreign-{name}"),
             &cert,
@@ -195,6 +219,12 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let pki = Pki::create(dir.path())?;
         let server = Transport::load(Some(&pki.issue("server")?.files()), false)?;
+        let roleless = pki.issue_roleless("old")?;
+        let e = Transport::load(Some(&roleless.files()), false).unwrap_err();
+        assert!(e.to_string().contains("scripts/cluster-certs.sh"), "{e}");
+        let reg = pki.issue_registry_side("reg", &[])?;
+        let reg = Transport::load(Some(&reg.files()), false)?;
+        assert_eq!(reg.identity().map(|i| i.role), Some(Role::RegistrySide));
         let good = Transport::load(Some(&pki.issue("client")?.files()), false)?;
         let bad = Transport::load(Some(&pki.foreign("client")?.files()), false)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

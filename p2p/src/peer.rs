@@ -1,7 +1,8 @@
 //! The peer protocol: every node (and the registry extension's seeder) serves the chunks it
 //! holds; other nodes fetch them by byte range.
 //!
-//! Wire (HTTP/1.1 over mutual TLS, see [`crate::tls`]):
+//! Wire (HTTP/1.1 over mutual TLS, see [`crate::tls`]; chunk servers serve node certificates,
+//! and a seeder is fetched from only when its certificate is registry-side):
 //! `GET /v1/blobs/<digest>` with `Range: bytes=<first>-<last>` (one range, required) answers
 //! - `206` with exactly those bytes when every byte of the range is held and verified;
 //! - `404` when the node does not hold the whole range;
@@ -88,4 +89,16 @@ pub trait PeerFetcher: Send + Sync {
         digest: &'a Digest,
         range: Range<u64>,
     ) -> BoxFuture<'a, Result<Bytes, PeerError>>;
+
+    /// [`Self::fetch`] from a registry side's seeder (a peer listed as
+    /// [`crate::tracker::SEEDER_ID_PREFIX`]): over TLS the server must hold a registry-side
+    /// certificate. By default the same as `fetch`.
+    fn fetch_from_seeder<'a>(
+        &'a self,
+        peer: SocketAddr,
+        digest: &'a Digest,
+        range: Range<u64>,
+    ) -> BoxFuture<'a, Result<Bytes, PeerError>> {
+        self.fetch(peer, digest, range)
+    }
 }

@@ -4,23 +4,35 @@
 //! - Both ends present a certificate issued by the cluster CA, and both ends check the other's
 //!   chain against that CA only (never the system roots). A client without a certificate from
 //!   the CA fails the handshake: its request never reaches a handler.
-//! - Peers are addressed by IP and node certificates need not name their node: the cluster CA
-//!   is the authority, so the server-name check is skipped while the chain, validity period and
-//!   signatures are checked as usual.
+//! - Peers are addressed by IP, so the DNS/IP server-name check is skipped while the chain,
+//!   validity period and signatures are checked as usual.
+//! - Every certificate names its holder and role ([`identity`]: `shoal://node/NAME` or
+//!   `shoal://registry-side/NAME`). [`TlsMaterial::load`] refuses an own certificate without
+//!   one; a handshake with a peer whose certificate has none fails, logged; a client of the
+//!   registry side ([`Expect::RegistrySide`]) accepts only a registry-side server; a server
+//!   hands the client's identity to its handlers as a [`Caller`], and [`require_roles`] limits
+//!   routes to roles.
 //! - [`Transport::serve`] runs an axum router on a listener, over TLS or plaintext, until a
 //!   shutdown future completes; [`Transport::http_client`] builds the matching HTTP client.
+
+mod identity;
+#[cfg(test)]
+mod tests;
+mod verify;
+
+pub use identity::{require_roles, valid_name, Caller, Identity, IdentityError, Role};
+pub use verify::{Expect, IdentityRefusal};
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::RootCertStore;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
@@ -56,6 +68,22 @@ pub enum TlsError {
     },
     #[error("TLS setup: {0}")]
     Setup(String),
+    /// This component's own certificate names no usable identity (e.g. made before roles).
+    #[error("certificate {path:?}: {source}")]
+    Identity {
+        path: PathBuf,
+        #[source]
+        source: IdentityError,
+    },
+    /// This component's own certificate has the other role.
+    #[error("certificate {path:?} is the certificate of {found}, but {component} needs a {needed} certificate: make one with {remake}")]
+    WrongRole {
+        path: PathBuf,
+        found: Identity,
+        needed: Role,
+        component: &'static str,
+        remake: String,
+    },
     #[error("no TLS files configured and plaintext not explicitly allowed")]
     NotConfigured,
 }
@@ -66,7 +94,14 @@ pub struct TlsMaterial {
     /// The same server certificate, no client certificate asked for (token-authenticated
     /// admin listeners).
     server_only: Arc<rustls::ServerConfig>,
+    /// Client of any cluster member with a role (chunk servers of nodes).
     client: rustls::ClientConfig,
+    /// Client of the registry side only (trackers, manifests, seeder, coordinator).
+    registry_client: rustls::ClientConfig,
+    /// What this component's own certificate names.
+    identity: Identity,
+    /// Where that certificate was read from (for messages).
+    cert_path: PathBuf,
 }
 
 impl std::fmt::Debug for TlsMaterial {
@@ -135,12 +170,17 @@ impl TlsMaterial {
         }
         let roots = Arc::new(roots);
         let chain = read_certs("certificate", &files.cert)?;
+        let identity = Identity::from_cert(&chain[0]).map_err(|source| TlsError::Identity {
+            path: files.cert.clone(),
+            source,
+        })?;
         let key = read_key(&files.key)?;
 
-        let client_verifier =
+        let client_verifier = Arc::new(verify::ClusterClientVerifier(
             WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
                 .build()
-                .map_err(|e| TlsError::Setup(e.to_string()))?;
+                .map_err(|e| TlsError::Setup(e.to_string()))?,
+        ));
         let mut server = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(setup)?
@@ -159,67 +199,31 @@ impl TlsMaterial {
         let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
             .build()
             .map_err(|e| TlsError::Setup(e.to_string()))?;
-        let client = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(setup)?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ClusterCaVerifier(server_verifier)))
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| TlsError::Setup(format!("certificate {:?}: {e}", files.cert)))?;
+        let client_for = |expect: Expect| {
+            rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(setup)?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verify::ClusterServerVerifier {
+                    inner: server_verifier.clone(),
+                    expect,
+                }))
+                .with_client_auth_cert(chain.clone(), key.clone_key())
+                .map_err(|e| TlsError::Setup(format!("certificate {:?}: {e}", files.cert)))
+        };
         Ok(Self {
             server: Arc::new(server),
             server_only: Arc::new(server_only),
-            client,
+            client: client_for(Expect::AnyRole)?,
+            registry_client: client_for(Expect::RegistrySide)?,
+            identity,
+            cert_path: files.cert.clone(),
         })
     }
-}
 
-/// Checks a server's chain against the cluster CA like webpki does, but accepts a certificate
-/// whatever names it carries: peers are dialled by IP, and any node of the cluster CA may
-/// serve chunks.
-#[derive(Debug)]
-struct ClusterCaVerifier(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ClusterCaVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+    /// What this component's own certificate names.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 }
 
@@ -242,10 +246,56 @@ impl Transport {
         }
     }
 
-    /// An HTTP client for swarm requests: it presents this node's certificate and trusts only
-    /// the cluster CA (TLS), or speaks plain HTTP. Proxies from the environment are ignored.
+    /// This component's identity (none over plaintext).
+    pub fn identity(&self) -> Option<&Identity> {
+        match self {
+            Self::Tls(material) => Some(material.identity()),
+            Self::Plaintext => None,
+        }
+    }
+
+    /// Checks that this component's own certificate has `role` (plaintext passes), for
+    /// `component` (e.g. "shoald's swarm"), so that a wrong certificate fails at startup.
+    pub fn require_role(&self, role: Role, component: &'static str) -> Result<(), TlsError> {
+        let Self::Tls(material) = self else {
+            return Ok(());
+        };
+        let found = &material.identity;
+        if found.role == role {
+            return Ok(());
+        }
+        let remake = match role {
+            Role::Node => format!("scripts/cluster-certs.sh DIR {}", found.name),
+            Role::RegistrySide => {
+                format!("scripts/cluster-certs.sh DIR registry-side:{}", found.name)
+            }
+        };
+        Err(TlsError::WrongRole {
+            path: material.cert_path.clone(),
+            found: found.clone(),
+            needed: role,
+            component,
+            remake,
+        })
+    }
+
+    /// An HTTP client for requests to nodes' chunk servers: it presents this node's
+    /// certificate and trusts only the cluster CA and servers whose certificate names a role
+    /// (TLS), or speaks plain HTTP. Proxies from the environment are ignored.
     pub fn http_client(
         &self,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Result<reqwest::Client, TlsError> {
+        self.http_client_for(Expect::AnyRole, connect_timeout, request_timeout)
+    }
+
+    /// [`Self::http_client`], accepting only servers that meet `expect`: use
+    /// [`Expect::RegistrySide`] for trackers, chunk manifests, the seeder and the preheat
+    /// coordinator.
+    pub fn http_client_for(
+        &self,
+        expect: Expect,
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> Result<reqwest::Client, TlsError> {
@@ -257,7 +307,10 @@ impl Transport {
             .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")));
         let builder = match self {
             Self::Tls(material) => builder
-                .use_preconfigured_tls(material.client.clone())
+                .use_preconfigured_tls(match expect {
+                    Expect::AnyRole => material.client.clone(),
+                    Expect::RegistrySide => material.registry_client.clone(),
+                })
                 .https_only(true),
             Self::Plaintext => builder,
         };
@@ -266,7 +319,8 @@ impl Transport {
 
     /// Serves `router` on `listener` until `shutdown` completes (then stops accepting; open
     /// connections finish their current request). Over TLS, a client without a certificate
-    /// from the cluster CA fails the handshake and is dropped.
+    /// from the cluster CA naming a role fails the handshake and is dropped; every request
+    /// carries its [`Caller`] (also [`Caller::Plaintext`] over plaintext) in its extensions.
     pub async fn serve(
         &self,
         listener: TcpListener,
@@ -277,7 +331,7 @@ impl Transport {
             Self::Tls(material) => Some(tokio_rustls::TlsAcceptor::from(material.server.clone())),
             Self::Plaintext => None,
         };
-        serve_with(acceptor, listener, router, shutdown).await
+        serve_with(acceptor, true, listener, router, shutdown).await
     }
 
     /// [`Self::serve`], but over TLS no client certificate is asked for: the server
@@ -294,13 +348,15 @@ impl Transport {
             )),
             Self::Plaintext => None,
         };
-        serve_with(acceptor, listener, router, shutdown).await
+        serve_with(acceptor, false, listener, router, shutdown).await
     }
 }
 
-/// Serves `router` on `listener`, through `acceptor` when TLS, until `shutdown`.
+/// Serves `router` on `listener`, through `acceptor` when TLS, until `shutdown`. With
+/// `callers`, each request gets the client's [`Caller`] in its extensions.
 async fn serve_with(
     acceptor: Option<tokio_rustls::TlsAcceptor>,
+    callers: bool,
     listener: TcpListener,
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send,
@@ -325,13 +381,16 @@ async fn serve_with(
         let acceptor = acceptor.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            let service = hyper_util::service::TowerToHyperService::new(router);
             let builder = hyper::server::conn::http1::Builder::new();
             match acceptor {
                 Some(acceptor) => {
                     let tls =
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                             Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) if is_identity_refusal(&e) => {
+                                tracing::warn!("TLS handshake with {remote} refused: {e}");
+                                return;
+                            }
                             Ok(Err(e)) => {
                                 tracing::info!("TLS handshake with {remote} refused: {e}");
                                 return;
@@ -341,10 +400,29 @@ async fn serve_with(
                                 return;
                             }
                         };
+                    let caller = match tls.get_ref().1.peer_certificates() {
+                        Some([cert, ..]) => Identity::from_cert(cert).map(Caller::Cluster),
+                        _ => Err(IdentityError::NoRole),
+                    };
+                    let router = match (callers, caller) {
+                        (false, _) => router,
+                        (true, Ok(caller)) => router.layer(axum::Extension(caller)),
+                        (true, Err(e)) => {
+                            // The verifier already checked this; never serve without it.
+                            tracing::warn!("TLS client {remote} refused: {e}");
+                            return;
+                        }
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(router);
                     let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), service);
                     drive(conn, &mut stop).await;
                 }
                 None => {
+                    let router = match callers {
+                        true => router.layer(axum::Extension(Caller::Plaintext)),
+                        false => router,
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(router);
                     let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
                     drive(conn, &mut stop).await;
                 }
@@ -353,6 +431,17 @@ async fn serve_with(
     }
     let _ = stop_tx.send(true);
     Ok(())
+}
+
+/// Whether a failed handshake was refused over the peer's identity ([`IdentityRefusal`]).
+fn is_identity_refusal(error: &std::io::Error) -> bool {
+    let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) = error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    else {
+        return false;
+    };
+    other.0.downcast_ref::<IdentityRefusal>().is_some()
 }
 
 /// Runs one HTTP/1 connection until it ends, or shuts it down gracefully once `stop` is set.

@@ -24,7 +24,7 @@
 //! # The swarm: fetch layer chunks from other nodes, serve the chunks this node holds.
 //! [swarm]
 //! enabled = false             # default false: layers come from the registry (and the cache)
-//! node_name = ""              # default: the host name; unique in the cluster
+//! node_name = ""              # default: the certificate's node name (else the host name)
 //! listen = "0.0.0.0:7070"     # default; the chunk server for peers (mutual TLS)
 //! advertise = ""              # "IP[:port]" peers dial; default: listen's IP if set, else the
 //!                             # source address towards the first tracker; port from listen
@@ -204,7 +204,8 @@ impl Default for MirrorSection {
 pub struct SwarmSection {
     #[serde(default)]
     pub enabled: bool,
-    /// Default: the host name.
+    /// Default: the node name of `[swarm.tls]`'s certificate (which it must equal when set),
+    /// or without TLS the host name.
     #[serde(default)]
     pub node_name: String,
     #[serde(default = "default_swarm_listen")]

@@ -12,6 +12,10 @@
 //! - With `[mirror] enabled`, the registry mirror ([`crate::mirror`]) serves blobs from the
 //!   same blob source; a mirror whose listener cannot be bound (port taken) is degraded and
 //!   bound again with backoff.
+//! - Over TLS the node's certificate must have the `node` role, and the node's name is the
+//!   certificate's (`swarm.node_name`, if set, must equal it): trackers accept announces only
+//!   under that name. A certificate without a role keeps the swarm from starting (degraded)
+//!   with an error saying how to remake it.
 //! - `advertise` defaults to `listen`'s IP when it is set, else to the source address this
 //!   host uses towards the first tracker (what the tracker sees), with `listen`'s port.
 
@@ -31,6 +35,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::health::watch::{LiveSource, SourceSlot};
 use crate::health::{Backoff, Component, Health, State};
+pub(crate) use swarm::node_name;
 use swarm::{host_name, SwarmStarter};
 
 /// The blob source and the background services of this node. Dropping it stops them.
@@ -478,5 +483,32 @@ mod tests {
             unreachable,
             Err(crate::health::cli::StatusError::Unreachable { .. })
         ));
+    }
+
+    #[test]
+    fn the_swarm_needs_a_node_certificate_naming_this_node() {
+        use shoal_p2p::tls::{Role, Transport};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = shoal_p2p::peer::test_pki::TestCa::new("cluster");
+        let old = ca.files(dir.path(), "old", None);
+        let e = Transport::load(Some(&old), false).unwrap_err().to_string();
+        assert!(
+            e.contains("names no shoal role") && e.contains("scripts/cluster-certs.sh DIR NAME"),
+            "{e}"
+        );
+        let reg = ca.registry_side_files(dir.path(), "reg");
+        let reg = Transport::load(Some(&reg), false).unwrap();
+        let e = reg.require_role(Role::Node, "shoald's swarm").unwrap_err();
+        assert!(e.to_string().contains("needs a node certificate"), "{e}");
+        let node = ca.transport(dir.path(), "node-1");
+        assert!(node.require_role(Role::Node, "shoald's swarm").is_ok());
+        let e = node_name("node-2", &node).unwrap_err();
+        assert!(
+            e.contains("\"node-2\" is not the node name \"node-1\""),
+            "{e}"
+        );
+        assert_eq!(node_name("", &node).unwrap(), "node-1");
+        assert_eq!(node_name("node-1", &node).unwrap(), "node-1");
+        assert_eq!(node_name("n", &Transport::Plaintext).unwrap(), "n");
     }
 }

@@ -56,6 +56,10 @@ pub enum Error {
     #[error("unauthorized: {0}")]
     Unauthorized(String),
 
+    /// The client's certificate may not do this (another node's name, the wrong role).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+
     /// What a request names does not exist (a preheat job).
     #[error("not found: {0}")]
     NotFound(String),
@@ -105,6 +109,7 @@ impl Error {
             Error::Shared(inner) => inner.status(),
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::WrongRegistry { .. } => StatusCode::NOT_FOUND,
             Error::Registry(e) if e.is_not_found() => StatusCode::NOT_FOUND,

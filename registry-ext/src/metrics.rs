@@ -26,6 +26,9 @@ pub struct TrackerMetrics {
     pub peers: Gauge,
     /// Peer lists served.
     pub peer_lists: Counter,
+    /// Announces refused because their `peer_id` is not the node name of the client
+    /// certificate (`reason="identity"`).
+    pub announces_refused: Family<ReasonLabel, Counter>,
 }
 
 impl TrackerMetrics {
@@ -45,6 +48,11 @@ impl TrackerMetrics {
             "shoal_tracker_peer_lists",
             "Peer lists served",
             self.peer_lists.clone(),
+        );
+        registry.register(
+            "shoal_tracker_announces_refused",
+            "Announces refused, by reason (identity: the peer id is not the certificate's node name)",
+            self.announces_refused.clone(),
         );
     }
 }

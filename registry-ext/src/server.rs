@@ -2,6 +2,11 @@
 //! plaintext when configured for tests) with the tracker, the chunk-manifest service and the
 //! seeder's chunk route; and a plain-HTTP `/metrics` listener.
 //!
+//! The API listener needs a registry-side certificate of its own (checked at start) and
+//! serves node certificates: the tracker, manifest and seeder routes refuse other roles with
+//! `403`, and an announce must carry the certificate's node name as `peer_id` (else `403`,
+//! counted in `shoal_tracker_announces_refused_total{reason="identity"}`).
+//!
 //! Routes on the API listener:
 //! - `POST /v1/announce` and `GET /v1/peers/{digest}?peer=ID[&limit=N]`: the tracker
 //!   ([`crate::tracker`], protocol in [`shoal_p2p::tracker::proto`]);
@@ -29,13 +34,14 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use futures::FutureExt;
 use shoal_p2p::cache::BlobCache;
 use shoal_p2p::metrics::{Registry, UploadMetrics};
 use shoal_p2p::peer::{UploadLimits, UploadMeter};
 use shoal_p2p::registry::RegistryClient;
-use shoal_p2p::tls::Transport;
+use shoal_p2p::tls::{require_roles, Caller, Role, Transport};
 use shoal_p2p::tracker::proto::{Announce, AnnounceReply, ChunkSet, PeerEntry, PeerList};
 use shoal_p2p::Digest;
 use tokio::net::TcpListener;
@@ -43,7 +49,9 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::hot_cache::HotProvider;
 use crate::manifests::ManifestService;
-use crate::metrics::{HotCacheMetrics, ManifestMetrics, NotifyMetrics, TrackerMetrics};
+use crate::metrics::{
+    HotCacheMetrics, ManifestMetrics, NotifyMetrics, ReasonLabel, TrackerMetrics,
+};
 use crate::notify::Hook;
 use crate::tracker::{Tracker, SEEDER_ID_PREFIX};
 use crate::Error;
@@ -85,6 +93,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let transport = Transport::load(config.tls.as_ref(), config.insecure_plaintext)?;
+    transport.require_role(Role::RegistrySide, "shoal-registry-ext")?;
     let client = RegistryClient::new(config.registry.clone())?;
     let seed_cfg = config.seed.clone();
     let seed =
@@ -354,16 +363,17 @@ fn gauge(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// The tracker and chunk-manifest routes.
+/// The tracker and chunk-manifest routes, for node certificates.
 fn api_router(app: Arc<App>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route(
             "/v1/announce",
             post(announce).layer(DefaultBodyLimit::max(MAX_ANNOUNCE_BYTES)),
         )
         .route("/v1/peers/{digest}", get(peers))
         .route("/v1/chunk-manifests/{digest}", get(chunk_manifest))
-        .with_state(app)
+        .with_state(app);
+    require_roles(router, &[Role::Node])
 }
 
 /// `GET /metrics`.
@@ -376,10 +386,25 @@ fn params(q: Params) -> Result<HashMap<String, String>, Error> {
 
 async fn announce(
     State(app): AppState,
+    Extension(caller): Extension<Caller>,
     body: Result<Json<Announce>, JsonRejection>,
 ) -> Result<Json<AnnounceReply>, Error> {
     let Json(announce) =
         body.map_err(|e| Error::BadRequest(format!("announce body: {}", e.body_text())))?;
+    if !caller.may_act_as(&announce.peer_id) {
+        app.tracker_metrics
+            .announces_refused
+            .get_or_create(&ReasonLabel { reason: "identity" })
+            .inc();
+        let who = caller
+            .identity()
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        return Err(Error::Forbidden(format!(
+            "announce as peer_id {:?} refused: the client certificate is the certificate of {who}; a node announces (and withdraws) only under its own name",
+            announce.peer_id
+        )));
+    }
     let mut tracker = lock(&app.tracker);
     let reply = tracker.announce(announce, Instant::now())?;
     app.tracker_metrics.announces.inc();

@@ -513,7 +513,7 @@ async fn the_seeder_is_listed_and_serves_chunks_and_metrics_count() {
 fn pki(dir: &Path) -> (TlsFiles, TlsFiles) {
     let ca = TestCa::new("cluster");
     (
-        ca.node_files(dir, "registry-ext"),
+        ca.registry_side_files(dir, "registry-ext"),
         ca.node_files(dir, "node"),
     )
 }

@@ -60,7 +60,7 @@ fn free_port() -> u16 {
 fn pki(dir: &Path) -> (TlsFiles, TlsFiles) {
     let ca = TestCa::new("cluster");
     (
-        ca.node_files(dir, "registry-ext"),
+        ca.registry_side_files(dir, "registry-ext"),
         ca.node_files(dir, "node"),
     )
 }

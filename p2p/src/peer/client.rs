@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 
 use super::{PeerError, PeerFetcher};
 use crate::digest::Digest;
-use crate::tls::{TlsError, Transport};
+use crate::tls::{Expect, TlsError, Transport};
 use crate::tracker::proto::ErrorBody;
 
 /// Most bytes of an error answer read to explain it.
@@ -19,10 +19,13 @@ const MAX_ERROR_BODY: usize = 4096;
 /// Most bytes reserved up front for a body (a chunk is at most 64 MiB).
 const MAX_PREALLOC: u64 = crate::chunk::MAX_CHUNK_SIZE;
 
-/// Fetches chunks from peers' chunk servers over the swarm [`Transport`].
+/// Fetches chunks from peers' chunk servers over the swarm [`Transport`]: from nodes (any
+/// certificate with a role) or from the registry side's seeder (a registry-side certificate
+/// only, [`PeerFetcher::fetch_from_seeder`]).
 #[derive(Clone, Debug)]
 pub struct PeerClient {
     http: reqwest::Client,
+    seeder_http: reqwest::Client,
     scheme: &'static str,
 }
 
@@ -60,12 +63,18 @@ impl PeerClient {
     ) -> Result<Self, TlsError> {
         Ok(Self {
             http: transport.http_client(connect_timeout, request_timeout)?,
+            seeder_http: transport.http_client_for(
+                Expect::RegistrySide,
+                connect_timeout,
+                request_timeout,
+            )?,
             scheme: transport.scheme(),
         })
     }
 
     async fn fetch_range(
         &self,
+        http: &reqwest::Client,
         peer: SocketAddr,
         digest: &Digest,
         range: Range<u64>,
@@ -89,8 +98,7 @@ impl PeerClient {
             peer,
             reason: format!("{digest} bytes {}..{}: {reason}", range.start, range.end),
         };
-        let mut response = self
-            .http
+        let mut response = http
             .get(&url)
             .header(header::RANGE, format!("bytes={}-{last}", range.start))
             .send()
@@ -153,6 +161,15 @@ impl PeerFetcher for PeerClient {
         digest: &'a Digest,
         range: Range<u64>,
     ) -> BoxFuture<'a, Result<Bytes, PeerError>> {
-        Box::pin(self.fetch_range(peer, digest, range))
+        Box::pin(self.fetch_range(&self.http, peer, digest, range))
+    }
+
+    fn fetch_from_seeder<'a>(
+        &'a self,
+        peer: SocketAddr,
+        digest: &'a Digest,
+        range: Range<u64>,
+    ) -> BoxFuture<'a, Result<Bytes, PeerError>> {
+        Box::pin(self.fetch_range(&self.seeder_http, peer, digest, range))
     }
 }

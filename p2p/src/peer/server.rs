@@ -18,6 +18,7 @@ use crate::cache::BlobCache;
 use crate::digest::Digest;
 use crate::metrics::UploadMetrics;
 use crate::source::ByteRange;
+use crate::tls::{require_roles, Role};
 use crate::tracker::proto::ErrorBody;
 
 /// Bytes read from a file and sent per step (and taken from the token bucket at once).
@@ -41,7 +42,9 @@ struct Server {
 
 /// The chunk server's router: only `GET /v1/blobs/{digest}`, so it can be merged into another
 /// router. Serves from `provider`, at most `limits.max_uploads` at once and
-/// `limits.bytes_per_sec` in total. The returned [`UploadMeter`] measures what it sends.
+/// `limits.bytes_per_sec` in total, to node certificates only (a registry-side certificate
+/// gets `403`: the registry side never fetches chunks). The returned [`UploadMeter`] measures
+/// what it sends.
 pub fn router(
     provider: Arc<dyn ChunkProvider>,
     limits: UploadLimits,
@@ -59,7 +62,7 @@ pub fn router(
     let router = axum::Router::new()
         .route("/v1/blobs/{digest}", get(serve_blob))
         .with_state(server);
-    (router, meter)
+    (require_roles(router, &[Role::Node]), meter)
 }
 
 /// A refusal: status, `ErrorBody` JSON, and the metrics result it counts as.

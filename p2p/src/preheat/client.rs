@@ -11,7 +11,7 @@ use super::proto::{
     Heartbeat, HeartbeatReply, JobList, JobSpec, JobStatus, NodeInfo, NodeList, Registered,
 };
 use crate::peer::{error_chain, error_text};
-use crate::tls::Transport;
+use crate::tls::{Expect, Transport};
 
 /// Most bytes of an answer read (a job of 1000 nodes x 10 images is well under this).
 const MAX_BODY: usize = 64 << 20;
@@ -20,7 +20,7 @@ const MAX_BODY: usize = 64 << 20;
 #[derive(Debug, Clone)]
 pub enum ClientAuth {
     /// The cluster certificate (mutual TLS), or plaintext when the transport is plaintext:
-    /// the coordinator's main listener.
+    /// the coordinator's main listener, whose certificate must be registry-side.
     Cluster(Transport),
     /// `Authorization: Bearer TOKEN`: the coordinator's admin listener. Over HTTPS the
     /// server certificate is checked against `ca` (the cluster CA) or, without it, the
@@ -74,7 +74,11 @@ impl PreheatClient {
         let (http, token) = match auth {
             ClientAuth::Cluster(transport) => (
                 transport
-                    .http_client(timeout.min(Duration::from_secs(5)), timeout)
+                    .http_client_for(
+                        Expect::RegistrySide,
+                        timeout.min(Duration::from_secs(5)),
+                        timeout,
+                    )
                     .map_err(|e| PreheatClientError::Setup(e.to_string()))?,
                 None,
             ),

@@ -19,21 +19,27 @@ use crate::peer::PeerError;
 use crate::reference::ImageReference;
 use crate::registry::RegistryError;
 
-/// Fetches chunk `index` from the peer at `addr` as request `req`.
+/// Fetches chunk `index` from the peer at `addr` as request `req`; from a registry side's
+/// `seeder`, whose certificate must then be registry-side.
 pub(super) async fn from_peer(
     swarm: Swarm,
     download: Arc<Download>,
     addr: std::net::SocketAddr,
+    seeder: bool,
     req: ReqId,
     index: u32,
     tx: mpsc::UnboundedSender<Event>,
 ) {
     let range = download.manifest().chunk_range(index as usize);
-    let fetched = swarm
-        .inner()
-        .peers
-        .fetch(addr, download.digest(), range)
-        .await;
+    let peers = &swarm.inner().peers;
+    let fetched = match seeder {
+        true => {
+            peers
+                .fetch_from_seeder(addr, download.digest(), range)
+                .await
+        }
+        false => peers.fetch(addr, download.digest(), range).await,
+    };
     let ended = match fetched {
         Ok(bytes) => match verify_and_store(&swarm, "peer", &download, index, bytes).await {
             Ok((len, verified)) => {

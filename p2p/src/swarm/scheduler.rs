@@ -344,6 +344,7 @@ impl Scheduler {
                         self.swarm.clone(),
                         self.download.clone(),
                         addr,
+                        seeder,
                         req,
                         chunk,
                         self.events_tx.clone(),

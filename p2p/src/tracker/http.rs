@@ -11,7 +11,7 @@ use super::{Tracker, TrackerError};
 use crate::chunk::ChunkManifest;
 use crate::digest::Digest;
 use crate::peer::{error_chain, error_text};
-use crate::tls::{TlsError, Transport};
+use crate::tls::{Expect, TlsError, Transport};
 
 /// Most bytes of a tracker answer read (peer lists and chunk manifests are far smaller: a
 /// manifest of a 10 GiB blob in 4 MiB chunks is ~200 KiB).
@@ -41,7 +41,8 @@ impl Answer {
 
 impl HttpTrackers {
     /// Clients of the trackers at `urls` (base URLs such as `https://10.0.0.1:7080`; a
-    /// trailing slash is dropped) over `transport`.
+    /// trailing slash is dropped) over `transport`. Over TLS only a registry-side
+    /// certificate is accepted as tracker and chunk-manifest service.
     pub fn new(
         urls: Vec<String>,
         transport: &Transport,
@@ -54,7 +55,11 @@ impl HttpTrackers {
             .collect();
         Ok(Self {
             urls,
-            http: transport.http_client(connect_timeout, request_timeout)?,
+            http: transport.http_client_for(
+                Expect::RegistrySide,
+                connect_timeout,
+                request_timeout,
+            )?,
         })
     }
 

@@ -12,7 +12,7 @@ use shoal_p2p::metrics::{SwarmMetrics, UploadMetrics};
 use shoal_p2p::peer::{PeerClient, UploadLimits};
 use shoal_p2p::registry::RegistryClient;
 use shoal_p2p::swarm::{Swarm, SwarmConfig};
-use shoal_p2p::tls::Transport;
+use shoal_p2p::tls::{Role, Transport};
 use shoal_p2p::tracker::HttpTrackers;
 use tokio::task::JoinHandle;
 
@@ -96,6 +96,10 @@ async fn start_swarm(s: &SwarmStarter) -> Result<(Swarm, Vec<JoinHandle<()>>), S
     let section = &s.section;
     let transport = Transport::load(section.tls.as_ref(), section.insecure_plaintext)
         .map_err(|e| e.to_string())?;
+    transport
+        .require_role(Role::Node, "shoald's swarm")
+        .map_err(|e| e.to_string())?;
+    let node_name = node_name(&section.node_name, &transport)?;
     let (connect, request) = (Duration::from_secs(3), Duration::from_secs(30));
     let trackers = HttpTrackers::new(section.trackers.clone(), &transport, connect, request)
         .map_err(|e| e.to_string())?;
@@ -108,11 +112,6 @@ async fn start_swarm(s: &SwarmStarter) -> Result<(Swarm, Vec<JoinHandle<()>>), S
     let urls = trackers.urls().to_vec();
     let trackers = WatchedTrackers::new(trackers, each, s.health.clone());
     let peers = PeerClient::new(&transport, connect, request).map_err(|e| e.to_string())?;
-    let node_name = if section.node_name.is_empty() {
-        host_name()?
-    } else {
-        section.node_name.clone()
-    };
     let advertise = advertise_addr(section).await?;
     let listener = tokio::net::TcpListener::bind(section.listen)
         .await
@@ -160,6 +159,22 @@ async fn start_swarm(s: &SwarmStarter) -> Result<(Swarm, Vec<JoinHandle<()>>), S
     s.health.swarm_running(&node_name, &urls);
     tracing::info!(node = %node_name, listen = %section.listen, %advertise, trackers = ?section.trackers, "swarm peer serving");
     Ok((swarm, vec![server, announcer]))
+}
+
+/// This node's name: over TLS the certificate's node name (`configured`, when not empty, must
+/// be the same), else `configured` or the host name.
+pub(crate) fn node_name(configured: &str, transport: &Transport) -> Result<String, String> {
+    match transport.identity() {
+        Some(id) if configured.is_empty() || configured == id.name => Ok(id.name.clone()),
+        Some(id) => Err(format!(
+            "swarm.node_name {configured:?} is not the node name {:?} of this node's certificate; \
+             set it to {:?} or leave it empty (trackers accept announces only under the \
+             certificate's name)",
+            id.name, id.name
+        )),
+        None if configured.is_empty() => host_name(),
+        None => Ok(configured.to_owned()),
+    }
 }
 
 /// The host name, for the node name.

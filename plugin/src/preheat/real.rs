@@ -13,7 +13,7 @@ use shoal_p2p::preheat::{ClientAuth, PreheatClient};
 use shoal_p2p::reference::ImageReference;
 use shoal_p2p::registry::{Platform, RegistryClient};
 use shoal_p2p::swarm::Swarm;
-use shoal_p2p::tls::Transport;
+use shoal_p2p::tls::{Role, Transport};
 use shoal_p2p::Digest;
 use tokio::task::JoinHandle;
 
@@ -124,6 +124,14 @@ pub async fn start(
     }
     let transport = Transport::load(config.swarm.tls.as_ref(), config.swarm.insecure_plaintext)
         .map_err(|e| e.to_string())?;
+    transport
+        .require_role(Role::Node, "shoald's preheat worker")
+        .map_err(|e| e.to_string())?;
+    // Over TLS the coordinator accepts registrations only under the certificate's name.
+    let node_name = match transport.identity() {
+        Some(_) => crate::node::node_name(&config.swarm.node_name, &transport)?,
+        None => node_name,
+    };
     let coordinator = PreheatClient::new(
         &p.coordinator,
         &ClientAuth::Cluster(transport),

@@ -1,10 +1,10 @@
 //! The preheat routes ([`shoal_p2p::preheat::proto`]) and how they are authenticated:
 //!
 //! - [`node_router`], on the main listener: mutual TLS against the cluster CA has already
-//!   authenticated the client (a node, or an operator with a cluster certificate), so every
-//!   route is open to it — registration, heartbeats and the admin routes. Any holder of a
-//!   cluster certificate may register under any node name: the cluster CA is the authority,
-//!   as for the swarm (certificates are not tied to node names).
+//!   authenticated the client. Registration and heartbeats need a node certificate naming
+//!   the node they are for (else `403`); the admin routes are open to any cluster certificate
+//!   (a node's or the registry side's: an operator's `shoald preheat` with a cluster
+//!   certificate).
 //! - [`admin_router`], on `[preheat] admin_listen`: the admin routes only (nodes, jobs,
 //!   cancel), each request needing `Authorization: Bearer TOKEN` with a token from
 //!   `[preheat] tokens`; anything else gets 401.
@@ -17,10 +17,11 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use shoal_p2p::preheat::proto::{
     Heartbeat, HeartbeatReply, JobList, JobSpec, JobStatus, NodeInfo, NodeList, Registered,
 };
+use shoal_p2p::tls::{require_roles, Caller, Role};
 
 use super::{now_ms, Coordinator};
 use crate::bearer::Presented;
@@ -43,12 +44,30 @@ fn body<T>(b: Result<Json<T>, JsonRejection>, what: &str) -> Result<T, Error> {
 
 /// Every route, for the mutual-TLS listener.
 pub fn node_router(c: Shared) -> Router {
-    Router::new()
+    let nodes = Router::new()
         .route("/v1/preheat/register", post(register))
-        .route("/v1/preheat/heartbeat", post(heartbeat))
-        .merge(admin_routes())
+        .route("/v1/preheat/heartbeat", post(heartbeat));
+    require_roles(nodes, &[Role::Node])
+        .merge(require_roles(
+            admin_routes(),
+            &[Role::Node, Role::RegistrySide],
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(c)
+}
+
+/// Refuses a registration or heartbeat for `node` from a certificate naming another node.
+fn check_node(caller: &Caller, node: &str, what: &str) -> Result<(), Error> {
+    if caller.may_act_as(node) {
+        return Ok(());
+    }
+    let who = caller
+        .identity()
+        .map(|id| id.to_string())
+        .unwrap_or_default();
+    Err(Error::Forbidden(format!(
+        "{what} for node {node:?} refused: the client certificate is the certificate of {who}"
+    )))
 }
 
 /// The admin routes behind a bearer token, for the admin listener.
@@ -88,17 +107,21 @@ async fn require_token(
 
 async fn register(
     State(c): State<Shared>,
+    Extension(caller): Extension<Caller>,
     b: Result<Json<NodeInfo>, JsonRejection>,
 ) -> Result<Json<Registered>, Error> {
     let info = body(b, "registration")?;
+    check_node(&caller, &info.name, "registration")?;
     Ok(Json(lock(&c).register(info, now_ms())?))
 }
 
 async fn heartbeat(
     State(c): State<Shared>,
+    Extension(caller): Extension<Caller>,
     b: Result<Json<Heartbeat>, JsonRejection>,
 ) -> Result<Json<HeartbeatReply>, Error> {
     let hb = body(b, "heartbeat")?;
+    check_node(&caller, &hb.node, "heartbeat")?;
     Ok(Json(lock(&c).heartbeat(hb, now_ms())?))
 }
 

@@ -4,10 +4,11 @@
 #     on 127.0.0.1, writes a test image (a rootfs-like layer of many small files, a layer of a
 #     few large files, a binaries layer; gzip, zstd and uncompressed), pushes it with skopeo,
 #     and streams every layer through `shoald unpack`, printing per-layer time and throughput.
-#  2. A real pull through shoal as kubelet does it: a private containerd 1.6 with shoald as
-#     its CRI snapshotter pulls a multi-layer image through CRI PullImage from a registry in a
-#     network namespace capped at 400 Mbit/s, next to the same pull with containerd's own
-#     overlayfs snapshotter (the cri_pull benchmark, one run each).
+#  2. A real pull through shoal as kubelet does it: a private containerd (1.6, then 2.1
+#     through its transfer service; configured by shoald containerd-config's code) with
+#     shoald as its CRI snapshotter pulls a multi-layer image through CRI PullImage from a
+#     registry in a network namespace capped at 400 Mbit/s, next to the same pull with
+#     containerd's own overlayfs snapshotter (the cri_pull benchmark, one run each).
 #
 # Environment: SHOAL_DEMO_PORT (default 5055), SHOAL_DEMO_DIR (default a new temp dir, removed
 # at the end unless SHOAL_DEMO_KEEP=1), CARGO_TARGET_DIR (default /var/tmp/shoal-target).
@@ -71,4 +72,5 @@ SHOAL_BENCH_RUNS="${SHOAL_BENCH_RUNS:-1}" cargo bench --locked -p shoal-integrat
 
 echo "== the swarm: 8 nodes pull one image at once, through shoal vs straight from the registry"
 SHOAL_BENCH_NODES="${SHOAL_BENCH_NODES:-8}" SHOAL_BENCH_IMAGE_MIB="${SHOAL_BENCH_IMAGE_MIB:-32}" \
+  SHOAL_BENCH_MODES="${SHOAL_BENCH_MODES:-swarm,native}" \
   cargo bench --locked -p shoal-integration --bench swarm

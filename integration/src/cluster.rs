@@ -37,7 +37,7 @@ pub use node::{fetch_chunk, Node, NodeMode, METRICS_PORT, MIRROR_LISTEN, PEER_PO
 pub use registry_side::{
     registry_ext_binary, workspace_binary, RegistryExt, Served, REGISTRY_EXT_PORT,
 };
-pub use workload::{percentile, random_layers, Image};
+pub use workload::{noise, percentile, random_layers, Image};
 
 use crate::containerd::scratch_dir;
 use crate::cri::CriContainerd;

@@ -28,26 +28,9 @@ use shoal_p2p::Digest;
 use shoal_plugin::config::MirrorSection;
 use shoal_plugin::mirror::{Mirror, MirrorMetrics};
 
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+mod mirror_rig;
 
-fn token_for(tokens: &TokenServer, repo: &str) -> Result<String> {
-    tokens.issuer().sign(
-        "bob",
-        &[("repository".into(), repo.into(), vec!["pull".into()])],
-    )
-}
+use mirror_rig::{noise, token_for};
 
 struct Rig {
     url: String,

@@ -8,6 +8,7 @@ use anyhow::Result;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::json;
+use shoal_integration::cluster::noise;
 use shoal_integration::registry::TestRegistry;
 use shoal_integration::token_server::TokenServer;
 use shoal_p2p::reference::ImageReference;
@@ -38,21 +39,6 @@ fn client(addr: &str, creds: Option<(&str, &str)>) -> RegistryClient {
 
 fn reference(addr: &str, rest: &str) -> ImageReference {
     format!("{addr}/{rest}").parse().unwrap()
-}
-
-/// Deterministic pseudo-random bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 async fn collect(mut s: BlobStream) -> Result<Vec<u8>, RegistryError> {

@@ -64,8 +64,9 @@ pub fn random_layers(count: usize, total: usize, seed: u64) -> Result<Vec<Layer>
         .collect()
 }
 
-/// `len` pseudo-random bytes (xorshift64).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
+/// `len` pseudo-random bytes (xorshift64): incompressible, different per `seed`, the same
+/// for the same `seed`.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {

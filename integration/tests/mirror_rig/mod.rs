@@ -30,20 +30,7 @@ use tokio::sync::watch;
 /// The swarm's chunk size here.
 pub const CHUNK: u64 = 64 << 10;
 
-/// `len` pseudo-random bytes (incompressible, different per `seed`).
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+pub use shoal_integration::cluster::noise;
 
 /// A registry client configuration reaching every host of `hosts` over plain HTTP (which
 /// makes them registries the operator configured).

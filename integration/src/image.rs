@@ -315,6 +315,28 @@ fn octal(field: &mut [u8], value: u64) {
     field.copy_from_slice(s.as_bytes());
 }
 
+/// Writes `layers` as a single-platform image for this host into a layout under `work`
+/// (`layout-REPO`), pushes it as `registry/repo:v1` with skopeo, and returns that reference.
+pub fn push_host_image(
+    work: &Path,
+    registry: &str,
+    repo: &str,
+    layers: &[Layer],
+) -> Result<String> {
+    let layout = OciLayout::create(&work.join(format!("layout-{}", repo.replace('/', "-"))))?;
+    let platform = shoal_p2p::registry::Platform::host();
+    layout.add(
+        "v1",
+        &[PlatformImage {
+            os: platform.os,
+            architecture: platform.architecture,
+            layers: layers.to_vec(),
+        }],
+    )?;
+    layout.push("v1", registry, repo)?;
+    Ok(format!("{registry}/{repo}:v1"))
+}
+
 /// One platform's image inside a layout.
 pub struct PlatformImage {
     pub os: String,

@@ -23,10 +23,9 @@ use shoal_integration::containerd::{
     find_flavor, scratch_dir, ContainerdConfig, Flavor, TestContainerd,
 };
 use shoal_integration::cri::{shoald_binary, Shoald};
-use shoal_integration::image::{Attrs, Compression, Layer, LayerBuilder, OciLayout, PlatformImage};
+use shoal_integration::image::{push_host_image, Attrs, Compression, Layer, LayerBuilder};
 use shoal_integration::registry::TestRegistry;
 use shoal_integration::tools::{run, skip_because, skip_unless};
-use shoal_p2p::registry::Platform;
 
 /// `config.toml.example` as it was before containerd 2.x support (the containerd 1.6
 /// example; the file is being regenerated per schema version).
@@ -323,20 +322,11 @@ fn push_image(work: &Path, registry: &TestRegistry) -> Result<String> {
         Attrs::new(0o755),
         b"#!/bin/sh\necho doctor\n",
     )?;
-    let layout = OciLayout::create(&work.join("layout"))?;
-    layout.add(
-        "v1",
-        &[PlatformImage {
-            os: "linux".into(),
-            architecture: Platform::host().architecture,
-            layers: vec![
-                Layer::new(&base.finish()?, Compression::Gzip),
-                Layer::new(&top.finish()?, Compression::Zstd),
-            ],
-        }],
-    )?;
-    layout.push("v1", &registry.addr(), "shoal/doctor")?;
-    Ok(format!("{}/shoal/doctor:v1", registry.addr()))
+    let layers = [
+        Layer::new(&base.finish()?, Compression::Gzip),
+        Layer::new(&top.finish()?, Compression::Zstd),
+    ];
+    push_host_image(work, &registry.addr(), "shoal/doctor", &layers)
 }
 
 #[test]

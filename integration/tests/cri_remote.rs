@@ -21,12 +21,11 @@ use shoal_integration::compare::assert_same_tree;
 use shoal_integration::containerd::scratch_dir;
 use shoal_integration::cri::CriContainerd;
 use shoal_integration::image::{
-    chain_ids, Attrs, Compression, Layer, LayerBuilder, OciLayout, PlatformImage,
+    chain_ids, push_host_image, Attrs, Compression, Layer, LayerBuilder,
 };
 use shoal_integration::registry::TestRegistry;
 use shoal_integration::tamper::TamperProxy;
 use shoal_integration::tools::skip_unless;
-use shoal_p2p::registry::Platform;
 use shoal_p2p::Digest;
 
 const TOOLS: &[&str] = &["docker-registry", "skopeo", "containerd", "ctr", "mount"];
@@ -94,21 +93,6 @@ fn layers() -> Result<Vec<Layer>> {
         Layer::new(&middle.finish()?, Compression::Zstd),
         Layer::new(&top.finish()?, Compression::None),
     ])
-}
-
-/// Pushes `layers` as `repo:v1` to `registry` and returns the image reference.
-fn push(work: &Path, registry: &TestRegistry, repo: &str, layers: &[Layer]) -> Result<String> {
-    let layout = OciLayout::create(&work.join(format!("layout-{}", repo.replace('/', "-"))))?;
-    layout.add(
-        "v1",
-        &[PlatformImage {
-            os: "linux".into(),
-            architecture: Platform::host().architecture,
-            layers: layers.to_vec(),
-        }],
-    )?;
-    layout.push("v1", &registry.addr(), repo)?;
-    Ok(format!("{}/{repo}:v1", registry.addr()))
 }
 
 /// shoald's config for a plain-HTTP registry at `addr`.
@@ -191,7 +175,7 @@ fn cri_pull_streams_every_layer_and_matches_containerd() -> Result<()> {
         .tempdir_in(scratch_dir())?;
     let layers = layers()?;
     let registry = TestRegistry::start_anonymous()?;
-    let image = push(work.path(), &registry, "shoal/remote", &layers)?;
+    let image = push_host_image(work.path(), &registry.addr(), "shoal/remote", &layers)?;
 
     let node =
         CriContainerd::start_with_config(&[registry.addr()], &plain_http_config(&registry.addr()))?;
@@ -269,7 +253,7 @@ fn a_second_pull_comes_from_the_blob_cache() -> Result<()> {
         .tempdir_in(scratch_dir())?;
     let layers = layers()?;
     let registry = TestRegistry::start_anonymous()?;
-    let image = push(work.path(), &registry, "shoal/cache", &layers)?;
+    let image = push_host_image(work.path(), &registry.addr(), "shoal/cache", &layers)?;
     let node =
         CriContainerd::start_with_config(&[registry.addr()], &plain_http_config(&registry.addr()))?;
     node.shoald_pull(&image, Duration::from_secs(120))?;
@@ -342,7 +326,7 @@ fn unreachable_registry_falls_back_to_containerd() -> Result<()> {
         .tempdir_in(scratch_dir())?;
     let layers = layers()?;
     let registry = TestRegistry::start_anonymous()?;
-    let image = push(work.path(), &registry, "shoal/fallback", &layers)?;
+    let image = push_host_image(work.path(), &registry.addr(), "shoal/fallback", &layers)?;
 
     // shoald talks HTTPS to a plain-HTTP registry: every request fails; containerd (plain
     // HTTP through its hosts.toml) must pull anyway.
@@ -381,7 +365,7 @@ fn corrupted_blob_falls_back_to_containerd() -> Result<()> {
     big.file("data/blob", Attrs::new(0o644), &vec![b'x'; 1 << 20])?;
     let layers = vec![Layer::new(&big.finish()?, Compression::None)];
     let registry = TestRegistry::start_anonymous()?;
-    push(work.path(), &registry, "shoal/tamper", &layers)?;
+    push_host_image(work.path(), &registry.addr(), "shoal/tamper", &layers)?;
     // Both shoald and containerd pull through the proxy; only shoald's bytes are corrupted.
     let proxy = TamperProxy::start(&registry.addr(), "shoal/")?;
     let image = format!("{}/shoal/tamper:v1", proxy.addr());
@@ -432,7 +416,7 @@ fn hostile_layer_is_refused_and_containerd_decides() -> Result<()> {
         Layer::new(&fine.finish()?, Compression::Gzip),
     ];
     let registry = TestRegistry::start_anonymous()?;
-    let image = push(work.path(), &registry, "shoal/hostile", &layers)?;
+    let image = push_host_image(work.path(), &registry.addr(), "shoal/hostile", &layers)?;
     let passwd_before = std::fs::read("/etc/passwd")?;
 
     let node =
@@ -474,7 +458,7 @@ fn shoald_killed_during_a_pull_recovers() -> Result<()> {
         .tempdir_in(scratch_dir())?;
     let layers = layers()?;
     let registry = TestRegistry::start_anonymous()?;
-    let image = push(work.path(), &registry, "shoal/restart", &layers)?;
+    let image = push_host_image(work.path(), &registry.addr(), "shoal/restart", &layers)?;
     let mut node =
         CriContainerd::start_with_config(&[registry.addr()], &plain_http_config(&registry.addr()))?;
 

@@ -17,11 +17,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use shoal_integration::containerd::scratch_dir;
 use shoal_integration::cri::{shoald_binary, CriContainerd, Shoald};
-use shoal_integration::image::{Attrs, Compression, Layer, LayerBuilder, OciLayout, PlatformImage};
+use shoal_integration::image::{push_host_image, Attrs, Compression, Layer, LayerBuilder};
 use shoal_integration::pki::Pki;
 use shoal_integration::registry::TestRegistry;
 use shoal_integration::tools::skip_unless;
-use shoal_p2p::registry::Platform;
 
 const TOOLS: &[&str] = &["docker-registry", "skopeo", "containerd", "ctr", "mount"];
 
@@ -74,17 +73,8 @@ fn push_image(work: &Path, registry: &TestRegistry) -> Result<String> {
             Attrs::new(0o644).mtime(1_600_000_060),
             b"pulled without the swarm\n",
         )?;
-    let layout = OciLayout::create(&work.join("layout"))?;
-    layout.add(
-        "v1",
-        &[PlatformImage {
-            os: "linux".into(),
-            architecture: Platform::host().architecture,
-            layers: vec![Layer::new(&layer.finish()?, Compression::Gzip)],
-        }],
-    )?;
-    layout.push("v1", &registry.addr(), "shoal/status")?;
-    Ok(format!("{}/shoal/status:v1", registry.addr()))
+    let layers = [Layer::new(&layer.finish()?, Compression::Gzip)];
+    push_host_image(work, &registry.addr(), "shoal/status", &layers)
 }
 
 #[test]

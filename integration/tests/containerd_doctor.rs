@@ -111,11 +111,7 @@ fn old_example(shoald_socket: &Path, hosts: &Path) -> String {
 
 /// A schema-3 config for containerd 2.1+'s transfer path, written by hand.
 fn transfer_config(shoald_socket: &Path, hosts: &Path) -> String {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
+    let platform = shoal_plugin::containerd::config::host_platform();
     format!(
         "version = 3\n\
          [proxy_plugins.shoal]\n  type = \"snapshot\"\n  address = {shoald_socket:?}\n\
@@ -123,9 +119,9 @@ fn transfer_config(shoald_socket: &Path, hosts: &Path) -> String {
          [plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"shoal\"\n\
          [plugins.\"io.containerd.cri.v1.images\".registry]\n  config_path = {hosts:?}\n\
          [[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n\
-         \x20 platform = \"linux/{arch}\"\n  snapshotter = \"shoal\"\n\
+         \x20 platform = \"{platform}\"\n  snapshotter = \"shoal\"\n\
          [[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n\
-         \x20 platform = \"linux/{arch}\"\n  snapshotter = \"overlayfs\"\n"
+         \x20 platform = \"{platform}\"\n  snapshotter = \"overlayfs\"\n"
     )
 }
 

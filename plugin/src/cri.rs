@@ -246,11 +246,11 @@ pub async fn image_layers(channel: Channel, image: &str) -> Result<Vec<LayerInfo
                 .collect());
         }
         let manifests = doc.get("manifests").and_then(|m| m.as_array());
-        let arch = host_arch();
+        let arch = shoal_p2p::registry::Platform::host().architecture;
         let pick = manifests.and_then(|ms| {
             ms.iter().find(|m| {
                 let p = &m["platform"];
-                p["os"].as_str() == Some("linux") && p["architecture"].as_str() == Some(arch)
+                p["os"].as_str() == Some("linux") && p["architecture"].as_str() == Some(&arch)
             })
         });
         match pick {
@@ -274,17 +274,6 @@ fn str_field(v: &serde_json::Value, key: &str) -> String {
         .and_then(|s| s.as_str())
         .unwrap_or_default()
         .to_owned()
-}
-
-/// This host's architecture in OCI spelling.
-fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
 }
 
 async fn read_blob(channel: Channel, digest: &str) -> Result<Vec<u8>, Status> {

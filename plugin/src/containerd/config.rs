@@ -85,15 +85,7 @@ pub struct Applied {
 
 /// This machine's platform as containerd writes it in `unpack_config` (`linux/amd64`).
 pub fn host_platform() -> String {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "x86" => "386",
-        "aarch64" => "arm64",
-        "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
-        "loongarch64" => "loong64",
-        other => other,
-    };
-    format!("{}/{arch}", std::env::consts::OS)
+    shoal_p2p::registry::Platform::host().to_string()
 }
 
 /// `os/arch[/variant]` reduced to what decides a match: lower case, Go's arch names, and

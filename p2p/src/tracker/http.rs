@@ -85,18 +85,32 @@ impl HttpTrackers {
         Ok(Answer { status, body })
     }
 
-    async fn announce_all(&self, announce: &Announce) -> Result<(), TrackerError> {
+    /// Announces to every tracker at once: each tracker's URL with its answer (why it refused
+    /// or could not be reached), in the order of [`Self::urls`].
+    pub async fn announce_each(&self, announce: &Announce) -> Vec<(&str, Result<(), String>)> {
         let calls = self.urls.iter().map(|url| async move {
             let request = self.http.post(format!("{url}/v1/announce")).json(announce);
-            match Self::call(request).await {
+            let answer = match Self::call(request).await {
                 Ok(a) if a.status.is_success() => Ok(()),
-                Ok(a) => Err(format!("{url}: {}", a.explain())),
-                Err(e) => Err(format!("{url}: {e}")),
-            }
+                Ok(a) => Err(a.explain()),
+                Err(e) => Err(e),
+            };
+            (url.as_str(), answer)
         });
-        let results = join_all(calls).await;
-        let accepted = results.iter().filter(|r| r.is_ok()).count();
-        let failures: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+        join_all(calls).await
+    }
+
+    /// What a round of [`Self::announce_each`] means: one tracker taking the announce is
+    /// enough; otherwise every tracker's failure, each prefixed with its URL.
+    pub fn announce_outcome(
+        announce: &Announce,
+        answers: Vec<(&str, Result<(), String>)>,
+    ) -> Result<(), TrackerError> {
+        let accepted = answers.iter().filter(|(_, r)| r.is_ok()).count();
+        let failures: Vec<String> = answers
+            .into_iter()
+            .filter_map(|(url, r)| r.err().map(|e| format!("{url}: {e}")))
+            .collect();
         if accepted > 0 {
             for f in &failures {
                 tracing::debug!(peer_id = %announce.peer_id, "announce refused: {f}");
@@ -109,6 +123,10 @@ impl HttpTrackers {
             ]));
         }
         Err(TrackerError::Unavailable(failures))
+    }
+
+    async fn announce_all(&self, announce: &Announce) -> Result<(), TrackerError> {
+        Self::announce_outcome(announce, self.announce_each(announce).await)
     }
 
     /// One tracker's peer list of `digest`.

@@ -321,11 +321,7 @@ async fn watched_trackers_report_each_tracker() {
     };
     let h = Health::new();
     h.swarm_running("node-1", &[good.clone(), bad.clone()]);
-    let watched = WatchedTrackers::new(
-        client(vec![good.clone(), bad.clone()]),
-        vec![client(vec![good.clone()]), client(vec![bad.clone()])],
-        h.clone(),
-    );
+    let watched = WatchedTrackers::new(client(vec![good.clone(), bad.clone()]), h.clone());
     let announce = Announce {
         peer_id: "node-1".into(),
         addr: "127.0.0.1:7070".parse().unwrap(),
@@ -345,6 +341,6 @@ async fn watched_trackers_report_each_tracker() {
     let error = b.error.unwrap();
     assert!(!error.starts_with(&bad), "the URL is not repeated: {error}");
 
-    let only_bad = WatchedTrackers::new(client(vec![bad.clone()]), vec![client(vec![bad])], h);
+    let only_bad = WatchedTrackers::new(client(vec![bad]), h);
     assert!(only_bad.announce(&announce).await.is_err());
 }

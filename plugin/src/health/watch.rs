@@ -7,7 +7,7 @@ use std::ops::Range;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use futures::future::{join_all, BoxFuture};
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use shoal_p2p::chunk::ChunkManifest;
 use shoal_p2p::reference::ImageReference;
@@ -21,54 +21,23 @@ use super::{Health, InFlight};
 /// The swarm's trackers, as [`HttpTrackers`] asks them, with every announce's outcome per
 /// tracker and the peers they list reported to [`Health`].
 pub struct WatchedTrackers {
-    /// All trackers at once, for peer lists and chunk manifests.
-    all: HttpTrackers,
-    /// One client per tracker, for announces (to see each one's answer).
-    each: Vec<HttpTrackers>,
+    trackers: HttpTrackers,
     health: Health,
 }
 
 impl WatchedTrackers {
-    /// `all` (every tracker), `each` (one client per tracker, same order), reporting to
-    /// `health`.
-    pub fn new(all: HttpTrackers, each: Vec<HttpTrackers>, health: Health) -> Self {
-        Self { all, each, health }
+    /// `trackers`, reporting to `health`.
+    pub fn new(trackers: HttpTrackers, health: Health) -> Self {
+        Self { trackers, health }
     }
 
     async fn announce_each(&self, announce: &Announce) -> Result<(), TrackerError> {
-        let results = join_all(self.each.iter().map(|t| t.announce(announce))).await;
+        let answers = self.trackers.announce_each(announce).await;
         let now = Instant::now();
-        let mut failures = Vec::new();
-        let mut accepted = 0;
-        for (tracker, result) in self.each.iter().zip(results) {
-            let url = tracker.urls().first().map_or("", String::as_str);
-            match result {
-                Ok(()) => {
-                    accepted += 1;
-                    self.health.tracker_result(url, Ok(()), now);
-                }
-                Err(e) => {
-                    let reason = match e {
-                        TrackerError::Unavailable(v) => v
-                            .iter()
-                            .map(|f| f.strip_prefix(&format!("{url}: ")).unwrap_or(f).to_owned())
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                        e => e.to_string(),
-                    };
-                    failures.push(format!("{url}: {reason}"));
-                    self.health.tracker_result(url, Err(reason), now);
-                }
-            }
+        for (url, answer) in &answers {
+            self.health.tracker_result(url, answer.clone(), now);
         }
-        // As HttpTrackers: one tracker taking the announce is enough.
-        match (accepted, failures.is_empty()) {
-            (0, true) => Err(TrackerError::Unavailable(vec![
-                "no tracker configured".into()
-            ])),
-            (0, false) => Err(TrackerError::Unavailable(failures)),
-            _ => Ok(()),
-        }
+        HttpTrackers::announce_outcome(announce, answers)
     }
 }
 
@@ -83,7 +52,7 @@ impl Tracker for WatchedTrackers {
         self_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<PeerEntry>, TrackerError>> {
         Box::pin(async move {
-            let peers = self.all.peers(digest, self_id).await?;
+            let peers = self.trackers.peers(digest, self_id).await?;
             self.health.peers_listed(
                 peers.iter().map(|p| (p.peer_id.as_str(), p.addr)),
                 Instant::now(),
@@ -98,7 +67,7 @@ impl Tracker for WatchedTrackers {
         repository: &'a str,
         digest: &'a Digest,
     ) -> BoxFuture<'a, Result<ChunkManifest, TrackerError>> {
-        self.all.chunk_manifest(registry, repository, digest)
+        self.trackers.chunk_manifest(registry, repository, digest)
     }
 }
 

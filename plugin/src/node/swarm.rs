@@ -103,14 +103,8 @@ async fn start_swarm(s: &SwarmStarter) -> Result<(Swarm, Vec<JoinHandle<()>>), S
     let (connect, request) = (Duration::from_secs(3), Duration::from_secs(30));
     let trackers = HttpTrackers::new(section.trackers.clone(), &transport, connect, request)
         .map_err(|e| e.to_string())?;
-    let each = section
-        .trackers
-        .iter()
-        .map(|url| HttpTrackers::new(vec![url.clone()], &transport, connect, request))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
     let urls = trackers.urls().to_vec();
-    let trackers = WatchedTrackers::new(trackers, each, s.health.clone());
+    let trackers = WatchedTrackers::new(trackers, s.health.clone());
     let peers = PeerClient::new(&transport, connect, request).map_err(|e| e.to_string())?;
     let advertise = advertise_addr(section).await?;
     let listener = tokio::net::TcpListener::bind(section.listen)

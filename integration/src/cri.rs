@@ -208,10 +208,13 @@ impl Shoald {
                         return Ok(());
                     }
                 }
+                // Interrupted: a signal (a child's exit, say) arrived during the wait.
                 Err(e)
                     if matches!(
                         e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
                     ) => {}
                 Err(e) => return Err(e.into()),
             }

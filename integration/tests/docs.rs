@@ -10,8 +10,9 @@
 //! - every metric (`shoal_...`) is registered under that name somewhere in the crates' sources,
 //!   and every environment variable (`SHOAL_...`, `SHOALD_...`) is read by a source or script;
 //! - every configuration section and key (`[swarm] enabled`, `mirror.hosts_dir`, the keys of
-//!   ```toml blocks) is one of `shoald.toml.example` or `registry-ext.toml.example`, whose
-//!   own tests hold them to the configuration structs;
+//!   ```toml blocks) is one of `shoald.toml.example` or `registry-ext.toml.example`, commented
+//!   out or not (the crates' config tests load the examples, and the structs refuse unknown
+//!   keys);
 //! - the push hook's config.yml snippet is what the push hook test runs with
 //!   (`registry::notifications_yaml`).
 

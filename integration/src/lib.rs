@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod compare;
 pub mod containerd;
 pub mod cri;
+pub mod docs;
 pub mod image;
 pub mod netns;
 pub mod pki;

@@ -40,7 +40,7 @@ enum Auth {
 /// `token` (its `[notifications] token`); pulls are not sent. distribution 2.8 applies
 /// `ignore.actions` only when `ignore.mediatypes` is not empty, hence the config media type
 /// there (2.8 reports blob pushes as `application/octet-stream`, so it drops nothing). The
-/// README shows the same.
+/// docs/registry-side.md shows the same (`integration/tests/docs.rs` checks it).
 pub fn notifications_yaml(url: &str, token: &str) -> String {
     format!(
         "notifications:\n\

@@ -138,7 +138,7 @@ fn bad_names_are_refused_and_the_old_call_makes_node_certificates() -> Result<()
         ensure!(!out.status.success(), "{bad:?} was accepted");
         ensure!(String::from_utf8_lossy(&out.stderr).contains("bad name"));
     }
-    // The call the README showed before roles: a bare registry-ext is a node, with a note.
+    // The call the docs showed before roles: a bare registry-ext is a node, with a note.
     let out = Command::new("bash")
         .arg(script())
         .arg(dir.path())

@@ -1,5 +1,6 @@
-//! The mirror's trust model (README "Mirror path", DESIGN "Security and bad input") against
-//! real `docker-registry`s with token auth, in-process over a real blob cache or a real swarm:
+//! The mirror's trust model (docs/security.md "Mirror trust", DESIGN "Security and bad input")
+//! against real `docker-registry`s with token auth, in-process over a real blob cache or a real
+//! swarm:
 //!
 //! - a registry the operator did not configure is passed through untouched: no access check
 //!   is made for it and nothing comes from the cache or the swarm;

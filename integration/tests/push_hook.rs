@@ -1,9 +1,9 @@
 //! The push hook against the real `docker-registry` (distribution 2.8): the registry's
-//! notifications (config.yml as `registry::notifications_yaml`, the README's snippet) go to a
-//! running shoal-registry-ext; an image pushed with skopeo (an index of two platforms, two
-//! layers each) has every layer's chunk manifest made and its blob in the seed cache before
-//! anything pulls it, each layer read from the registry once; later manifest requests and
-//! seeder chunks need no registry read. Requests without the token get 401, garbage 400.
+//! notifications (config.yml as `registry::notifications_yaml`, docs/registry-side.md's
+//! snippet) go to a running shoal-registry-ext; an image pushed with skopeo (an index of two
+//! platforms, two layers each) has every layer's chunk manifest made and its blob in the seed
+//! cache before anything pulls it, each layer read from the registry once; later manifest
+//! requests and seeder chunks need no registry read. Requests without the token get 401, garbage 400.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

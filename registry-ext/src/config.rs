@@ -65,7 +65,7 @@
 //! max_bytes = 10737418240           # default 10 GiB; torrent data kept, oldest out first
 //! upload_bytes_per_sec = 0          # default 0 = unlimited (else at most 4294967295)
 //!
-//! # The push hook: the registry's notifications (see README "Registry side").
+//! # The push hook: the registry's notifications (see docs/registry-side.md).
 //! [notifications]
 //! enabled = false                   # default false
 //! # Its own plain-HTTP listener (the registry cannot present a client certificate); keep it

@@ -1,4 +1,4 @@
-//! Cluster identities and roles at the registry side (README "The swarm", issue 13): the
+//! Cluster identities and roles at the registry side (docs/security.md, issue 13): the
 //! extension starts only with a registry-side certificate, its tracker binds announces to the
 //! client certificate's node name, and its node routes refuse other roles.
 

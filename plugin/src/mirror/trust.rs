@@ -1,5 +1,5 @@
-//! Which registries the mirror serves blobs for from the node's cache and swarm (README
-//! "Mirror path", DESIGN "Security and bad input"): those the operator configured
+//! Which registries the mirror serves blobs for from the node's cache and swarm
+//! (docs/security.md "Mirror trust", DESIGN "Security and bad input"): those the operator configured
 //! (`[registry.hosts]`, `mirror.registries`, `mirror.default_upstream`), and every other
 //! registry (containerd's `_default` hosts.toml) only when `mirror.serve_other_registries`
 //! says so. Blob requests for any other registry pass through to it untouched: no access

@@ -393,6 +393,7 @@ async fn announce_once(
             }
             state.seq += 1;
             let seq = state.seq;
+            let sent = Instant::now();
             let delta = DeltaAnnounce::between(state.acked.as_ref(), &announce, seq);
             let req = post("/v1/announce/delta", &serde_json::to_vec(&delta)?);
             let a = conn.request(&req).await?;
@@ -403,7 +404,7 @@ async fn announce_once(
             }
             let reply: DeltaReply = serde_json::from_slice(&a.body)?;
             state.next_announce =
-                Some(Instant::now() + Duration::from_millis(reply.min_interval_ms));
+                Some(sent + Duration::from_millis(reply.min_interval_ms));
             *peers_every.lock().expect("lock") = Duration::from_millis(reply.peer_list_interval_ms);
             if !reply.full_state_needed {
                 state.acked = Some((seq, announce));

@@ -75,11 +75,13 @@ impl Answer {
 }
 
 impl DeltaState {
-    /// The tracker took announce `seq` (state `announce`) and answered `reply`.
-    fn took(&mut self, seq: u64, announce: &Announce, reply: &DeltaReply) {
+    /// The tracker took announce `seq` (state `announce`, sent at `sent`) and answered
+    /// `reply`. The pacing counts from when it was sent, so that the announcer's own 200 ms
+    /// after a round is never a hair too short.
+    fn took(&mut self, seq: u64, announce: &Announce, sent: Instant, reply: &DeltaReply) {
         self.acked = Some((seq, announce.clone()));
         let now = Instant::now();
-        self.next_announce = Some(now + Duration::from_millis(reply.min_interval_ms));
+        self.next_announce = Some(sent + Duration::from_millis(reply.min_interval_ms));
         self.peer_list_interval = Duration::from_millis(reply.peer_list_interval_ms);
         let keep = self.peer_list_interval;
         self.lists
@@ -179,9 +181,10 @@ impl HttpTrackers {
         let Some(delta) = delta else {
             return self.announce_whole(url, announce).await;
         };
+        let sent = Instant::now();
         match self.send_delta(url, &delta).await {
             Ok(Some(reply)) if !reply.full_state_needed => {
-                self.delta_state(i).took(delta.seq, announce, &reply);
+                self.delta_state(i).took(delta.seq, announce, sent, &reply);
                 return Ok(());
             }
             Ok(Some(_)) => {}
@@ -208,7 +211,7 @@ impl HttpTrackers {
         };
         match self.send_delta(url, &full).await {
             Ok(Some(reply)) if !reply.full_state_needed => {
-                self.delta_state(i).took(full.seq, announce, &reply);
+                self.delta_state(i).took(full.seq, announce, sent, &reply);
                 Ok(())
             }
             Ok(_) => Err("whole state not taken after the tracker asked for it".into()),

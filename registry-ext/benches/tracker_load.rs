@@ -30,6 +30,10 @@
 //! state when the tracker asks for one), using the same pure diff as the node
 //! (`shoal_p2p::tracker::proto::DeltaAnnounce::between`).
 //!
+//! Then what TLS adds (`SHOAL_BENCH_TLS_HANDSHAKES`, default 2000; 0 skips it): the
+//! server's CPU per new mutual-TLS connection and per request on a kept-alive connection,
+//! against plaintext, with the node's own HTTP client.
+//!
 //! Reported per protocol and phase: announces/s and peer lists/s served, request bytes/s
 //! (headers and bodies), p50/p99 latency of each, the server's CPU (utime + stime of the
 //! child from `/proc/PID/stat`) per second and per request, and the load average (other work
@@ -42,6 +46,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use shoal_p2p::peer::test_pki::TestCa;
+use shoal_p2p::tls::{Expect, TlsFiles, Transport};
 use shoal_p2p::tracker::proto::{
     Announce, BlobHave, ChunkSet, DeltaAnnounce, DeltaReply, UploadStats,
 };
@@ -403,8 +409,7 @@ async fn announce_once(
                 return Ok(Some((bytes, a.status, false)));
             }
             let reply: DeltaReply = serde_json::from_slice(&a.body)?;
-            state.next_announce =
-                Some(sent + Duration::from_millis(reply.min_interval_ms));
+            state.next_announce = Some(sent + Duration::from_millis(reply.min_interval_ms));
             *peers_every.lock().expect("lock") = Duration::from_millis(reply.peer_list_interval_ms);
             if !reply.full_state_needed {
                 state.acked = Some((seq, announce));
@@ -530,8 +535,18 @@ struct Server {
 }
 
 impl Server {
+    /// Starts `binary` pinned to `core`: plaintext, or mutual TLS with the registry-side
+    /// certificate `tls` (`dir` holds its files).
     fn start(binary: &Path, core: usize) -> Server {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_with(binary, core, tempfile::tempdir().expect("tempdir"), None)
+    }
+
+    fn start_with(
+        binary: &Path,
+        core: usize,
+        dir: tempfile::TempDir,
+        tls: Option<&TlsFiles>,
+    ) -> Server {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             l.local_addr().expect("addr").port()
@@ -541,11 +556,21 @@ impl Server {
         std::fs::write(
             &config,
             format!(
-                "listen = \"{addr}\"\nmetrics_listen = \"\"\ninsecure_plaintext = true\n\
+                "listen = \"{addr}\"\nmetrics_listen = \"\"\ninsecure_plaintext = {plain}\n\
                  registry_host = \"127.0.0.1:9\"\n[manifests]\ndir = \"{m}\"\n[seed]\ndir = \"{s}\"\n\
-                 [hot_cache]\nmax_bytes = 0\n",
+                 [hot_cache]\nmax_bytes = 0\n{tls}",
+                plain = tls.is_none(),
                 m = dir.path().join("manifests").display(),
                 s = dir.path().join("seed").display(),
+                tls = match tls {
+                    Some(f) => format!(
+                        "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                        f.ca.display(),
+                        f.cert.display(),
+                        f.key.display()
+                    ),
+                    None => String::new(),
+                },
             ),
         )
         .expect("config");
@@ -679,17 +704,25 @@ fn print_rows(nodes: usize, rows: &mut [Row]) {
     println!("(latencies in ms; cpu = the server's CPU, us/req over announces + full resends + peer lists; gen = this generator's CPU)");
 }
 
-/// Runs both phases against `binary` with `protocol`.
-fn run(
-    binary: &Path,
-    label: &str,
-    protocol: Protocol,
+/// The run's size, the same for every server and protocol.
+#[derive(Clone, Copy)]
+struct Settings {
     nodes: usize,
     secs: u64,
+    /// The server's core.
     core: usize,
+    /// Peer lists asked during the rollout.
     peers: bool,
-    rows: &mut Vec<Row>,
-) {
+}
+
+/// Runs both phases against `binary` with `protocol`.
+fn run(binary: &Path, label: &str, protocol: Protocol, settings: Settings, rows: &mut Vec<Row>) {
+    let Settings {
+        nodes,
+        secs,
+        core,
+        peers,
+    } = settings;
     let server = Server::start(binary, core);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -845,6 +878,82 @@ fn prioritise(pid: u32) {
     }
 }
 
+/// What TLS adds, measured with the node's own client (`Transport::http_client_for`, as
+/// `HttpTrackers`): the server's CPU per new connection (full mutual-TLS handshake, ECDSA
+/// P-256, plus one small request), and per request on a kept-alive connection, over TLS and
+/// plaintext.
+fn measure_tls(binary: &Path, core: usize, handshakes: usize, requests: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new("bench-ca");
+    let server_files = ca.registry_side_files(dir.path(), "registry-ext");
+    let node = ca.transport(dir.path(), "node-1");
+    let tls = Server::start_with(binary, core, dir, Some(&server_files));
+    let plain = Server::start(binary, core);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let timeout = Duration::from_secs(10);
+    let path = format!("/v1/peers/{}?peer=node-1", Digest::of(b"none"));
+    let mut rows = Vec::new();
+    rt.block_on(async {
+        // New connections: a new client each (no session to resume from).
+        let url = format!("https://{}{path}", tls.addr);
+        let cpu0 = tls.cpu_seconds();
+        let start = Instant::now();
+        for _ in 0..handshakes {
+            let client = node
+                .http_client_for(Expect::RegistrySide, timeout, timeout)
+                .expect("client");
+            let r = client.get(&url).send().await.expect("TLS request");
+            assert!(r.status().is_success(), "{}", r.status());
+        }
+        let cpu = tls.cpu_seconds() - cpu0;
+        rows.push(("TLS, new connection each", handshakes, cpu, start.elapsed()));
+        for (label, server, scheme, transport) in [
+            ("TLS, kept alive", &tls, "https", node.clone()),
+            (
+                "plaintext, kept alive",
+                &plain,
+                "http",
+                Transport::Plaintext,
+            ),
+        ] {
+            let client = transport
+                .http_client_for(Expect::RegistrySide, timeout, timeout)
+                .expect("client");
+            let url = format!("{scheme}://{}{path}", server.addr);
+            client.get(&url).send().await.expect("first request");
+            let cpu0 = server.cpu_seconds();
+            let start = Instant::now();
+            for _ in 0..requests {
+                let r = client.get(&url).send().await.expect("request");
+                assert!(r.status().is_success());
+            }
+            rows.push((
+                label,
+                requests,
+                server.cpu_seconds() - cpu0,
+                start.elapsed(),
+            ));
+        }
+    });
+    println!();
+    println!("TLS: the server's CPU per request (a small peer list), the node's client");
+    println!(
+        "{:<26} {:>9} {:>12} {:>12}",
+        "", "requests", "cpu us/req", "wall us/req"
+    );
+    for (label, n, cpu, wall) in rows {
+        println!(
+            "{label:<26} {n:>9} {:>12.1} {:>12.1}",
+            cpu / n as f64 * 1e6,
+            wall.as_secs_f64() / n as f64 * 1e6
+        );
+    }
+}
+
 fn pin_self(core: usize) {
     let status = Command::new("renice")
         .arg("-n")
@@ -887,34 +996,33 @@ fn main() {
     pin_self(load_core);
     let binary = PathBuf::from(env!("CARGO_BIN_EXE_shoal-registry-ext"));
     let mut rows = Vec::new();
+    let settings = Settings {
+        nodes,
+        secs,
+        core: server_core,
+        peers,
+    };
     if let Ok(baseline) = std::env::var("SHOAL_BENCH_BASELINE") {
+        let baseline = Path::new(&baseline);
         run(
-            Path::new(&baseline),
+            baseline,
             "baseline/full",
             Protocol::Full,
-            nodes,
-            secs,
-            server_core,
-            peers,
+            settings,
             &mut rows,
         );
     }
-    for p in protocols.split(',') {
+    for p in protocols.split(',').filter(|p| !p.trim().is_empty()) {
         let (label, protocol) = match p.trim() {
             "full" => ("this/full", Protocol::Full),
             "delta" => ("this/delta", Protocol::Delta),
             other => panic!("unknown protocol {other:?} (full, delta)"),
         };
-        run(
-            &binary,
-            label,
-            protocol,
-            nodes,
-            secs,
-            server_core,
-            peers,
-            &mut rows,
-        );
+        run(&binary, label, protocol, settings, &mut rows);
     }
     print_rows(nodes, &mut rows);
+    let handshakes: usize = env("SHOAL_BENCH_TLS_HANDSHAKES", 2000);
+    if handshakes > 0 {
+        measure_tls(&binary, server_core, handshakes.min(20_000), 10_000);
+    }
 }

@@ -294,29 +294,61 @@ enum Next {
 
 /// A tracker with the delta route, recording every delta; the older route is not served.
 async fn delta_tracker() -> (Running, Seen<DeltaAnnounce>, Arc<Mutex<Next>>) {
+    paced_tracker(0, 0, vec![]).await.0
+}
+
+type PacedTracker = (
+    (Running, Seen<DeltaAnnounce>, Arc<Mutex<Next>>),
+    Seen<HashMap<String, String>>,
+);
+
+/// [`delta_tracker`], pacing its nodes with `min_interval_ms` and `peer_list_interval_ms`,
+/// and answering every peer list with `peers`.
+async fn paced_tracker(
+    min_interval_ms: u64,
+    peer_list_interval_ms: u64,
+    peers: Vec<PeerEntry>,
+) -> PacedTracker {
+    let queries: Seen<HashMap<String, String>> = Arc::default();
+    let q = queries.clone();
     let seen: Seen<DeltaAnnounce> = Arc::default();
     let next = Arc::new(Mutex::new(Next::Take));
     let (s, n) = (seen.clone(), next.clone());
-    let router = Router::new().route(
-        "/v1/announce/delta",
-        post(move |Json(body): Json<DeltaAnnounce>| async move {
-            let has_base = body.base.is_some();
-            s.lock().unwrap().push(body);
-            let mut next = n.lock().unwrap();
-            let what = if has_base { *next } else { Next::Take };
-            *next = Next::Take;
-            match what {
-                Next::Fail => Err(StatusCode::INTERNAL_SERVER_ERROR),
-                _ => Ok(Json(DeltaReply {
-                    interval_ms: 1000,
-                    full_state_needed: what == Next::Lost,
-                    min_interval_ms: 0,
-                    peer_list_interval_ms: 0,
-                })),
-            }
-        }),
-    );
-    (serve(router).await, seen, next)
+    let router =
+        Router::new()
+            .route(
+                "/v1/announce/delta",
+                post(move |Json(body): Json<DeltaAnnounce>| async move {
+                    let has_base = body.base.is_some();
+                    s.lock().unwrap().push(body);
+                    let mut next = n.lock().unwrap();
+                    let what = if has_base { *next } else { Next::Take };
+                    *next = Next::Take;
+                    match what {
+                        Next::Fail => Err(StatusCode::INTERNAL_SERVER_ERROR),
+                        _ => Ok(Json(DeltaReply {
+                            interval_ms: 1000,
+                            full_state_needed: what == Next::Lost,
+                            min_interval_ms,
+                            peer_list_interval_ms,
+                        })),
+                    }
+                }),
+            )
+            .route(
+                "/v1/peers/{digest}",
+                get(
+                    move |Path(digest): Path<Digest>,
+                          Query(query): Query<HashMap<String, String>>| async move {
+                        q.lock().unwrap().push(query);
+                        Json(PeerList {
+                            digest,
+                            peers: peers.clone(),
+                        })
+                    },
+                ),
+            );
+    ((serve(router).await, seen, next), queries)
 }
 
 #[tokio::test]
@@ -382,4 +414,37 @@ async fn a_tracker_without_deltas_gets_whole_states_on_the_older_route() {
     let deltas = new_seen.lock().unwrap().clone();
     assert_eq!(deltas.len(), 3);
     assert!(deltas[1].blobs.is_empty() && deltas[2].base == Some(2));
+}
+
+#[tokio::test]
+async fn a_paced_node_skips_rounds_and_reuses_peer_lists_until_the_tracker_says() {
+    let ((up, seen, _), queries) = paced_tracker(300, 300, vec![entry("other", 4, &[1])]).await;
+    let t = trackers(vec![up.url.clone()]);
+    let d = Digest::of(b"blob");
+    let mut state = announce();
+    t.announce(&state).await.unwrap();
+    // Sooner than 300 ms: skipped, nothing sent; the change goes with the next delta.
+    state.blobs[0] = BlobHave::new(d.clone(), &ChunkSet::empty(3));
+    t.announce(&state).await.unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    for _ in 0..3 {
+        assert_eq!(t.peers(&d, "me").await.unwrap().len(), 1);
+    }
+    assert_eq!(
+        queries.lock().unwrap().len(),
+        1,
+        "one list asked, then reused"
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    t.announce(&state).await.unwrap();
+    let sent = seen.lock().unwrap().clone();
+    assert_eq!(sent.len(), 2);
+    assert_eq!((sent[1].seq, sent[1].base), (2, Some(1)));
+    assert_eq!(sent[1].blobs, state.blobs);
+    assert_eq!(t.peers(&d, "me").await.unwrap().len(), 1);
+    assert_eq!(
+        queries.lock().unwrap().len(),
+        2,
+        "asked again past the pacing"
+    );
 }

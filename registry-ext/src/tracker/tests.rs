@@ -639,3 +639,29 @@ fn a_peer_list_of_a_crowded_blob_is_drawn_from_a_sample_and_stays_weighted() {
     // Lists spread over the swarm rather than repeating the same peers.
     assert!(seen.len() > 1500, "{}", seen.len());
 }
+
+#[test]
+fn pacing_grows_with_the_peers_tracked() {
+    let mut t = Tracker::new(&cfg());
+    let now = Instant::now();
+    assert_eq!(t.pacing(), (MIN_ANNOUNCE_MS, MIN_PEER_LIST_MS));
+    let mut add = |t: &mut Tracker, from: usize, to: usize| {
+        for i in from..to {
+            t.announce_delta(delta(&format!("n{i}"), 1, None, &[]), now)
+                .unwrap();
+        }
+    };
+    add(&mut t, 0, 1000);
+    assert_eq!(t.pacing(), (200, 500));
+    let r = t.announce_delta(delta("n1000", 1, None, &[]), now).unwrap();
+    assert_eq!((r.min_interval_ms, r.peer_list_interval_ms), (400, 1000));
+    add(&mut t, 1001, 5000);
+    // Announces no slower than the announce interval; peer lists at most every 5 s.
+    assert_eq!(t.pacing(), (1000, 2500));
+    add(&mut t, 5000, 12_000);
+    assert_eq!(t.pacing(), (1000, MAX_PEER_LIST_MS));
+    // A whole-state reply carries it too, and asking for the whole state as well.
+    let r = t.announce_delta(delta("n0", 9, Some(8), &[]), now).unwrap();
+    assert!(r.full_state_needed);
+    assert_eq!((r.min_interval_ms, r.peer_list_interval_ms), (1000, 5000));
+}

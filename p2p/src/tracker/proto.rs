@@ -5,6 +5,11 @@
 //! - `POST /v1/announce`, body [`Announce`]: the peer's whole state (every blob it holds or is
 //!   fetching, with the chunks it holds). Answer [`AnnounceReply`]. State is soft: a peer that
 //!   stops announcing expires, and a restarted tracker knows everyone again after one round.
+//!   Nodes before delta announces send only this; it stays for them.
+//! - `POST /v1/announce/delta`, body [`DeltaAnnounce`]: the whole state, or the changes since
+//!   the announce the tracker took last (its `seq`); answer [`DeltaReply`], which asks for the
+//!   whole state when the tracker does not hold that one, and paces the node (how often to
+//!   announce and to ask for a blob's peers). See docs/tracker.md.
 //! - `GET /v1/peers/<digest>?peer=<id>&limit=<n>`: answer [`PeerList`], the peers holding
 //!   chunks of the blob, best first (measured spare upload capacity, with randomness), without
 //!   the asking peer; then peers holding nothing yet but fetching chunks of it (for the

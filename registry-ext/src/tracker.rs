@@ -49,10 +49,11 @@ pub const MAX_CHUNKS_PER_BLOB: u32 = 1 << 20;
 /// uniformly at random when there are more).
 pub const SAMPLE_PER_PEER: usize = 4;
 
-/// Peers per step of pacing: up to this many peers, nodes announce and ask for peer lists at
-/// their own pace (at most every [`MIN_ANNOUNCE_MS`] and [`MIN_PEER_LIST_MS`]); each further
-/// step (or part of one) adds as much again to both intervals, so the requests a tracker
-/// receives stay about the same past it.
+/// Peers per step of pacing: up to this many peers, the tracker does not pace its nodes (they
+/// announce at most every 200 ms and ask for a blob's peers every 500 ms on their own); with
+/// more, `k = ceil(peers / PACING_STEP_PEERS)`, they announce at most every `k ×`
+/// [`MIN_ANNOUNCE_MS`] and ask at most every `k ×` [`MIN_PEER_LIST_MS`], so the requests a
+/// tracker receives stay about the same past it.
 pub const PACING_STEP_PEERS: usize = 1000;
 /// Shortest interval between a node's announces to one tracker while pacing (ms).
 pub const MIN_ANNOUNCE_MS: u64 = 200;
@@ -277,10 +278,14 @@ impl Tracker {
     }
 
     /// How often each node may announce (changes) and ask for a blob's peers, in ms, for
-    /// the peers known now: [`MIN_ANNOUNCE_MS`] and [`MIN_PEER_LIST_MS`] times the number of
-    /// [`PACING_STEP_PEERS`] steps, at most the announce interval and [`MAX_PEER_LIST_MS`].
+    /// the peers known now (0: as often as it likes): none up to [`PACING_STEP_PEERS`] peers,
+    /// then [`MIN_ANNOUNCE_MS`] and [`MIN_PEER_LIST_MS`] times the number of steps, at most
+    /// the announce interval and [`MAX_PEER_LIST_MS`].
     pub fn pacing(&self) -> (u64, u64) {
         let steps = self.peer_count().div_ceil(PACING_STEP_PEERS).max(1) as u64;
+        if steps == 1 {
+            return (0, 0);
+        }
         (
             (MIN_ANNOUNCE_MS * steps).min(self.interval_ms),
             (MIN_PEER_LIST_MS * steps).min(MAX_PEER_LIST_MS),

@@ -46,7 +46,7 @@ struct DeltaState {
     next_announce: Option<Instant>,
     /// Reuse a peer list of a blob this long (its pacing).
     peer_list_interval: Duration,
-    /// The last peer list of each blob from this tracker, with when it came.
+    /// The last peer list of each blob from this tracker, with when it was asked.
     lists: HashMap<Digest, (Instant, PeerList)>,
 }
 
@@ -289,12 +289,12 @@ impl HttpTrackers {
         if let Some(list) = self.delta_state(i).recent_list(digest) {
             return Ok(list);
         }
+        // Paced from when it was asked, as the scheduler's refreshes are.
+        let asked = Instant::now();
         let list = self.ask_peer_list(url, digest, self_id).await?;
         let mut state = self.delta_state(i);
         if !state.peer_list_interval.is_zero() {
-            state
-                .lists
-                .insert(digest.clone(), (Instant::now(), list.clone()));
+            state.lists.insert(digest.clone(), (asked, list.clone()));
         }
         Ok(list)
     }

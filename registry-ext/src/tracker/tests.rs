@@ -646,7 +646,7 @@ fn pacing_grows_with_the_peers_tracked() {
     let now = Instant::now();
     // Up to a step: no pacing (nodes go at their own 200 ms / 500 ms).
     assert_eq!(t.pacing(), (0, 0));
-    let mut add = |t: &mut Tracker, from: usize, to: usize| {
+    let add = |t: &mut Tracker, from: usize, to: usize| {
         for i in from..to {
             t.announce_delta(delta(&format!("n{i}"), 1, None, &[]), now)
                 .unwrap();

@@ -1,6 +1,7 @@
 //! Delta announces and pacing.
 
 use super::*;
+use std::collections::HashMap;
 
 fn delta(id: &str, seq: u64, base: Option<u64>, blobs: &[(&Digest, ChunkSet)]) -> DeltaAnnounce {
     let a = announce(id, 1, stats(0, 0, 0), blobs);
@@ -348,4 +349,106 @@ fn pacing_grows_with_the_peers_tracked() {
     let r = t.announce_delta(delta("n0", 9, Some(8), &[]), now).unwrap();
     assert!(r.full_state_needed);
     assert_eq!((r.min_interval_ms, r.peer_list_interval_ms), (1000, 5000));
+}
+
+/// Every holder list entry points at a peer whose blob says it is there, with its counts;
+/// every blob a peer holds or fetches is listed once; nothing else is.
+fn check_index(t: &Tracker) {
+    let mut listed = 0;
+    for (digest, holders) in &t.by_blob {
+        assert!(!holders.holding.is_empty() || !holders.fetching.is_empty());
+        for (list, kind) in [
+            (&holders.holding, Listed::Holding as fn(u32) -> Listed),
+            (&holders.fetching, Listed::Fetching as fn(u32) -> Listed),
+        ] {
+            for (i, h) in list.iter().enumerate() {
+                let peer = t.slots[h.slot as usize].as_ref().expect("a live slot");
+                let held = &peer.blobs[digest];
+                assert_eq!(held.listed, Some(kind(i as u32)));
+                assert_eq!((held.count, held.chunks), (h.count, h.chunks));
+                listed += 1;
+            }
+        }
+    }
+    let mut should = 0;
+    for peer in t.slots.iter().flatten() {
+        assert_eq!(t.by_id[&peer.id] as usize, {
+            t.slots
+                .iter()
+                .position(|s| s.as_ref().is_some_and(|p| p.id == peer.id))
+                .unwrap()
+        });
+        for held in peer.blobs.values() {
+            assert_eq!(held.listed.is_some(), held.list_kind().is_some());
+            should += usize::from(held.listed.is_some());
+        }
+    }
+    assert_eq!(listed, should);
+    assert_eq!(t.by_id.len(), t.slots.iter().flatten().count());
+    assert_eq!(t.deadlines.len(), t.by_id.len());
+}
+
+#[test]
+fn the_holder_index_stays_consistent_through_random_deltas_and_expiry() {
+    let digests: Vec<Digest> = (0..5u8).map(|i| Digest::of(&[i])).collect();
+    let mut t = Tracker::new(&cfg());
+    let mut rng = fastrand::Rng::with_seed(21);
+    let t0 = Instant::now();
+    // What each peer's tracker copy should be, and its last seq.
+    let mut acked: HashMap<String, (u64, Announce)> = HashMap::new();
+    for step in 0..3000u64 {
+        let now = t0 + Duration::from_millis(step * 7);
+        let id = format!("p{}", rng.u32(0..40));
+        let picked: Vec<&Digest> = digests.iter().filter(|_| rng.bool()).collect();
+        let blobs: Vec<(&Digest, ChunkSet)> = picked
+            .into_iter()
+            .map(|d| {
+                let mut set = ChunkSet::empty(8);
+                for c in 0..8 {
+                    if rng.u8(0..4) == 0 {
+                        set.insert(c);
+                    }
+                }
+                (d, set)
+            })
+            .collect();
+        let mut state = announce(&id, 1, stats(0, 0, 0), &blobs);
+        for b in &mut state.blobs {
+            if rng.bool() {
+                let mut f = ChunkSet::empty(8);
+                f.insert(rng.u32(0..8));
+                *b = b.clone().with_fetching(&f);
+            }
+        }
+        let seq = acked.get(&id).map_or(1, |(s, _)| s + 1);
+        let msg = DeltaAnnounce::between(acked.get(&id), &state, seq);
+        let reply = t.announce_delta(msg, now).unwrap();
+        if reply.full_state_needed {
+            t.announce_delta(DeltaAnnounce::full(&state, seq + 1), now)
+                .unwrap();
+            acked.insert(id.clone(), (seq + 1, state.clone()));
+        } else {
+            acked.insert(id.clone(), (seq, state.clone()));
+        }
+        if step % 50 == 0 {
+            let mut r = fastrand::Rng::with_seed(step);
+            for d in &digests {
+                let list = t.peers(d, "p0", 30, None, now, &mut r);
+                let ids: HashSet<&str> = list.iter().map(|e| e.peer_id.as_str()).collect();
+                assert_eq!(ids.len(), list.len());
+                // The tracker lists exactly the latest state of each peer.
+                for e in &list {
+                    let (_, a) = &acked[&e.peer_id];
+                    let b = a.blobs.iter().find(|b| b.digest == *d).unwrap();
+                    assert_eq!(e.set().unwrap(), b.set().unwrap());
+                    assert_eq!(e.fetching_set().unwrap(), b.fetching_set().unwrap());
+                }
+            }
+        }
+        check_index(&t);
+    }
+    // All silent: everything expires and the index empties.
+    t.expire(t0 + Duration::from_secs(3600));
+    check_index(&t);
+    assert!(t.by_blob.is_empty() && t.by_id.is_empty());
 }

@@ -15,7 +15,8 @@ use crate::digest::Digest;
 pub use http::HttpTrackers;
 pub use memory::MemoryTracker;
 pub use proto::{
-    Announce, AnnounceReply, BlobHave, ChunkSet, PeerEntry, PeerList, UploadStats, SEEDER_ID_PREFIX,
+    Announce, AnnounceReply, BlobHave, ChunkSet, DeltaAnnounce, DeltaReply, PeerEntry, PeerList,
+    UploadStats, SEEDER_ID_PREFIX,
 };
 
 /// Why a tracker request failed.

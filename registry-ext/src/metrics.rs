@@ -29,6 +29,9 @@ pub struct TrackerMetrics {
     /// Announces refused because their `peer_id` is not the node name of the client
     /// certificate (`reason="identity"`).
     pub announces_refused: Family<ReasonLabel, Counter>,
+    /// Delta announces answered with a request for the whole state (the tracker did not hold
+    /// their base: it restarted, a delta was lost, the peer expired).
+    pub full_state_requests: Counter,
 }
 
 impl TrackerMetrics {
@@ -53,6 +56,11 @@ impl TrackerMetrics {
             "shoal_tracker_announces_refused",
             "Announces refused, by reason (identity: the peer id is not the certificate's node name)",
             self.announces_refused.clone(),
+        );
+        registry.register(
+            "shoal_tracker_full_state_requests",
+            "Delta announces answered with a request for the whole state (the tracker did not hold their base)",
+            self.full_state_requests.clone(),
         );
     }
 }

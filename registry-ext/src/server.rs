@@ -8,8 +8,9 @@
 //! counted in `shoal_tracker_announces_refused_total{reason="identity"}`).
 //!
 //! Routes on the API listener:
-//! - `POST /v1/announce` and `GET /v1/peers/{digest}?peer=ID[&limit=N]`: the tracker
-//!   ([`crate::tracker`], protocol in [`shoal_p2p::tracker::proto`]);
+//! - `POST /v1/announce` (whole state), `POST /v1/announce/delta` (changes since an
+//!   acknowledged announce) and `GET /v1/peers/{digest}?peer=ID[&limit=N]`: the tracker
+//!   ([`crate::tracker`], protocol in [`shoal_p2p::tracker::proto`], docs/tracker.md);
 //! - `GET /v1/chunk-manifests/{digest}?registry=HOST&repository=REPO`: [`crate::manifests`];
 //! - `GET /v1/blobs/{digest}` with a `Range`: the seeder ([`shoal_p2p::peer::router`]),
 //!   serving the blobs kept in the seed cache;
@@ -42,7 +43,9 @@ use shoal_p2p::metrics::{Registry, UploadMetrics};
 use shoal_p2p::peer::{UploadLimits, UploadMeter};
 use shoal_p2p::registry::RegistryClient;
 use shoal_p2p::tls::{require_roles, Caller, Role, Transport};
-use shoal_p2p::tracker::proto::{Announce, AnnounceReply, ChunkSet, PeerEntry, PeerList};
+use shoal_p2p::tracker::proto::{
+    Announce, AnnounceReply, ChunkSet, DeltaAnnounce, DeltaReply, PeerEntry, PeerList,
+};
 use shoal_p2p::Digest;
 use tokio::net::TcpListener;
 
@@ -370,6 +373,10 @@ fn api_router(app: Arc<App>) -> Router {
             "/v1/announce",
             post(announce).layer(DefaultBodyLimit::max(MAX_ANNOUNCE_BYTES)),
         )
+        .route(
+            "/v1/announce/delta",
+            post(announce_delta).layer(DefaultBodyLimit::max(MAX_ANNOUNCE_BYTES)),
+        )
         .route("/v1/peers/{digest}", get(peers))
         .route("/v1/chunk-manifests/{digest}", get(chunk_manifest))
         .with_state(app);
@@ -384,6 +391,24 @@ fn params(q: Params) -> Result<HashMap<String, String>, Error> {
         .map_err(|e| Error::BadRequest(format!("query: {}", e.body_text())))
 }
 
+/// Refuses (403, counted) an announce whose `peer_id` is not the caller's node name.
+fn check_identity(app: &App, caller: &Caller, peer_id: &str) -> Result<(), Error> {
+    if caller.may_act_as(peer_id) {
+        return Ok(());
+    }
+    app.tracker_metrics
+        .announces_refused
+        .get_or_create(&ReasonLabel { reason: "identity" })
+        .inc();
+    let who = caller
+        .identity()
+        .map(|id| id.to_string())
+        .unwrap_or_default();
+    Err(Error::Forbidden(format!(
+        "announce as peer_id {peer_id:?} refused: the client certificate is the certificate of {who}; a node announces (and withdraws) only under its own name"
+    )))
+}
+
 async fn announce(
     State(app): AppState,
     Extension(caller): Extension<Caller>,
@@ -391,23 +416,29 @@ async fn announce(
 ) -> Result<Json<AnnounceReply>, Error> {
     let Json(announce) =
         body.map_err(|e| Error::BadRequest(format!("announce body: {}", e.body_text())))?;
-    if !caller.may_act_as(&announce.peer_id) {
-        app.tracker_metrics
-            .announces_refused
-            .get_or_create(&ReasonLabel { reason: "identity" })
-            .inc();
-        let who = caller
-            .identity()
-            .map(|id| id.to_string())
-            .unwrap_or_default();
-        return Err(Error::Forbidden(format!(
-            "announce as peer_id {:?} refused: the client certificate is the certificate of {who}; a node announces (and withdraws) only under its own name",
-            announce.peer_id
-        )));
-    }
+    check_identity(&app, &caller, &announce.peer_id)?;
     let mut tracker = lock(&app.tracker);
     let reply = tracker.announce(announce, Instant::now())?;
     app.tracker_metrics.announces.inc();
+    app.tracker_metrics.peers.set(gauge(tracker.peer_count()));
+    Ok(Json(reply))
+}
+
+async fn announce_delta(
+    State(app): AppState,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<DeltaAnnounce>, JsonRejection>,
+) -> Result<Json<DeltaReply>, Error> {
+    let Json(delta) =
+        body.map_err(|e| Error::BadRequest(format!("announce body: {}", e.body_text())))?;
+    check_identity(&app, &caller, &delta.peer_id)?;
+    let mut tracker = lock(&app.tracker);
+    let reply = tracker.announce_delta(delta, Instant::now())?;
+    if reply.full_state_needed {
+        app.tracker_metrics.full_state_requests.inc();
+    } else {
+        app.tracker_metrics.announces.inc();
+    }
     app.tracker_metrics.peers.set(gauge(tracker.peer_count()));
     Ok(Json(reply))
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use shoal_p2p::preheat::proto::{Heartbeat, JobSpec, NodeInfo, Target, TaskProgress, TaskState};
-use shoal_p2p::tracker::{Announce, BlobHave, ChunkSet, UploadStats};
+use shoal_p2p::tracker::{Announce, BlobHave, ChunkSet, DeltaAnnounce, UploadStats};
 use shoal_p2p::Digest;
 use shoal_registry_ext::config::TrackerConfig;
 use shoal_registry_ext::preheat::{Coordinator, MemoryStore, Settings};
@@ -57,6 +57,32 @@ fn announce() -> impl Strategy<Value = Vec<u8>> {
                 blobs,
             };
             serde_json::to_vec(&a).unwrap()
+        })
+}
+
+/// Deltas of two peers, with bases that may or may not be the last one taken, removing
+/// blobs they may or may not hold.
+fn delta() -> impl Strategy<Value = Vec<u8>> {
+    (
+        announce(),
+        prop_oneof![Just("a-1"), Just("a-2")],
+        1u64..6,
+        proptest::option::of(0u64..6),
+        proptest::collection::vec(digest(), 0..2),
+        any::<bool>(),
+    )
+        .prop_map(|(whole, id, seq, base, mut removed, remove_listed)| {
+            let a: Announce = serde_json::from_slice(&whole).unwrap();
+            if remove_listed {
+                removed.extend(a.blobs.first().map(|b| b.digest.clone()));
+            }
+            let d = DeltaAnnounce {
+                peer_id: id.into(),
+                base,
+                removed,
+                ..DeltaAnnounce::full(&a, seq)
+            };
+            serde_json::to_vec(&d).unwrap()
         })
 }
 
@@ -146,6 +172,42 @@ proptest! {
             let list = alloc::bounded("peer list", input, 64, 256 << 10, || {
                 tracker.peers(d, "asker", 30, None, start, &mut rng)
             });
+            for e in list {
+                prop_assert!(e.set().is_ok() && e.fetching_set().is_ok());
+            }
+        }
+    }
+
+    /// Whole states and deltas into one tracker (as `POST /v1/announce/delta` does), then
+    /// peer lists from it.
+    #[test]
+    fn hostile_delta_announces(
+        bodies in proptest::collection::vec(mutate::hostile(delta()), 1..6),
+        asked in digest(),
+    ) {
+        let mut tracker = Tracker::new(&TrackerConfig::default());
+        let start = Instant::now();
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut known = Vec::new();
+        for (i, body) in bodies.iter().enumerate() {
+            let now = start + Duration::from_millis(i as u64);
+            alloc::bounded("delta announce", body.len(), 64, 256 << 10, || {
+                let Ok(d) = serde_json::from_slice::<DeltaAnnounce>(body) else { return };
+                known.extend(d.blobs.iter().map(|b| b.digest.clone()));
+                if let Err(e) = tracker.announce_delta(d, now) {
+                    assert!(!e.to_string().is_empty());
+                }
+            });
+        }
+        known.push(asked);
+        let input: usize = bodies.iter().map(Vec::len).sum();
+        for d in &known {
+            let list = alloc::bounded("peer list", input, 64, 256 << 10, || {
+                tracker.peers(d, "asker", 30, None, start, &mut rng)
+            });
+            let ids: std::collections::HashSet<&str> =
+                list.iter().map(|e| e.peer_id.as_str()).collect();
+            prop_assert!(ids.len() == list.len() && list.len() <= 2, "each peer at most once");
             for e in list {
                 prop_assert!(e.set().is_ok() && e.fetching_set().is_ok());
             }

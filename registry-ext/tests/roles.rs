@@ -10,7 +10,9 @@ use shoal_p2p::peer::test_pki::TestCa;
 use shoal_p2p::preheat::proto::{Heartbeat, NodeInfo};
 use shoal_p2p::preheat::{ClientAuth, PreheatClient};
 use shoal_p2p::tls::{IdentityError, TlsError, TlsFiles, Transport};
-use shoal_p2p::tracker::proto::{Announce, BlobHave, ChunkSet, ErrorBody, UploadStats};
+use shoal_p2p::tracker::proto::{
+    Announce, BlobHave, ChunkSet, DeltaAnnounce, DeltaReply, ErrorBody, UploadStats,
+};
 use shoal_p2p::Digest;
 use shoal_registry_ext::{serve, Config, Error, Listeners};
 use tokio::net::TcpListener;
@@ -144,6 +146,24 @@ async fn an_announce_under_another_nodes_name_is_refused_and_counted() {
             body.error
         );
     }
+    // The delta route binds the same way: a whole state or a delta under node-2 is refused,
+    // under its own name it is taken.
+    let delta_url = format!("https://{}/v1/announce/delta", server.api);
+    for base in [None, Some(1)] {
+        let delta = DeltaAnnounce {
+            base,
+            ..DeltaAnnounce::full(&announce("node-2", true), 2)
+        };
+        let refused = node1.post(&delta_url).json(&delta).send().await.unwrap();
+        assert_eq!(refused.status(), 403);
+        let body: ErrorBody = refused.json().await.unwrap();
+        assert!(body.error.contains("\"node-2\""), "{}", body.error);
+    }
+    let own = DeltaAnnounce::full(&announce("node-1", true), 1);
+    let taken = node1.post(&delta_url).json(&own).send().await.unwrap();
+    assert_eq!(taken.status(), 200);
+    let reply: DeltaReply = taken.json().await.unwrap();
+    assert!(!reply.full_state_needed);
     // Only node-1 is listed.
     let list: shoal_p2p::tracker::PeerList = node1
         .get(format!(
@@ -167,8 +187,8 @@ async fn an_announce_under_another_nodes_name_is_refused_and_counted() {
         .await
         .unwrap();
     for needle in [
-        "shoal_tracker_announces_refused_total{reason=\"identity\"} 2",
-        "shoal_tracker_announces_total 1",
+        "shoal_tracker_announces_refused_total{reason=\"identity\"} 4",
+        "shoal_tracker_announces_total 2",
     ] {
         assert!(text.contains(needle), "{needle} not in\n{text}");
     }

@@ -420,6 +420,68 @@ async fn announce_and_peer_lists_round_trip() {
     server.stop().await;
 }
 
+/// A rolling upgrade: a node of before delta announces (whole states on `POST /v1/announce`)
+/// and a node of today (the real client: whole state, then deltas) on the same tracker, each
+/// listed to the other with its latest state.
+#[tokio::test]
+async fn older_and_newer_nodes_announce_side_by_side() {
+    use shoal_p2p::tracker::{HttpTrackers, Tracker};
+    let registry = FakeRegistry::start(HashMap::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &registry.host(), None).await;
+    let http = reqwest::Client::new();
+    let d = Digest::of(b"layer");
+    let timeout = Duration::from_secs(5);
+    let newer = HttpTrackers::new(
+        vec![server.url("")],
+        &Transport::Plaintext,
+        timeout,
+        timeout,
+    )
+    .unwrap();
+    let mut state = announce("newer", 7071, &d, &ChunkSet::empty(10));
+    let mut set = ChunkSet::empty(10);
+    for round in 0..3u32 {
+        // The older node: its whole state, every time.
+        http.post(server.url("/v1/announce"))
+            .json(&announce("older", 7070, &d, &ChunkSet::full(10)))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+        set.insert(round);
+        state.blobs = vec![BlobHave::new(d.clone(), &set)];
+        newer.announce(&state).await.unwrap();
+        let listed = newer.peers(&d, "newer").await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].peer_id, "older");
+        let list: PeerList = http
+            .get(server.url(&format!("/v1/peers/{d}?peer=older")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list.peers.len(), 1);
+        assert_eq!(list.peers[0].peer_id, "newer");
+        assert_eq!(list.peers[0].set().unwrap(), set, "round {round}");
+    }
+    let text = reqwest::get(format!("http://{}/metrics", server.metrics))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("shoal_tracker_announces_total 6"), "{text}");
+    assert!(
+        text.contains("shoal_tracker_full_state_requests_total 0"),
+        "{text}"
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn the_seeder_is_listed_and_serves_chunks_and_metrics_count() {
     let data = blob(200_000, 3);

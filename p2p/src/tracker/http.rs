@@ -1,12 +1,24 @@
 //! [`HttpTrackers`]: the node's client of every tracker instance (routes in [`super::proto`]).
+//!
+//! Announces are deltas ([`DeltaAnnounce`]) against what each tracker acknowledged last: the
+//! whole state first, after any failure, and whenever the tracker asks for it; then only the
+//! blobs that changed. A tracker that does not know the delta route (`404`/`405`: it predates
+//! it) gets whole-state announces on the older route, and is asked again every
+//! [`LEGACY_RECHECK`].
+//!
+//! A delta tracker paces its nodes ([`DeltaReply::min_interval_ms`] and
+//! [`DeltaReply::peer_list_interval_ms`], growing with the peers it tracks): a round sooner
+//! than its announce interval skips that tracker (the changes go with the next delta), and a
+//! peer list of a blob asked again sooner than its peer-list interval is the one it gave last.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::future::{join_all, BoxFuture};
 use reqwest::StatusCode;
 
-use super::proto::{Announce, ChunkSet, PeerEntry, PeerList};
+use super::proto::{Announce, ChunkSet, DeltaAnnounce, DeltaReply, PeerEntry, PeerList};
 use super::{Tracker, TrackerError};
 use crate::chunk::ChunkManifest;
 use crate::digest::Digest;
@@ -17,12 +29,35 @@ use crate::tls::{Expect, TlsError, Transport};
 /// manifest of a 10 GiB blob in 4 MiB chunks is ~200 KiB).
 const MAX_BODY: usize = 16 << 20;
 
+/// How long a tracker without the delta route gets whole-state announces before it is tried
+/// again (it may have been upgraded).
+pub const LEGACY_RECHECK: Duration = Duration::from_secs(600);
+
+/// What the node knows of one tracker's copy of its state.
+#[derive(Debug, Default)]
+struct DeltaState {
+    /// The last `seq` sent.
+    seq: u64,
+    /// The last announce the tracker took, with its `seq`.
+    acked: Option<(u64, Announce)>,
+    /// The tracker has no delta route: whole-state announces until then.
+    legacy_until: Option<Instant>,
+    /// No announce to this tracker before then (its pacing), unless it needs a whole state.
+    next_announce: Option<Instant>,
+    /// Reuse a peer list of a blob this long (its pacing).
+    peer_list_interval: Duration,
+    /// The last peer list of each blob from this tracker, with when it was asked.
+    lists: HashMap<Digest, (Instant, PeerList)>,
+}
+
 /// The tracker instances, all asked (announces and peer lists) or tried in turn (chunk
 /// manifests).
 #[derive(Clone, Debug)]
 pub struct HttpTrackers {
     urls: Vec<String>,
     http: reqwest::Client,
+    /// Per tracker, in the order of `urls`.
+    deltas: Arc<Vec<Mutex<DeltaState>>>,
 }
 
 /// One tracker's answer, read whole (bounded).
@@ -39,6 +74,27 @@ impl Answer {
     }
 }
 
+impl DeltaState {
+    /// The tracker took announce `seq` (state `announce`, sent at `sent`) and answered
+    /// `reply`. The pacing counts from when it was sent, so that the announcer's own 200 ms
+    /// after a round is never a hair too short.
+    fn took(&mut self, seq: u64, announce: &Announce, sent: Instant, reply: &DeltaReply) {
+        self.acked = Some((seq, announce.clone()));
+        let now = Instant::now();
+        self.next_announce = Some(sent + Duration::from_millis(reply.min_interval_ms));
+        self.peer_list_interval = Duration::from_millis(reply.peer_list_interval_ms);
+        let keep = self.peer_list_interval;
+        self.lists
+            .retain(|_, (at, _)| now.duration_since(*at) < keep);
+    }
+
+    /// The last peer list of `digest`, if the pacing says to use it again.
+    fn recent_list(&self, digest: &Digest) -> Option<PeerList> {
+        let (at, list) = self.lists.get(digest)?;
+        (at.elapsed() < self.peer_list_interval).then(|| list.clone())
+    }
+}
+
 impl HttpTrackers {
     /// Clients of the trackers at `urls` (base URLs such as `https://10.0.0.1:7080`; a
     /// trailing slash is dropped) over `transport`. Over TLS only a registry-side
@@ -49,11 +105,12 @@ impl HttpTrackers {
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> Result<Self, TlsError> {
-        let urls = urls
+        let urls: Vec<String> = urls
             .into_iter()
             .map(|u| u.trim_end_matches('/').to_string())
             .collect();
         Ok(Self {
+            deltas: Arc::new(urls.iter().map(|_| Mutex::default()).collect()),
             urls,
             http: transport.http_client_for(
                 Expect::RegistrySide,
@@ -85,19 +142,111 @@ impl HttpTrackers {
         Ok(Answer { status, body })
     }
 
-    /// Announces to every tracker at once: each tracker's URL with its answer (why it refused
-    /// or could not be reached), in the order of [`Self::urls`].
+    /// Announces to every tracker at once (a delta where the tracker takes them): each
+    /// tracker's URL with its answer (why it refused or could not be reached), in the order
+    /// of [`Self::urls`].
     pub async fn announce_each(&self, announce: &Announce) -> Vec<(&str, Result<(), String>)> {
-        let calls = self.urls.iter().map(|url| async move {
-            let request = self.http.post(format!("{url}/v1/announce")).json(announce);
-            let answer = match Self::call(request).await {
-                Ok(a) if a.status.is_success() => Ok(()),
-                Ok(a) => Err(a.explain()),
-                Err(e) => Err(e),
-            };
-            (url.as_str(), answer)
+        let calls = self.urls.iter().enumerate().map(|(i, url)| async move {
+            (url.as_str(), self.announce_to(i, url, announce).await)
         });
         join_all(calls).await
+    }
+
+    fn delta_state(&self, i: usize) -> std::sync::MutexGuard<'_, DeltaState> {
+        self.deltas[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One tracker's announce round: a delta (and the whole state if the tracker asks for
+    /// it), or a whole-state announce on the older route for a tracker without deltas.
+    async fn announce_to(&self, i: usize, url: &str, announce: &Announce) -> Result<(), String> {
+        let delta = {
+            let mut state = self.delta_state(i);
+            let now = Instant::now();
+            if state.acked.is_some() && state.next_announce.is_some_and(|t| now < t) {
+                // Paced: the changes go with the next delta.
+                return Ok(());
+            }
+            match state.legacy_until {
+                Some(until) if now < until => None,
+                _ => {
+                    state.seq += 1;
+                    Some(DeltaAnnounce::between(
+                        state.acked.as_ref(),
+                        announce,
+                        state.seq,
+                    ))
+                }
+            }
+        };
+        let Some(delta) = delta else {
+            return self.announce_whole(url, announce).await;
+        };
+        let sent = Instant::now();
+        match self.send_delta(url, &delta).await {
+            Ok(Some(reply)) if !reply.full_state_needed => {
+                self.delta_state(i).took(delta.seq, announce, sent, &reply);
+                return Ok(());
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                tracing::info!(tracker = %url, "tracker without delta announces: sending whole states");
+                {
+                    let mut state = self.delta_state(i);
+                    state.legacy_until = Some(Instant::now() + LEGACY_RECHECK);
+                    state.acked = None;
+                }
+                return self.announce_whole(url, announce).await;
+            }
+            Err(e) => {
+                self.delta_state(i).acked = None;
+                return Err(e);
+            }
+        }
+        // The tracker lost track (it restarted, a delta was lost, this node expired).
+        let full = {
+            let mut state = self.delta_state(i);
+            state.seq += 1;
+            state.acked = None;
+            DeltaAnnounce::full(announce, state.seq)
+        };
+        match self.send_delta(url, &full).await {
+            Ok(Some(reply)) if !reply.full_state_needed => {
+                self.delta_state(i).took(full.seq, announce, sent, &reply);
+                Ok(())
+            }
+            Ok(_) => Err("whole state not taken after the tracker asked for it".into()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `POST /v1/announce/delta`: the reply, or `None` when the tracker has no such route.
+    async fn send_delta(
+        &self,
+        url: &str,
+        delta: &DeltaAnnounce,
+    ) -> Result<Option<DeltaReply>, String> {
+        let request = self
+            .http
+            .post(format!("{url}/v1/announce/delta"))
+            .json(delta);
+        let answer = Self::call(request).await?;
+        match answer.status {
+            s if s.is_success() => serde_json::from_slice(&answer.body)
+                .map(Some)
+                .map_err(|e| format!("malformed delta announce answer: {e}")),
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => Ok(None),
+            _ => Err(answer.explain()),
+        }
+    }
+
+    /// `POST /v1/announce`: the whole state.
+    async fn announce_whole(&self, url: &str, announce: &Announce) -> Result<(), String> {
+        let request = self.http.post(format!("{url}/v1/announce")).json(announce);
+        match Self::call(request).await {
+            Ok(a) if a.status.is_success() => Ok(()),
+            Ok(a) => Err(a.explain()),
+            Err(e) => Err(e),
+        }
     }
 
     /// What a round of [`Self::announce_each`] means: one tracker taking the announce is
@@ -129,8 +278,28 @@ impl HttpTrackers {
         Self::announce_outcome(announce, self.announce_each(announce).await)
     }
 
-    /// One tracker's peer list of `digest`.
+    /// One tracker's peer list of `digest` (the last one, within its pacing).
     async fn peer_list(
+        &self,
+        i: usize,
+        url: &str,
+        digest: &Digest,
+        self_id: &str,
+    ) -> Result<PeerList, String> {
+        if let Some(list) = self.delta_state(i).recent_list(digest) {
+            return Ok(list);
+        }
+        // Paced from when it was asked, as the scheduler's refreshes are.
+        let asked = Instant::now();
+        let list = self.ask_peer_list(url, digest, self_id).await?;
+        let mut state = self.delta_state(i);
+        if !state.peer_list_interval.is_zero() {
+            state.lists.insert(digest.clone(), (asked, list.clone()));
+        }
+        Ok(list)
+    }
+
+    async fn ask_peer_list(
         &self,
         url: &str,
         digest: &Digest,
@@ -165,7 +334,8 @@ impl HttpTrackers {
         let results = join_all(
             self.urls
                 .iter()
-                .map(|url| self.peer_list(url, digest, self_id)),
+                .enumerate()
+                .map(|(i, url)| self.peer_list(i, url, digest, self_id)),
         )
         .await;
         let mut lists = Vec::new();

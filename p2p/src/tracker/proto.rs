@@ -5,6 +5,11 @@
 //! - `POST /v1/announce`, body [`Announce`]: the peer's whole state (every blob it holds or is
 //!   fetching, with the chunks it holds). Answer [`AnnounceReply`]. State is soft: a peer that
 //!   stops announcing expires, and a restarted tracker knows everyone again after one round.
+//!   Nodes before delta announces send only this; it stays for them.
+//! - `POST /v1/announce/delta`, body [`DeltaAnnounce`]: the whole state, or the changes since
+//!   the announce the tracker took last (its `seq`); answer [`DeltaReply`], which asks for the
+//!   whole state when the tracker does not hold that one, and paces the node (how often to
+//!   announce and to ask for a blob's peers). See docs/tracker.md.
 //! - `GET /v1/peers/<digest>?peer=<id>&limit=<n>`: answer [`PeerList`], the peers holding
 //!   chunks of the blob, best first (measured spare upload capacity, with randomness), without
 //!   the asking peer; then peers holding nothing yet but fetching chunks of it (for the
@@ -234,6 +239,101 @@ pub struct AnnounceReply {
     pub interval_ms: u64,
 }
 
+/// `POST /v1/announce/delta`: a peer's state as changes since an announce the tracker
+/// acknowledged (`base`), or whole (`base` absent). The tracker applies a delta only on top of
+/// exactly `base`; when it does not have that state (it restarted, it missed an announce, the
+/// peer expired), it answers [`DeltaReply::full_state_needed`] and changes nothing, and the
+/// peer sends its whole state at once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaAnnounce {
+    /// Stable, unique node name.
+    pub peer_id: String,
+    /// Where the peer serves chunks (always sent: it replaces the one known).
+    pub addr: SocketAddr,
+    /// Always sent: it replaces the one known.
+    pub upload: UploadStats,
+    /// This announce's number, more than `base`; a node counts up from 1 each time it starts.
+    pub seq: u64,
+    /// The `seq` of the acknowledged announce these changes apply to; absent: `blobs` is the
+    /// peer's whole state (as in [`Announce`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<u64>,
+    /// Blobs added or changed since `base` (whole entries), or every blob when whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blobs: Vec<BlobHave>,
+    /// Blobs listed at `base` and no longer held (only with `base`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<Digest>,
+}
+
+impl DeltaAnnounce {
+    /// The whole state `now`, numbered `seq`.
+    pub fn full(now: &Announce, seq: u64) -> Self {
+        Self {
+            peer_id: now.peer_id.clone(),
+            addr: now.addr,
+            upload: now.upload,
+            seq,
+            base: None,
+            blobs: now.blobs.clone(),
+            removed: Vec::new(),
+        }
+    }
+
+    /// What to send, numbered `seq`, for the state `now` when the tracker acknowledged
+    /// `acked` (its `seq` and state): the blobs added or changed and those gone; the whole
+    /// state when nothing was acknowledged.
+    pub fn between(acked: Option<&(u64, Announce)>, now: &Announce, seq: u64) -> Self {
+        let Some((base, before)) = acked else {
+            return Self::full(now, seq);
+        };
+        let old: std::collections::HashMap<&Digest, &BlobHave> =
+            before.blobs.iter().map(|b| (&b.digest, b)).collect();
+        let current: std::collections::HashSet<&Digest> =
+            now.blobs.iter().map(|b| &b.digest).collect();
+        let blobs = now
+            .blobs
+            .iter()
+            .filter(|b| old.get(&b.digest) != Some(b))
+            .cloned()
+            .collect();
+        let removed = before
+            .blobs
+            .iter()
+            .filter(|b| !current.contains(&b.digest))
+            .map(|b| b.digest.clone())
+            .collect();
+        Self {
+            peer_id: now.peer_id.clone(),
+            addr: now.addr,
+            upload: now.upload,
+            seq,
+            base: Some(*base),
+            blobs,
+            removed,
+        }
+    }
+}
+
+/// The tracker's answer to a [`DeltaAnnounce`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaReply {
+    /// Announce again at least this often (ms) to stay listed.
+    pub interval_ms: u64,
+    /// The tracker does not hold the state the delta's `base` names and applied nothing:
+    /// send the whole state now.
+    #[serde(default)]
+    pub full_state_needed: bool,
+    /// Send changes to this tracker at most this often (ms; 0: no limit). A busy tracker
+    /// paces its nodes: the interval grows with the number of peers it tracks.
+    #[serde(default)]
+    pub min_interval_ms: u64,
+    /// Ask this tracker for the peers of one blob at most this often (ms; 0: no limit).
+    #[serde(default)]
+    pub peer_list_interval_ms: u64,
+}
+
 /// One peer in a [`PeerList`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -359,5 +459,44 @@ mod tests {
         let mut v: serde_json::Value = serde_json::from_slice(&json).unwrap();
         v["extra"] = 1.into();
         assert!(serde_json::from_value::<Announce>(v).is_err());
+    }
+
+    #[test]
+    fn a_delta_holds_what_changed_since_the_acknowledged_state() {
+        let (d1, d2, d3) = (Digest::of(b"1"), Digest::of(b"2"), Digest::of(b"3"));
+        let mut part = ChunkSet::empty(8);
+        part.insert(1);
+        let state = |blobs: Vec<BlobHave>| Announce {
+            peer_id: "n".into(),
+            addr: "10.0.0.1:7070".parse().unwrap(),
+            upload: UploadStats::default(),
+            blobs,
+        };
+        let before = state(vec![
+            BlobHave::new(d1.clone(), &ChunkSet::full(2)),
+            BlobHave::new(d2.clone(), &part),
+        ]);
+        part.insert(2);
+        let now = state(vec![
+            BlobHave::new(d2.clone(), &part),
+            BlobHave::new(d3.clone(), &ChunkSet::full(1)),
+        ]);
+        let full = DeltaAnnounce::between(None, &now, 1);
+        assert_eq!((full.seq, full.base), (1, None));
+        assert_eq!(full.blobs, now.blobs);
+        assert!(full.removed.is_empty());
+        let d = DeltaAnnounce::between(Some(&(4, before)), &now, 5);
+        assert_eq!((d.seq, d.base), (5, Some(4)));
+        assert_eq!(d.blobs, now.blobs, "d2 changed, d3 added");
+        assert_eq!(d.removed, vec![d1]);
+        let same = DeltaAnnounce::between(Some(&(5, now.clone())), &now, 6);
+        assert!(same.blobs.is_empty() && same.removed.is_empty());
+        // Nothing changed: a few dozen bytes, the fields left out.
+        let json = serde_json::to_string(&same).unwrap();
+        assert!(
+            !json.contains("blobs") && !json.contains("removed"),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<DeltaAnnounce>(&json).unwrap(), same);
     }
 }

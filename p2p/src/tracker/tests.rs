@@ -281,3 +281,170 @@ async fn manifest_not_found_everywhere_or_unreachable() {
         Err(TrackerError::Unavailable(_))
     ));
 }
+
+/// What a delta tracker does with the next delta that has a base.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Next {
+    Take,
+    /// As a restarted tracker: ask for the whole state.
+    Lost,
+    /// Answer 500.
+    Fail,
+}
+
+/// A tracker with the delta route, recording every delta; the older route is not served.
+async fn delta_tracker() -> (Running, Seen<DeltaAnnounce>, Arc<Mutex<Next>>) {
+    paced_tracker(0, 0, vec![]).await.0
+}
+
+type PacedTracker = (
+    (Running, Seen<DeltaAnnounce>, Arc<Mutex<Next>>),
+    Seen<HashMap<String, String>>,
+);
+
+/// [`delta_tracker`], pacing its nodes with `min_interval_ms` and `peer_list_interval_ms`,
+/// and answering every peer list with `peers`.
+async fn paced_tracker(
+    min_interval_ms: u64,
+    peer_list_interval_ms: u64,
+    peers: Vec<PeerEntry>,
+) -> PacedTracker {
+    let queries: Seen<HashMap<String, String>> = Arc::default();
+    let q = queries.clone();
+    let seen: Seen<DeltaAnnounce> = Arc::default();
+    let next = Arc::new(Mutex::new(Next::Take));
+    let (s, n) = (seen.clone(), next.clone());
+    let router =
+        Router::new()
+            .route(
+                "/v1/announce/delta",
+                post(move |Json(body): Json<DeltaAnnounce>| async move {
+                    let has_base = body.base.is_some();
+                    s.lock().unwrap().push(body);
+                    let mut next = n.lock().unwrap();
+                    let what = if has_base { *next } else { Next::Take };
+                    *next = Next::Take;
+                    match what {
+                        Next::Fail => Err(StatusCode::INTERNAL_SERVER_ERROR),
+                        _ => Ok(Json(DeltaReply {
+                            interval_ms: 1000,
+                            full_state_needed: what == Next::Lost,
+                            min_interval_ms,
+                            peer_list_interval_ms,
+                        })),
+                    }
+                }),
+            )
+            .route(
+                "/v1/peers/{digest}",
+                get(
+                    move |Path(digest): Path<Digest>,
+                          Query(query): Query<HashMap<String, String>>| async move {
+                        q.lock().unwrap().push(query);
+                        Json(PeerList {
+                            digest,
+                            peers: peers.clone(),
+                        })
+                    },
+                ),
+            );
+    ((serve(router).await, seen, next), queries)
+}
+
+#[tokio::test]
+async fn announces_are_deltas_after_the_first_and_whole_when_the_tracker_lost_track() {
+    let (up, seen, next) = delta_tracker().await;
+    let t = trackers(vec![up.url.clone()]);
+    let mut state = announce();
+    t.announce(&state).await.unwrap();
+    let other = Digest::of(b"other");
+    state
+        .blobs
+        .push(BlobHave::new(other.clone(), &ChunkSet::full(1)));
+    t.announce(&state).await.unwrap();
+    t.announce(&state).await.unwrap();
+    let take = |seen: &Seen<DeltaAnnounce>| std::mem::take(&mut *seen.lock().unwrap());
+    let sent = take(&seen);
+    assert_eq!(sent.len(), 3);
+    assert_eq!((sent[0].seq, sent[0].base), (1, None));
+    assert_eq!(sent[0].blobs, announce().blobs);
+    assert_eq!((sent[1].seq, sent[1].base), (2, Some(1)));
+    assert_eq!(
+        sent[1].blobs,
+        vec![state.blobs[1].clone()],
+        "only the new blob"
+    );
+    assert_eq!((sent[2].seq, sent[2].base), (3, Some(2)));
+    assert!(sent[2].blobs.is_empty() && sent[2].removed.is_empty());
+
+    // The tracker restarted: it asks, and gets the whole state in the same round.
+    *next.lock().unwrap() = Next::Lost;
+    t.announce(&state).await.unwrap();
+    let sent = take(&seen);
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[0].base, Some(3));
+    assert_eq!((sent[1].seq, sent[1].base), (5, None));
+    assert_eq!(sent[1].blobs, state.blobs);
+
+    // A failed round: the next one sends the whole state.
+    state.blobs.remove(0);
+    *next.lock().unwrap() = Next::Fail;
+    assert!(t.announce(&state).await.is_err());
+    t.announce(&state).await.unwrap();
+    t.announce(&announce()).await.unwrap();
+    let sent = take(&seen);
+    assert_eq!(sent.len(), 3);
+    assert_eq!(sent[0].base, Some(5));
+    assert_eq!((sent[1].seq, sent[1].base), (7, None));
+    assert_eq!(sent[1].blobs, state.blobs);
+    assert_eq!((sent[2].seq, sent[2].base), (8, Some(7)));
+    assert_eq!(sent[2].blobs, announce().blobs);
+    assert_eq!(sent[2].removed, vec![other]);
+}
+
+#[tokio::test]
+async fn a_tracker_without_deltas_gets_whole_states_on_the_older_route() {
+    let (old, old_seen, _) = tracker(vec![]).await;
+    let (new, new_seen, _) = delta_tracker().await;
+    let t = trackers(vec![old.url.clone(), new.url.clone()]);
+    for _ in 0..3 {
+        t.announce(&announce()).await.unwrap();
+    }
+    assert_eq!(*old_seen.lock().unwrap(), vec![announce(); 3]);
+    let deltas = new_seen.lock().unwrap().clone();
+    assert_eq!(deltas.len(), 3);
+    assert!(deltas[1].blobs.is_empty() && deltas[2].base == Some(2));
+}
+
+#[tokio::test]
+async fn a_paced_node_skips_rounds_and_reuses_peer_lists_until_the_tracker_says() {
+    let ((up, seen, _), queries) = paced_tracker(300, 300, vec![entry("other", 4, &[1])]).await;
+    let t = trackers(vec![up.url.clone()]);
+    let d = Digest::of(b"blob");
+    let mut state = announce();
+    t.announce(&state).await.unwrap();
+    // Sooner than 300 ms: skipped, nothing sent; the change goes with the next delta.
+    state.blobs[0] = BlobHave::new(d.clone(), &ChunkSet::empty(3));
+    t.announce(&state).await.unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    for _ in 0..3 {
+        assert_eq!(t.peers(&d, "me").await.unwrap().len(), 1);
+    }
+    assert_eq!(
+        queries.lock().unwrap().len(),
+        1,
+        "one list asked, then reused"
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    t.announce(&state).await.unwrap();
+    let sent = seen.lock().unwrap().clone();
+    assert_eq!(sent.len(), 2);
+    assert_eq!((sent[1].seq, sent[1].base), (2, Some(1)));
+    assert_eq!(sent[1].blobs, state.blobs);
+    assert_eq!(t.peers(&d, "me").await.unwrap().len(), 1);
+    assert_eq!(
+        queries.lock().unwrap().len(),
+        2,
+        "asked again past the pacing"
+    );
+}

@@ -246,7 +246,10 @@ async fn probes_served(container: &Value, port: u16, router: &axum::Router) -> R
         let get = &p["httpGet"];
         ensure!(!get.is_null(), "{probe}: neither httpGet nor tcpSocket");
         let want = probe_port(container, &get["port"])?;
-        ensure!(want == port, "{probe} on port {want}, the listener is {port}");
+        ensure!(
+            want == port,
+            "{probe} on port {want}, the listener is {port}"
+        );
         let path = str_of(&get["path"])?;
         ensure!(
             serves(router.clone(), path).await?,
@@ -319,7 +322,10 @@ async fn check_shoald(objects: &[Value], dir: &Path) -> Result<()> {
     );
     let main = container(pod, "containers", "shoald")?;
     let args = expanded_args(main)?;
-    ensure!(args.first().map(String::as_str) == Some("snapshotter"), "{args:?}");
+    ensure!(
+        args.first().map(String::as_str) == Some("snapshotter"),
+        "{args:?}"
+    );
     cli_accepts(&shoald, &args)?;
     let config_path = flag(&args, "--config")?;
     let file = config_file(objects, pod, main, config_path, dir)?;
@@ -340,13 +346,24 @@ async fn check_shoald(objects: &[Value], dir: &Path) -> Result<()> {
     let tls = config.swarm.tls.as_ref().context("[swarm.tls]")?;
     for f in [&tls.ca, &tls.cert, &tls.key] {
         let (volume, _) = volume_for(pod, main, &f.to_string_lossy())?;
-        ensure!(!volume["hostPath"].is_null(), "{}: not on the host", f.display());
+        ensure!(
+            !volume["hostPath"].is_null(),
+            "{}: not on the host",
+            f.display()
+        );
     }
     // Ports: the chunk server and the metrics/status listener.
-    ensure!(port_of(main, "chunks")? == config.swarm.listen.port(), "chunk port");
+    ensure!(
+        port_of(main, "chunks")? == config.swarm.listen.port(),
+        "chunk port"
+    );
     let metrics: SocketAddr = config.metrics.listen.parse()?;
     ensure!(port_of(main, "metrics")? == metrics.port(), "metrics port");
-    policy_covers(objects, "shoald", &[config.swarm.listen.port(), metrics.port()])?;
+    policy_covers(
+        objects,
+        "shoald",
+        &[config.swarm.listen.port(), metrics.port()],
+    )?;
     let router = shoal_plugin::health::http::router(
         Arc::new(shoal_p2p::metrics::Registry::default()),
         shoal_plugin::health::Health::new(),
@@ -357,15 +374,30 @@ async fn check_shoald(objects: &[Value], dir: &Path) -> Result<()> {
     let init = container(pod, "initContainers", "hosts")?;
     let init_args = expanded_args(init)?;
     ensure!(flag(&init_args, "--dir")? == hosts_dir, "{init_args:?}");
-    ensure!(flag(&init_args, "--config")? == config_path, "{init_args:?}");
+    ensure!(
+        flag(&init_args, "--config")? == config_path,
+        "{init_args:?}"
+    );
     let written = dir.join("certs.d");
     let mut real = init_args.clone();
     let at = real.iter().position(|a| a == "--dir").context("--dir")? + 1;
     real[at] = written.to_string_lossy().into_owned();
-    let at = real.iter().position(|a| a == "--config").context("--config")? + 1;
+    let at = real
+        .iter()
+        .position(|a| a == "--config")
+        .context("--config")?
+        + 1;
     real[at] = file.to_string_lossy().into_owned();
-    run(Command::new(&shoald).args(&real).env_remove("SHOALD_CONFIG"))?;
-    for registry in config.mirror.registries.iter().map(String::as_str).chain(["_default"]) {
+    run(Command::new(&shoald)
+        .args(&real)
+        .env_remove("SHOALD_CONFIG"))?;
+    for registry in config
+        .mirror
+        .registries
+        .iter()
+        .map(String::as_str)
+        .chain(["_default"])
+    {
         let hosts = std::fs::read_to_string(written.join(registry).join("hosts.toml"))
             .with_context(|| format!("shoald hosts wrote no hosts.toml for {registry}"))?;
         let entry = format!("[host.\"http://{}\"]", config.mirror.listen);
@@ -377,11 +409,17 @@ async fn check_shoald(objects: &[Value], dir: &Path) -> Result<()> {
     let replicas = sts["spec"]["replicas"].as_u64().context("replicas")?;
     let service = str_of(&sts["spec"]["serviceName"])?;
     let api = port_of(
-        container(&sts["spec"]["template"]["spec"], "containers", "shoal-registry-ext")?,
+        container(
+            &sts["spec"]["template"]["spec"],
+            "containers",
+            "shoal-registry-ext",
+        )?,
         "api",
     )?;
     let want: Vec<String> = (0..replicas)
-        .map(|i| format!("https://shoal-registry-ext-{i}.{service}.{NAMESPACE}.svc.cluster.local:{api}"))
+        .map(|i| {
+            format!("https://shoal-registry-ext-{i}.{service}.{NAMESPACE}.svc.cluster.local:{api}")
+        })
         .collect();
     ensure!(
         config.swarm.trackers == want,
@@ -399,7 +437,10 @@ async fn check_registry_ext(objects: &[Value], dir: &Path) -> Result<String> {
     ensure!(pod["securityContext"]["runAsNonRoot"] == true, "non-root");
     let main = container(pod, "containers", "shoal-registry-ext")?;
     let args = expanded_args(main)?;
-    ensure!(args.first().map(String::as_str) == Some("serve"), "{args:?}");
+    ensure!(
+        args.first().map(String::as_str) == Some("serve"),
+        "{args:?}"
+    );
     cli_accepts(&bin, &args)?;
     let advertise: SocketAddr = flag(&args, "--advertise")?.parse()?;
     let config_path = flag(&args, "--config")?;
@@ -469,9 +510,15 @@ fn check_cert_manager(objects: &[&Value], secret: &str) -> Result<()> {
             shoal_p2p::tls::Role::RegistrySide,
             "registry-ext"
         );
-        ensure!(array(&cert["spec"]["uris"]) == [Value::from(uri.clone())], "want {uri}");
+        ensure!(
+            array(&cert["spec"]["uris"]) == [Value::from(uri.clone())],
+            "want {uri}"
+        );
         let issuer = str_of(&cert["spec"]["issuerRef"]["name"])?;
-        ensure!(issuers.contains(&issuer), "issuer {issuer} not in {issuers:?}");
+        ensure!(
+            issuers.contains(&issuer),
+            "issuer {issuer} not in {issuers:?}"
+        );
         let usages = array(&cert["spec"]["usages"]);
         for u in ["server auth", "client auth"] {
             ensure!(usages.contains(&Value::from(u)), "usage {u}");
@@ -499,15 +546,21 @@ async fn manifests_validate_and_match_the_binaries() -> Result<()> {
     }
     let dir = tempfile::tempdir()?;
     for kustomization in kustomizations()? {
-        let name = kustomization.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = kustomization
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         let (_, objects) = render(&kustomization)?;
-        let (cert_manager, core): (Vec<&Value>, Vec<&Value>) = objects
-            .iter()
-            .partition(|o| str_of(&o["apiVersion"]).is_ok_and(|v| v.starts_with("cert-manager.io/")));
+        let (cert_manager, core): (Vec<&Value>, Vec<&Value>) = objects.iter().partition(|o| {
+            str_of(&o["apiVersion"]).is_ok_and(|v| v.starts_with("cert-manager.io/"))
+        });
         validate(&core, dir.path()).with_context(|| format!("deploy {name}"))?;
         ensure!(
-            objects.iter().all(|o| o["metadata"]["namespace"] == NAMESPACE
-                || matches!(o["kind"].as_str(), Some("Namespace" | "RuntimeClass"))),
+            objects
+                .iter()
+                .all(|o| o["metadata"]["namespace"] == NAMESPACE
+                    || matches!(o["kind"].as_str(), Some("Namespace" | "RuntimeClass"))),
             "{name}: an object outside namespace {NAMESPACE}"
         );
         check_shoald(&objects, dir.path())
@@ -567,7 +620,13 @@ async fn k8s_certs_script_makes_what_the_manifests_mount() -> Result<()> {
     let pod = &sts["spec"]["template"]["spec"];
     let main = container(pod, "containers", "shoal-registry-ext")?;
     let config = shoal_registry_ext::Config::load_advertising(
-        &config_file(&objects, pod, main, "/etc/shoal/config/registry-ext.toml", dir.path())?,
+        &config_file(
+            &objects,
+            pod,
+            main,
+            "/etc/shoal/config/registry-ext.toml",
+            dir.path(),
+        )?,
         Some(format!("{POD_IP}:7080").parse()?),
     )?;
     let tls = config.tls.context("[tls]")?;
@@ -586,11 +645,22 @@ async fn k8s_certs_script_makes_what_the_manifests_mount() -> Result<()> {
         cert: PathBuf::new(),
         key: PathBuf::new(),
     };
-    for (path, slot) in [(&tls.ca, &mut files.ca), (&tls.cert, &mut files.cert), (&tls.key, &mut files.key)] {
-        let key = path.file_name().context("file name")?.to_string_lossy().into_owned();
+    for (path, slot) in [
+        (&tls.ca, &mut files.ca),
+        (&tls.cert, &mut files.cert),
+        (&tls.key, &mut files.key),
+    ] {
+        let key = path
+            .file_name()
+            .context("file name")?
+            .to_string_lossy()
+            .into_owned();
         let data = str_of(&secret["data"][&key]).with_context(|| format!("Secret has no {key}"))?;
         *slot = mounted.join(&key);
-        std::fs::write(&*slot, base64::engine::general_purpose::STANDARD.decode(data)?)?;
+        std::fs::write(
+            &*slot,
+            base64::engine::general_purpose::STANDARD.decode(data)?,
+        )?;
     }
     let t = Transport::load(Some(&files), false)?;
     ensure!(t.identity() == Identity::new(Role::RegistrySide, "registry-ext").as_ref());
@@ -615,9 +685,11 @@ async fn k8s_certs_script_makes_what_the_manifests_mount() -> Result<()> {
             cert: name(&swarm_tls.cert),
             key: name(&swarm_tls.key),
         };
-        let t = Transport::load(Some(&files), false)
-            .with_context(|| format!("{node}'s files"))?;
-        ensure!(t.identity() == Identity::new(Role::Node, node).as_ref(), "{node}");
+        let t = Transport::load(Some(&files), false).with_context(|| format!("{node}'s files"))?;
+        ensure!(
+            t.identity() == Identity::new(Role::Node, node).as_ref(),
+            "{node}"
+        );
     }
     Ok(())
 }

@@ -60,18 +60,36 @@ fn tree(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>> {
     Ok(out)
 }
 
-/// The entries of a gzip layer: (path without a trailing `/`, is a directory, uid, contents).
-fn layer_entries(gz: &[u8]) -> Result<Vec<(String, bool, u64, Vec<u8>)>> {
+/// One entry of a layer.
+struct Entry {
+    /// Without a trailing `/`.
+    path: String,
+    is_dir: bool,
+    uid: u64,
+    data: Vec<u8>,
+}
+
+/// The entries of a gzip layer.
+fn layer_entries(gz: &[u8]) -> Result<Vec<Entry>> {
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(gz));
     let mut out = Vec::new();
     for entry in archive.entries()? {
         let mut entry = entry?;
-        let path = entry.path()?.to_string_lossy().trim_end_matches('/').to_owned();
+        let path = entry
+            .path()?
+            .to_string_lossy()
+            .trim_end_matches('/')
+            .to_owned();
         let is_dir = entry.header().entry_type().is_dir();
         let uid = entry.header().uid()?;
         let mut data = Vec::new();
         entry.read_to_end(&mut data)?;
-        out.push((path, is_dir, uid, data));
+        out.push(Entry {
+            path,
+            is_dir,
+            uid,
+            data,
+        });
     }
     Ok(out)
 }
@@ -79,7 +97,16 @@ fn layer_entries(gz: &[u8]) -> Result<Vec<(String, bool, u64, Vec<u8>)>> {
 #[test]
 fn image_builds_reproducibly_and_each_binary_runs_in_containerd() -> Result<()> {
     if tools::skip_unless(
-        &["python3", "strip", "ldd", "skopeo", "runc", "ctr", "containerd", "docker-registry"],
+        &[
+            "python3",
+            "strip",
+            "ldd",
+            "skopeo",
+            "runc",
+            "ctr",
+            "containerd",
+            "docker-registry",
+        ],
         true,
     ) {
         return Ok(());
@@ -134,8 +161,8 @@ fn image_builds_reproducibly_and_each_binary_runs_in_containerd() -> Result<()> 
         let own = layer_entries(&blob(&a, layers[1]["digest"].as_str().context("layer")?)?)?;
         let own_files: Vec<&str> = own
             .iter()
-            .filter(|e| !e.1)
-            .map(|e| e.0.as_str())
+            .filter(|e| !e.is_dir)
+            .map(|e| e.path.as_str())
             .collect();
         ensure!(
             own_files == [format!("usr/local/bin/{name}")],
@@ -143,13 +170,16 @@ fn image_builds_reproducibly_and_each_binary_runs_in_containerd() -> Result<()> 
         );
     }
     let base = layer_entries(&blob(&a, base_layer.as_deref().context("no base")?)?)?;
-    let paths: BTreeSet<&str> = base.iter().map(|e| e.0.as_str()).collect();
+    let paths: BTreeSet<&str> = base.iter().map(|e| e.path.as_str()).collect();
     for needed in [
         "etc/passwd",
         "etc/group",
         "etc/ssl/certs/ca-certificates.crt",
     ] {
-        ensure!(paths.contains(needed), "base layer lacks {needed}: {paths:?}");
+        ensure!(
+            paths.contains(needed),
+            "base layer lacks {needed}: {paths:?}"
+        );
     }
     ensure!(
         paths.iter().any(|p| p.contains("libc.so")),
@@ -158,14 +188,19 @@ fn image_builds_reproducibly_and_each_binary_runs_in_containerd() -> Result<()> 
     for shell in ["bin/sh", "bin/bash", "usr/bin/sh", "bin/busybox"] {
         ensure!(!paths.contains(shell), "base layer has {shell}");
     }
-    let passwd = &base.iter().find(|e| e.0 == "etc/passwd").context("passwd")?.3;
+    let passwd = &base
+        .iter()
+        .find(|e| e.path == "etc/passwd")
+        .context("passwd")?
+        .data;
     ensure!(
         String::from_utf8_lossy(passwd).contains("shoal:x:65532:65532:"),
         "/etc/passwd: {}",
         String::from_utf8_lossy(passwd)
     );
     ensure!(
-        base.iter().all(|e| e.0 == "var/lib/shoal-registry-ext" || e.2 == 0),
+        base.iter()
+            .all(|e| e.path == "var/lib/shoal-registry-ext" || e.uid == 0),
         "base layer files not owned by root"
     );
 

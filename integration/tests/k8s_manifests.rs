@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -27,19 +27,12 @@ use shoal_integration::cluster::registry_ext_binary;
 use shoal_integration::cri::shoald_binary;
 use shoal_integration::tools::{self, run};
 
-const NAMESPACE: &str = "shoal";
-/// What the test gives `$(POD_IP)`, as the kubelet would the pod's IP.
-const POD_IP: &str = "10.1.2.3";
+mod k8s_rig;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn tools_dir() -> PathBuf {
-    std::env::var_os("SHOAL_K8S_TOOLS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/shoal-k8s-tools"))
-}
+use k8s_rig::{
+    array, config_file, container, find, render, repo, str_of, tools_dir, validate, volume_for,
+    NAMESPACE, POD_IP,
+};
 
 /// The directories `kubectl kustomize` renders: the base and every overlay.
 fn kustomizations() -> Result<Vec<PathBuf>> {
@@ -50,71 +43,6 @@ fn kustomizations() -> Result<Vec<PathBuf>> {
     overlays.sort();
     dirs.extend(overlays);
     Ok(dirs)
-}
-
-/// `kubectl kustomize DIR`, as YAML and as JSON objects (PyYAML of kubernetes-validate's venv).
-fn render(dir: &Path) -> Result<(String, Vec<Value>)> {
-    let kubectl = tools_dir().join("bin/kubectl");
-    let yaml = run(Command::new(&kubectl).arg("kustomize").arg(dir))
-        .with_context(|| format!("kubectl kustomize {}", dir.display()))?
-        .stdout;
-    let yaml = String::from_utf8(yaml)?;
-    let python = tools_dir().join("venv/bin/python");
-    let mut child = Command::new(python)
-        .args([
-            "-c",
-            "import json, sys, yaml; json.dump([d for d in yaml.safe_load_all(sys.stdin) if d], sys.stdout)",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    std::io::Write::write_all(child.stdin.as_mut().context("stdin")?, yaml.as_bytes())?;
-    drop(child.stdin.take());
-    let out = child.wait_with_output()?;
-    ensure!(out.status.success(), "YAML to JSON failed");
-    let objects: Vec<Value> = serde_json::from_slice(&out.stdout)?;
-    Ok((yaml, objects))
-}
-
-/// `kubernetes-validate --strict` against Kubernetes 1.36 of `objects`; the error names what
-/// failed.
-fn validate(objects: &[&Value], dir: &Path) -> Result<()> {
-    let file = dir.join("rendered.yaml");
-    let text: Vec<String> = objects.iter().map(|o| o.to_string()).collect();
-    std::fs::write(&file, text.join("\n---\n"))?;
-    let out = Command::new(tools_dir().join("venv/bin/kubernetes-validate"))
-        .args(["--strict", "--kubernetes-version", "1.36.0"])
-        .arg(&file)
-        .output()
-        .context("kubernetes-validate")?;
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ensure!(out.status.success(), "kubernetes-validate: {said}");
-    let passed = said.matches("passed for resource").count();
-    ensure!(
-        passed == objects.len(),
-        "kubernetes-validate passed {passed} of {} objects: {said}",
-        objects.len()
-    );
-    Ok(())
-}
-
-fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> Result<&'a Value> {
-    objects
-        .iter()
-        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
-        .with_context(|| format!("no {kind} {name}"))
-}
-
-fn str_of(v: &Value) -> Result<&str> {
-    v.as_str().with_context(|| format!("not a string: {v}"))
-}
-
-fn array(v: &Value) -> &[Value] {
-    v.as_array().map(Vec::as_slice).unwrap_or_default()
 }
 
 /// The container's arguments as the kubelet passes them: `$(VAR)` from its env (a
@@ -169,29 +97,8 @@ fn cli_accepts(bin: &Path, args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The volume mounted at the longest mount path holding `path`, and `path` relative to it.
-fn volume_for<'a>(pod: &'a Value, container: &Value, path: &str) -> Result<(&'a Value, String)> {
-    let mount = array(&container["volumeMounts"])
-        .iter()
-        .filter(|m| {
-            let at = m["mountPath"].as_str().unwrap_or_default();
-            path == at || path.starts_with(&format!("{}/", at.trim_end_matches('/')))
-        })
-        .max_by_key(|m| m["mountPath"].as_str().unwrap_or_default().len())
-        .with_context(|| format!("{path} is on no volume of {}", container["name"]))?;
-    let name = &mount["name"];
-    let volume = array(&pod["volumes"])
-        .iter()
-        .find(|v| &v["name"] == name)
-        .with_context(|| format!("volume {name} not in the pod"))?;
-    let rest = path[str_of(&mount["mountPath"])?.len()..]
-        .trim_start_matches('/')
-        .to_owned();
-    Ok((volume, rest))
-}
-
 /// `path` is on a host path volume mounted at the same path on the host (containerd, on
-/// the host, uses it too), writable unless `read_only`.
+/// the host, uses it too).
 fn on_same_host_path(pod: &Value, container: &Value, path: &str) -> Result<()> {
     let (volume, rest) = volume_for(pod, container, path)?;
     let host = str_of(&volume["hostPath"]["path"])
@@ -282,34 +189,6 @@ fn policy_covers(objects: &[Value], app: &str, ports: &[u16]) -> Result<()> {
         "NetworkPolicy for {app} admits ports {admitted:?}, the listeners are {want:?}"
     );
     Ok(())
-}
-
-fn container<'a>(pod: &'a Value, key: &str, name: &str) -> Result<&'a Value> {
-    array(&pod[key])
-        .iter()
-        .find(|c| c["name"] == name)
-        .with_context(|| format!("no {key} {name}"))
-}
-
-/// The ConfigMap file at `path` in `container` written to `dir`, for the real loaders.
-fn config_file(
-    objects: &[Value],
-    pod: &Value,
-    container: &Value,
-    path: &str,
-    dir: &Path,
-) -> Result<PathBuf> {
-    let (volume, key) = volume_for(pod, container, path)?;
-    let map = str_of(&volume["configMap"]["name"])
-        .with_context(|| format!("{path} is not on a ConfigMap"))?;
-    let data = objects
-        .iter()
-        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == map)
-        .with_context(|| format!("no ConfigMap {map}"))?;
-    let text = str_of(&data["data"][&key]).with_context(|| format!("{map} has no {key}"))?;
-    let file = dir.join(&key);
-    std::fs::write(&file, text)?;
-    Ok(file)
 }
 
 async fn check_shoald(objects: &[Value], dir: &Path) -> Result<()> {
@@ -591,117 +470,4 @@ async fn manifests_validate_and_match_the_binaries() -> Result<()> {
     let err = validate(&[&bad], dir.path()).expect_err("an unknown field must fail");
     ensure!(err.to_string().contains("livenesProbe"), "{err:#}");
     Ok(())
-}
-
-/// `scripts/k8s-certs.sh` makes what the manifests mount: the registry side's Secret (valid
-/// for Kubernetes 1.36, the keys the StatefulSet's [tls] names, a registry-side identity)
-/// and each node's files (the names shoald's [swarm.tls] names, that node's identity).
-#[tokio::test]
-async fn k8s_certs_script_makes_what_the_manifests_mount() -> Result<()> {
-    use base64::Engine;
-    use shoal_p2p::tls::{Identity, Role, TlsFiles, Transport};
-    let kubectl = tools_dir().join("bin/kubectl");
-    if !kubectl.is_file() {
-        tools::skip_because("kubectl missing: run scripts/install-k8s-tools.sh");
-        return Ok(());
-    }
-    if tools::skip_unless(&["openssl"], false) {
-        return Ok(());
-    }
-    let dir = tempfile::tempdir()?;
-    let pki = dir.path().join("pki");
-    run(Command::new("bash")
-        .arg(repo().join("scripts/k8s-certs.sh"))
-        .arg(&pki)
-        .args(["node-a", "node-b"])
-        .env("KUBECTL", &kubectl))?;
-    let (_, objects) = render(&repo().join("deploy/base"))?;
-    let sts = find(&objects, "StatefulSet", "shoal-registry-ext")?;
-    let pod = &sts["spec"]["template"]["spec"];
-    let main = container(pod, "containers", "shoal-registry-ext")?;
-    let config = shoal_registry_ext::Config::load_advertising(
-        &config_file(
-            &objects,
-            pod,
-            main,
-            "/etc/shoal/config/registry-ext.toml",
-            dir.path(),
-        )?,
-        Some(format!("{POD_IP}:7080").parse()?),
-    )?;
-    let tls = config.tls.context("[tls]")?;
-
-    let (_, secrets) = render_file(&pki.join("k8s/shoal-registry-ext-tls.yaml"))?;
-    let secret = secrets.first().context("no Secret")?;
-    validate(&[secret], dir.path())?;
-    ensure!(secret["metadata"]["namespace"] == NAMESPACE);
-    let (volume, _) = volume_for(pod, main, &tls.cert.to_string_lossy())?;
-    ensure!(secret["metadata"]["name"] == volume["secret"]["secretName"]);
-    // The Secret's files where the StatefulSet mounts them, loaded as the server would.
-    let mounted = dir.path().join("tls");
-    std::fs::create_dir_all(&mounted)?;
-    let mut files = TlsFiles {
-        ca: PathBuf::new(),
-        cert: PathBuf::new(),
-        key: PathBuf::new(),
-    };
-    for (path, slot) in [
-        (&tls.ca, &mut files.ca),
-        (&tls.cert, &mut files.cert),
-        (&tls.key, &mut files.key),
-    ] {
-        let key = path
-            .file_name()
-            .context("file name")?
-            .to_string_lossy()
-            .into_owned();
-        let data = str_of(&secret["data"][&key]).with_context(|| format!("Secret has no {key}"))?;
-        *slot = mounted.join(&key);
-        std::fs::write(
-            &*slot,
-            base64::engine::general_purpose::STANDARD.decode(data)?,
-        )?;
-    }
-    let t = Transport::load(Some(&files), false)?;
-    ensure!(t.identity() == Identity::new(Role::RegistrySide, "registry-ext").as_ref());
-
-    // Each node's directory, with the file names of shoald's [swarm.tls].
-    let ds = find(&objects, "DaemonSet", "shoald")?;
-    let dpod = &ds["spec"]["template"]["spec"];
-    let dmain = container(dpod, "containers", "shoald")?;
-    let shoald = shoal_plugin::config::Config::load(Some(&config_file(
-        &objects,
-        dpod,
-        dmain,
-        "/etc/shoal/config/shoald.toml",
-        dir.path(),
-    )?))?;
-    let swarm_tls = shoald.swarm.tls.context("[swarm.tls]")?;
-    for node in ["node-a", "node-b"] {
-        let at = pki.join("nodes").join(node);
-        let name = |p: &Path| at.join(p.file_name().unwrap_or_default());
-        let files = TlsFiles {
-            ca: name(&swarm_tls.ca),
-            cert: name(&swarm_tls.cert),
-            key: name(&swarm_tls.key),
-        };
-        let t = Transport::load(Some(&files), false).with_context(|| format!("{node}'s files"))?;
-        ensure!(
-            t.identity() == Identity::new(Role::Node, node).as_ref(),
-            "{node}"
-        );
-    }
-    Ok(())
-}
-
-/// A YAML file as JSON objects (PyYAML of kubernetes-validate's venv).
-fn render_file(path: &Path) -> Result<(String, Vec<Value>)> {
-    let yaml = std::fs::read_to_string(path)?;
-    let out = run(Command::new(tools_dir().join("venv/bin/python"))
-        .args([
-            "-c",
-            "import json, sys, yaml; json.dump([d for d in yaml.safe_load_all(open(sys.argv[1])) if d], sys.stdout)",
-        ])
-        .arg(path))?;
-    Ok((yaml, serde_json::from_slice(&out.stdout)?))
 }

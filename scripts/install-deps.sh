@@ -22,6 +22,8 @@ packages=(
   golang-go       # builds containerd's snapshotter conformance suite (conformance/)
   golang-github-containerd-containerd-dev # the suite's sources (containerd 1.6)
   attr            # getfattr/setfattr, for looking at unpacked layers by hand
+  python3-venv    # scripts/build-image.py (python3) and the venv of install-k8s-tools.sh
+  binutils        # strip, for scripts/build-image.py (gcc pulls it in too)
   systemd         # systemd-analyze: the tests verify the unit files in systemd/ (where systemd is
                   # not PID 1, as in a container, this only adds its tools; nothing is started)
 )
@@ -55,3 +57,7 @@ fi
 # containerd 1.7 and 2.1 (Debian 13's and sid's packages) unpacked beside the system's 1.6,
 # for the tests' containerd matrix.
 "$(dirname "$0")/install-containerd-versions.sh"
+
+# kubectl 1.36 (Debian sid's package, unpacked privately) and kubernetes-validate (PyPI, in a
+# venv of its own), for the Kubernetes manifests' tests (deploy/, docs/kubernetes.md).
+"$(dirname "$0")/install-k8s-tools.sh"

@@ -38,7 +38,8 @@ use crate::health::{Backoff, Component, Health, State};
 pub(crate) use swarm::node_name;
 use swarm::{host_name, SwarmStarter};
 
-/// The blob source and the background services of this node. Dropping it stops them.
+/// The blob source and the background services of this node. Dropping it stops them at
+/// once; [`Node::drain`] first lets the mirror's downloads in flight finish.
 pub struct Node {
     /// Where layer blobs come from, for the snapshotter's remote path (counted in
     /// `health.remote_in_flight`).
@@ -47,12 +48,39 @@ pub struct Node {
     pub health: Health,
     swarm: Arc<Mutex<Option<Swarm>>>,
     tasks: Vec<JoinHandle<()>>,
+    /// The mirror's task, apart from `tasks` so that [`Node::drain`] can wait for it.
+    mirror: Option<JoinHandle<()>>,
+    stop: StopHandle,
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        for task in self.tasks.iter().chain(&self.mirror) {
             task.abort();
+        }
+    }
+}
+
+/// Tells the node's servers to stop taking new work ([`Node::stop_handle`]): the mirror
+/// stops accepting connections and answers the requests it has.
+#[derive(Clone, Debug)]
+pub struct StopHandle(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl StopHandle {
+    fn new() -> Self {
+        Self(Arc::new(tokio::sync::watch::channel(false).0))
+    }
+
+    /// Stop taking new work (idempotent).
+    pub fn stop(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Completes once [`Self::stop`] was called.
+    fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
         }
     }
 }
@@ -63,6 +91,32 @@ impl Node {
     /// start shows in [`Self::health`]).
     pub async fn start(config: &Config, client: RegistryClient) -> Self {
         Self::start_with(config, client, Backoff::default()).await
+    }
+
+    /// What stops the node's servers taking new work; [`Self::drain`] uses it too.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// Stops taking new work (as [`StopHandle::stop`]) and waits, at most `grace`, for the
+    /// mirror's requests in flight (blobs being streamed to containerd) to finish; true when
+    /// they did. The swarm, the cache and the rest stop when the node is dropped.
+    pub async fn drain(&mut self, grace: std::time::Duration) -> bool {
+        self.stop.stop();
+        let Some(mut mirror) = self.mirror.take() else {
+            return true;
+        };
+        match tokio::time::timeout(grace, &mut mirror).await {
+            Ok(_) => true,
+            Err(_) => {
+                mirror.abort();
+                tracing::warn!(
+                    "registry mirror: downloads still running after {} s cut",
+                    grace.as_secs()
+                );
+                false
+            }
+        }
     }
 
     /// The swarm, when it runs.
@@ -150,13 +204,12 @@ impl Node {
             source.clone(),
             health.remote_in_flight.clone(),
         ));
+        let stop = StopHandle::new();
+        let mut mirror = None;
         if config.mirror.enabled {
             let mirror_blobs = Arc::new(LiveSource::new(source, health.mirror_in_flight.clone()));
-            if let Some(task) =
-                start_mirror(config, mirror_blobs, &mut registry, &health, backoff).await
-            {
-                tasks.push(task);
-            }
+            mirror =
+                start_mirror(config, mirror_blobs, &mut registry, &health, backoff, &stop).await;
         }
         if let Some(task) = start_metrics(&config.metrics.listen, registry, health.clone()).await {
             tasks.push(task);
@@ -188,19 +241,23 @@ impl Node {
             health,
             swarm: swarm_slot,
             tasks,
+            mirror,
+            stop,
         }
     }
 }
 
 /// Serves the registry mirror on `mirror.listen`: `None` when its configuration is refused
 /// (down); a listener that cannot be bound is bound again after `backoff`'s delays
-/// (degraded meanwhile).
+/// (degraded meanwhile). After `stop`, it takes no new connection, answers the requests it
+/// has, and the task ends.
 async fn start_mirror(
     config: &Config,
     blobs: Arc<dyn BlobSource>,
     registry: &mut Registry,
     health: &Health,
     mut backoff: Backoff,
+    stop: &StopHandle,
 ) -> Option<JoinHandle<()>> {
     let metrics = crate::mirror::MirrorMetrics::default();
     let mirror = match crate::mirror::Mirror::new(
@@ -239,12 +296,16 @@ async fn start_mirror(
         health.up(Component::Mirror);
     }
     let health = health.clone();
+    let stop = stop.clone();
     Some(tokio::spawn(async move {
         let listener = loop {
             match (attempt, delay) {
                 (Ok(listener), _) => break listener,
                 (Err(_), wait) => {
-                    tokio::time::sleep(wait.unwrap_or_default()).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait.unwrap_or_default()) => {}
+                        _ = stop.stopped() => return,
+                    }
                     attempt = tokio::net::TcpListener::bind(addr).await;
                     delay = attempt.as_ref().err().map(|e| report(e, &mut backoff));
                 }
@@ -252,7 +313,7 @@ async fn start_mirror(
         };
         health.up(Component::Mirror);
         tracing::info!("registry mirror on http://{addr}");
-        let reason = match mirror.serve(listener, std::future::pending()).await {
+        let reason = match mirror.serve(listener, stop.stopped()).await {
             Ok(()) => "stopped".to_string(),
             Err(e) => format!("stopped: {e}"),
         };

@@ -206,9 +206,31 @@ impl Config {
         Self::parse(&config_file::read(path)?, path)
     }
 
+    /// [`Self::load`] with the top-level `advertise` replaced by `advertise` when given
+    /// (`serve --advertise`: e.g. a pod's IP, which a configuration file shared by several
+    /// replicas cannot name), before anything is derived from it.
+    pub fn load_advertising(
+        path: &Path,
+        advertise: Option<SocketAddr>,
+    ) -> Result<Self, ConfigError> {
+        Self::parse_advertising(&config_file::read(path)?, path, advertise)
+    }
+
     /// Parses, normalises and validates configuration text; `path` only names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig = config_file::parse_toml(text, path)?;
+        Self::parse_advertising(text, path, None)
+    }
+
+    /// [`Self::parse`] with `advertise` as in [`Self::load_advertising`].
+    pub fn parse_advertising(
+        text: &str,
+        path: &Path,
+        advertise: Option<SocketAddr>,
+    ) -> Result<Self, ConfigError> {
+        let mut raw: RawConfig = config_file::parse_toml(text, path)?;
+        if advertise.is_some() {
+            raw.advertise = advertise;
+        }
         raw.normalise()
             .map_err(|reason| ConfigError::invalid(path, reason))
     }

@@ -27,6 +27,10 @@ enum Command {
         /// The configuration file (see registry-ext.toml.example).
         #[arg(long, value_name = "PATH")]
         config: PathBuf,
+        /// The IP:port peers dial for the seeder's chunks, instead of the configuration's
+        /// `advertise` (e.g. the pod's IP on Kubernetes: `--advertise $(POD_IP):7080`).
+        #[arg(long, value_name = "IP:PORT", env = "SHOAL_ADVERTISE")]
+        advertise: Option<std::net::SocketAddr>,
     },
     /// Print the chunk manifest (JSON, one line per blob) of every layer of IMAGE, made from
     /// the layer blobs read from the registry with their digests verified.
@@ -53,7 +57,7 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve { config } => serve(&config).await,
+        Command::Serve { config, advertise } => serve(&config, advertise).await,
         Command::ChunkManifest {
             image,
             chunk_size,
@@ -89,8 +93,8 @@ async fn main() -> Result<()> {
     }
 }
 
-async fn serve(path: &std::path::Path) -> Result<()> {
-    let config = shoal_registry_ext::Config::load(path)?;
+async fn serve(path: &std::path::Path, advertise: Option<std::net::SocketAddr>) -> Result<()> {
+    let config = shoal_registry_ext::Config::load_advertising(path, advertise)?;
     // Unusable TLS files fail here, before anything is said to be listening.
     shoal_p2p::tls::Transport::load(config.tls.as_ref(), config.insecure_plaintext)?;
     let api = tokio::net::TcpListener::bind(config.listen)

@@ -75,6 +75,11 @@ pub async fn serve<S: containerd_snapshots::Snapshotter>(
         .map_err(|e| SnapshotError::Task(format!("gRPC server: {e}")))
 }
 
+/// How long shoald waits on shutdown for the mirror's downloads in flight, after the
+/// snapshotter's calls in flight finished (systemd's TimeoutStopSec is 30 s; the Kubernetes
+/// DaemonSet's terminationGracePeriodSeconds 60).
+pub const MIRROR_DRAIN: Duration = Duration::from_secs(25);
+
 /// Opens the overlay snapshotter at `root` with the remote (CRI streaming) path of
 /// [`crate::remote`] and the node's swarm ([`crate::node`]) built from `config`, and serves it on the unix socket `address` until
 /// `shutdown` completes; the socket file is removed afterwards.
@@ -111,7 +116,18 @@ pub async fn run(
     if let Err(e) = crate::sd_notify::ready(&status) {
         tracing::warn!(error = %e, "sd_notify READY=1");
     }
+    // On shutdown the gRPC server takes no new calls and waits for those in flight (a
+    // Prepare waits for its layer), while the mirror, told at the same moment, takes no new
+    // connection and finishes the blobs it is sending; then the rest stops.
+    let stop = node.stop_handle();
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("stopping: finishing the snapshotter calls and mirror downloads in flight");
+        stop.stop();
+    };
     let served = serve(snapshotter, listener, shutdown).await;
+    let mut node = node;
+    node.drain(MIRROR_DRAIN).await;
     drop(node);
     let _ = std::fs::remove_file(address);
     Ok(served?)

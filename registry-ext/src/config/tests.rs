@@ -201,3 +201,21 @@ fn sections_are_validated() {
         Some("127.0.0.1:7081".parse().unwrap())
     );
 }
+
+#[test]
+fn advertise_given_at_startup_replaces_the_files() {
+    // A file shared by several replicas listens on 0.0.0.0 and names no advertise address:
+    // refused alone, accepted with each replica's own (`serve --advertise`), which the
+    // torrent listener's default follows too.
+    let text = "registry_host = \"r:5000\"\nlisten = \"0.0.0.0:7080\"\ninsecure_plaintext = true\n";
+    let err = parse(text).unwrap_err().to_string();
+    assert!(err.contains("advertise is required"), "{err}");
+    let pod: SocketAddr = "10.1.2.3:7080".parse().unwrap();
+    let c = Config::parse_advertising(text, Path::new("x.toml"), Some(pod)).unwrap();
+    assert_eq!(c.advertise, pod);
+    let with_file = format!("{text}advertise = \"10.9.9.9:7080\"\n");
+    let c = Config::parse_advertising(&with_file, Path::new("x.toml"), Some(pod)).unwrap();
+    assert_eq!(c.advertise, pod);
+    let c = Config::parse_advertising(&with_file, Path::new("x.toml"), None).unwrap();
+    assert_eq!(c.advertise, "10.9.9.9:7080".parse().unwrap());
+}

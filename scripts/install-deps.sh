@@ -22,6 +22,9 @@ packages=(
   golang-go       # builds containerd's snapshotter conformance suite (conformance/)
   golang-github-containerd-containerd-dev # the suite's sources (containerd 1.6)
   attr            # getfattr/setfattr, for looking at unpacked layers by hand
+  prometheus      # prometheus + promtool: deploy/monitoring's rules checked and unit-tested,
+                  # and the dashboard's queries run against a Prometheus the test starts on
+                  # loopback (the package's own service, where systemd starts it, is not used)
   systemd         # systemd-analyze: the tests verify the unit files in systemd/ (where systemd is
                   # not PID 1, as in a container, this only adds its tools; nothing is started)
 )

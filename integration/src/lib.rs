@@ -13,6 +13,7 @@ pub mod cri;
 pub mod image;
 pub mod netns;
 pub mod pki;
+pub mod prometheus;
 pub mod registry;
 pub mod tamper;
 pub mod token_server;

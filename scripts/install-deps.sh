@@ -24,6 +24,9 @@ packages=(
   attr            # getfattr/setfattr, for looking at unpacked layers by hand
   python3-venv    # scripts/build-image.py (python3) and the venv of install-k8s-tools.sh
   binutils        # strip, for scripts/build-image.py (gcc pulls it in too)
+  prometheus      # prometheus + promtool: deploy/monitoring's rules checked and unit-tested,
+                  # and the dashboard's queries run against a Prometheus the test starts on
+                  # loopback (the package's own service, where systemd starts it, is not used)
   systemd         # systemd-analyze: the tests verify the unit files in systemd/ (where systemd is
                   # not PID 1, as in a container, this only adds its tools; nothing is started)
 )

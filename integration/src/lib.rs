@@ -14,6 +14,7 @@ pub mod docs;
 pub mod image;
 pub mod netns;
 pub mod pki;
+pub mod prometheus;
 pub mod registry;
 pub mod tamper;
 pub mod token_server;

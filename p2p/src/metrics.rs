@@ -48,9 +48,21 @@ pub struct SwarmMetrics {
     pub fetch_seconds: Histogram,
 }
 
+/// The reasons of [`SwarmMetrics::chunk_failures`].
+pub const CHUNK_FAILURE_REASONS: [&str; 6] = [
+    "hash",
+    "transport",
+    "busy",
+    "not_held",
+    "overdue",
+    "registry",
+];
+
 impl Default for SwarmMetrics {
+    /// Every label value (sources, failure reasons, fetch results) present at 0 from the
+    /// start, so that rates and ratios have data before the first chunk or failure.
     fn default() -> Self {
-        Self {
+        let m = Self {
             bytes: Family::default(),
             chunks: Family::default(),
             chunk_failures: Family::default(),
@@ -59,7 +71,18 @@ impl Default for SwarmMetrics {
             registry_fallbacks: Counter::default(),
             blob_fetches: Family::default(),
             fetch_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
+        };
+        for source in ["peer", "registry"] {
+            let _ = m.bytes.get_or_create(&SourceLabel { source });
+            let _ = m.chunks.get_or_create(&SourceLabel { source });
         }
+        for reason in CHUNK_FAILURE_REASONS {
+            let _ = m.chunk_failures.get_or_create(&ReasonLabel { reason });
+        }
+        for reason in ["ok", "error"] {
+            let _ = m.blob_fetches.get_or_create(&ReasonLabel { reason });
+        }
+        m
     }
 }
 
@@ -213,5 +236,8 @@ mod tests {
         assert!(text.contains("shoal_swarm_chunk_failures_total{reason=\"hash\"} 1"));
         assert!(text.contains("shoal_upload_sent_bytes_total 7"));
         assert!(text.contains("shoal_swarm_fetch_seconds_bucket"));
+        // Present at 0 before anything happened.
+        assert!(text.contains("shoal_swarm_chunk_failures_total{reason=\"overdue\"} 0"));
+        assert!(text.contains("shoal_swarm_blob_fetches_total{reason=\"error\"} 0"));
     }
 }

@@ -13,6 +13,8 @@
 //!   status`, `/metrics` and the log.
 //! - [`mirror`]: the registry mirror for containerd's hosts.toml (blobs through the swarm,
 //!   after an access check with the registry; everything else passed through).
+//! - [`pulls`]: what the node pulled, for Prometheus (fetches by path and result, bytes,
+//!   durations, fallbacks to containerd, bytes read from registries).
 //! - [`preheat`]: the preheat worker (registers with shoal-registry-ext, pulls jobs' images
 //!   through CRI) and the `shoald preheat` / `shoald nodes` commands.
 //! - [`snapshot`]: the containerd proxy snapshotter (overlayfs semantics, redb metadata, gRPC).
@@ -28,6 +30,7 @@ pub mod image;
 pub mod mirror;
 pub mod node;
 pub mod preheat;
+pub mod pulls;
 pub mod remote;
 pub mod report;
 pub mod sd_notify;

@@ -35,6 +35,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::health::watch::{LiveSource, SourceSlot};
 use crate::health::{Backoff, Component, Health, State};
+use crate::pulls::{MeteredSource, PullMetrics, RegistryMeter};
 pub(crate) use swarm::node_name;
 use swarm::{host_name, SwarmStarter};
 
@@ -46,6 +47,9 @@ pub struct Node {
     pub blobs: Arc<dyn BlobSource>,
     /// The node's health registry.
     pub health: Health,
+    /// What the node pulled (registered in its `/metrics`); the remote path counts its
+    /// fallbacks to containerd here.
+    pub pulls: PullMetrics,
     swarm: Arc<Mutex<Option<Swarm>>>,
     tasks: Vec<JoinHandle<()>>,
     /// The mirror's task, apart from `tasks` so that [`Node::drain`] can wait for it.
@@ -133,6 +137,11 @@ impl Node {
         let health = Health::new();
         let mut registry = Registry::default();
         health.metrics().register(&mut registry);
+        let pulls = PullMetrics::default();
+        pulls.register(&mut registry);
+        // Every blob byte read from a registry, by the cache or the swarm, is counted.
+        let upstream: Arc<dyn BlobSource> =
+            Arc::new(RegistryMeter::new(Arc::new(client.clone()), &pulls));
         let mut tasks = Vec::new();
         let cache_config = config.cache.clone();
         let cache = tokio::task::spawn_blocking(move || {
@@ -160,8 +169,8 @@ impl Node {
             }
         };
         let fallback: Arc<dyn BlobSource> = match &cache {
-            Some(cache) => Arc::new(CachingSource::new(client.clone(), cache.clone())),
-            None => Arc::new(client.clone()),
+            Some(cache) => Arc::new(CachingSource::new(upstream.clone(), cache.clone())),
+            None => upstream.clone(),
         };
         health.set_detail(
             Component::Remote,
@@ -186,7 +195,7 @@ impl Node {
                 upload_metrics.register(&mut registry);
                 let starter = SwarmStarter {
                     section: config.swarm.clone(),
-                    client: client.clone(),
+                    registry: upstream.clone(),
                     cache: cache.clone(),
                     swarm_metrics,
                     upload_metrics,
@@ -200,14 +209,18 @@ impl Node {
                 }
             }
         }
-        let blobs: Arc<dyn BlobSource> = Arc::new(LiveSource::new(
-            source.clone(),
-            health.remote_in_flight.clone(),
+        let live = LiveSource::new(source.clone(), health.remote_in_flight.clone());
+        let blobs: Arc<dyn BlobSource> = Arc::new(MeteredSource::new(
+            Arc::new(live),
+            pulls.clone(),
+            "snapshotter",
         ));
         let stop = StopHandle::new();
         let mut mirror = None;
         if config.mirror.enabled {
-            let mirror_blobs = Arc::new(LiveSource::new(source, health.mirror_in_flight.clone()));
+            let live = LiveSource::new(source, health.mirror_in_flight.clone());
+            let mirror_blobs =
+                Arc::new(MeteredSource::new(Arc::new(live), pulls.clone(), "mirror"));
             mirror =
                 start_mirror(config, mirror_blobs, &mut registry, &health, backoff, &stop).await;
         }
@@ -239,6 +252,7 @@ impl Node {
         Self {
             blobs,
             health,
+            pulls,
             swarm: swarm_slot,
             tasks,
             mirror,

@@ -63,6 +63,7 @@ use shoal_p2p::Digest;
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::Config;
+use crate::pulls::PullMetrics;
 use crate::snapshot::{Kind, OverlaySnapshotter, PrepareInterceptor, SnapshotError};
 use crate::unpack::{inherit_parent_attrs, unpack_stream, LayerSpec, UnpackOptions};
 use crate::Error;
@@ -126,6 +127,8 @@ pub struct RemoteLayers {
     /// Layers being fetched, or fetched and not yet claimed.
     fetches: InFlight<Digest, Arc<Fetch>>,
     seq: AtomicU64,
+    /// Where a layer given back to containerd is counted (`shoal_pull_fallbacks_total`).
+    pulls: PullMetrics,
 }
 
 impl std::fmt::Debug for RemoteLayers {
@@ -218,7 +221,15 @@ impl RemoteLayers {
             manifests: Mutex::new(HashMap::new()),
             fetches: InFlight::new(),
             seq: AtomicU64::new(0),
+            pulls: PullMetrics::default(),
         })
+    }
+
+    /// Counts the layers given back to containerd in `pulls` (the node's, see
+    /// [`crate::node::Node::pulls`]).
+    pub fn with_metrics(mut self, pulls: PullMetrics) -> Self {
+        self.pulls = pulls;
+        self
     }
 
     /// The manifest `image@manifest`, resolved once per manifest digest.
@@ -483,6 +494,7 @@ impl PrepareInterceptor for RemoteLayers {
                     error = %e,
                     "remote layer failed; containerd downloads and applies it itself"
                 );
+                self.pulls.fallback("snapshotter");
                 false
             }
         }
@@ -585,7 +597,10 @@ mod tests {
             .unwrap()
             .plain_http = true;
         let client = RegistryClient::new(config.registry.clone()).unwrap();
-        let remote = RemoteLayers::new(&config, &sn, Arc::new(client)).unwrap();
+        let pulls = PullMetrics::default();
+        let remote = RemoteLayers::new(&config, &sn, Arc::new(client))
+            .unwrap()
+            .with_metrics(pulls.clone());
         let d = Digest::of(b"x").to_string();
         let l = labels(&[
             (crate::snapshot::TARGET_REF_LABEL, &d),
@@ -595,6 +610,11 @@ mod tests {
             (IMAGE_LAYERS_LABEL, &d),
         ]);
         assert!(!remote.intercept(&sn, "k", "", &d, &l).await);
+        // Given back to containerd: counted as one fallback of the remote path.
+        let path = crate::pulls::PathLabel {
+            path: "snapshotter",
+        };
+        assert_eq!(pulls.fallbacks.get_or_create(&path).get(), 1);
         // Without the CRI labels: not consulted at all.
         assert!(!remote.intercept(&sn, "k", "", &d, &BTreeMap::new()).await);
         assert!(sn.list_blocking::<&str>(&[]).unwrap().is_empty());

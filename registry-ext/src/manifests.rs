@@ -139,9 +139,11 @@ impl ManifestService {
             read_disk(self.path_of(&digest), digest.clone(), self.inner.chunk_size).await
         {
             self.remember(&m);
+            self.inner.metrics.asked(&m.digest, m.size, Instant::now());
             return Ok((m.to_json(), "cached"));
         }
         let m = self.made(image, digest, false).await?;
+        self.inner.metrics.asked(&m.digest, m.size, Instant::now());
         Ok((m.to_json(), "made"))
     }
 

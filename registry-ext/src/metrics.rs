@@ -2,12 +2,17 @@
 //! export (the seeder's upload side is [`shoal_p2p::metrics::UploadMetrics`]).
 //! prometheus-client adds `_total` to counters.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use shoal_p2p::metrics::Registry;
+use shoal_p2p::Digest;
 
 /// Labels of a manifest request counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,6 +70,42 @@ impl TrackerMetrics {
     }
 }
 
+/// How long a blob asked for counts once in [`ManifestMetrics::distinct_blob_bytes`]: asked
+/// again within this time it is not counted again. The window of the registry-bytes alert
+/// (`deploy/monitoring/alerts.yaml`) is the same.
+pub const DISTINCT_WINDOW: Duration = Duration::from_secs(3600);
+
+/// Most blobs [`DistinctBlobs`] remembers (then the ones seen longest ago are forgotten).
+const MAX_DISTINCT: usize = 100_000;
+
+/// Which blobs were asked for within [`DISTINCT_WINDOW`] (pure: the caller gives the time).
+#[derive(Debug, Default)]
+pub struct DistinctBlobs {
+    /// When each blob was last counted.
+    counted: HashMap<Digest, Instant>,
+}
+
+impl DistinctBlobs {
+    /// Whether a request for `digest` at `now` counts: the blob was not counted within
+    /// [`DISTINCT_WINDOW`] before. Records it if so.
+    pub fn first_in_window(&mut self, digest: &Digest, now: Instant) -> bool {
+        if let Some(&at) = self.counted.get(digest) {
+            if now.saturating_duration_since(at) < DISTINCT_WINDOW {
+                return false;
+            }
+        }
+        if self.counted.len() >= MAX_DISTINCT {
+            self.counted
+                .retain(|_, at| now.saturating_duration_since(*at) < DISTINCT_WINDOW);
+            if self.counted.len() >= MAX_DISTINCT {
+                self.counted.clear();
+            }
+        }
+        self.counted.insert(digest.clone(), now);
+        true
+    }
+}
+
 /// The chunk-manifest service's metrics.
 #[derive(Clone, Debug)]
 pub struct ManifestMetrics {
@@ -74,6 +115,11 @@ pub struct ManifestMetrics {
     pub seconds: Histogram,
     /// Blob bytes read from the registry to make manifests.
     pub registry_read_bytes: Counter,
+    /// Sizes of the blobs nodes asked manifests for, each blob counted once per
+    /// [`DISTINCT_WINDOW`]: the bytes the cluster pulled through the swarm, each blob once,
+    /// which is what the registry would serve with a perfect swarm.
+    pub distinct_blob_bytes: Counter,
+    distinct: Arc<Mutex<DistinctBlobs>>,
 }
 
 impl Default for ManifestMetrics {
@@ -82,6 +128,8 @@ impl Default for ManifestMetrics {
             requests: Family::default(),
             seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             registry_read_bytes: Counter::default(),
+            distinct_blob_bytes: Counter::default(),
+            distinct: Arc::default(),
         }
     }
 }
@@ -104,11 +152,25 @@ impl ManifestMetrics {
             "Blob bytes read from the registry to make chunk manifests",
             self.registry_read_bytes.clone(),
         );
+        registry.register(
+            "shoal_manifest_distinct_blob_bytes",
+            "Sizes of the blobs nodes asked chunk manifests for, each blob once an hour",
+            self.distinct_blob_bytes.clone(),
+        );
     }
 
     /// Counts one request that ended with `result`.
     pub fn request(&self, result: &'static str) {
         self.requests.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts a manifest served for blob `digest` of `size` bytes at `now` in
+    /// [`Self::distinct_blob_bytes`], unless the blob was counted within the window.
+    pub fn asked(&self, digest: &Digest, size: u64, now: Instant) {
+        let mut distinct = self.distinct.lock().unwrap_or_else(|p| p.into_inner());
+        if distinct.first_in_window(digest, now) {
+            self.distinct_blob_bytes.inc_by(size);
+        }
     }
 }
 
@@ -376,5 +438,44 @@ impl PreheatMetrics {
             state: state.to_owned(),
         })
         .inc_by(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blob_counts_once_per_window() {
+        let m = ManifestMetrics::default();
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        let t0 = Instant::now();
+        m.asked(&a, 100, t0);
+        // Eight nodes asking for the same blob within the hour: once.
+        for i in 0..8 {
+            m.asked(&a, 100, t0 + Duration::from_secs(i * 60));
+        }
+        m.asked(&b, 10, t0 + Duration::from_secs(1));
+        assert_eq!(m.distinct_blob_bytes.get(), 110);
+        // Asked again after the window: counted again.
+        m.asked(&a, 100, t0 + DISTINCT_WINDOW + Duration::from_secs(1));
+        assert_eq!(m.distinct_blob_bytes.get(), 210);
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        let text = shoal_p2p::metrics::render(&registry);
+        assert!(
+            text.contains("shoal_manifest_distinct_blob_bytes_total 210"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_memo_stays_bounded() {
+        let mut d = DistinctBlobs::default();
+        let t0 = Instant::now();
+        for i in 0..MAX_DISTINCT + 10 {
+            assert!(d.first_in_window(&Digest::of(&i.to_le_bytes()), t0));
+        }
+        assert!(d.counted.len() <= MAX_DISTINCT);
     }
 }

@@ -58,12 +58,12 @@ impl Metrics {
         self.samples.iter().any(|s| s.name == name)
     }
 
-    /// `name`'s samples as `label=value` pairs, e.g. `hash=3 overdue=1` (for reports; the
-    /// first label of each sample).
+    /// `name`'s non-zero samples as `label=value` pairs, e.g. `hash=3 overdue=1` (for
+    /// reports; the first label of each sample).
     pub fn by_label(&self, name: &str) -> String {
         self.samples
             .iter()
-            .filter(|s| s.name == name)
+            .filter(|s| s.name == name && s.value != 0.0)
             .map(|s| {
                 let label = s.labels.first().map(|(_, v)| v.as_str()).unwrap_or("");
                 format!("{label}={}", s.value)

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use shoal_p2p::cache::BlobCache;
 use shoal_p2p::metrics::{SwarmMetrics, UploadMetrics};
 use shoal_p2p::peer::{PeerClient, UploadLimits};
-use shoal_p2p::registry::RegistryClient;
+use shoal_p2p::source::BlobSource;
 use shoal_p2p::swarm::{Swarm, SwarmConfig};
 use shoal_p2p::tls::{Role, Transport};
 use shoal_p2p::tracker::HttpTrackers;
@@ -35,7 +35,8 @@ impl Drop for AbortOnDrop {
 /// Everything needed to start the swarm, as often as it takes.
 pub(super) struct SwarmStarter {
     pub(super) section: SwarmSection,
-    pub(super) client: RegistryClient,
+    /// The registry, for the swarm's ranges and whole-blob fallbacks (bytes counted).
+    pub(super) registry: Arc<dyn BlobSource>,
     pub(super) cache: BlobCache,
     pub(super) swarm_metrics: SwarmMetrics,
     pub(super) upload_metrics: UploadMetrics,
@@ -118,7 +119,7 @@ async fn start_swarm(s: &SwarmStarter) -> Result<(Swarm, Vec<JoinHandle<()>>), S
         swarm_config,
         Arc::new(trackers),
         Arc::new(peers),
-        Arc::new(s.client.clone()),
+        s.registry.clone(),
         s.cache.clone(),
         s.swarm_metrics.clone(),
     );

@@ -97,9 +97,10 @@ pub async fn run(
     let node = crate::node::Node::start(&config, client).await;
     let health = node.health.clone();
     let blobs = node.blobs.clone();
+    let pulls = node.pulls.clone();
     let snapshotter = tokio::task::spawn_blocking(move || {
         let sn = OverlaySnapshotter::open(&root_owned)?;
-        let remote = crate::remote::RemoteLayers::new(&config, &sn, blobs)?;
+        let remote = crate::remote::RemoteLayers::new(&config, &sn, blobs)?.with_metrics(pulls);
         Ok::<_, crate::Error>(sn.with_interceptor(Arc::new(remote)))
     })
     .await

@@ -50,7 +50,7 @@ pub async fn torrent_file(
 pub(super) fn parse(digest: &Digest, bytes: &[u8]) -> Result<(Id20, u64), Error> {
     let meta = librqbit::torrent_from_bytes(bytes).map_err(|source| Error::Torrent {
         what: format!("reading the .torrent of {digest}"),
-        source,
+        source: source.into(),
     })?;
     let info = &meta.info.data;
     let name = info.name.as_ref().map(|n| n.as_ref().to_vec());

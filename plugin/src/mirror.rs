@@ -114,14 +114,14 @@ pub enum MirrorError {
         repository: String,
         digest: Digest,
         #[source]
-        source: shoal_p2p::Error,
+        source: Box<shoal_p2p::Error>,
     },
     /// The blob source failed after the answer started: the response is cut.
     #[error("blob {digest}: the source failed: {source}")]
     SourceCut {
         digest: Digest,
         #[source]
-        source: shoal_p2p::Error,
+        source: Box<shoal_p2p::Error>,
     },
     /// The blob source sent more bytes than the answer announced: the response is cut.
     #[error("blob {digest}: {seen} bytes, more than the {len} expected")]
@@ -476,7 +476,7 @@ async fn serve_blob(
             return Err(MirrorError::Source {
                 repository: image.repository.clone(),
                 digest,
-                source,
+                source: Box::new(source),
             })
         }
     };
@@ -518,20 +518,23 @@ mod tests {
         let e = MirrorError::Source {
             repository: "team/app".into(),
             digest: digest.clone(),
-            source: failure,
+            source: Box::new(failure),
         };
         // The typed cause is kept: the swarm's reason is there to match on, not only text.
-        let cause = std::error::Error::source(&e).expect("a source");
+        let MirrorError::Source { source, .. } = &e else {
+            unreachable!()
+        };
         assert!(
             matches!(
-                cause.downcast_ref::<shoal_p2p::Error>(),
-                Some(shoal_p2p::Error::Swarm {
+                **source,
+                shoal_p2p::Error::Swarm {
                     source: SwarmError::Plan(PlanError::RegistryFailing { failures: 4 }),
                     ..
-                })
+                }
             ),
-            "{cause:?}"
+            "{source:?}"
         );
+        assert!(std::error::Error::source(&e).is_some());
         // 502: containerd tries the next host (the registry itself).
         let (status, code, message) = answer(e);
         assert_eq!(status, StatusCode::BAD_GATEWAY);
@@ -556,12 +559,14 @@ mod tests {
         let refused = MirrorError::Source {
             repository: "team/app".into(),
             digest: digest.clone(),
-            source: shoal_p2p::registry::RegistryError::Unauthorized {
-                registry: "r.example".into(),
-                repository: "team/app".into(),
-                reason: "HTTP 401".into(),
-            }
-            .into(),
+            source: Box::new(
+                shoal_p2p::registry::RegistryError::Unauthorized {
+                    registry: "r.example".into(),
+                    repository: "team/app".into(),
+                    reason: "HTTP 401".into(),
+                }
+                .into(),
+            ),
         };
         let (status, _, message) = answer(refused);
         assert_eq!(status, StatusCode::BAD_GATEWAY);

@@ -80,7 +80,7 @@ pub enum Error {
         path: PathBuf,
         what: &'static str,
         #[source]
-        source: redb::Error,
+        source: Box<redb::Error>,
     },
 
     /// A record could not be encoded as JSON (`what`: the preheat store's node or job).

@@ -33,7 +33,7 @@ fn store_err(path: &Path, what: &'static str, e: impl Into<redb::Error>) -> Erro
     Error::Store {
         path: path.to_path_buf(),
         what,
-        source: e.into(),
+        source: Box::new(e.into()),
     }
 }
 

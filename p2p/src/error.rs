@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use crate::chunk::ChunkManifestError;
 use crate::config_file::ConfigError;
 use crate::digest::Digest;
+use crate::peer::PeerError;
 use crate::preheat::PreheatClientError;
 use crate::reference::ReferenceError;
 use crate::registry::RegistryError;
@@ -100,8 +101,6 @@ pub enum Error {
     #[error(transparent)]
     Preheat(#[from] PreheatClientError),
 }
-
-use crate::peer::PeerError;
 
 impl Error {
     /// The registry's error, if it is one.

@@ -36,14 +36,14 @@ async fn chunk_manifest_of_a_pushed_blob() -> Result<()> {
     let err = chunk_manifest(&client, &image, &missing, MIN_CHUNK_SIZE)
         .await
         .unwrap_err();
-    assert!(
-        matches!(&err, Error::Registry(e) if e.is_not_found()),
-        "{err}"
-    );
+    assert!(matches!(&err, Error::P2p(e) if e.is_not_found()), "{err}");
     // A chunk size out of range is refused before any request.
     let err = chunk_manifest(&client, &image, &digest, 1)
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::ChunkManifest(_)), "{err}");
+    assert!(
+        matches!(err, Error::P2p(shoal_p2p::Error::ChunkManifest(_))),
+        "{err}"
+    );
     Ok(())
 }

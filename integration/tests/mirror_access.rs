@@ -418,10 +418,9 @@ async fn the_registry_client_fetches_with_a_clients_credentials_as_they_are() ->
     let other = shoal_p2p::source::Reader::Client(Some(other));
     let refused = client.fetch_as(&image, &digest, &other).await;
     ensure!(
-        matches!(
-            refused,
-            Err(shoal_p2p::registry::RegistryError::Unauthorized { .. })
-        ),
+        refused
+            .as_ref()
+            .is_err_and(shoal_p2p::Error::is_unauthorized),
         "{:?}",
         refused.err()
     );

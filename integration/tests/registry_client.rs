@@ -41,7 +41,7 @@ fn reference(addr: &str, rest: &str) -> ImageReference {
     format!("{addr}/{rest}").parse().unwrap()
 }
 
-async fn collect(mut s: BlobStream) -> Result<Vec<u8>, RegistryError> {
+async fn collect(mut s: BlobStream) -> Result<Vec<u8>, shoal_p2p::Error> {
     let mut out = Vec::new();
     while let Some(item) = s.next().await {
         out.extend_from_slice(&item?);
@@ -194,7 +194,10 @@ async fn resolve_and_blobs_against_real_registry() -> Result<()> {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, RegistryError::NoMatchingPlatform { .. }),
+        matches!(
+            err.registry(),
+            Some(RegistryError::NoMatchingPlatform { .. })
+        ),
         "{err}"
     );
     let msg = err.to_string();
@@ -302,7 +305,7 @@ async fn htpasswd_basic_auth() -> Result<()> {
         .resolve(&image, &amd64)
         .await
         .unwrap_err();
-    assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err}");
+    assert!(err.is_unauthorized(), "{err}");
     let msg = err.to_string();
     assert!(msg.contains(&addr) && msg.contains(repo), "{msg}");
 
@@ -316,7 +319,7 @@ async fn htpasswd_basic_auth() -> Result<()> {
 
     let bad = client(&addr, Some(("alice", "wrong-pw")));
     let err = bad.resolve(&image, &amd64).await.unwrap_err();
-    assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err}");
+    assert!(err.is_unauthorized(), "{err}");
     assert!(!err.to_string().contains("wrong-pw"), "{err}");
     assert!(!format!("{err:?}").contains("wrong-pw"), "{err:?}");
     assert!(!format!("{:?}", bad.config()).contains("wrong-pw"));
@@ -356,7 +359,7 @@ async fn token_auth_with_reuse() -> Result<()> {
     let bad = client(&addr, Some(("bob", "nope")));
     let refused_before = tokens.refused();
     let err = bad.resolve(&image, &amd64).await.unwrap_err();
-    assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err}");
+    assert!(err.is_unauthorized(), "{err}");
     assert!(!err.to_string().contains("nope"), "{err}");
     assert_eq!(tokens.refused() - refused_before, 1);
 
@@ -365,7 +368,7 @@ async fn token_auth_with_reuse() -> Result<()> {
         .resolve(&image, &amd64)
         .await
         .unwrap_err();
-    assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err}");
+    assert!(err.is_unauthorized(), "{err}");
     Ok(())
 }
 
@@ -405,12 +408,12 @@ async fn verified_blob_detects_wrong_bytes() -> Result<()> {
     }
     assert_eq!(got, 100_000, "bytes are streamed before the verdict");
     match last {
-        Some(RegistryError::DigestMismatch {
+        Some(shoal_p2p::Error::Registry(RegistryError::DigestMismatch {
             expected,
             actual,
             repository,
             ..
-        }) => {
+        })) => {
             assert_eq!(expected, digest);
             assert_ne!(actual, digest);
             assert_eq!(repository, "x/y");

@@ -36,7 +36,7 @@ pub use caching::CachingSource;
 pub use partial::PartialFile;
 
 use crate::digest::{Digest, Hasher};
-use crate::registry::RegistryError;
+use crate::Error;
 
 /// Name prefix of a cached blob's file (followed by the digest's hex).
 const FILE_PREFIX: &str = "sha256-";
@@ -116,8 +116,8 @@ pub struct CachedBlob {
     pub origins: Vec<String>,
 }
 
-fn cache_err(path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
-    move |source| RegistryError::Cache {
+fn cache_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Cache {
         path: path.to_path_buf(),
         source,
     }
@@ -128,7 +128,7 @@ impl BlobCache {
     /// already there (oldest mtime = least recently used), removes unfinished writes, and
     /// evicts down to `max_bytes` if the limit shrank. Files that are not cached blobs are
     /// left alone and not counted.
-    pub fn open(dir: impl Into<PathBuf>, max_bytes: u64) -> Result<Self, RegistryError> {
+    pub fn open(dir: impl Into<PathBuf>, max_bytes: u64) -> Result<Self, Error> {
         let dir = dir.into();
         let tmp = dir.join(TMP_DIR);
         match std::fs::remove_dir_all(&tmp) {
@@ -275,7 +275,7 @@ impl BlobCache {
 
     /// A writer for a new blob: write its bytes, then [`CacheWriter::finish`] with the
     /// digest they must hash to. Dropped unfinished, it leaves nothing.
-    pub fn writer(&self) -> Result<CacheWriter, RegistryError> {
+    pub fn writer(&self) -> Result<CacheWriter, Error> {
         let tmp = self.tmp_path();
         let file = File::create(&tmp).map_err(cache_err(&tmp))?;
         Ok(CacheWriter {
@@ -306,7 +306,7 @@ impl BlobCache {
         expected: &Digest,
         size: u64,
         origin: Option<&str>,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<(), Error> {
         let mut state = self.inner.state.lock().expect("lock");
         if let Some(entry) = state.entries.get_mut(expected) {
             let _ = std::fs::remove_file(tmp);
@@ -369,7 +369,7 @@ pub struct CacheWriter {
 impl CacheWriter {
     /// Appends `data`. Fails (and the blob will not be kept) on an I/O error or when the
     /// blob grows past the cache's whole size limit.
-    pub fn write(&mut self, data: &[u8]) -> Result<(), RegistryError> {
+    pub fn write(&mut self, data: &[u8]) -> Result<(), Error> {
         let max = self.cache.inner.max_bytes;
         if self.bytes + data.len() as u64 > max {
             return Err(cache_err(&self.tmp)(std::io::Error::other(format!(
@@ -391,23 +391,24 @@ impl CacheWriter {
     /// Keeps the blob under `expected` if the bytes hash to it (then evicts to fit the
     /// limit); otherwise removes it and fails. A blob already cached is just marked used.
     /// The blob is known from no registry ([`Self::finish_from`]).
-    pub fn finish(self, expected: &Digest) -> Result<(), RegistryError> {
+    pub fn finish(self, expected: &Digest) -> Result<(), Error> {
         self.finish_as(expected, None)
     }
 
     /// [`Self::finish`] for a blob fetched from registry `origin` (a blob already cached is
     /// then known from it too).
-    pub fn finish_from(self, expected: &Digest, origin: &str) -> Result<(), RegistryError> {
+    pub fn finish_from(self, expected: &Digest, origin: &str) -> Result<(), Error> {
         self.finish_as(expected, Some(origin))
     }
 
-    fn finish_as(mut self, expected: &Digest, origin: Option<&str>) -> Result<(), RegistryError> {
+    fn finish_as(mut self, expected: &Digest, origin: Option<&str>) -> Result<(), Error> {
         let actual = self.hasher.clone().finish();
         if actual != *expected {
-            return Err(cache_err(&self.tmp)(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("content is {actual}, not {expected}; not kept"),
-            )));
+            return Err(Error::CacheDigest {
+                path: self.tmp.clone(),
+                expected: expected.clone(),
+                actual,
+            });
         }
         let file = self.file.take().expect("not committed");
         let synced = file

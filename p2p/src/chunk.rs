@@ -36,7 +36,7 @@ pub struct ChunkManifest {
 }
 
 /// Why a chunk manifest is not usable.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum ChunkManifestError {
     #[error("chunk size {chunk_size} outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}")]
     ChunkSize { chunk_size: u64 },
@@ -54,7 +54,7 @@ pub enum ChunkManifestError {
         size: u64,
     },
     #[error("chunk manifest: {0}")]
-    Json(String),
+    Json(#[source] serde_json::Error),
 }
 
 fn check_chunk_size(chunk_size: u64) -> Result<(), ChunkManifestError> {
@@ -95,8 +95,7 @@ impl ChunkManifest {
 
     /// Parses and validates the JSON form.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ChunkManifestError> {
-        let m: Self =
-            serde_json::from_slice(bytes).map_err(|e| ChunkManifestError::Json(e.to_string()))?;
+        let m: Self = serde_json::from_slice(bytes).map_err(ChunkManifestError::Json)?;
         m.validate()?;
         Ok(m)
     }

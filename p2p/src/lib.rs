@@ -4,6 +4,8 @@
 //!   that serves from it.
 //! - [`chunk`]: chunk manifests (the sha256 of each fixed-size chunk of a blob).
 //! - [`config_file`]: reading and parsing a daemon's TOML configuration file, and its error.
+//! - [`Error`]: the one error type of the crate's API (variants by category: registry,
+//!   swarm, cache, tracker, peer, TLS, configuration, ...).
 //! - [`digest`]: validated sha256 digests and an incremental hasher.
 //! - [`reference`]: image references (`registry/name:tag`, `name@digest`).
 //! - [`registry`]: the OCI distribution client (resolve, auth, blob streams); the registry is
@@ -24,6 +26,7 @@ pub mod cache;
 pub mod chunk;
 pub mod config_file;
 pub mod digest;
+mod error;
 pub mod metrics;
 pub mod peer;
 pub mod preheat;
@@ -38,3 +41,4 @@ pub mod tls;
 pub mod tracker;
 
 pub use digest::{Digest, Hasher};
+pub use error::Error;

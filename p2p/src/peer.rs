@@ -27,8 +27,9 @@ pub mod test_pki;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use crate::error::error_chain;
+pub(crate) use client::error_text;
 pub use client::PeerClient;
-pub(crate) use client::{error_chain, error_text};
 pub use limit::UploadMeter;
 #[cfg(test)]
 pub(crate) use server::parse_range;
@@ -73,8 +74,17 @@ pub enum PeerError {
         start: u64,
         end: u64,
     },
-    #[error("peer {peer}: {reason}")]
-    Transport { peer: SocketAddr, reason: String },
+    /// Connecting, TLS, sending or receiving failed for `digest` bytes `start..end`.
+    #[error("peer {peer}: {digest} bytes {start}..{end}: {}", crate::error::Chain(&**.source))]
+    Transport {
+        peer: SocketAddr,
+        digest: Digest,
+        start: u64,
+        end: u64,
+        /// The HTTP client's error (a fake's I/O error in tests).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("peer {peer}: bad response: {reason}")]
     BadResponse { peer: SocketAddr, reason: String },
 }

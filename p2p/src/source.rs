@@ -6,7 +6,7 @@
 //! that reaches the registry uses the client's own [`Credentials`] instead of the node's, and
 //! a source that holds bytes (the cache, a swarm download) serves them only if it knows them
 //! from the registry the client asked ([`Reader::may_use`]); otherwise the fetch fails with
-//! [`RegistryError::OtherOrigin`] and the mirror passes the request upstream. Sources that
+//! [`Error::OtherOrigin`] and the mirror passes the request upstream. Sources that
 //! neither hold bytes nor reach a registry ignore the reader.
 //!
 //! A range of a blob comes from wherever its source keeps the blob: the cache (verified
@@ -28,6 +28,7 @@ use futures::stream;
 use crate::digest::Digest;
 use crate::reference::ImageReference;
 use crate::registry::{BlobStream, OciError, RegistryClient, RegistryError};
+use crate::Error;
 pub use range::{BadRange, ByteRange};
 
 /// A client's registry credentials for one fetch: the value of the `Authorization` header it
@@ -90,17 +91,17 @@ impl Reader {
         }
     }
 
-    /// [`Self::may_use`] as a result: [`RegistryError::OtherOrigin`] when not.
+    /// [`Self::may_use`] as a result: [`Error::OtherOrigin`] when not.
     pub fn check_origin<'o>(
         &self,
         registry: &str,
         digest: &Digest,
         origins: impl Iterator<Item = &'o str>,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<(), Error> {
         if self.may_use(registry, origins) {
             return Ok(());
         }
-        Err(RegistryError::OtherOrigin {
+        Err(Error::OtherOrigin {
             registry: registry.to_owned(),
             digest: digest.clone(),
         })
@@ -113,14 +114,14 @@ impl Reader {
 pub trait BlobSource: Send + Sync {
     /// The bytes of blob `digest` of `image`'s repository, as they arrive, fetched for
     /// `reader`: a client's registry requests carry its own credentials, and it gets only
-    /// bytes known from `image`'s registry ([`RegistryError::OtherOrigin`] otherwise; see the
+    /// bytes known from `image`'s registry ([`Error::OtherOrigin`] otherwise; see the
     /// module documentation).
     fn fetch_as<'a>(
         &'a self,
         image: &'a ImageReference,
         digest: &'a Digest,
         reader: &'a Reader,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>>;
+    ) -> BoxFuture<'a, Result<BlobStream, Error>>;
 
     /// The bytes `range` of blob `digest`, as they arrive, for `reader` (see
     /// [`Self::fetch_as`]): from the cache or a swarm download when the source has them
@@ -133,14 +134,14 @@ pub trait BlobSource: Send + Sync {
         digest: &'a Digest,
         range: Range<u64>,
         reader: &'a Reader,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>>;
+    ) -> BoxFuture<'a, Result<BlobStream, Error>>;
 
     /// [`Self::fetch_as`] for the node itself.
     fn fetch<'a>(
         &'a self,
         image: &'a ImageReference,
         digest: &'a Digest,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+    ) -> BoxFuture<'a, Result<BlobStream, Error>> {
         self.fetch_as(image, digest, &NODE)
     }
 
@@ -150,7 +151,7 @@ pub trait BlobSource: Send + Sync {
         image: &'a ImageReference,
         digest: &'a Digest,
         range: Range<u64>,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+    ) -> BoxFuture<'a, Result<BlobStream, Error>> {
         self.fetch_range_as(image, digest, range, &NODE)
     }
 }
@@ -161,7 +162,7 @@ impl BlobSource for RegistryClient {
         image: &'a ImageReference,
         digest: &'a Digest,
         reader: &'a Reader,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+    ) -> BoxFuture<'a, Result<BlobStream, Error>> {
         Box::pin(self.blob_as(image, digest, None, reader.credentials()))
     }
 
@@ -171,7 +172,7 @@ impl BlobSource for RegistryClient {
         digest: &'a Digest,
         range: Range<u64>,
         reader: &'a Reader,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+    ) -> BoxFuture<'a, Result<BlobStream, Error>> {
         Box::pin(self.blob_as(image, digest, Some(range), reader.credentials()))
     }
 }
@@ -182,7 +183,7 @@ impl<T: BlobSource + ?Sized> BlobSource for std::sync::Arc<T> {
         image: &'a ImageReference,
         digest: &'a Digest,
         reader: &'a Reader,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+    ) -> BoxFuture<'a, Result<BlobStream, Error>> {
         (**self).fetch_as(image, digest, reader)
     }
 
@@ -192,7 +193,7 @@ impl<T: BlobSource + ?Sized> BlobSource for std::sync::Arc<T> {
         digest: &'a Digest,
         range: Range<u64>,
         reader: &'a Reader,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+    ) -> BoxFuture<'a, Result<BlobStream, Error>> {
         (**self).fetch_range_as(image, digest, range, reader)
     }
 }
@@ -276,7 +277,7 @@ impl RecordingSource {
 }
 
 /// `data` cut into (at most) three chunks.
-fn chunked(data: &[u8]) -> Vec<Result<Bytes, RegistryError>> {
+fn chunked(data: &[u8]) -> Vec<Result<Bytes, Error>> {
     let step = data.len().div_ceil(3).max(1);
     data.chunks(step)
         .map(|c| Ok(Bytes::copy_from_slice(c)))
@@ -289,7 +290,7 @@ impl BlobSource for RecordingSource {
         image: &'a ImageReference,
         digest: &'a Digest,
         reader: &'a Reader,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+    ) -> BoxFuture<'a, Result<BlobStream, Error>> {
         let seen = &self.credentials;
         seen.lock()
             .expect("lock")
@@ -314,7 +315,8 @@ impl BlobSource for RecordingSource {
                             message: "blob unknown to registry".into(),
                             detail: None,
                         }],
-                    });
+                    }
+                    .into());
                 }
                 Some(Served::Bytes(data)) => chunked(&data),
                 Some(Served::CutAfter(prefix)) => {
@@ -322,7 +324,8 @@ impl BlobSource for RecordingSource {
                     items.push(Err(RegistryError::BadResponse {
                         url,
                         reason: "connection cut (fake)".into(),
-                    }));
+                    }
+                    .into()));
                     items
                 }
             };
@@ -336,7 +339,7 @@ impl BlobSource for RecordingSource {
         digest: &'a Digest,
         range: Range<u64>,
         reader: &'a Reader,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+    ) -> BoxFuture<'a, Result<BlobStream, Error>> {
         let seen = &self.credentials;
         seen.lock()
             .expect("lock")
@@ -347,12 +350,14 @@ impl BlobSource for RecordingSource {
             .push((digest.clone(), range.clone()));
         let served = self.blobs.lock().expect("lock").get(digest).cloned();
         Box::pin(async move {
-            let range_err = |reason: &str| RegistryError::Range {
-                repository: image.repository.clone(),
-                digest: digest.clone(),
-                start: range.start,
-                end: range.end,
-                reason: reason.into(),
+            let range_err = |reason: &str| {
+                Error::from(RegistryError::Range {
+                    repository: image.repository.clone(),
+                    digest: digest.clone(),
+                    start: range.start,
+                    end: range.end,
+                    reason: reason.into(),
+                })
             };
             let (data, cut) = match served {
                 Some(Served::Bytes(data)) => (data, false),
@@ -390,7 +395,7 @@ mod tests {
             assert!(!reader.may_use("b.example", origins.iter().copied()));
             assert!(!reader.may_use("a.example", std::iter::empty()));
             let e = reader.check_origin("c.example", &d, origins.iter().copied());
-            assert!(matches!(e, Err(RegistryError::OtherOrigin { .. })), "{e:?}");
+            assert!(matches!(e, Err(Error::OtherOrigin { .. })), "{e:?}");
         }
         assert!(Reader::Node.may_use("c.example", std::iter::empty()));
         assert_eq!(client.credentials(), Some(&Credentials::new("Bearer t")));

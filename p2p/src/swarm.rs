@@ -20,7 +20,7 @@
 //!   whose extension made the chunk manifest; the blob is committed to the cache as known
 //!   from it. A fetch for a client of shoald's mirror ([`Reader::Client`]) of another
 //!   registry is not attached to it, and gets no cached blob that is not known from its
-//!   registry ([`RegistryError::OtherOrigin`]: the mirror passes it upstream).
+//!   registry ([`Error::OtherOrigin`]: the mirror passes it upstream).
 //! - Each reader attached to a download adds a grant: its repository of the origin registry
 //!   and its credentials (a client's own, or the node's). Each registry range goes to the
 //!   newest grant's repository with that grant's credentials, so a token is only sent to the
@@ -60,10 +60,11 @@ use crate::digest::Digest;
 use crate::metrics::SwarmMetrics;
 use crate::peer::{ChunkProvider, Held, PeerFetcher};
 use crate::reference::ImageReference;
-use crate::registry::{BlobStream, RegistryError};
+use crate::registry::BlobStream;
 use crate::single_flight::{Entry, InFlight, Joined};
 use crate::source::{BlobSource, Reader};
 use crate::tracker::{Announce, BlobHave, ChunkSet, Tracker, UploadStats};
+use crate::Error;
 use download::Download;
 pub use error::SwarmError;
 
@@ -276,14 +277,14 @@ impl Swarm {
 
     /// The download of `digest`, joined (with `reader`'s grant) or started; `None` when the
     /// swarm cannot be used for it (no manifest), and the caller fetches from the registry;
-    /// [`RegistryError::OtherOrigin`] when a client of another registry than the download's
+    /// [`Error::OtherOrigin`] when a client of another registry than the download's
     /// asks.
     async fn download(
         &self,
         image: &ImageReference,
         digest: &Digest,
         reader: &Reader,
-    ) -> Result<Option<Arc<Download>>, RegistryError> {
+    ) -> Result<Option<Arc<Download>>, Error> {
         // Joined or started here; whoever gets to the cell first (and is not cancelled)
         // starts the download, the others wait for it.
         let Joined {
@@ -422,7 +423,7 @@ impl Swarm {
         digest: &Digest,
         range: Option<Range<u64>>,
         reader: &Reader,
-    ) -> Result<BlobStream, RegistryError> {
+    ) -> Result<BlobStream, Error> {
         if !self.inner.cache.contains(digest) {
             if let Some(download) = self.download(image, digest, reader).await? {
                 return download.reader(range.unwrap_or(0..download.manifest().size));
@@ -446,7 +447,7 @@ impl BlobSource for Swarm {
         image: &'a ImageReference,
         digest: &'a Digest,
         reader: &'a Reader,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+    ) -> BoxFuture<'a, Result<BlobStream, Error>> {
         Box::pin(self.fetch_part(image, digest, None, reader))
     }
 
@@ -456,7 +457,7 @@ impl BlobSource for Swarm {
         digest: &'a Digest,
         range: Range<u64>,
         reader: &'a Reader,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+    ) -> BoxFuture<'a, Result<BlobStream, Error>> {
         Box::pin(self.fetch_part(image, digest, Some(range), reader))
     }
 }

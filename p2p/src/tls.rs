@@ -54,11 +54,12 @@ pub struct TlsFiles {
 /// Why TLS material cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("reading {what} {path:?}: {reason}")]
+    #[error("reading {what} {path:?}: {source}")]
     Read {
         what: &'static str,
         path: PathBuf,
-        reason: String,
+        #[source]
+        source: rustls::pki_types::pem::Error,
     },
     #[error("{what} {path:?} holds no PEM {expected}")]
     Empty {
@@ -66,8 +67,28 @@ pub enum TlsError {
         path: PathBuf,
         expected: &'static str,
     },
-    #[error("TLS setup: {0}")]
-    Setup(String),
+    /// rustls refused part of the configuration (`what`, read from `path`).
+    #[error("TLS setup: {what}{}: {source}", .path.as_ref().map(|p| format!(" {p:?}")).unwrap_or_default())]
+    Rustls {
+        what: &'static str,
+        path: Option<PathBuf>,
+        #[source]
+        source: rustls::Error,
+    },
+    /// The certificate verifier (of clients or of servers) cannot be built from the CA.
+    #[error("TLS setup: {what} verifier for CA {ca:?}: {source}")]
+    Verifier {
+        what: &'static str,
+        ca: PathBuf,
+        #[source]
+        source: rustls::server::VerifierBuilderError,
+    },
+    /// The HTTP client over this transport cannot be built.
+    #[error("TLS setup: HTTP client: {}", crate::error::Chain(.source))]
+    HttpClient {
+        #[source]
+        source: reqwest::Error,
+    },
     /// This component's own certificate names no usable identity (e.g. made before roles).
     #[error("certificate {path:?}: {source}")]
     Identity {
@@ -124,15 +145,15 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let read_err = |reason: String| TlsError::Read {
+    let read_err = |source| TlsError::Read {
         what,
         path: path.to_path_buf(),
-        reason,
+        source,
     };
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| read_err(e.to_string()))?
+        .map_err(read_err)?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| read_err(e.to_string()))?;
+        .map_err(read_err)?;
     if certs.is_empty() {
         return Err(TlsError::Empty {
             what,
@@ -150,10 +171,10 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
             path: path.to_path_buf(),
             expected: "PRIVATE KEY",
         },
-        e => TlsError::Read {
+        source => TlsError::Read {
             what: "private key",
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            source,
         },
     })
 }
@@ -161,12 +182,23 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 impl TlsMaterial {
     /// Reads the CA, certificate and key and builds both TLS configurations.
     pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
-        let setup = |e: rustls::Error| TlsError::Setup(e.to_string());
+        let setup = |source| TlsError::Rustls {
+            what: "protocol versions",
+            path: None,
+            source,
+        };
+        let certificate = |source| TlsError::Rustls {
+            what: "certificate",
+            path: Some(files.cert.clone()),
+            source,
+        };
         let mut roots = RootCertStore::empty();
         for ca in read_certs("cluster CA certificate", &files.ca)? {
-            roots
-                .add(ca)
-                .map_err(|e| TlsError::Setup(format!("CA {:?}: {e}", files.ca)))?;
+            roots.add(ca).map_err(|source| TlsError::Rustls {
+                what: "CA",
+                path: Some(files.ca.clone()),
+                source,
+            })?;
         }
         let roots = Arc::new(roots);
         let chain = read_certs("certificate", &files.cert)?;
@@ -179,26 +211,34 @@ impl TlsMaterial {
         let client_verifier = Arc::new(verify::ClusterClientVerifier(
             WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
                 .build()
-                .map_err(|e| TlsError::Setup(e.to_string()))?,
+                .map_err(|source| TlsError::Verifier {
+                    what: "client",
+                    ca: files.ca.clone(),
+                    source,
+                })?,
         ));
         let mut server = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(setup)?
             .with_client_cert_verifier(client_verifier)
             .with_single_cert(chain.clone(), key.clone_key())
-            .map_err(|e| TlsError::Setup(format!("certificate {:?}: {e}", files.cert)))?;
+            .map_err(certificate)?;
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
         let mut server_only = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(setup)?
             .with_no_client_auth()
             .with_single_cert(chain.clone(), key.clone_key())
-            .map_err(|e| TlsError::Setup(format!("certificate {:?}: {e}", files.cert)))?;
+            .map_err(certificate)?;
         server_only.alpn_protocols = vec![b"http/1.1".to_vec()];
 
         let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
             .build()
-            .map_err(|e| TlsError::Setup(e.to_string()))?;
+            .map_err(|source| TlsError::Verifier {
+                what: "server",
+                ca: files.ca.clone(),
+                source,
+            })?;
         let client_for = |expect: Expect| {
             rustls::ClientConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
@@ -209,7 +249,7 @@ impl TlsMaterial {
                     expect,
                 }))
                 .with_client_auth_cert(chain.clone(), key.clone_key())
-                .map_err(|e| TlsError::Setup(format!("certificate {:?}: {e}", files.cert)))
+                .map_err(certificate)
         };
         Ok(Self {
             server: Arc::new(server),
@@ -314,7 +354,9 @@ impl Transport {
                 .https_only(true),
             Self::Plaintext => builder,
         };
-        builder.build().map_err(|e| TlsError::Setup(e.to_string()))
+        builder
+            .build()
+            .map_err(|source| TlsError::HttpClient { source })
     }
 
     /// Serves `router` on `listener` until `shutdown` completes (then stops accepting; open

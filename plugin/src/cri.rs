@@ -45,9 +45,23 @@ pub enum CriError {
     /// The pull did not finish in time.
     #[error("pulling {image}: no answer after {timeout:?}")]
     Timeout { image: String, timeout: Duration },
-    /// A manifest in containerd's content store could not be read.
-    #[error("manifest {digest}: {reason}")]
-    Manifest { digest: String, reason: String },
+    /// The image names no target manifest.
+    #[error("manifest {image}: image has no target")]
+    NoTarget { image: String },
+    /// A manifest in containerd's content store is neither a manifest nor an index with
+    /// this host's platform.
+    #[error("manifest {digest}: neither a manifest nor an index with linux/{arch}")]
+    NoPlatform { digest: String, arch: String },
+    /// Indexes in containerd's content store nest deeper than the pull follows.
+    #[error("manifest {digest}: indexes nested too deep")]
+    TooDeep { digest: String },
+    /// A manifest in containerd's content store is not JSON.
+    #[error("manifest {digest}: {source}")]
+    Manifest {
+        digest: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// One blob containerd is downloading, from `ListStatuses`.
@@ -220,9 +234,8 @@ pub async fn image_layers(channel: Channel, image: &str) -> Result<Vec<LayerInfo
         .into_inner()
         .image
         .and_then(|i| i.target)
-        .ok_or_else(|| CriError::Manifest {
-            digest: image.to_owned(),
-            reason: "image has no target".into(),
+        .ok_or_else(|| CriError::NoTarget {
+            image: image.to_owned(),
         })?;
     let mut digest = target.digest;
     for _ in 0..4 {
@@ -230,9 +243,9 @@ pub async fn image_layers(channel: Channel, image: &str) -> Result<Vec<LayerInfo
             let bytes = read_blob(channel.clone(), &digest)
                 .await
                 .map_err(call_err("content.Read"))?;
-            serde_json::from_slice(&bytes).map_err(|e| CriError::Manifest {
+            serde_json::from_slice(&bytes).map_err(|source| CriError::Manifest {
                 digest: digest.clone(),
-                reason: e.to_string(),
+                source,
             })?
         };
         if let Some(layers) = doc.get("layers").and_then(|l| l.as_array()) {
@@ -255,18 +268,10 @@ pub async fn image_layers(channel: Channel, image: &str) -> Result<Vec<LayerInfo
         });
         match pick {
             Some(m) => digest = str_field(m, "digest"),
-            None => {
-                return Err(CriError::Manifest {
-                    digest,
-                    reason: format!("neither a manifest nor an index with linux/{arch}"),
-                })
-            }
+            None => return Err(CriError::NoPlatform { digest, arch }),
         }
     }
-    Err(CriError::Manifest {
-        digest,
-        reason: "indexes nested too deep".into(),
-    })
+    Err(CriError::TooDeep { digest })
 }
 
 fn str_field(v: &serde_json::Value, key: &str) -> String {

@@ -97,7 +97,10 @@ pub async fn unpack_image(
     }
     let mut reports = Vec::with_capacity(image.layers.len());
     while let Some(joined) = tasks.join_next().await {
-        let report = joined.map_err(|e| Error::Task(e.to_string()))??;
+        let report = joined.map_err(|source| Error::Task {
+            what: "unpacking a layer",
+            source,
+        })??;
         on_done(&report);
         reports.push(report);
     }

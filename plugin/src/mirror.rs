@@ -50,6 +50,7 @@ mod trust;
 mod upstream;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -62,7 +63,6 @@ use prometheus_client::metrics::family::Family;
 use shoal_p2p::metrics::Registry;
 use shoal_p2p::reference::ImageReference;
 use shoal_p2p::registry::ClientConfig;
-use shoal_p2p::registry::RegistryError;
 use shoal_p2p::source::{BlobSource, ByteRange, Credentials, Reader};
 use shoal_p2p::Digest;
 
@@ -85,33 +85,97 @@ pub enum MirrorError {
     /// `?ns=` is not a registry host.
     #[error("?ns={ns:?} is not a registry host[:port]")]
     BadNamespace { ns: String },
-    /// The upstream could not be reached or answered nonsense.
-    #[error("upstream {url}: {reason}")]
-    Upstream { url: String, reason: String },
-    /// The blob source could not start the blob.
-    #[error("blob {digest} of {repository}: {reason}")]
+    /// The mirror's HTTP clients cannot be built.
+    #[error("cannot build the mirror's HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+    /// The upstream could not be reached.
+    #[error("upstream {url}: {source}")]
+    Upstream {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The upstream did not answer within `secs`.
+    #[error("upstream {url}: no answer in {secs} s")]
+    UpstreamTimeout { url: String, secs: u64 },
+    /// The upstream's answer cannot be passed on (a header axum refuses).
+    #[error("upstream {url}: cannot pass the answer on: {source}")]
+    UpstreamAnswer {
+        url: String,
+        #[source]
+        source: axum::http::Error,
+    },
+    /// The upstream's `HEAD` of a blob the client may pull has no usable size.
+    #[error("upstream {url}: HEAD of the blob has no valid Content-Length")]
+    UpstreamSize { url: String },
+    /// The blob source (cache, swarm, registry) could not start the blob.
+    #[error("blob {digest} of {repository}: {source}")]
     Source {
         repository: String,
         digest: Digest,
-        reason: String,
+        #[source]
+        source: Box<shoal_p2p::Error>,
     },
-    /// `shoald hosts`: an existing hosts.toml that is not TOML, or a file that cannot be
-    /// written.
-    #[error("{path}: {reason}")]
-    Hosts { path: String, reason: String },
+    /// The blob source failed after the answer started: the response is cut.
+    #[error("blob {digest}: the source failed: {source}")]
+    SourceCut {
+        digest: Digest,
+        #[source]
+        source: Box<shoal_p2p::Error>,
+    },
+    /// The blob source sent more bytes than the answer announced: the response is cut.
+    #[error("blob {digest}: {seen} bytes, more than the {len} expected")]
+    TooLong { digest: Digest, seen: u64, len: u64 },
+    /// The blob source ended short of the answer's length: the response is cut.
+    #[error("blob {digest}: the source ended after {seen} of {len} bytes")]
+    Short { digest: Digest, seen: u64, len: u64 },
+    /// The blob's bytes hash to `actual`: the response is cut before its last piece.
+    #[error("blob {digest}: the bytes hash to {actual}")]
+    BodyDigest { digest: Digest, actual: Digest },
+    /// `shoald hosts`: an existing hosts.toml that is not TOML or not a hosts file.
+    #[error("{path:?}: {source}")]
+    HostsToml {
+        path: PathBuf,
+        #[source]
+        source: hosts::HostsError,
+    },
+    /// `shoald hosts`: a hosts.toml that cannot be read or written.
+    #[error("{path:?}: {source}")]
+    HostsIo {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl MirrorError {
+    /// The HTTP status and OCI error code of the answer: the only place a mirror error
+    /// becomes a status. Everything the mirror cannot answer itself is a 502, so that
+    /// containerd tries the next host (the registry itself).
+    pub fn status(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::NoUpstream { .. } | Self::BadNamespace { .. } => {
+                (StatusCode::BAD_REQUEST, "UNSUPPORTED")
+            }
+            Self::HttpClient(_)
+            | Self::Upstream { .. }
+            | Self::UpstreamTimeout { .. }
+            | Self::UpstreamAnswer { .. }
+            | Self::UpstreamSize { .. }
+            | Self::Source { .. }
+            | Self::SourceCut { .. }
+            | Self::TooLong { .. }
+            | Self::Short { .. }
+            | Self::BodyDigest { .. }
+            | Self::HostsToml { .. }
+            | Self::HostsIo { .. } => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
+        }
+    }
 }
 
 impl IntoResponse for MirrorError {
     fn into_response(self) -> Response {
-        let (status, code) = match &self {
-            Self::NoUpstream { .. } | Self::BadNamespace { .. } => {
-                (StatusCode::BAD_REQUEST, "UNSUPPORTED")
-            }
-            // 502: containerd tries the next host (the registry itself).
-            Self::Upstream { .. } | Self::Source { .. } | Self::Hosts { .. } => {
-                (StatusCode::BAD_GATEWAY, "UNAVAILABLE")
-            }
-        };
+        let (status, code) = self.status();
         let body = serde_json::json!({
             "errors": [{"code": code, "message": self.to_string()}]
         });
@@ -403,16 +467,16 @@ async fn serve_blob(
     };
     let stream = match fetched {
         Ok(stream) => stream,
-        Err(RegistryError::OtherOrigin { .. }) => {
+        Err(shoal_p2p::Error::OtherOrigin { .. }) => {
             tracing::info!(registry = %image.registry, blob = %digest,
                 "mirror: blob known only from other registries; passed upstream");
             return Ok(None);
         }
-        Err(e) => {
+        Err(source) => {
             return Err(MirrorError::Source {
                 repository: image.repository.clone(),
                 digest,
-                reason: e.to_string(),
+                source: Box::new(source),
             })
         }
     };
@@ -426,6 +490,97 @@ async fn serve_blob(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The answer's status and its OCI error body's code and message.
+    fn answer(e: MirrorError) -> (StatusCode, String, String) {
+        let response = e.into_response();
+        let status = response.status();
+        let body = futures::executor::block_on(axum::body::to_bytes(response.into_body(), 1 << 16))
+            .expect("body");
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON body");
+        let error = &json["errors"][0];
+        (
+            status,
+            error["code"].as_str().unwrap_or_default().to_owned(),
+            error["message"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+
+    #[test]
+    fn a_swarm_failure_is_a_bad_gateway_naming_the_blob_and_the_cause() {
+        use shoal_p2p::swarm::planner::PlanError;
+        use shoal_p2p::swarm::SwarmError;
+        let digest = Digest::of(b"layer");
+        let failure = shoal_p2p::Error::Swarm {
+            digest: digest.clone(),
+            source: SwarmError::Plan(PlanError::RegistryFailing { failures: 4 }),
+        };
+        let e = MirrorError::Source {
+            repository: "team/app".into(),
+            digest: digest.clone(),
+            source: Box::new(failure),
+        };
+        // The typed cause is kept: the swarm's reason is there to match on, not only text.
+        let MirrorError::Source { source, .. } = &e else {
+            unreachable!()
+        };
+        assert!(
+            matches!(
+                **source,
+                shoal_p2p::Error::Swarm {
+                    source: SwarmError::Plan(PlanError::RegistryFailing { failures: 4 }),
+                    ..
+                }
+            ),
+            "{source:?}"
+        );
+        assert!(std::error::Error::source(&e).is_some());
+        // 502: containerd tries the next host (the registry itself).
+        let (status, code, message) = answer(e);
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert_eq!(code, "UNAVAILABLE");
+        assert!(
+            message.contains(&format!("blob {digest} of team/app")),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!("swarm fetch of blob {digest}")),
+            "{message}"
+        );
+        assert!(
+            message.contains("registry failing (4 times in a row)"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_refused_registry_or_a_bad_namespace_maps_to_its_status() {
+        let digest = Digest::of(b"layer");
+        let refused = MirrorError::Source {
+            repository: "team/app".into(),
+            digest: digest.clone(),
+            source: Box::new(
+                shoal_p2p::registry::RegistryError::Unauthorized {
+                    registry: "r.example".into(),
+                    repository: "team/app".into(),
+                    reason: "HTTP 401".into(),
+                }
+                .into(),
+            ),
+        };
+        let (status, _, message) = answer(refused);
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert!(
+            message.contains("unauthorized at registry r.example"),
+            "{message}"
+        );
+        let bad = MirrorError::BadNamespace { ns: "a b".into() };
+        let (status, code, _) = answer(bad);
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::BAD_REQUEST, "UNSUPPORTED")
+        );
+    }
 
     #[test]
     fn blob_paths_and_namespaces_are_recognised() {

@@ -37,6 +37,7 @@ use crate::health::watch::{LiveSource, SourceSlot};
 use crate::health::{Backoff, Component, Health, State};
 use crate::pulls::{MeteredSource, PullMetrics, RegistryMeter};
 pub(crate) use swarm::node_name;
+pub use swarm::SwarmStartError;
 use swarm::{host_name, SwarmStarter};
 
 /// The blob source and the background services of this node. Dropping it stops them at
@@ -148,8 +149,11 @@ impl Node {
             BlobCache::open(&cache_config.dir, cache_config.max_bytes)
         })
         .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+        .map_err(|source| crate::Error::Task {
+            what: "opening the blob cache",
+            source,
+        })
+        .and_then(|r| r.map_err(crate::Error::from));
         let cache = match cache {
             Ok(cache) => {
                 health.set_cache(cache.clone());
@@ -229,7 +233,7 @@ impl Node {
         }
         if !config.preheat.coordinator.is_empty() {
             let name = match config.swarm.node_name.as_str() {
-                "" => host_name(),
+                "" => host_name().map_err(crate::Error::from),
                 n => Ok(n.to_owned()),
             };
             let swarm = swarm_slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -577,7 +581,7 @@ mod tests {
         assert!(e.to_string().contains("needs a node certificate"), "{e}");
         let node = ca.transport(dir.path(), "node-1");
         assert!(node.require_role(Role::Node, "shoald's swarm").is_ok());
-        let e = node_name("node-2", &node).unwrap_err();
+        let e = node_name("node-2", &node).unwrap_err().to_string();
         assert!(
             e.contains("\"node-2\" is not the node name \"node-1\""),
             "{e}"

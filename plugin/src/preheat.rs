@@ -37,29 +37,27 @@ use shoal_p2p::preheat::{PreheatClient, PreheatClientError};
 use shoal_p2p::Digest;
 use tokio::task::JoinHandle;
 
+use crate::cri::CriError;
+
 pub use real::{start, CriPuller, NodeBlobs};
 
 /// The coordinator, as the worker uses it ([`PreheatClient`] is the real one).
 pub trait Coordinator: Send + Sync {
-    fn register(&self, info: NodeInfo) -> BoxFuture<'_, Result<Registered, String>>;
-    fn heartbeat(&self, hb: Heartbeat) -> BoxFuture<'_, Result<HeartbeatReply, String>>;
+    fn register(&self, info: NodeInfo) -> BoxFuture<'_, Result<Registered, PreheatClientError>>;
+    fn heartbeat(&self, hb: Heartbeat)
+        -> BoxFuture<'_, Result<HeartbeatReply, PreheatClientError>>;
 }
 
 impl Coordinator for PreheatClient {
-    fn register(&self, info: NodeInfo) -> BoxFuture<'_, Result<Registered, String>> {
-        Box::pin(async move {
-            PreheatClient::register(self, &info)
-                .await
-                .map_err(|e: PreheatClientError| e.to_string())
-        })
+    fn register(&self, info: NodeInfo) -> BoxFuture<'_, Result<Registered, PreheatClientError>> {
+        Box::pin(async move { PreheatClient::register(self, &info).await })
     }
 
-    fn heartbeat(&self, hb: Heartbeat) -> BoxFuture<'_, Result<HeartbeatReply, String>> {
-        Box::pin(async move {
-            PreheatClient::heartbeat(self, &hb)
-                .await
-                .map_err(|e| e.to_string())
-        })
+    fn heartbeat(
+        &self,
+        hb: Heartbeat,
+    ) -> BoxFuture<'_, Result<HeartbeatReply, PreheatClientError>> {
+        Box::pin(async move { PreheatClient::heartbeat(self, &hb).await })
     }
 }
 
@@ -69,7 +67,7 @@ pub type Ingests = Arc<Mutex<HashMap<String, u64>>>;
 /// How images are pulled ([`CriPuller`]: CRI `PullImage`).
 pub trait Puller: Send + Sync {
     /// Pulls `image`; keeps `ingests` up to date while it runs.
-    fn pull(&self, image: String, ingests: Ingests) -> BoxFuture<'static, Result<(), String>>;
+    fn pull(&self, image: String, ingests: Ingests) -> BoxFuture<'static, Result<(), CriError>>;
     /// The runtime's version (`None` while it does not answer).
     fn version(&self) -> BoxFuture<'static, Option<String>>;
 }
@@ -77,7 +75,10 @@ pub trait Puller: Send + Sync {
 /// Which blobs of an image are on the node ([`NodeBlobs`]).
 pub trait LocalBlobs: Send + Sync {
     /// The layers (digest, size) of `image`.
-    fn layers(&self, image: String) -> BoxFuture<'static, Result<Vec<(Digest, u64)>, String>>;
+    fn layers(
+        &self,
+        image: String,
+    ) -> BoxFuture<'static, Result<Vec<(Digest, u64)>, shoal_p2p::Error>>;
     /// Bytes of each of `layers` held on the node (at most its size).
     fn held(&self, layers: &[(Digest, u64)]) -> Vec<u64>;
 }
@@ -91,7 +92,7 @@ struct Task {
 
 #[derive(Default)]
 struct TaskLocal {
-    state: Option<Result<(), String>>,
+    state: Option<Result<(), CriError>>,
     layers: Vec<(Digest, u64)>,
 }
 
@@ -165,7 +166,7 @@ impl Worker {
                     if outage.failing_since.is_none() {
                         tracing::warn!("preheat coordinator: {e}");
                     }
-                    outage.failed(e, now);
+                    outage.failed(e.to_string(), now);
                 }
             }
             if let Some((health, url)) = &self.health {
@@ -189,7 +190,7 @@ impl Worker {
     }
 
     /// One round: (re-)register when needed, heartbeat, start and stop tasks.
-    pub async fn round(&mut self) -> Result<(), String> {
+    pub async fn round(&mut self) -> Result<(), PreheatClientError> {
         if self.info.containerd.is_empty() {
             if let Some(v) = self.puller.version().await {
                 self.info.containerd = v;
@@ -277,7 +278,7 @@ impl Worker {
                 let (state, error) = match &local.state {
                     None => (TaskState::Pulling, None),
                     Some(Ok(())) => (TaskState::Done, None),
-                    Some(Err(e)) => (TaskState::Failed, Some(e.clone())),
+                    Some(Err(e)) => (TaskState::Failed, Some(e.to_string())),
                 };
                 TaskProgress {
                     job: k.job.clone(),

@@ -23,9 +23,10 @@ use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use shoal_p2p::metrics::Registry;
 use shoal_p2p::reference::ImageReference;
-use shoal_p2p::registry::{BlobStream, RegistryError};
+use shoal_p2p::registry::BlobStream;
 use shoal_p2p::source::{BlobSource, Reader};
 use shoal_p2p::Digest;
+use shoal_p2p::Error;
 
 /// The paths a blob is pulled by: `snapshotter` (the remote layers of a CRI pull) and
 /// `mirror` (containerd's downloads through the registry mirror).
@@ -136,7 +137,7 @@ impl PullMetrics {
 }
 
 /// A blob source whose fetches are counted in [`PullMetrics`] under one path. A fetch a
-/// mirror client may not have ([`RegistryError::OtherOrigin`]: the request goes upstream
+/// mirror client may not have ([`Error::OtherOrigin`]: the request goes upstream
 /// unchanged) is not a pull and is not counted.
 pub struct MeteredSource {
     inner: Arc<dyn BlobSource>,
@@ -156,8 +157,8 @@ impl MeteredSource {
 
     async fn metered(
         &self,
-        fetch: BoxFuture<'_, Result<BlobStream, RegistryError>>,
-    ) -> Result<BlobStream, RegistryError> {
+        fetch: BoxFuture<'_, Result<BlobStream, Error>>,
+    ) -> Result<BlobStream, Error> {
         let tally = Tally {
             metrics: self.metrics.clone(),
             path: self.path,
@@ -169,7 +170,7 @@ impl MeteredSource {
                 inner,
                 tally: Some(tally),
             })),
-            Err(e @ RegistryError::OtherOrigin { .. }) => {
+            Err(e @ Error::OtherOrigin { .. }) => {
                 tally.forget();
                 Err(e)
             }
@@ -187,7 +188,7 @@ impl BlobSource for MeteredSource {
         image: &'a ImageReference,
         digest: &'a Digest,
         reader: &'a Reader,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+    ) -> BoxFuture<'a, Result<BlobStream, Error>> {
         Box::pin(self.metered(self.inner.fetch_as(image, digest, reader)))
     }
 
@@ -197,7 +198,7 @@ impl BlobSource for MeteredSource {
         digest: &'a Digest,
         range: Range<u64>,
         reader: &'a Reader,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+    ) -> BoxFuture<'a, Result<BlobStream, Error>> {
         Box::pin(self.metered(self.inner.fetch_range_as(image, digest, range, reader)))
     }
 }
@@ -260,7 +261,7 @@ struct Metered {
 }
 
 impl Stream for Metered {
-    type Item = Result<bytes::Bytes, RegistryError>;
+    type Item = Result<bytes::Bytes, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let polled = self.inner.as_mut().poll_next(cx);
@@ -316,7 +317,7 @@ impl BlobSource for RegistryMeter {
         image: &'a ImageReference,
         digest: &'a Digest,
         reader: &'a Reader,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+    ) -> BoxFuture<'a, Result<BlobStream, Error>> {
         Box::pin(async move {
             let stream = self.inner.fetch_as(image, digest, reader).await?;
             Ok(self.counted(stream))
@@ -329,7 +330,7 @@ impl BlobSource for RegistryMeter {
         digest: &'a Digest,
         range: Range<u64>,
         reader: &'a Reader,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+    ) -> BoxFuture<'a, Result<BlobStream, Error>> {
         Box::pin(async move {
             let stream = self
                 .inner

@@ -162,29 +162,28 @@ struct Request {
 }
 
 fn label<'a>(labels: &'a BTreeMap<String, String>, name: &'static str) -> Result<&'a str, Error> {
-    labels.get(name).map(String::as_str).ok_or(Error::Label {
-        label: name,
-        reason: "missing".into(),
-    })
+    labels
+        .get(name)
+        .map(String::as_str)
+        .ok_or(Error::MissingLabel { label: name })
 }
 
 impl Request {
     fn parse(labels: &BTreeMap<String, String>) -> Result<Self, Error> {
-        let bad = |label: &'static str| {
-            move |e: &dyn std::fmt::Display| Error::Label {
-                label,
-                reason: e.to_string(),
-            }
-        };
+        let digest = |label: &'static str| move |source| Error::LabelDigest { label, source };
         let layer = label(labels, LAYER_DIGEST_LABEL)?
             .parse()
-            .map_err(|e| bad(LAYER_DIGEST_LABEL)(&e))?;
-        let image = label(labels, IMAGE_REF_LABEL)?
-            .parse()
-            .map_err(|e| bad(IMAGE_REF_LABEL)(&e))?;
+            .map_err(digest(LAYER_DIGEST_LABEL))?;
+        let image =
+            label(labels, IMAGE_REF_LABEL)?
+                .parse()
+                .map_err(|source| Error::LabelReference {
+                    label: IMAGE_REF_LABEL,
+                    source,
+                })?;
         let manifest = label(labels, MANIFEST_DIGEST_LABEL)?
             .parse()
-            .map_err(|e| bad(MANIFEST_DIGEST_LABEL)(&e))?;
+            .map_err(digest(MANIFEST_DIGEST_LABEL))?;
         Ok(Request {
             layer,
             image,
@@ -244,12 +243,10 @@ impl RemoteLayers {
         let pinned = image.with_digest(manifest.clone());
         let resolved = Arc::new(self.client.resolve(&pinned, &Platform::host()).await?);
         if resolved.manifest_digest != *manifest {
-            return Err(Error::Remote {
-                layer: String::new(),
-                reason: format!(
-                    "{pinned} resolved to manifest {}, not {manifest}",
-                    resolved.manifest_digest
-                ),
+            return Err(Error::ManifestMismatch {
+                image: pinned.to_string(),
+                resolved: resolved.manifest_digest.clone(),
+                manifest: manifest.clone(),
             });
         }
         let mut cache = self.manifests.lock().expect("lock");
@@ -351,7 +348,9 @@ impl RemoteLayers {
                 .wait_for(Option::is_some)
                 .await
                 .map(|v| v.clone())
-                .map_err(|_| Error::Task(format!("fetch of layer {digest} vanished")))?;
+                .map_err(|_| Error::FetchVanished {
+                    layer: digest.clone(),
+                })?;
             if let Some(Err(source)) = outcome {
                 return Err(Error::RemoteFetch {
                     layer: digest.clone(),
@@ -364,9 +363,8 @@ impl RemoteLayers {
                 return Ok(staged);
             }
         }
-        Err(Error::Remote {
-            layer: digest.to_string(),
-            reason: "unpacked layer taken by another Prepare twice".into(),
+        Err(Error::LayerTaken {
+            layer: digest.clone(),
         })
     }
 
@@ -384,25 +382,28 @@ impl RemoteLayers {
             return Ok(());
         }
         let image = self.resolve(&req.image, &req.manifest).await?;
-        let remote = |reason: String| Error::Remote {
-            layer: req.layer.to_string(),
-            reason,
-        };
         let index = image
             .layers
             .iter()
             .position(|l| l.digest == req.layer)
-            .ok_or_else(|| remote(format!("not a layer of manifest {}", req.manifest)))?;
+            .ok_or_else(|| Error::NotALayer {
+                layer: req.layer.clone(),
+                manifest: req.manifest.clone(),
+            })?;
         let diff_ids: Vec<Digest> = image.layers[..=index]
             .iter()
             .map(|l| l.diff_id.clone())
             .collect::<Option<_>>()
-            .ok_or_else(|| remote("the image config has no diff ID for it".into()))?;
+            .ok_or_else(|| Error::NoDiffId {
+                layer: req.layer.clone(),
+            })?;
         let chain = chain_ids(&diff_ids).pop().expect("at least one layer");
         if chain.to_string() != target {
-            return Err(remote(format!(
-                "chain ID {chain} from the manifest is not the target {target}"
-            )));
+            return Err(Error::ChainMismatch {
+                layer: req.layer.clone(),
+                chain,
+                target: target.to_owned(),
+            });
         }
         self.start(&image, index);
         if req.prefetch {
@@ -440,7 +441,10 @@ impl RemoteLayers {
             }
         })
         .await
-        .map_err(|e| Error::Task(e.to_string()))?;
+        .map_err(|source| Error::Task {
+            what: "committing a remote layer",
+            source,
+        })?;
         Ok(committed?)
     }
 
@@ -454,7 +458,10 @@ impl RemoteLayers {
         let (sn, name) = (snapshotter.clone(), name.to_owned());
         let info = tokio::task::spawn_blocking(move || sn.stat_blocking(&name))
             .await
-            .map_err(|e| Error::Task(e.to_string()))?;
+            .map_err(|source| Error::Task {
+                what: "looking up a snapshot",
+                source,
+            })?;
         match info {
             Ok(i) => Ok(i.kind == Kind::Committed && i.parent == parent),
             Err(SnapshotError::NotFound { .. }) => Ok(false),

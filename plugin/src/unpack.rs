@@ -168,8 +168,16 @@ pub enum UnpackError {
         expected: Digest,
         actual: Digest,
     },
-    #[error("layer {layer}: unpack worker failed: {reason}")]
-    Worker { layer: Digest, reason: String },
+    /// The unpack worker stopped without its outcome (`what` happened).
+    #[error("layer {layer}: unpack worker failed: {what}")]
+    Worker { layer: Digest, what: &'static str },
+    /// The unpack task panicked or was cancelled.
+    #[error("layer {layer}: unpack worker failed: {source}")]
+    WorkerTask {
+        layer: Digest,
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 impl UnpackError {
@@ -184,7 +192,8 @@ impl UnpackError {
             | UnpackError::Entry { layer, .. }
             | UnpackError::DigestMismatch { layer, .. }
             | UnpackError::DiffIdMismatch { layer, .. }
-            | UnpackError::Worker { layer, .. } => layer,
+            | UnpackError::Worker { layer, .. }
+            | UnpackError::WorkerTask { layer, .. } => layer,
         }
     }
 }
@@ -217,9 +226,9 @@ where
         }
     }
     drop(tx);
-    task.await.map_err(|e| UnpackError::Worker {
+    task.await.map_err(|source| UnpackError::WorkerTask {
         layer: layer.digest.clone(),
-        reason: e.to_string(),
+        source,
     })?
 }
 
@@ -347,7 +356,7 @@ fn run<R: Read + Send>(
         Err(_) => {
             return Err(UnpackError::Worker {
                 layer: d.clone(),
-                reason: "decompression thread panicked".into(),
+                what: "decompression thread panicked",
             })
         }
     };
@@ -363,7 +372,7 @@ fn run<R: Read + Send>(
         (Err(Produce::ConsumerGone), Ok(_)) => {
             return Err(UnpackError::Worker {
                 layer: d.clone(),
-                reason: "extraction stopped before the end of the stream".into(),
+                what: "extraction stopped before the end of the stream",
             })
         }
         (Ok(p), Ok(a)) => (p, a),

@@ -18,21 +18,10 @@ use crate::config::ConfigError;
 /// Everything that can go wrong in shoal-registry-ext.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The configuration file is unusable.
+    /// shoal-p2p failed: the registry (or the seed cache, which reports as the client does),
+    /// TLS material, the configuration file, a chunk manifest.
     #[error(transparent)]
-    Config(#[from] ConfigError),
-
-    /// TLS material cannot be loaded.
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-
-    /// Talking to the registry failed (or the seed cache, which reports as the client does).
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
-
-    /// A chunk manifest cannot be made or used.
-    #[error(transparent)]
-    ChunkManifest(#[from] ChunkManifestError),
+    P2p(#[from] shoal_p2p::Error),
 
     /// The registry sent a blob whose bytes do not hash to its digest.
     #[error("registry {registry}, repository {repository}: blob {expected} read from the registry has digest {actual} ({size} bytes); nothing kept")]
@@ -44,13 +33,34 @@ pub enum Error {
         size: u64,
     },
 
+    /// Blob `digest` was read from the registry but is not in the seed cache `dir` afterwards
+    /// (the log says why it was not kept).
+    #[error("blob {digest} was read from the registry but could not be kept in the seed cache {dir:?} (see the log)")]
+    NotSeeded { digest: Digest, dir: PathBuf },
+
     /// A chunk manifest was asked for a registry this extension does not serve.
     #[error("this shoal-registry-ext serves registry {served}, not {asked}")]
     WrongRegistry { asked: String, served: String },
 
-    /// A malformed request (query, path, body).
+    /// A malformed request (query, path, body): what is wrong with it.
     #[error("bad request: {0}")]
     BadRequest(String),
+
+    /// A request body cannot be read (longer than `limit`, or cut).
+    #[error("bad request: reading the body (at most {limit} bytes): {source}")]
+    Body {
+        limit: usize,
+        #[source]
+        source: axum::Error,
+    },
+
+    /// A notification body that is not a registry event envelope.
+    #[error("bad request: not a registry event envelope ({{\"events\": [...]}}): {0}")]
+    Envelope(#[source] serde_json::Error),
+
+    /// A request's digest is not a digest.
+    #[error("bad request: {0}")]
+    BadDigest(#[source] shoal_p2p::digest::DigestParseError),
 
     /// A request without acceptable credentials (preheat admin listener).
     #[error("unauthorized: {0}")]
@@ -64,9 +74,22 @@ pub enum Error {
     #[error("not found: {0}")]
     NotFound(String),
 
-    /// The preheat store (redb) failed.
-    #[error("preheat store {path:?}: {reason}")]
-    Store { path: PathBuf, reason: String },
+    /// The preheat store (redb) failed at step `what`.
+    #[error("preheat store {path:?}: {what}: {source}")]
+    Store {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: Box<redb::Error>,
+    },
+
+    /// A record could not be encoded as JSON (`what`: the preheat store's node or job).
+    #[error("encoding {what} as JSON: {source}")]
+    Json {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
 
     /// A file-system operation failed.
     #[error("{what} {path:?}: {source}")]
@@ -85,13 +108,64 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// The BitTorrent export (librqbit) failed to make or seed a torrent.
-    #[error("BitTorrent export, {what}: {reason}")]
-    Torrent { what: String, reason: String },
+    /// The BitTorrent export (librqbit) failed to make or seed a torrent (`what`: the step,
+    /// naming the blob or file).
+    #[cfg(feature = "torrent")]
+    #[error("BitTorrent export, {what}: {source:#}")]
+    Torrent {
+        what: String,
+        #[source]
+        source: anyhow::Error,
+    },
 
-    /// A background task failed unexpectedly (panicked or was cancelled).
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// A `.torrent` (kept, or just made) is not what the export makes for blob `digest`.
+    #[cfg(feature = "torrent")]
+    #[error("BitTorrent export, reading the .torrent of {digest}: not a single-file torrent named {name}")]
+    TorrentShape { digest: Digest, name: String },
+
+    /// librqbit's check of blob `digest`'s data `data` found bad pieces: the seeder would
+    /// download, so the torrent is dropped.
+    #[cfg(feature = "torrent")]
+    #[error("BitTorrent export, seeding blob {digest}: its data {data:?} fails the piece check ({good} of {total} bytes good)")]
+    TorrentData {
+        digest: Digest,
+        data: PathBuf,
+        good: u64,
+        total: u64,
+    },
+
+    /// The torrent session did not add blob `digest`'s torrent (it answered with a listing
+    /// only).
+    #[cfg(feature = "torrent")]
+    #[error("BitTorrent export, seeding blob {digest}: the session did not add it")]
+    TorrentNotAdded { digest: Digest },
+
+    /// Blob `digest` left the seed cache before the export linked it.
+    #[cfg(feature = "torrent")]
+    #[error("blob {digest} left the seed cache before it was linked")]
+    Evicted { digest: Digest },
+
+    /// A path the export passes to librqbit is not UTF-8.
+    #[cfg(feature = "torrent")]
+    #[error("{path:?} is not UTF-8")]
+    NotUtf8 { path: PathBuf },
+
+    /// A configuration field [`crate::Config::load`] sets is missing: the configuration was
+    /// not loaded through it.
+    #[error("{field} is not set: the config was not loaded")]
+    NotLoaded { field: &'static str },
+
+    /// A blocking or background task (`what`) panicked or was cancelled.
+    #[error("internal error: {what}: {source}")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+
+    /// The thread hashing a blob for its chunk manifest stopped before the blob's end.
+    #[error("internal error: the hashing thread stopped early")]
+    HashingStopped,
 
     /// A computation shared by several requests (single flight) ended without a result.
     #[error("a manifest or torrent shared by several requests: {0}")]
@@ -102,31 +176,62 @@ pub enum Error {
     Shared(Arc<Error>),
 }
 
+impl From<RegistryError> for Error {
+    fn from(e: RegistryError) -> Self {
+        Error::P2p(e.into())
+    }
+}
+
+impl From<ConfigError> for Error {
+    fn from(e: ConfigError) -> Self {
+        Error::P2p(e.into())
+    }
+}
+
+impl From<TlsError> for Error {
+    fn from(e: TlsError) -> Self {
+        Error::P2p(e.into())
+    }
+}
+
+impl From<ChunkManifestError> for Error {
+    fn from(e: ChunkManifestError) -> Self {
+        Error::P2p(e.into())
+    }
+}
+
 impl Error {
-    /// The HTTP status an API answer carries for this error.
+    /// The HTTP status an API answer carries for this error: the only place an error
+    /// becomes a status.
     pub fn status(&self) -> StatusCode {
         match self {
             Error::Shared(inner) => inner.status(),
-            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::BadRequest(_)
+            | Error::BadDigest(_)
+            | Error::Body { .. }
+            | Error::Envelope(_) => StatusCode::BAD_REQUEST,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::WrongRegistry { .. } => StatusCode::NOT_FOUND,
-            Error::Registry(e) if e.is_not_found() => StatusCode::NOT_FOUND,
-            Error::Registry(RegistryError::InvalidConfig { .. } | RegistryError::Cache { .. }) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-            Error::Registry(_) | Error::BlobDigest { .. } => StatusCode::BAD_GATEWAY,
-            Error::ChunkManifest(ChunkManifestError::BlobDigest { .. }) => StatusCode::BAD_GATEWAY,
-            Error::Config(_)
-            | Error::Tls(_)
-            | Error::ChunkManifest(_)
+            Error::P2p(e) => p2p_status(e),
+            Error::BlobDigest { .. } => StatusCode::BAD_GATEWAY,
+            Error::NotSeeded { .. }
             | Error::Io { .. }
             | Error::Store { .. }
+            | Error::Json { .. }
             | Error::Listen { .. }
-            | Error::Torrent { .. }
-            | Error::Abandoned(_)
-            | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            | Error::NotLoaded { .. }
+            | Error::Task { .. }
+            | Error::HashingStopped
+            | Error::Abandoned(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            #[cfg(feature = "torrent")]
+            Error::Torrent { .. }
+            | Error::TorrentShape { .. }
+            | Error::TorrentData { .. }
+            | Error::TorrentNotAdded { .. }
+            | Error::Evicted { .. }
+            | Error::NotUtf8 { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -146,6 +251,21 @@ impl Error {
             Error::Shared(inner) => inner.is_wrong_registry(),
             e => matches!(e, Error::WrongRegistry { .. }),
         }
+    }
+}
+
+/// The status of a shoal-p2p error: the registry's "not found" is ours, its other failures
+/// (and a blob that does not hash to its digest) are a bad gateway, the rest is ours.
+fn p2p_status(e: &shoal_p2p::Error) -> StatusCode {
+    use shoal_p2p::Error as P;
+    match e {
+        P::Registry(r) if r.is_not_found() => StatusCode::NOT_FOUND,
+        P::Registry(RegistryError::InvalidConfig { .. } | RegistryError::HttpClient { .. }) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        P::Registry(_) => StatusCode::BAD_GATEWAY,
+        P::ChunkManifest(ChunkManifestError::BlobDigest { .. }) => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -188,7 +308,7 @@ mod tests {
             size: 1,
         };
         assert_eq!(mismatch.status(), StatusCode::BAD_GATEWAY);
-        let not_found = Error::Registry(RegistryError::Http {
+        let not_found = Error::from(RegistryError::Http {
             method: "GET".into(),
             url: "u".into(),
             repository: "a".into(),
@@ -196,11 +316,38 @@ mod tests {
             errors: vec![],
         });
         assert_eq!(not_found.status(), StatusCode::NOT_FOUND);
-        let denied = Error::Registry(RegistryError::Unauthorized {
+        let denied = Error::from(RegistryError::Unauthorized {
             registry: "r".into(),
             repository: "a".into(),
             reason: "no".into(),
         });
         assert_eq!(denied.status(), StatusCode::BAD_GATEWAY);
+    }
+
+    #[test]
+    fn p2p_categories_map_to_their_status() {
+        use shoal_p2p::swarm::planner::PlanError;
+        let d = Digest::of(b"x");
+        let swarm = Error::P2p(shoal_p2p::Error::Swarm {
+            digest: d.clone(),
+            source: shoal_p2p::swarm::SwarmError::Plan(PlanError::RegistryMismatch { index: 3 }),
+        });
+        assert_eq!(swarm.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(swarm.to_string().contains(&d.to_string()), "{swarm}");
+        let corrupt = Error::from(ChunkManifestError::BlobDigest {
+            expected: d.clone(),
+            actual: Digest::of(b"y"),
+            size: 1,
+        });
+        assert_eq!(corrupt.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(corrupt.result_label(), "registry_error");
+        let json = Error::from(ChunkManifestError::Json(
+            serde_json::from_slice::<serde_json::Value>(b"{").unwrap_err(),
+        ));
+        assert_eq!(json.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            std::error::Error::source(&json).is_some(),
+            "the JSON error is kept as the cause"
+        );
     }
 }

@@ -131,9 +131,7 @@ impl ManifestService {
         registry: Option<&str>,
         repository: Option<&str>,
     ) -> Result<(Vec<u8>, &'static str), Error> {
-        let digest: Digest = digest
-            .parse()
-            .map_err(|e| Error::BadRequest(format!("{e}")))?;
+        let digest: Digest = digest.parse().map_err(Error::BadDigest)?;
         let image = self.image(registry, repository)?;
         if let Some(m) =
             read_disk(self.path_of(&digest), digest.clone(), self.inner.chunk_size).await
@@ -181,11 +179,10 @@ impl ManifestService {
         if self.inner.seed.contains(digest) {
             return Ok(());
         }
-        Err(Error::Internal(format!(
-            "blob {digest} was read from the registry but could not be kept in the seed cache \
-             {:?} (see the log)",
-            self.inner.seed.dir()
-        )))
+        Err(Error::NotSeeded {
+            digest: digest.clone(),
+            dir: self.inner.seed.dir().to_path_buf(),
+        })
     }
 
     /// Warms blob `digest` of `repository` (the push hook): makes its chunk manifest unless it
@@ -497,7 +494,7 @@ async fn from_registry(
     drop(tx);
     match worker.await {
         Ok(Ok(Some(m))) => Ok(m),
-        Ok(Ok(None)) => Err(Error::Internal("the hashing thread stopped early".into())),
+        Ok(Ok(None)) => Err(Error::HashingStopped),
         Ok(Err(ChunkManifestError::BlobDigest {
             expected,
             actual,
@@ -510,7 +507,10 @@ async fn from_registry(
             size,
         }),
         Ok(Err(e)) => Err(e.into()),
-        Err(e) => Err(Error::Internal(format!("hashing a blob: {e}"))),
+        Err(source) => Err(Error::Task {
+            what: "hashing a blob",
+            source,
+        }),
     }
 }
 

@@ -33,7 +33,6 @@ use axum::Router;
 use serde::Deserialize;
 use shoal_p2p::reference::ImageReference;
 use shoal_p2p::registry::media_type as mt;
-use shoal_p2p::tracker::proto::ErrorBody;
 use shoal_p2p::Digest;
 use tokio::sync::{mpsc, Semaphore};
 
@@ -307,13 +306,14 @@ async fn dispatch(hook: std::sync::Weak<Hook>, mut rx: mpsc::Receiver<Job>, conc
     }
 }
 
-/// A refusal, as `ErrorBody` JSON.
-fn refuse(hook: &Hook, status: StatusCode, reason: &'static str, error: String) -> Response {
+/// A refusal, as `ErrorBody` JSON with [`Error::status`], counted as `reason`.
+fn refuse(hook: &Hook, reason: &'static str, error: Error) -> Response {
     hook.metrics
         .refused
         .get_or_create(&crate::metrics::ReasonLabel { reason })
         .inc();
-    let mut r = (status, axum::Json(ErrorBody { error })).into_response();
+    let status = error.status();
+    let mut r = error.into_response();
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -327,33 +327,29 @@ async fn events(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Body) -
     if !hook.authorised(&headers) {
         return refuse(
             &hook,
-            StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "notifications need \"Authorization: Bearer <notifications.token>\"".into(),
+            Error::Unauthorized(
+                "notifications need \"Authorization: Bearer <notifications.token>\"".into(),
+            ),
         );
     }
     // Read only once the token checks out.
     let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(b) => b,
-        Err(e) => {
+        Err(source) => {
             return refuse(
                 &hook,
-                StatusCode::BAD_REQUEST,
                 "bad_request",
-                format!("reading the body (at most {MAX_BODY_BYTES} bytes): {e}"),
+                Error::Body {
+                    limit: MAX_BODY_BYTES,
+                    source,
+                },
             )
         }
     };
     let envelope: Envelope = match serde_json::from_slice(&body) {
         Ok(e) => e,
-        Err(e) => {
-            return refuse(
-                &hook,
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("not a registry event envelope ({{\"events\": [...]}}): {e}"),
-            )
-        }
+        Err(source) => return refuse(&hook, "bad_request", Error::Envelope(source)),
     };
     for event in &envelope.events {
         let (action, job) = job_of(event);

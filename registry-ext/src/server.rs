@@ -102,7 +102,10 @@ pub async fn serve(
     let seed =
         tokio::task::spawn_blocking(move || BlobCache::open(&seed_cfg.dir, seed_cfg.max_bytes))
             .await
-            .map_err(|e| Error::Internal(format!("opening the seed cache: {e}")))??;
+            .map_err(|source| Error::Task {
+                what: "opening the seed cache",
+                source,
+            })??;
 
     let mut registry = Registry::default();
     let tracker_metrics = TrackerMetrics::default();
@@ -123,7 +126,10 @@ pub async fn serve(
             ManifestService::open(&dir, chunk_size, &host, client, seed, manifest_metrics)
         })
         .await
-        .map_err(|e| Error::Internal(format!("opening the manifest directory: {e}")))??
+        .map_err(|source| Error::Task {
+            what: "opening the manifest directory",
+            source,
+        })??
     };
 
     let provider: Arc<dyn shoal_p2p::peer::ChunkProvider> = match config.hot_cache.max_bytes {
@@ -337,7 +343,10 @@ async fn open_preheat(
         Ok(Arc::new(Mutex::new(c)))
     })
     .await
-    .map_err(|e| Error::Internal(format!("opening the preheat store: {e}")))?
+    .map_err(|source| Error::Task {
+        what: "opening the preheat store",
+        source,
+    })?
 }
 
 fn local_addr(listener: &TcpListener) -> Result<SocketAddr, Error> {
@@ -449,9 +458,7 @@ async fn peers(
     query: Params,
 ) -> Result<Json<PeerList>, Error> {
     let query = params(query)?;
-    let digest: Digest = digest
-        .parse()
-        .map_err(|e| Error::BadRequest(format!("{e}")))?;
+    let digest: Digest = digest.parse().map_err(Error::BadDigest)?;
     let asking = query
         .get("peer")
         .ok_or_else(|| Error::BadRequest("query parameter peer is missing".into()))?;

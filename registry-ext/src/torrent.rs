@@ -91,10 +91,7 @@ pub fn torrent_name(digest: &Digest) -> String {
 
 fn torrent_err(what: impl Into<String>) -> impl FnOnce(anyhow::Error) -> Error {
     let what = what.into();
-    move |e| Error::Torrent {
-        what,
-        reason: format!("{e:#}"),
-    }
+    move |source| Error::Torrent { what, source }
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
@@ -121,10 +118,13 @@ impl TorrentService {
             let d = dir.clone();
             tokio::task::spawn_blocking(move || prepare_dir(&d))
                 .await
-                .map_err(|e| Error::Internal(format!("opening {dir:?}: {e}")))??;
+                .map_err(|source| Error::Task {
+                    what: "opening the torrent directories",
+                    source,
+                })??;
         }
-        let advertise = config.advertise.ok_or_else(|| {
-            Error::Internal("torrent.advertise is not set: the config was not loaded".into())
+        let advertise = config.advertise.ok_or_else(|| Error::NotLoaded {
+            field: "torrent.advertise",
         })?;
         let options = SessionOptions {
             dht: None,
@@ -219,9 +219,7 @@ impl TorrentService {
         registry: Option<&str>,
         repository: Option<&str>,
     ) -> Result<(Bytes, &'static str), Error> {
-        let digest: Digest = digest
-            .parse()
-            .map_err(|e| Error::BadRequest(format!("{e}")))?;
+        let digest: Digest = digest.parse().map_err(Error::BadDigest)?;
         let image = self.inner.manifests.image(registry, repository)?;
         if self.kept().touch(&digest) {
             let path = self.torrent_path(&digest);
@@ -366,7 +364,10 @@ async fn make(
     let target = data.clone();
     tokio::task::spawn_blocking(move || link_or_copy(&seed, &d, &tmp, &target))
         .await
-        .map_err(|e| Error::Internal(format!("linking torrent data: {e}")))??;
+        .map_err(|source| Error::Task {
+            what: "linking torrent data",
+            source,
+        })??;
     let bytes = torrent_file(&data, digest, inner.piece_length, &inner.spawner).await?;
     let (info_hash, size) = add(inner, digest, bytes.clone()).await?;
     let path = torrent_path(&inner.torrents_dir, digest);
@@ -375,7 +376,10 @@ async fn make(
     let p = path.clone();
     tokio::task::spawn_blocking(move || write_file(&tmp, &p, &file))
         .await
-        .map_err(|e| Error::Internal(format!("writing a .torrent: {e}")))??;
+        .map_err(|source| Error::Task {
+            what: "writing a .torrent",
+            source,
+        })??;
     inner.metrics.made.inc();
     inner
         .metrics
@@ -418,7 +422,9 @@ async fn add(inner: &Arc<Inner>, digest: &Digest, bytes: Bytes) -> Result<(Id20,
     let output_folder = inner
         .data_dir
         .to_str()
-        .ok_or_else(|| Error::Internal(format!("{:?} is not UTF-8", inner.data_dir)))?
+        .ok_or_else(|| Error::NotUtf8 {
+            path: inner.data_dir.clone(),
+        })?
         .to_string();
     let handle = inner
         .session
@@ -434,7 +440,9 @@ async fn add(inner: &Arc<Inner>, digest: &Digest, bytes: Bytes) -> Result<(Id20,
         .await
         .map_err(torrent_err(what()))?
         .into_handle()
-        .ok_or_else(|| torrent_err(what())(anyhow::anyhow!("the session did not add it")))?;
+        .ok_or_else(|| Error::TorrentNotAdded {
+            digest: digest.clone(),
+        })?;
     handle
         .wait_until_initialized()
         .await
@@ -445,12 +453,12 @@ async fn add(inner: &Arc<Inner>, digest: &Digest, bytes: Bytes) -> Result<(Id20,
             .session
             .delete(TorrentIdOrHash::Hash(handle.info_hash()), false)
             .await;
-        return Err(torrent_err(what())(anyhow::anyhow!(
-            "its data {} fails the piece check ({} of {} bytes good)",
-            data.display(),
-            stats.progress_bytes,
-            stats.total_bytes
-        )));
+        return Err(Error::TorrentData {
+            digest: digest.clone(),
+            data,
+            good: stats.progress_bytes,
+            total: stats.total_bytes,
+        });
     }
     Ok((handle.info_hash(), stats.total_bytes))
 }
@@ -463,10 +471,8 @@ fn tmp_path(inner: &Inner, dir: &Path) -> PathBuf {
 /// Puts the seed cache's blob `digest` at `target`: a hard link, or a copy of the open file
 /// when linking fails (another file system, or the blob was evicted after it was opened).
 fn link_or_copy(seed: &BlobCache, digest: &Digest, tmp: &Path, target: &Path) -> Result<(), Error> {
-    let mut blob = seed.get(digest).ok_or_else(|| {
-        Error::Internal(format!(
-            "blob {digest} left the seed cache before it was linked"
-        ))
+    let mut blob = seed.get(digest).ok_or_else(|| Error::Evicted {
+        digest: digest.clone(),
     })?;
     let result = (|| {
         if let Err(e) = std::fs::hard_link(&blob.path, tmp) {

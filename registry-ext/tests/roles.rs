@@ -89,7 +89,7 @@ async fn a_node_or_role_less_certificate_does_not_start_the_registry_side() {
     let ca = TestCa::new("cluster");
     let node = ca.node_files(dir.path(), "registry-ext");
     match ended(start(dir.path(), &node).await).await {
-        Err(Error::Tls(e @ TlsError::WrongRole { .. })) => {
+        Err(Error::P2p(shoal_p2p::Error::Tls(e @ TlsError::WrongRole { .. }))) => {
             let text = e.to_string();
             assert!(
                 text.contains("scripts/cluster-certs.sh DIR registry-side:registry-ext"),
@@ -100,12 +100,12 @@ async fn a_node_or_role_less_certificate_does_not_start_the_registry_side() {
     }
     let old = ca.files(dir.path(), "old", None);
     match ended(start(dir.path(), &old).await).await {
-        Err(Error::Tls(
+        Err(Error::P2p(shoal_p2p::Error::Tls(
             e @ TlsError::Identity {
                 source: IdentityError::NoRole,
                 ..
             },
-        )) => assert!(e.to_string().contains("scripts/cluster-certs.sh"), "{e}"),
+        ))) => assert!(e.to_string().contains("scripts/cluster-certs.sh"), "{e}"),
         other => panic!("{other:?}"),
     }
 }

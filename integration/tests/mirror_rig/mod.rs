@@ -18,7 +18,7 @@ use shoal_p2p::chunk::ChunkManifestBuilder;
 use shoal_p2p::metrics::SwarmMetrics;
 use shoal_p2p::peer::{PeerError, PeerFetcher};
 use shoal_p2p::reference::ImageReference;
-use shoal_p2p::registry::{BlobStream, ClientConfig, HostConfig, RegistryClient, RegistryError};
+use shoal_p2p::registry::{BlobStream, ClientConfig, HostConfig, RegistryClient};
 use shoal_p2p::source::{BlobSource, Reader};
 use shoal_p2p::swarm::{Swarm, SwarmConfig};
 use shoal_p2p::tracker::MemoryTracker;
@@ -112,7 +112,7 @@ impl BlobSource for Gated {
         image: &'a ImageReference,
         digest: &'a Digest,
         reader: &'a Reader,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+    ) -> BoxFuture<'a, Result<BlobStream, shoal_p2p::Error>> {
         self.whole.fetch_add(1, Ordering::SeqCst);
         self.record(image, reader);
         self.inner.fetch_as(image, digest, reader)
@@ -124,7 +124,7 @@ impl BlobSource for Gated {
         digest: &'a Digest,
         range: Range<u64>,
         reader: &'a Reader,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+    ) -> BoxFuture<'a, Result<BlobStream, shoal_p2p::Error>> {
         Box::pin(async move {
             if range.start >= self.hold_from.load(Ordering::SeqCst) {
                 let _ = self.released.subscribe().wait_for(|r| *r).await;
@@ -156,13 +156,16 @@ impl PeerFetcher for NoPeers {
     fn fetch<'a>(
         &'a self,
         peer: std::net::SocketAddr,
-        _: &'a Digest,
-        _: Range<u64>,
+        digest: &'a Digest,
+        range: Range<u64>,
     ) -> BoxFuture<'a, Result<Bytes, PeerError>> {
         Box::pin(async move {
             Err(PeerError::Transport {
                 peer,
-                reason: "no peers in this test".into(),
+                digest: digest.clone(),
+                start: range.start,
+                end: range.end,
+                source: Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
             })
         })
     }

@@ -2,7 +2,7 @@
 //! them, and otherwise fetches them from another source while copying them into the cache.
 //! A blob it copies is known from the registry it was fetched for; a client of the mirror
 //! ([`Reader::Client`]) gets a cached blob only if it is known from the registry it asked
-//! ([`RegistryError::OtherOrigin`] otherwise).
+//! ([`Error::OtherOrigin`] otherwise).
 
 use std::io::{Seek, SeekFrom};
 use std::ops::Range;
@@ -22,6 +22,7 @@ use crate::digest::{Digest, Hasher};
 use crate::reference::ImageReference;
 use crate::registry::{BlobStream, RegistryError};
 use crate::source::{BlobSource, Reader};
+use crate::Error;
 
 /// Bytes read from a cached file per stream item.
 const READ_CHUNK: usize = 256 << 10;
@@ -69,7 +70,7 @@ impl<S> CachingSource<S> {
         image: &ImageReference,
         digest: &Digest,
         reader: &Reader,
-    ) -> Result<Option<CachedBlob>, RegistryError> {
+    ) -> Result<Option<CachedBlob>, Error> {
         let (cache, d) = (self.cache.clone(), digest.clone());
         let blob = tokio::task::spawn_blocking(move || cache.get(&d))
             .await
@@ -140,7 +141,7 @@ impl<S: BlobSource> BlobSource for CachingSource<S> {
         image: &'a ImageReference,
         digest: &'a Digest,
         reader: &'a Reader,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+    ) -> BoxFuture<'a, Result<BlobStream, Error>> {
         Box::pin(async move {
             if let Some(blob) = self.cached(image, digest, reader).await? {
                 tracing::debug!(%digest, bytes = blob.size, "blob served from the cache");
@@ -165,7 +166,7 @@ impl<S: BlobSource> BlobSource for CachingSource<S> {
         digest: &'a Digest,
         range: Range<u64>,
         reader: &'a Reader,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+    ) -> BoxFuture<'a, Result<BlobStream, Error>> {
         Box::pin(async move {
             let Some(blob) = self.cached(image, digest, reader).await? else {
                 let fetch = self.inner.fetch_range_as(image, digest, range, reader);
@@ -178,7 +179,8 @@ impl<S: BlobSource> BlobSource for CachingSource<S> {
                     start: range.start,
                     end: range.end,
                     reason: format!("past the cached blob's {} bytes", blob.size),
-                });
+                }
+                .into());
             }
             Ok(serve_cached(
                 self.cache.clone(),
@@ -217,7 +219,7 @@ struct Tee {
 }
 
 impl Stream for Tee {
-    type Item = Result<Bytes, RegistryError>;
+    type Item = Result<Bytes, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -260,17 +262,17 @@ struct Serving {
 }
 
 impl Serving {
-    /// The cached blob turned out corrupt (`what`): removed from the cache.
-    async fn corrupt(&mut self, what: String) -> RegistryError {
+    /// The cached blob turned out corrupt (it hashes to `actual`, or ends at byte
+    /// `ends_at`): removed from the cache.
+    async fn corrupt(&mut self, actual: Option<Digest>, ends_at: Option<u64>) -> Error {
         self.done = true;
         let (cache, d) = (self.cache.clone(), self.digest.clone());
         let _ = tokio::task::spawn_blocking(move || cache.remove(&d)).await;
-        RegistryError::Cache {
+        Error::CacheCorrupt {
             path: self.path.clone(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("cached blob {}: {what}; removed", self.digest),
-            ),
+            digest: self.digest.clone(),
+            actual,
+            ends_at,
         }
     }
 }
@@ -298,7 +300,7 @@ fn serve_cached(
         done: false,
     };
     if let Err(e) = seeked {
-        let err = RegistryError::Cache {
+        let err = Error::Cache {
             path: state.path.clone(),
             source: e,
         };
@@ -314,7 +316,7 @@ fn serve_cached(
             if actual == st.digest {
                 return None;
             }
-            let err = st.corrupt(format!("hashes to {actual}")).await;
+            let err = st.corrupt(Some(actual), None).await;
             return Some((Err(err), st));
         }
         let want = (st.end - st.at).min(READ_CHUNK as u64) as usize;
@@ -322,7 +324,7 @@ fn serve_cached(
         let item = match st.file.read(&mut buf).await {
             Ok(0) => {
                 let at = st.at;
-                Err(st.corrupt(format!("ends at byte {at}")).await)
+                Err(st.corrupt(None, Some(at)).await)
             }
             Ok(n) => {
                 buf.truncate(n);
@@ -334,7 +336,7 @@ fn serve_cached(
             }
             Err(e) => {
                 st.done = true;
-                Err(RegistryError::Cache {
+                Err(Error::Cache {
                     path: st.path.clone(),
                     source: e,
                 })

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use super::{cache_err, BlobCache};
 use crate::digest::{Digest, Hasher};
-use crate::registry::RegistryError;
+use crate::Error;
 
 /// Bytes hashed per read while the in-order hash catches up.
 const HASH_READ: usize = 1 << 20;
@@ -28,7 +28,7 @@ pub struct PartialFile {
 impl BlobCache {
     /// A new, empty blob of `size` bytes to fill with [`PartialFile::write_at`]. Fails when
     /// the blob is larger than the whole cache.
-    pub fn partial(&self, size: u64) -> Result<PartialFile, RegistryError> {
+    pub fn partial(&self, size: u64) -> Result<PartialFile, Error> {
         let tmp = self.tmp_path();
         if size > self.inner.max_bytes {
             return Err(cache_err(&tmp)(std::io::Error::other(format!(
@@ -70,7 +70,7 @@ impl PartialFile {
     }
 
     /// Writes `data` at `offset` (blocking). The range must lie within the blob.
-    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), RegistryError> {
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), Error> {
         if offset + data.len() as u64 > self.size {
             return Err(cache_err(&self.tmp)(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -88,7 +88,7 @@ impl PartialFile {
 
     /// Extends the in-order hash over bytes `..upto`, which the caller has written (blocking;
     /// reads them back, normally from the page cache). Returns how far the hash now reaches.
-    pub fn hash_upto(&self, upto: u64) -> Result<u64, RegistryError> {
+    pub fn hash_upto(&self, upto: u64) -> Result<u64, Error> {
         let upto = upto.min(self.size);
         let mut hashed = self.hashed.lock().expect("lock");
         let mut buf = vec![0u8; HASH_READ];
@@ -106,14 +106,15 @@ impl PartialFile {
     /// Hashes whatever is left, then keeps the blob under `expected`, known from registry
     /// `origin`, if the whole hashes to it; otherwise removes it and fails. Open descriptors
     /// of the file stay valid.
-    pub fn commit(mut self, expected: &Digest, origin: &str) -> Result<(), RegistryError> {
+    pub fn commit(mut self, expected: &Digest, origin: &str) -> Result<(), Error> {
         self.hash_upto(self.size)?;
         let actual = self.hashed.lock().expect("lock").0.clone().finish();
         if actual != *expected {
-            return Err(cache_err(&self.tmp)(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("content is {actual}, not {expected}; not kept"),
-            )));
+            return Err(Error::CacheDigest {
+                path: self.tmp.clone(),
+                expected: expected.clone(),
+                actual,
+            });
         }
         self.file.sync_all().map_err(cache_err(&self.tmp))?;
         self.committed = true;

@@ -29,21 +29,6 @@ pub struct PeerClient {
     scheme: &'static str,
 }
 
-/// `error` and its sources, `: `-separated (reqwest's own message hides the TLS cause).
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let more = e.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = e.source();
-    }
-    text
-}
-
 /// The `error` of an [`ErrorBody`] answer, or the start of the body as text.
 pub(crate) fn error_text(body: &[u8]) -> String {
     match serde_json::from_slice::<ErrorBody>(body) {
@@ -87,12 +72,10 @@ impl PeerClient {
         let url = format!("{}://{peer}/v1/blobs/{digest}", self.scheme);
         let transport = |e: reqwest::Error| PeerError::Transport {
             peer,
-            reason: format!(
-                "{digest} bytes {}..{}: {}",
-                range.start,
-                range.end,
-                error_chain(&e)
-            ),
+            digest: digest.clone(),
+            start: range.start,
+            end: range.end,
+            source: Box::new(e),
         };
         let bad = |reason: String| PeerError::BadResponse {
             peer,

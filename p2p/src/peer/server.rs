@@ -17,7 +17,7 @@ use super::{ChunkProvider, Held};
 use crate::cache::BlobCache;
 use crate::digest::Digest;
 use crate::metrics::UploadMetrics;
-use crate::source::ByteRange;
+use crate::source::{BadRange, ByteRange};
 use crate::tls::{require_roles, Role};
 use crate::tracker::proto::ErrorBody;
 
@@ -65,27 +65,113 @@ pub fn router(
     (require_roles(router, &[Role::Node]), meter)
 }
 
-/// A refusal: status, `ErrorBody` JSON, and the metrics result it counts as.
-fn refuse(server: &Server, status: StatusCode, result: &'static str, error: String) -> Response {
-    server.metrics.request(result);
-    let mut response = (status, axum::Json(ErrorBody { error })).into_response();
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+/// Why the chunk server refuses a request. [`Refusal::status`] is the one place a refusal
+/// becomes an HTTP status (and [`Refusal::result`] the metrics result it counts as).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Refusal {
+    /// The path is not `/v1/blobs/<digest>`.
+    #[error("{}", .0.body_text())]
+    Path(#[from] PathRejection),
+    /// The path's digest is not a digest.
+    #[error(transparent)]
+    Digest(#[from] crate::digest::DigestParseError),
+    #[error("{digest}: a Range header is required")]
+    NoRange { digest: Digest },
+    #[error("{digest}: one Range header only")]
+    SeveralRanges { digest: Digest },
+    #[error("{digest}: range is not ASCII")]
+    RangeNotAscii { digest: Digest },
+    #[error("{digest}: {source}")]
+    BadRange {
+        digest: Digest,
+        #[source]
+        source: BadRange,
+    },
+    /// Every upload slot is taken: the client goes elsewhere (`Retry-After: 1`).
+    #[error("all upload slots are busy")]
+    Busy,
+    #[error("{digest} bytes {start}..{end} not held")]
+    NotHeld {
+        digest: Digest,
+        start: u64,
+        end: u64,
+    },
+    #[error("{digest} bytes {start}..{end}: past the blob's end")]
+    PastEnd {
+        digest: Digest,
+        start: u64,
+        end: u64,
+    },
+    /// Opening the held bytes failed (logged; the client only learns it was internal).
+    #[error("{digest}: internal error")]
+    Internal { digest: Digest },
+}
+
+impl Refusal {
+    /// The HTTP status of this refusal.
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            Refusal::Path(_)
+            | Refusal::Digest(_)
+            | Refusal::NoRange { .. }
+            | Refusal::SeveralRanges { .. }
+            | Refusal::RangeNotAscii { .. }
+            | Refusal::BadRange { .. } => StatusCode::BAD_REQUEST,
+            Refusal::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::NotHeld { .. } => StatusCode::NOT_FOUND,
+            Refusal::PastEnd { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            Refusal::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
     }
-    response
+
+    /// The `result` label of the chunk-request metric.
+    fn result(&self) -> &'static str {
+        match self {
+            Refusal::Busy => "busy",
+            Refusal::NotHeld { .. } => "not_held",
+            Refusal::Internal { .. } => "error",
+            _ => "bad_request",
+        }
+    }
+
+    /// The answer: the status, `ErrorBody` JSON, and `Retry-After` when busy.
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut response = (
+            status,
+            axum::Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// A refusal, counted in the metrics.
+fn refuse(server: &Server, refusal: Refusal) -> Response {
+    server.metrics.request(refusal.result());
+    refusal.into_response()
 }
 
 /// Parses `bytes=<first>-<last>` (one range, both ends given, first <= last) into
 /// `first..last + 1` ([`ByteRange::parse`], only its closed form).
-pub(crate) fn parse_range(value: &str) -> Result<Range<u64>, String> {
-    match ByteRange::parse(value).map_err(|e| e.to_string())? {
+pub(crate) fn parse_range(value: &str) -> Result<Range<u64>, BadRange> {
+    let bad = |reason| BadRange {
+        value: value.chars().take(64).collect(),
+        reason,
+    };
+    match ByteRange::parse(value)? {
         ByteRange::FromTo { first, last } => last
             .checked_add(1)
             .map(|end| first..end)
-            .ok_or_else(|| format!("range {value:?} too large")),
-        _ => Err(format!("range {value:?} is not first-last")),
+            .ok_or_else(|| bad("too large")),
+        _ => Err(bad("not first-last")),
     }
 }
 
@@ -94,49 +180,35 @@ async fn serve_blob(
     digest: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let digest = match digest {
-        Ok(Path(d)) => d,
-        Err(e) => {
-            return refuse(
-                &server,
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                e.body_text(),
-            )
-        }
-    };
-    let digest: Digest = match digest.parse() {
-        Ok(d) => d,
-        Err(e) => {
-            return refuse(
-                &server,
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                e.to_string(),
-            )
-        }
-    };
+    match serve(&server, digest, headers).await {
+        Ok(response) => response,
+        Err(refusal) => refuse(&server, refusal),
+    }
+}
+
+async fn serve(
+    server: &Arc<Server>,
+    digest: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, Refusal> {
+    let Path(digest) = digest?;
+    let digest: Digest = digest.parse()?;
     let ranges: Vec<_> = headers.get_all(header::RANGE).iter().collect();
     let range = match ranges.as_slice() {
-        [] => Err(format!("{digest}: a Range header is required")),
-        [one] => one
-            .to_str()
-            .map_err(|_| "range is not ASCII".to_string())
-            .and_then(parse_range)
-            .map_err(|e| format!("{digest}: {e}")),
-        _ => Err(format!("{digest}: one Range header only")),
-    };
-    let range = match range {
-        Ok(r) => r,
-        Err(e) => return refuse(&server, StatusCode::BAD_REQUEST, "bad_request", e),
+        [] => return Err(Refusal::NoRange { digest }),
+        [one] => {
+            let value = one.to_str().map_err(|_| Refusal::RangeNotAscii {
+                digest: digest.clone(),
+            })?;
+            parse_range(value).map_err(|source| Refusal::BadRange {
+                digest: digest.clone(),
+                source,
+            })?
+        }
+        _ => return Err(Refusal::SeveralRanges { digest }),
     };
     let Some(slot) = server.meter.try_acquire() else {
-        return refuse(
-            &server,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
-            "all upload slots are busy".into(),
-        );
+        return Err(Refusal::Busy);
     };
     let provider = server.provider.clone();
     let (d, r) = (digest.clone(), range.clone());
@@ -144,32 +216,22 @@ async fn serve_blob(
     let held = match opened {
         Ok(Ok(held)) => held,
         Ok(Err(Missing::NotHeld)) => {
-            return refuse(
-                &server,
-                StatusCode::NOT_FOUND,
-                "not_held",
-                format!("{digest} bytes {}..{} not held", range.start, range.end),
-            )
+            return Err(Refusal::NotHeld {
+                digest,
+                start: range.start,
+                end: range.end,
+            })
         }
         Ok(Err(Missing::PastEnd)) => {
-            return refuse(
-                &server,
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "bad_request",
-                format!(
-                    "{digest} bytes {}..{}: past the blob's end",
-                    range.start, range.end
-                ),
-            )
+            return Err(Refusal::PastEnd {
+                digest,
+                start: range.start,
+                end: range.end,
+            })
         }
         Err(e) => {
             tracing::warn!(%digest, "opening a chunk to serve: {e}");
-            return refuse(
-                &server,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "error",
-                format!("{digest}: internal error"),
-            );
+            return Err(Refusal::Internal { digest });
         }
     };
     let len = range.end - range.start;
@@ -182,12 +244,7 @@ async fn serve_blob(
     };
     if held_len != len {
         tracing::warn!(%digest, held_len, len, "chunk provider gave the wrong length");
-        return refuse(
-            &server,
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "error",
-            format!("{digest}: internal error"),
-        );
+        return Err(Refusal::Internal { digest });
     }
     let upload = Upload {
         source,
@@ -212,7 +269,7 @@ async fn serve_blob(
     if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/*", range.start, range.end - 1)) {
         h.insert(header::CONTENT_RANGE, v);
     }
-    response
+    Ok(response)
 }
 
 /// Why a range is not served.
@@ -334,7 +391,61 @@ impl ChunkProvider for BlobCache {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_range;
+    use axum::http::StatusCode;
+
+    use super::{parse_range, Refusal};
+    use crate::Digest;
+
+    #[test]
+    fn each_refusal_has_its_status_and_names_the_blob() {
+        let digest = Digest::of(b"blob");
+        let cases = [
+            (Refusal::Busy, StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            (
+                Refusal::NotHeld {
+                    digest: digest.clone(),
+                    start: 0,
+                    end: 4,
+                },
+                StatusCode::NOT_FOUND,
+                "not_held",
+            ),
+            (
+                Refusal::PastEnd {
+                    digest: digest.clone(),
+                    start: 8,
+                    end: 9,
+                },
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "bad_request",
+            ),
+            (
+                Refusal::BadRange {
+                    digest: digest.clone(),
+                    source: parse_range("bytes=5-").unwrap_err(),
+                },
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                Refusal::Internal {
+                    digest: digest.clone(),
+                },
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "error",
+            ),
+        ];
+        for (refusal, status, result) in cases {
+            assert_eq!(refusal.status(), status, "{refusal}");
+            assert_eq!(refusal.result(), result, "{refusal}");
+            if status != StatusCode::SERVICE_UNAVAILABLE {
+                assert!(
+                    refusal.to_string().contains(&digest.to_string()),
+                    "{refusal}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn parses_one_closed_range() {

@@ -352,9 +352,14 @@ async fn an_unreachable_peer_is_a_transport_error() {
     drop(listener);
     let client = PeerClient::new(&Transport::Plaintext, TIMEOUT, TIMEOUT).unwrap();
     match client.fetch(addr, &Digest::of(b"x"), 0..1).await {
-        Err(PeerError::Transport { peer, reason }) => {
+        Err(e @ PeerError::Transport { peer, .. }) => {
             assert_eq!(peer, addr);
-            assert!(reason.contains("sha256:"), "{reason}");
+            let text = e.to_string();
+            assert!(text.contains("sha256:"), "{text}");
+            assert!(
+                std::error::Error::source(&e).is_some_and(|s| s.is::<reqwest::Error>()),
+                "{e:?}"
+            );
         }
         other => panic!("{other:?}"),
     }

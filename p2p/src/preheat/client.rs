@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::proto::{
     Heartbeat, HeartbeatReply, JobList, JobSpec, JobStatus, NodeInfo, NodeList, Registered,
 };
-use crate::peer::{error_chain, error_text};
+use crate::peer::error_text;
 use crate::tls::{Expect, Transport};
 
 /// Most bytes of an answer read (a job of 1000 nodes x 10 images is well under this).
@@ -31,18 +31,46 @@ pub enum ClientAuth {
 /// Why a preheat request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PreheatClientError {
+    /// The client's TLS (cluster transport) cannot be set up.
     #[error("preheat client setup: {0}")]
-    Setup(String),
-    #[error("{url}: {reason}")]
-    Transport { url: String, reason: String },
+    Tls(#[source] crate::tls::TlsError),
+    /// The CA file of token authentication cannot be read.
+    #[error("preheat client setup: reading CA {path:?}: {source}")]
+    ReadCa {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The CA file of token authentication holds no usable certificate, or the HTTP client
+    /// cannot be built.
+    #[error("preheat client setup: {}{}", .path.as_ref().map(|p| format!("CA {p:?}: ")).unwrap_or_default(), crate::error::Chain(.source))]
+    Client {
+        path: Option<PathBuf>,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// Sending the request or reading the answer failed.
+    #[error("{url}: {}", crate::error::Chain(.source))]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The answer is longer than the client reads.
+    #[error("{url}: answer longer than {limit} bytes")]
+    TooLarge { url: String, limit: usize },
     #[error("{url}: status {status}: {message}")]
     Status {
         url: String,
         status: u16,
         message: String,
     },
-    #[error("{url}: malformed answer: {reason}")]
-    Malformed { url: String, reason: String },
+    #[error("{url}: malformed answer: {source}")]
+    Malformed {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 impl PreheatClientError {
@@ -79,7 +107,7 @@ impl PreheatClient {
                         timeout.min(Duration::from_secs(5)),
                         timeout,
                     )
-                    .map_err(|e| PreheatClientError::Setup(e.to_string()))?,
+                    .map_err(PreheatClientError::Tls)?,
                 None,
             ),
             ClientAuth::Token { token, ca } => {
@@ -89,18 +117,23 @@ impl PreheatClient {
                     .no_proxy()
                     .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")));
                 if let Some(ca) = ca {
-                    let pem = std::fs::read(ca).map_err(|e| {
-                        PreheatClientError::Setup(format!("reading CA {ca:?}: {e}"))
+                    let pem = std::fs::read(ca).map_err(|source| PreheatClientError::ReadCa {
+                        path: ca.clone(),
+                        source,
                     })?;
-                    let cert = reqwest::Certificate::from_pem(&pem)
-                        .map_err(|e| PreheatClientError::Setup(format!("CA {ca:?}: {e}")))?;
+                    let cert = reqwest::Certificate::from_pem(&pem).map_err(|source| {
+                        PreheatClientError::Client {
+                            path: Some(ca.clone()),
+                            source,
+                        }
+                    })?;
                     builder = builder
                         .tls_built_in_root_certs(false)
                         .add_root_certificate(cert);
                 }
                 let http = builder
                     .build()
-                    .map_err(|e| PreheatClientError::Setup(e.to_string()))?;
+                    .map_err(|source| PreheatClientError::Client { path: None, source })?;
                 (http, Some(token.clone()))
             }
         };
@@ -121,23 +154,19 @@ impl PreheatClient {
             Some(t) => request.bearer_auth(t),
             None => request,
         };
-        let transport = |reason: String| PreheatClientError::Transport {
+        let transport = |source: reqwest::Error| PreheatClientError::Transport {
             url: url.clone(),
-            reason,
+            source,
         };
-        let mut response = request
-            .send()
-            .await
-            .map_err(|e| transport(error_chain(&e)))?;
+        let mut response = request.send().await.map_err(transport)?;
         let status = response.status();
         let mut body = Vec::new();
-        while let Some(piece) = response
-            .chunk()
-            .await
-            .map_err(|e| transport(error_chain(&e)))?
-        {
+        while let Some(piece) = response.chunk().await.map_err(transport)? {
             if body.len() + piece.len() > MAX_BODY {
-                return Err(transport(format!("answer longer than {MAX_BODY} bytes")));
+                return Err(PreheatClientError::TooLarge {
+                    url: url.clone(),
+                    limit: MAX_BODY,
+                });
             }
             body.extend_from_slice(&piece);
         }
@@ -148,10 +177,8 @@ impl PreheatClient {
                 message: error_text(&body),
             });
         }
-        serde_json::from_slice(&body).map_err(|e| PreheatClientError::Malformed {
-            url,
-            reason: e.to_string(),
-        })
+        serde_json::from_slice(&body)
+            .map_err(|source| PreheatClientError::Malformed { url, source })
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(

@@ -69,7 +69,7 @@ pub(crate) struct Request<'a> {
 
 impl RegistryClient {
     /// A client for `cfg` (validated here).
-    pub fn new(cfg: ClientConfig) -> Result<Self, RegistryError> {
+    pub fn new(cfg: ClientConfig) -> Result<Self, crate::Error> {
         cfg.validate()?;
         let timeout = Duration::from_secs(cfg.request_timeout_secs);
         let http = reqwest::Client::builder()
@@ -78,9 +78,7 @@ impl RegistryClient {
             .redirect(reqwest::redirect::Policy::limited(10))
             .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| RegistryError::InvalidConfig {
-                reason: format!("cannot build the HTTP client: {e}"),
-            })?;
+            .map_err(|source| RegistryError::HttpClient { source })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 cfg,
@@ -110,9 +108,9 @@ impl RegistryClient {
 
     pub(crate) fn url(&self, image: &ImageReference, tail: &str) -> Result<Url, RegistryError> {
         let s = format!("{}/{tail}", self.repo_url(image));
-        Url::parse(&s).map_err(|e| RegistryError::BadResponse {
+        Url::parse(&s).map_err(|source| RegistryError::Url {
             url: s.clone(),
-            reason: format!("cannot build URL: {e}"),
+            source,
         })
     }
 
@@ -122,6 +120,14 @@ impl RegistryClient {
 
     /// Size of a blob, from a `HEAD` request.
     pub async fn blob_size(
+        &self,
+        image: &ImageReference,
+        digest: &Digest,
+    ) -> Result<u64, crate::Error> {
+        Ok(self.blob_size_at(image, digest).await?)
+    }
+
+    async fn blob_size_at(
         &self,
         image: &ImageReference,
         digest: &Digest,
@@ -156,13 +162,23 @@ impl RegistryClient {
         image: &ImageReference,
         digest: &Digest,
         range: Option<Range<u64>>,
-    ) -> Result<BlobStream, RegistryError> {
+    ) -> Result<BlobStream, crate::Error> {
         self.blob_as(image, digest, range, None).await
     }
 
     /// [`Self::blob`] with a client's own `credentials` (when given) instead of the node's:
     /// they are sent as they are, and a 401 is [`RegistryError::Unauthorized`].
     pub async fn blob_as(
+        &self,
+        image: &ImageReference,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+        credentials: Option<&Credentials>,
+    ) -> Result<BlobStream, crate::Error> {
+        Ok(self.blob_at(image, digest, range, credentials).await?)
+    }
+
+    async fn blob_at(
         &self,
         image: &ImageReference,
         digest: &Digest,
@@ -254,7 +270,7 @@ impl RegistryClient {
         &self,
         image: &ImageReference,
         digest: &Digest,
-    ) -> Result<BlobStream, RegistryError> {
+    ) -> Result<BlobStream, crate::Error> {
         let stream = self.blob(image, digest, None).await?;
         Ok(verify_stream(
             stream,
@@ -537,8 +553,12 @@ impl RegistryClient {
         if realm.is_empty() {
             return Err(token_err("the Bearer challenge names no realm".into()));
         }
-        let mut url =
-            Url::parse(realm).map_err(|e| token_err(format!("realm is not a URL: {e}")))?;
+        let mut url = Url::parse(realm).map_err(|source| RegistryError::TokenRealm {
+            registry: image.registry.clone(),
+            realm: realm.to_string(),
+            scope: scope.to_string(),
+            source,
+        })?;
         if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
             return Err(token_err("realm is not an http(s) URL".into()));
         }
@@ -582,8 +602,13 @@ impl RegistryClient {
             return Err(token_err(format!("HTTP {status} {}", parts.join("; "))));
         }
         let body = read_capped(resp, MAX_TOKEN_RESPONSE_BYTES, &url).await?;
-        let parsed: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|e| token_err(format!("answer is not a token JSON object: {e}")))?;
+        let parsed: TokenResponse =
+            serde_json::from_slice(&body).map_err(|source| RegistryError::TokenJson {
+                registry: image.registry.clone(),
+                realm: realm.to_string(),
+                scope: scope.to_string(),
+                source,
+            })?;
         parsed.into_token().map_err(|r| token_err(r.into()))
     }
 }
@@ -592,7 +617,7 @@ impl RegistryClient {
 fn body_stream(resp: Response, url: String) -> BlobStream {
     Box::pin(
         resp.bytes_stream()
-            .map(move |r| r.map_err(|e| RegistryError::transport(&url, e))),
+            .map(move |r| r.map_err(|e| RegistryError::transport(&url, e).into())),
     )
 }
 

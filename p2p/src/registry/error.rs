@@ -13,6 +13,21 @@ pub enum RegistryError {
     #[error("invalid registry client configuration: {reason}")]
     InvalidConfig { reason: String },
 
+    /// The HTTP client cannot be built (TLS backend, system configuration).
+    #[error("invalid registry client configuration: cannot build the HTTP client: {}", crate::error::Chain(.source))]
+    HttpClient {
+        #[source]
+        source: reqwest::Error,
+    },
+
+    /// A request URL cannot be made (a registry host or repository that is no URL part).
+    #[error("cannot build URL {url:?}: {source}")]
+    Url {
+        url: String,
+        #[source]
+        source: url::ParseError,
+    },
+
     /// The registry answered with an unexpected status; `errors` is its OCI error body.
     #[error("{method} {url} (repository {repository}) answered HTTP {status}{}", fmt_errors(.errors))]
     Http {
@@ -38,6 +53,26 @@ pub enum RegistryError {
         realm: String,
         scope: String,
         reason: String,
+    },
+
+    /// The token service's realm (from the registry's Bearer challenge) is not a URL.
+    #[error("token request to {realm} for registry {registry} (scope {scope}) failed: realm is not a URL: {source}")]
+    TokenRealm {
+        registry: String,
+        realm: String,
+        scope: String,
+        #[source]
+        source: url::ParseError,
+    },
+
+    /// The token service answered something that is not a token JSON object.
+    #[error("token request to {realm} for registry {registry} (scope {scope}) failed: answer is not a token JSON object: {source}")]
+    TokenJson {
+        registry: String,
+        realm: String,
+        scope: String,
+        #[source]
+        source: serde_json::Error,
     },
 
     /// Content did not hash to the digest it was asked for.
@@ -70,6 +105,27 @@ pub enum RegistryError {
         reason: String,
     },
 
+    /// A manifest or index that is not the JSON its media type says (`what`: "image index",
+    /// "image manifest", "JSON object").
+    #[error("invalid manifest {reference} in repository {repository}: bad {what}: {source}")]
+    ManifestJson {
+        repository: String,
+        reference: String,
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A digest in a manifest (`what`: "config digest", "layer digest") is not a digest.
+    #[error("invalid manifest {reference} in repository {repository}: {what}: {source}")]
+    ManifestDigest {
+        repository: String,
+        reference: String,
+        what: &'static str,
+        #[source]
+        source: crate::digest::DigestParseError,
+    },
+
     /// A media type the client does not handle (e.g. Docker schema1).
     #[error("unsupported media type {media_type:?} for {reference} in repository {repository}: {reason}")]
     UnsupportedMediaType {
@@ -89,11 +145,12 @@ pub enum RegistryError {
     },
 
     /// The image config blob is not a valid image configuration.
-    #[error("invalid image config {digest} in repository {repository}: {reason}")]
+    #[error("invalid image config {digest} in repository {repository}: {source}")]
     InvalidConfigBlob {
         repository: String,
         digest: Digest,
-        reason: String,
+        #[source]
+        source: serde_json::Error,
     },
 
     /// A response body was larger than the client accepts for its kind.
@@ -113,28 +170,6 @@ pub enum RegistryError {
     /// The registry's answer is malformed (missing header, bad JSON, ...).
     #[error("bad response from {url}: {reason}")]
     BadResponse { url: String, reason: String },
-
-    /// The swarm could not deliver blob `digest` (every source failed).
-    #[error("swarm fetch of blob {digest}: {source}")]
-    Swarm {
-        digest: Digest,
-        #[source]
-        source: crate::swarm::SwarmError,
-    },
-
-    /// The node holds blob `digest` (cached or downloading) only from other registries than
-    /// `registry`, and the reader may use only bytes known from `registry`
-    /// ([`crate::source::Reader::Client`]): shoald's mirror passes such requests upstream.
-    #[error("blob {digest} is held only from other registries than {registry}; not served for it")]
-    OtherOrigin { registry: String, digest: Digest },
-
-    /// The on-disk blob cache ([`crate::cache::BlobCache`]) failed at `path`.
-    #[error("blob cache {path:?}: {source}")]
-    Cache {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// What kind of transport failure happened.

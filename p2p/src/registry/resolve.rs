@@ -137,12 +137,13 @@ pub(super) fn effective_media_type(
 fn to_digest(
     d: &oci_spec::image::Digest,
     image: &ImageReference,
-    what: &str,
+    what: &'static str,
 ) -> Result<Digest, RegistryError> {
-    Digest::try_from(d).map_err(|e| RegistryError::InvalidManifest {
+    Digest::try_from(d).map_err(|source| RegistryError::ManifestDigest {
         repository: image.repository.clone(),
         reference: image.manifest_reference(),
-        reason: format!("{what}: {e}"),
+        what,
+        source,
     })
 }
 
@@ -152,9 +153,10 @@ fn descriptor_platform(d: &Descriptor) -> Option<Platform> {
 
 impl RegistryClient {
     /// The manifest (or index) `image` names, verified against its digest when pinned.
-    pub async fn manifest(&self, image: &ImageReference) -> Result<RawManifest, RegistryError> {
-        self.manifest_at(image, &image.manifest_reference(), image.digest.as_ref())
-            .await
+    pub async fn manifest(&self, image: &ImageReference) -> Result<RawManifest, crate::Error> {
+        Ok(self
+            .manifest_at(image, &image.manifest_reference(), image.digest.as_ref())
+            .await?)
     }
 
     async fn manifest_at(
@@ -242,17 +244,33 @@ impl RegistryClient {
         &self,
         image: &ImageReference,
         platform: &Platform,
+    ) -> Result<ResolvedImage, crate::Error> {
+        Ok(self.resolve_at(image, platform).await?)
+    }
+
+    async fn resolve_at(
+        &self,
+        image: &ImageReference,
+        platform: &Platform,
     ) -> Result<ResolvedImage, RegistryError> {
         let invalid = |reference: &str, reason: String| RegistryError::InvalidManifest {
             repository: image.repository.clone(),
             reference: reference.to_string(),
             reason,
         };
-        let top = self.manifest(image).await?;
+        let top = self
+            .manifest_at(image, &image.manifest_reference(), image.digest.as_ref())
+            .await?;
         let top_ref = image.manifest_reference();
         let (raw, index_digest) = if is_index(&top.media_type) {
-            let index: ImageIndex = serde_json::from_slice(&top.bytes)
-                .map_err(|e| invalid(&top_ref, format!("bad image index: {e}")))?;
+            let index: ImageIndex = serde_json::from_slice(&top.bytes).map_err(|source| {
+                RegistryError::ManifestJson {
+                    repository: image.repository.clone(),
+                    reference: top_ref.clone(),
+                    what: "image index",
+                    source,
+                }
+            })?;
             let chosen = pick_platform(&index, platform).ok_or_else(|| {
                 RegistryError::NoMatchingPlatform {
                     repository: image.repository.clone(),
@@ -297,8 +315,13 @@ impl RegistryClient {
             (top, None)
         };
         let mref = raw.digest.to_string();
-        let manifest: ImageManifest = serde_json::from_slice(&raw.bytes)
-            .map_err(|e| invalid(&mref, format!("bad image manifest: {e}")))?;
+        let manifest: ImageManifest =
+            serde_json::from_slice(&raw.bytes).map_err(|source| RegistryError::ManifestJson {
+                repository: image.repository.clone(),
+                reference: mref.clone(),
+                what: "image manifest",
+                source,
+            })?;
         if manifest.schema_version() != 2 {
             return Err(invalid(
                 &mref,
@@ -334,13 +357,14 @@ impl RegistryClient {
                 ),
             ));
         }
-        let config: ImageConfiguration = serde_json::from_slice(&config_bytes).map_err(|e| {
-            RegistryError::InvalidConfigBlob {
-                repository: image.repository.clone(),
-                digest: config_digest.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+        let config: ImageConfiguration =
+            serde_json::from_slice(&config_bytes).map_err(|source| {
+                RegistryError::InvalidConfigBlob {
+                    repository: image.repository.clone(),
+                    digest: config_digest.clone(),
+                    source,
+                }
+            })?;
         let layers = layer_infos(&manifest, &config, image)?;
         Ok(ResolvedImage {
             reference: image.clone(),

@@ -9,9 +9,10 @@ use futures::Stream;
 
 use super::RegistryError;
 use crate::digest::{Digest, Hasher};
+use crate::Error;
 
-/// A stream of blob bytes as they arrive.
-pub type BlobStream = Pin<Box<dyn Stream<Item = Result<Bytes, RegistryError>> + Send>>;
+/// A stream of blob bytes as they arrive (from the registry, the cache or the swarm).
+pub type BlobStream = Pin<Box<dyn Stream<Item = Result<Bytes, Error>> + Send>>;
 
 /// Pass `inner`'s bytes through unchanged while hashing them; when it ends, yield one last
 /// `Err(DigestMismatch)` if the bytes do not hash to `expected`. Nothing is buffered.
@@ -35,7 +36,7 @@ struct Verifying {
 }
 
 impl Stream for Verifying {
-    type Item = Result<Bytes, RegistryError>;
+    type Item = Result<Bytes, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -64,7 +65,8 @@ impl Stream for Verifying {
                             expected: this.expected.clone(),
                             actual,
                             bytes: this.bytes,
-                        })))
+                        }
+                        .into())))
                     }
                     _ => Poll::Ready(None),
                 }
@@ -101,7 +103,7 @@ struct Window {
 }
 
 impl Stream for Window {
-    type Item = Result<Bytes, RegistryError>;
+    type Item = Result<Bytes, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -118,7 +120,7 @@ impl Stream for Window {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
                     this.done = true;
-                    return Poll::Ready(Some(Err((this.short)(this.delivered))));
+                    return Poll::Ready(Some(Err((this.short)(this.delivered).into())));
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.done = true;
@@ -155,7 +157,7 @@ mod tests {
     use futures::{stream, StreamExt};
 
     fn chunks(parts: &[&'static [u8]]) -> BlobStream {
-        let items: Vec<Result<Bytes, RegistryError>> =
+        let items: Vec<Result<Bytes, Error>> =
             parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
         Box::pin(stream::iter(items))
     }
@@ -178,12 +180,12 @@ mod tests {
         assert_eq!(items[0].as_ref().unwrap().as_ref(), b"hello ");
         assert_eq!(items[1].as_ref().unwrap().as_ref(), b"there");
         match &items[2] {
-            Err(RegistryError::DigestMismatch {
+            Err(Error::Registry(RegistryError::DigestMismatch {
                 repository,
                 expected,
                 actual,
                 bytes,
-            }) => {
+            })) => {
                 assert_eq!(repository, "repo/x");
                 assert_eq!(expected, &d);
                 assert_eq!(actual, &Digest::of(b"hello there"));
@@ -201,7 +203,7 @@ mod tests {
         let items: Vec<_> = s.collect().await;
         assert!(matches!(
             items.last(),
-            Some(Err(RegistryError::DigestMismatch { .. }))
+            Some(Err(Error::Registry(RegistryError::DigestMismatch { .. })))
         ));
     }
 

@@ -146,7 +146,7 @@ fn image(addr: &str, repo: &str) -> ImageReference {
     format!("{addr}/{repo}").parse().unwrap()
 }
 
-async fn collect(mut s: BlobStream) -> Result<Vec<u8>, RegistryError> {
+async fn collect(mut s: BlobStream) -> Result<Vec<u8>, crate::Error> {
     let mut out = Vec::new();
     while let Some(item) = s.next().await {
         out.extend_from_slice(&item?);
@@ -180,12 +180,15 @@ async fn range_answered_with_200_is_cut() {
     assert_eq!(got, &BLOB[10..15]);
     let short = collect(c.blob(&img, &d, Some(30..40)).await.unwrap()).await;
     assert!(
-        matches!(short, Err(RegistryError::Range { .. })),
+        matches!(
+            short,
+            Err(crate::Error::Registry(RegistryError::Range { .. }))
+        ),
         "{short:?}"
     );
     assert!(matches!(
         c.blob(&img, &d, Some(5..5)).await,
-        Err(RegistryError::Range { .. })
+        Err(crate::Error::Registry(RegistryError::Range { .. }))
     ));
 }
 
@@ -210,19 +213,45 @@ async fn bad_manifests_are_clear_errors() {
     let c = client(&addr, false);
     let p = Platform::host();
     let e = c.resolve(&image(&addr, "huge:x"), &p).await.unwrap_err();
-    assert!(matches!(e, RegistryError::TooLarge { .. }), "{e}");
+    assert!(
+        matches!(e, crate::Error::Registry(RegistryError::TooLarge { .. })),
+        "{e}"
+    );
     let e = c.resolve(&image(&addr, "old:x"), &p).await.unwrap_err();
     assert!(
-        matches!(e, RegistryError::UnsupportedMediaType { .. }),
+        matches!(
+            e,
+            crate::Error::Registry(RegistryError::UnsupportedMediaType { .. })
+        ),
         "{e}"
     );
     assert!(e.to_string().contains("schema1"), "{e}");
     let e = c.resolve(&image(&addr, "garbage:x"), &p).await.unwrap_err();
-    assert!(matches!(e, RegistryError::InvalidManifest { .. }), "{e}");
+    // Not the JSON of an image manifest: the decoder's error is kept as the typed cause.
+    assert!(
+        matches!(
+            e,
+            crate::Error::Registry(RegistryError::ManifestJson {
+                what: "image manifest",
+                ..
+            })
+        ),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("bad image manifest: invalid type"),
+        "{e}"
+    );
     // Pinned digest that the served bytes do not have.
     let pinned = format!("{addr}/old@{}", Digest::of(b"other"));
     let e = c.resolve(&pinned.parse().unwrap(), &p).await.unwrap_err();
-    assert!(matches!(e, RegistryError::DigestMismatch { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            crate::Error::Registry(RegistryError::DigestMismatch { .. })
+        ),
+        "{e}"
+    );
 }
 
 #[tokio::test]

@@ -21,6 +21,7 @@ use crate::reference::ImageReference;
 use crate::registry::{BlobStream, RegistryError};
 use crate::source::Reader;
 use crate::tracker::ChunkSet;
+use crate::Error;
 
 /// Bytes per item of the reader stream (a chunk is cut into pieces this big).
 const READ_PIECE: u64 = 1 << 20;
@@ -98,14 +99,10 @@ impl Download {
     }
 
     /// Adds `reader` of `image` to the download: its grant becomes the newest. A client of
-    /// another registry than the download's is refused ([`RegistryError::OtherOrigin`]); the
+    /// another registry than the download's is refused ([`Error::OtherOrigin`]); the
     /// node, reading another registry's image, lends its own credentials for the download's
     /// first repository.
-    pub(crate) fn attach(
-        &self,
-        image: &ImageReference,
-        reader: &Reader,
-    ) -> Result<(), RegistryError> {
+    pub(crate) fn attach(&self, image: &ImageReference, reader: &Reader) -> Result<(), Error> {
         reader.check_origin(
             &image.registry,
             self.digest(),
@@ -165,7 +162,7 @@ impl Download {
 
     /// Writes verified chunk `index` (blocking) and marks it held; false (nothing written)
     /// when it was already held.
-    pub(crate) fn store(&self, index: u32, data: &[u8]) -> Result<bool, RegistryError> {
+    pub(crate) fn store(&self, index: u32, data: &[u8]) -> Result<bool, Error> {
         let offset = self.manifest.chunk_range(index as usize).start;
         if self.state.lock().expect("lock").held.contains(index) {
             return Ok(false);
@@ -253,7 +250,7 @@ impl Download {
     /// Each piece is read back from the file once its chunk is held (verified against the
     /// chunk manifest). If the download fails, the stream ends with the error after the
     /// pieces that did arrive; a range past the blob's end is an error at once.
-    pub(crate) fn reader(self: &Arc<Self>, range: Range<u64>) -> Result<BlobStream, RegistryError> {
+    pub(crate) fn reader(self: &Arc<Self>, range: Range<u64>) -> Result<BlobStream, Error> {
         if range.start > range.end || range.end > self.manifest.size {
             return Err(RegistryError::Range {
                 repository: self.image.repository.clone(),
@@ -261,7 +258,8 @@ impl Download {
                 start: range.start,
                 end: range.end,
                 reason: format!("past the blob's {} bytes", self.manifest.size),
-            });
+            }
+            .into());
         }
         let rx = self.changed.subscribe();
         let end = range.end;
@@ -282,14 +280,14 @@ impl Download {
                         break;
                     }
                     if let Some(Err(source)) = ended {
-                        let err = RegistryError::Swarm {
+                        let err = Error::Swarm {
                             digest: download.digest().clone(),
                             source,
                         };
                         return Some((Err(err), (download, rx, end)));
                     }
                     if rx.changed().await.is_err() {
-                        let err = RegistryError::Swarm {
+                        let err = Error::Swarm {
                             digest: download.digest().clone(),
                             source: SwarmError::Abandoned,
                         };
@@ -317,11 +315,10 @@ impl Download {
                         source: Arc::new(std::io::Error::other(e)),
                     }),
                 };
-                let item: Result<Bytes, RegistryError> =
-                    read.map_err(|source| RegistryError::Swarm {
-                        digest: download.digest().clone(),
-                        source,
-                    });
+                let item: Result<Bytes, Error> = read.map_err(|source| Error::Swarm {
+                    digest: download.digest().clone(),
+                    source,
+                });
                 let next = if item.is_ok() { offset + len } else { end };
                 Some((item, (download, rx, next)))
             },

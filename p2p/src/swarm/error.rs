@@ -1,13 +1,12 @@
 //! Why a swarm download failed: [`SwarmError`], shared by every reader of the download
-//! (cheap to clone), and carried to them as [`crate::registry::RegistryError::Swarm`].
+//! (cheap to clone), and carried to them as [`crate::Error::Swarm`].
 
 use std::sync::Arc;
 
 use super::planner::PlanError;
-use crate::registry::RegistryError;
 
 /// Why a swarm download ended without its blob, or a read out of it failed (its readers get
-/// it as [`RegistryError::Swarm`], and shoald falls back to containerd's own pull).
+/// it as [`crate::Error::Swarm`], and shoald falls back to containerd's own pull).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SwarmError {
     /// The planner gave up (stalled, registry failing, manifest contradicted).
@@ -15,10 +14,10 @@ pub enum SwarmError {
     Plan(#[from] PlanError),
     /// A verified chunk could not be stored.
     #[error("storing a chunk: {0}")]
-    Store(#[source] Arc<RegistryError>),
+    Store(#[source] Arc<crate::Error>),
     /// The assembled blob could not be committed to the cache (its digest, or the disk).
     #[error("committing the blob: {0}")]
-    Commit(#[source] Arc<RegistryError>),
+    Commit(#[source] Arc<crate::Error>),
     /// A blocking task (storing chunk `chunk`, or committing when `None`) panicked or was
     /// cancelled.
     #[error("blocking task {}: {source}", match .chunk { Some(i) => format!("storing chunk {i}"), None => "committing the blob".to_string() })]
@@ -46,9 +45,9 @@ pub(crate) enum RequestError {
     /// The peer refused or failed.
     #[error(transparent)]
     Peer(#[from] crate::peer::PeerError),
-    /// The registry refused or failed the range.
+    /// The registry refused or failed the range (or its stream did).
     #[error(transparent)]
-    Registry(#[from] RegistryError),
+    Registry(#[from] crate::Error),
     /// The registry refused every reader's credentials for this blob.
     #[error("every reader's credentials were refused by the registry")]
     NoGrant,

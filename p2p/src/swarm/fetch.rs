@@ -17,7 +17,7 @@ use super::{Swarm, SwarmError};
 use crate::digest::Digest;
 use crate::peer::PeerError;
 use crate::reference::ImageReference;
-use crate::registry::RegistryError;
+use crate::Error;
 
 /// Fetches chunk `index` from the peer at `addr` as request `req`; from a registry side's
 /// `seeder`, whose certificate must then be registry-side.
@@ -82,7 +82,7 @@ async fn verify_and_store(
     download: &Arc<Download>,
     index: u32,
     bytes: Bytes,
-) -> Result<(u64, bool), RegistryError> {
+) -> Result<(u64, bool), Error> {
     let download = download.clone();
     let metrics = swarm.inner().metrics.clone();
     let len = bytes.len() as u64;
@@ -99,7 +99,7 @@ async fn verify_and_store(
         Ok((len, true))
     })
     .await
-    .map_err(|e| RegistryError::Swarm {
+    .map_err(|e| Error::Swarm {
         digest,
         source: SwarmError::Task {
             chunk: Some(index),
@@ -137,9 +137,7 @@ async fn registry_range(
     let mut stream = match fetched.await {
         Ok(s) => s,
         Err(e) => {
-            if matches!(e, RegistryError::Unauthorized { .. })
-                || matches!(e.status(), Some(401 | 403))
-            {
+            if e.is_unauthorized() || matches!(e.status(), Some(401 | 403)) {
                 download.revoke(&grant);
             }
             return Ended::Failed(Failure::Transport, e.into());

@@ -13,8 +13,8 @@ fn client(token: &str) -> Reader {
     Reader::Client(Some(Credentials::new(format!("Bearer {token}"))))
 }
 
-fn other_origin<T>(r: Result<T, RegistryError>) -> bool {
-    matches!(r, Err(RegistryError::OtherOrigin { .. }))
+fn other_origin<T>(r: Result<T, crate::Error>) -> bool {
+    matches!(r, Err(crate::Error::OtherOrigin { .. }))
 }
 
 #[tokio::test]

@@ -21,7 +21,6 @@ use super::planner::{
 };
 use super::{Swarm, SwarmError};
 use crate::digest::Digest;
-use crate::registry::RegistryError;
 use crate::single_flight::Entry;
 use crate::tracker::{ChunkSet, PeerEntry, TrackerError, SEEDER_ID_PREFIX};
 
@@ -37,7 +36,7 @@ pub(super) enum Ended {
     /// Without them: the planner's kind of failure and why, for the metrics and the log.
     Failed(Failure, RequestError),
     /// A verified chunk could not be stored: the download cannot go on.
-    Store(RegistryError),
+    Store(crate::Error),
 }
 
 /// What the tasks report to the executor.
@@ -84,7 +83,7 @@ pub(crate) async fn run(swarm: Swarm, download: Arc<Download>, entry: Entry<Dige
             }
         }
         Err(e) => {
-            // The readers get it as `RegistryError::Swarm`.
+            // The readers get it as `Error::Swarm`.
             download.end(Err(e.clone()));
             Err(e)
         }

@@ -17,6 +17,17 @@ use crate::peer::PeerError;
 use crate::source::{Credentials, RecordingSource};
 use crate::tracker::{MemoryTracker, PeerEntry};
 
+/// What a real client reports for a peer that refuses connections.
+fn refused(peer: SocketAddr, digest: &Digest, range: &Range<u64>) -> PeerError {
+    PeerError::Transport {
+        peer,
+        digest: digest.clone(),
+        start: range.start,
+        end: range.end,
+        source: Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+    }
+}
+
 pub(super) const CHUNK: u64 = 64 << 10;
 
 /// How a fake peer answers.
@@ -89,10 +100,7 @@ impl PeerFetcher for FakePeers {
                     .map(|(b, blobs)| (*b, blobs.get(digest).cloned()))
             };
             let Some((behaviour, data)) = found else {
-                return Err(PeerError::Transport {
-                    peer,
-                    reason: "connection refused".into(),
-                });
+                return Err(refused(peer, digest, &range));
             };
             let not_held = || PeerError::NotHeld {
                 peer,
@@ -113,12 +121,7 @@ impl PeerFetcher for FakePeers {
                     tokio::time::sleep(d).await;
                     self.enter(peer, false);
                 }
-                Behaviour::Down => {
-                    return Err(PeerError::Transport {
-                        peer,
-                        reason: "connection refused".into(),
-                    })
-                }
+                Behaviour::Down => return Err(refused(peer, digest, &range)),
             }
             *self.served.lock().unwrap().entry(peer).or_default() += bytes.len() as u64;
             Ok(Bytes::from(bytes))
@@ -567,7 +570,7 @@ async fn a_range_of_a_failing_download_ends_with_its_error() {
         .fetch_range(&rig.image, &digest, 10..6 * CHUNK)
         .await
         .unwrap();
-    let items: Vec<Result<Bytes, RegistryError>> = futures::StreamExt::collect(stream).await;
+    let items: Vec<Result<Bytes, crate::Error>> = futures::StreamExt::collect(stream).await;
     let got: Vec<u8> = items
         .iter()
         .filter_map(|i| i.as_ref().ok())

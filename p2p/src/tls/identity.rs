@@ -85,7 +85,7 @@ impl fmt::Display for Identity {
 pub enum IdentityError {
     /// Not an X.509 certificate webpki can read.
     #[error("the certificate cannot be parsed: {0}")]
-    Unparsable(String),
+    Unparsable(#[source] webpki::Error),
     /// No `shoal://ROLE/NAME` name: a certificate from before roles.
     #[error("the certificate names no shoal role (no subject alternative name shoal://node/NAME or shoal://registry-side/NAME); remake it with scripts/cluster-certs.sh DIR NAME (a node) or scripts/cluster-certs.sh DIR registry-side:NAME (the registry extension)")]
     NoRole,
@@ -136,8 +136,7 @@ impl Identity {
     /// The identity a certificate (DER) names: its one `shoal://` URI SAN. Other URIs are
     /// ignored. The certificate's chain is not checked here.
     pub fn from_cert(cert: &CertificateDer<'_>) -> Result<Self, IdentityError> {
-        let parsed = webpki::EndEntityCert::try_from(cert)
-            .map_err(|e| IdentityError::Unparsable(e.to_string()))?;
+        let parsed = webpki::EndEntityCert::try_from(cert).map_err(IdentityError::Unparsable)?;
         let mut found: Option<Identity> = None;
         for uri in parsed.valid_uri_names() {
             if !uri

@@ -192,7 +192,8 @@ async fn a_node_certificate_is_refused_as_preheat_coordinator() {
     let client =
         |addr: SocketAddr| PreheatClient::new(&format!("https://{addr}"), &auth, TIMEOUT).unwrap();
     match client(fake).nodes().await {
-        Err(PreheatClientError::Transport { reason, .. }) => {
+        Err(e @ PreheatClientError::Transport { .. }) => {
+            let reason = e.to_string();
             assert!(reason.contains("registry-side"), "{reason}")
         }
         other => panic!("{other:?}"),
@@ -208,7 +209,8 @@ async fn only_a_registry_side_certificate_is_fetched_from_as_seeder() {
     let node = whoami_server(s.ca.transport(&s.dir, "node-2")).await;
     let reg = whoami_server(s.ca.registry_side_transport(&s.dir, "reg")).await;
     match client.fetch_from_seeder(node, &digest, 0..10).await {
-        Err(PeerError::Transport { reason, .. }) => {
+        Err(e @ PeerError::Transport { .. }) => {
+            let reason = e.to_string();
             assert!(reason.contains("registry-side"), "{reason}")
         }
         other => panic!("{other:?}"),
@@ -252,7 +254,8 @@ async fn a_role_less_server_is_refused_by_every_client() {
     ));
     let client = PeerClient::new(&s.ca.transport(&s.dir, "node-1"), TIMEOUT, TIMEOUT).unwrap();
     match client.fetch(addr, &Digest::of(b"x"), 0..10).await {
-        Err(PeerError::Transport { reason, .. }) => {
+        Err(e @ PeerError::Transport { .. }) => {
+            let reason = e.to_string();
             assert!(reason.contains("names no shoal role"), "{reason}")
         }
         other => panic!("{other:?}"),

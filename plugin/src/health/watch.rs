@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use futures::StreamExt;
 use shoal_p2p::chunk::ChunkManifest;
 use shoal_p2p::reference::ImageReference;
-use shoal_p2p::registry::{BlobStream, RegistryError};
+use shoal_p2p::registry::BlobStream;
 use shoal_p2p::source::{BlobSource, Reader};
 use shoal_p2p::tracker::{Announce, HttpTrackers, PeerEntry, Tracker, TrackerError};
 use shoal_p2p::Digest;
@@ -95,10 +95,10 @@ impl LiveSource {
     /// Runs `fetch` on the current source; the stream counts as one in flight.
     fn counted<'a>(
         &'a self,
-        fetch: impl FnOnce(Arc<dyn BlobSource>) -> BoxFuture<'a, Result<BlobStream, RegistryError>>
+        fetch: impl FnOnce(Arc<dyn BlobSource>) -> BoxFuture<'a, Result<BlobStream, shoal_p2p::Error>>
             + Send
             + 'a,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+    ) -> BoxFuture<'a, Result<BlobStream, shoal_p2p::Error>> {
         let guard = self.in_flight.enter();
         let source = self.current();
         Box::pin(async move {
@@ -118,7 +118,7 @@ impl BlobSource for LiveSource {
         image: &'a ImageReference,
         digest: &'a Digest,
         reader: &'a Reader,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+    ) -> BoxFuture<'a, Result<BlobStream, shoal_p2p::Error>> {
         self.counted(move |source| {
             Box::pin(async move { source.fetch_as(image, digest, reader).await })
         })
@@ -130,7 +130,7 @@ impl BlobSource for LiveSource {
         digest: &'a Digest,
         range: Range<u64>,
         reader: &'a Reader,
-    ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+    ) -> BoxFuture<'a, Result<BlobStream, shoal_p2p::Error>> {
         self.counted(move |source| {
             Box::pin(async move { source.fetch_range_as(image, digest, range, reader).await })
         })

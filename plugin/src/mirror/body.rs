@@ -13,7 +13,7 @@ use futures::Stream;
 use shoal_p2p::registry::BlobStream;
 use shoal_p2p::{Digest, Hasher};
 
-use super::MirrorMetrics;
+use super::{MirrorError, MirrorMetrics};
 
 /// What the stream must be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +63,7 @@ struct Checked {
 }
 
 impl Checked {
-    fn fail(&mut self, reason: String) -> Poll<Option<Result<Bytes, std::io::Error>>> {
+    fn fail(&mut self, reason: MirrorError) -> Poll<Option<Result<Bytes, std::io::Error>>> {
         self.running = false;
         self.held = None;
         self.metrics.blobs_cut.inc();
@@ -92,15 +92,19 @@ impl Stream for Checked {
             }
             match this.inner.as_mut().poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Err(e))) => return this.fail(format!("the source failed: {e}")),
+                Poll::Ready(Some(Err(source))) => {
+                    let digest = this.digest.clone();
+                    let source = Box::new(source);
+                    return this.fail(MirrorError::SourceCut { digest, source });
+                }
                 Poll::Ready(Some(Ok(piece))) => {
                     if piece.is_empty() {
                         continue;
                     }
                     this.seen += piece.len() as u64;
                     if this.seen > this.len {
-                        let (seen, len) = (this.seen, this.len);
-                        return this.fail(format!("{seen} bytes, more than the {len} expected"));
+                        let (digest, seen, len) = (this.digest.clone(), this.seen, this.len);
+                        return this.fail(MirrorError::TooLong { digest, seen, len });
                     }
                     if let Some(h) = this.hasher.as_mut() {
                         h.update(&piece);
@@ -112,12 +116,13 @@ impl Stream for Checked {
                 Poll::Ready(None) => {
                     this.running = false;
                     if this.seen != this.len {
-                        let (seen, len) = (this.seen, this.len);
-                        return this.fail(format!("the source ended after {seen} of {len} bytes"));
+                        let (digest, seen, len) = (this.digest.clone(), this.seen, this.len);
+                        return this.fail(MirrorError::Short { digest, seen, len });
                     }
                     if let Some(actual) = this.hasher.take().map(Hasher::finish) {
                         if actual != this.digest {
-                            return this.fail(format!("the bytes hash to {actual}"));
+                            let digest = this.digest.clone();
+                            return this.fail(MirrorError::BodyDigest { digest, actual });
                         }
                     }
                     // Loop: sends the held piece, then ends.
@@ -139,6 +144,7 @@ mod tests {
                     url: "fake".into(),
                     reason: reason.into(),
                 }
+                .into()
             })
         })))
     }
@@ -220,5 +226,39 @@ mod tests {
         let (out, failed, _) = run_as(vec![Ok(b"llo "), Err("cut")], d, 6, false).await;
         assert!(failed);
         assert_eq!(out, b"");
+    }
+
+    #[tokio::test]
+    async fn a_cut_carries_the_typed_cause_and_names_the_blob() {
+        let d = Digest::of(b"hello world");
+        let pieces = vec![Ok(b"hello ".as_slice()), Err("connection cut")];
+        let mut s = Box::pin(checked(
+            source(pieces),
+            d.clone(),
+            Expected::Whole { size: 11 },
+            MirrorMetrics::default(),
+        ));
+        let mut cut = None;
+        while let Some(item) = s.next().await {
+            if let Err(e) = item {
+                cut = Some(e);
+                break;
+            }
+        }
+        let cut = cut.expect("the stream is cut");
+        match cut.get_ref().and_then(|e| e.downcast_ref::<MirrorError>()) {
+            Some(MirrorError::SourceCut { digest, source })
+                if matches!(**source, shoal_p2p::Error::Registry(_)) =>
+            {
+                assert_eq!(digest, &d)
+            }
+            other => panic!("{other:?}"),
+        }
+        let text = cut.to_string();
+        assert!(
+            text.contains(&format!("blob {d}: the source failed: "))
+                && text.contains("connection cut"),
+            "{text}"
+        );
     }
 }

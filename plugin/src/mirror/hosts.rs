@@ -52,13 +52,23 @@ fn server_of(config: &Config, registry: &str) -> Option<String> {
     Some(format!("{}://{host}", if plain { "http" } else { "https" }))
 }
 
+/// Why an existing hosts.toml cannot take the mirror.
+#[derive(Debug, thiserror::Error)]
+pub enum HostsError {
+    #[error("not TOML: {0}")]
+    Toml(#[from] toml_edit::TomlError),
+    #[error("`host` is not a table")]
+    HostNotTable,
+}
+
 /// `existing` (a hosts.toml's text, or `None`) with `mirror` as its first host, able to pull
 /// and resolve; `server` is set when the file has none.
-pub fn merge(existing: Option<&str>, server: Option<&str>, mirror: &str) -> Result<String, String> {
-    let mut doc: DocumentMut = existing
-        .unwrap_or_default()
-        .parse()
-        .map_err(|e| format!("not TOML: {e}"))?;
+pub fn merge(
+    existing: Option<&str>,
+    server: Option<&str>,
+    mirror: &str,
+) -> Result<String, HostsError> {
+    let mut doc: DocumentMut = existing.unwrap_or_default().parse()?;
     if let (None, Some(server)) = (doc.get("server"), server) {
         doc.insert("server", toml_edit::value(server));
     }
@@ -70,7 +80,7 @@ pub fn merge(existing: Option<&str>, server: Option<&str>, mirror: &str) -> Resu
             Item::Table(t)
         })
         .as_table_mut()
-        .ok_or("`host` is not a table")?;
+        .ok_or(HostsError::HostNotTable)?;
     let others: Vec<(String, Item)> = hosts
         .iter()
         .filter(|(k, _)| *k != mirror)
@@ -115,27 +125,30 @@ pub fn write_all(
     let mut out = Vec::new();
     for ns in namespaces(config) {
         let path = dir.join(&ns).join("hosts.toml");
-        let hosts_err = |reason: String| MirrorError::Hosts {
-            path: path.display().to_string(),
-            reason,
+        let io_err = |source| MirrorError::HostsIo {
+            path: path.clone(),
+            source,
         };
         let existing = match std::fs::read_to_string(&path) {
             Ok(text) => Some(text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(hosts_err(e.to_string())),
+            Err(e) => return Err(io_err(e)),
         };
         let text = merge(
             existing.as_deref(),
             server_of(config, &ns).as_deref(),
             &mirror,
         )
-        .map_err(hosts_err)?;
+        .map_err(|source| MirrorError::HostsToml {
+            path: path.clone(),
+            source,
+        })?;
         if !print && existing.as_deref() != Some(text.as_str()) {
             let tmp = path.with_extension("toml.shoal-tmp");
             std::fs::create_dir_all(dir.join(&ns))
                 .and_then(|()| std::fs::write(&tmp, &text))
                 .and_then(|()| std::fs::rename(&tmp, &path))
-                .map_err(|e| hosts_err(e.to_string()))?;
+                .map_err(io_err)?;
         }
         out.push((path, text));
     }

@@ -56,10 +56,7 @@ impl Upstream {
                 .redirect(redirects)
                 .no_proxy()
                 .build()
-                .map_err(|e| MirrorError::Upstream {
-                    url: String::new(),
-                    reason: format!("cannot build the HTTP client: {e}"),
-                })
+                .map_err(MirrorError::HttpClient)
         };
         Ok(Self {
             hosts: registry.clone(),
@@ -114,13 +111,13 @@ impl Upstream {
         }
         let resp = tokio::time::timeout(self.timeout, rb.send())
             .await
-            .map_err(|_| MirrorError::Upstream {
+            .map_err(|_| MirrorError::UpstreamTimeout {
                 url: url.clone(),
-                reason: format!("no answer in {} s", self.timeout.as_secs()),
+                secs: self.timeout.as_secs(),
             })?
-            .map_err(|e| MirrorError::Upstream {
+            .map_err(|source| MirrorError::Upstream {
                 url: url.clone(),
-                reason: e.to_string(),
+                source,
             })?;
         let mut out = Response::builder().status(resp.status());
         for (name, value) in resp.headers() {
@@ -129,10 +126,8 @@ impl Upstream {
             }
         }
         let body = Body::from_stream(resp.bytes_stream().map_err(std::io::Error::other));
-        out.body(body).map_err(|e| MirrorError::Upstream {
-            url,
-            reason: format!("cannot pass the answer on: {e}"),
-        })
+        out.body(body)
+            .map_err(|source| MirrorError::UpstreamAnswer { url, source })
     }
 
     /// Whether the client that sent `headers` may pull `digest` from `image`'s repository:
@@ -155,9 +150,9 @@ impl Upstream {
                 rb = rb.header(name, v);
             }
         }
-        let resp = rb.send().await.map_err(|e| MirrorError::Upstream {
+        let resp = rb.send().await.map_err(|source| MirrorError::Upstream {
             url: url.clone(),
-            reason: e.to_string(),
+            source,
         })?;
         let status = resp.status();
         if status.is_success() {
@@ -166,10 +161,7 @@ impl Upstream {
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse().ok())
-                .ok_or_else(|| MirrorError::Upstream {
-                    url: url.clone(),
-                    reason: "HEAD of the blob has no valid Content-Length".into(),
-                })?;
+                .ok_or_else(|| MirrorError::UpstreamSize { url: url.clone() })?;
             return Ok(Allowed::Yes { size });
         }
         // The refusal as the registry gave it, without a body (a HEAD has none).

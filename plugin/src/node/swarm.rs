@@ -50,7 +50,7 @@ pub(super) struct SwarmStarter {
 impl SwarmStarter {
     /// Starts the swarm; on success the node's blob source is the swarm and health follows
     /// its trackers. Returns its server and announcer tasks.
-    pub(super) async fn start(&self) -> Result<Vec<JoinHandle<()>>, String> {
+    pub(super) async fn start(&self) -> Result<Vec<JoinHandle<()>>, SwarmStartError> {
         let (swarm, tasks) = start_swarm(self).await?;
         *self.source.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(swarm.clone());
         *self.swarm.lock().unwrap_or_else(|p| p.into_inner()) = Some(swarm);
@@ -64,7 +64,11 @@ impl SwarmStarter {
     /// After the first attempt failed with `error`: shows the swarm degraded now, and tries
     /// again after each of `backoff`'s delays until it starts, in a task that then keeps the
     /// swarm's tasks until it is aborted.
-    pub(super) fn retry_later(self, error: String, mut backoff: Backoff) -> JoinHandle<()> {
+    pub(super) fn retry_later(
+        self,
+        error: SwarmStartError,
+        mut backoff: Backoff,
+    ) -> JoinHandle<()> {
         let mut delay = backoff.next_delay();
         self.report(&error, delay);
         tokio::spawn(async move {
@@ -84,7 +88,7 @@ impl SwarmStarter {
         })
     }
 
-    fn report(&self, error: &str, delay: Duration) {
+    fn report(&self, error: &SwarmStartError, delay: Duration) {
         self.health.retrying(
             Component::Swarm,
             format!("not started, layers come from the registry meanwhile: {error}"),
@@ -93,24 +97,71 @@ impl SwarmStarter {
     }
 }
 
-async fn start_swarm(s: &SwarmStarter) -> Result<(Swarm, Vec<JoinHandle<()>>), String> {
+/// Why the swarm (or a node name for it) cannot start now.
+#[derive(Debug, thiserror::Error)]
+pub enum SwarmStartError {
+    /// The cluster certificate cannot be loaded, or is not a node's.
+    #[error(transparent)]
+    Tls(#[from] shoal_p2p::tls::TlsError),
+    /// The chunk server's listen address cannot be bound.
+    #[error("chunk server on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `swarm.node_name` differs from the certificate's node name.
+    #[error("swarm.node_name {configured:?} is not the node name {name:?} of this node's certificate; set it to {name:?} or leave it empty (trackers accept announces only under the certificate's name)")]
+    NodeName { configured: String, name: String },
+    #[error("reading the host name (set swarm.node_name): {0}")]
+    HostName(#[source] std::io::Error),
+    #[error("empty host name (set swarm.node_name)")]
+    EmptyHostName,
+    /// `swarm.advertise` is neither `IP:PORT` nor an IP.
+    #[error("swarm.advertise {value:?} is neither IP:PORT nor an IP: {source}")]
+    Advertise {
+        value: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    /// No tracker to pick `swarm.advertise` by.
+    #[error("no tracker configured")]
+    NoTracker,
+    /// The first tracker's host cannot be resolved.
+    #[error("resolving tracker {host:?} to pick swarm.advertise: {source}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("tracker {host:?} has no address")]
+    NoAddress { host: String },
+    /// No route to the first tracker (the source of this node's address).
+    #[error("no route to tracker {target} to pick swarm.advertise: {source}")]
+    Route {
+        target: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+async fn start_swarm(s: &SwarmStarter) -> Result<(Swarm, Vec<JoinHandle<()>>), SwarmStartError> {
     let section = &s.section;
-    let transport = Transport::load(section.tls.as_ref(), section.insecure_plaintext)
-        .map_err(|e| e.to_string())?;
-    transport
-        .require_role(Role::Node, "shoald's swarm")
-        .map_err(|e| e.to_string())?;
+    let transport = Transport::load(section.tls.as_ref(), section.insecure_plaintext)?;
+    transport.require_role(Role::Node, "shoald's swarm")?;
     let node_name = node_name(&section.node_name, &transport)?;
     let (connect, request) = (Duration::from_secs(3), Duration::from_secs(30));
-    let trackers = HttpTrackers::new(section.trackers.clone(), &transport, connect, request)
-        .map_err(|e| e.to_string())?;
+    let trackers = HttpTrackers::new(section.trackers.clone(), &transport, connect, request)?;
     let urls = trackers.urls().to_vec();
     let trackers = WatchedTrackers::new(trackers, s.health.clone());
-    let peers = PeerClient::new(&transport, connect, request).map_err(|e| e.to_string())?;
+    let peers = PeerClient::new(&transport, connect, request)?;
     let advertise = advertise_addr(section).await?;
     let listener = tokio::net::TcpListener::bind(section.listen)
         .await
-        .map_err(|e| format!("chunk server on {}: {e}", section.listen))?;
+        .map_err(|source| SwarmStartError::Listen {
+            addr: section.listen,
+            source,
+        })?;
 
     let mut swarm_config = SwarmConfig::new(node_name.clone(), advertise);
     swarm_config.in_flight = section.chunks_in_flight;
@@ -158,48 +209,53 @@ async fn start_swarm(s: &SwarmStarter) -> Result<(Swarm, Vec<JoinHandle<()>>), S
 
 /// This node's name: over TLS the certificate's node name (`configured`, when not empty, must
 /// be the same), else `configured` or the host name.
-pub(crate) fn node_name(configured: &str, transport: &Transport) -> Result<String, String> {
+pub(crate) fn node_name(
+    configured: &str,
+    transport: &Transport,
+) -> Result<String, SwarmStartError> {
     match transport.identity() {
         Some(id) if configured.is_empty() || configured == id.name => Ok(id.name.clone()),
-        Some(id) => Err(format!(
-            "swarm.node_name {configured:?} is not the node name {:?} of this node's certificate; \
-             set it to {:?} or leave it empty (trackers accept announces only under the \
-             certificate's name)",
-            id.name, id.name
-        )),
+        Some(id) => Err(SwarmStartError::NodeName {
+            configured: configured.to_owned(),
+            name: id.name.clone(),
+        }),
         None if configured.is_empty() => host_name(),
         None => Ok(configured.to_owned()),
     }
 }
 
 /// The host name, for the node name.
-pub(super) fn host_name() -> Result<String, String> {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map_err(|e| format!("reading the host name (set swarm.node_name): {e}"))?;
+pub(super) fn host_name() -> Result<String, SwarmStartError> {
+    let name =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map_err(SwarmStartError::HostName)?;
     let name = name.trim();
     if name.is_empty() {
-        return Err("empty host name (set swarm.node_name)".into());
+        return Err(SwarmStartError::EmptyHostName);
     }
     Ok(name.to_owned())
 }
 
 /// Where peers reach this node's chunk server (see the module documentation).
-pub(super) async fn advertise_addr(section: &SwarmSection) -> Result<SocketAddr, String> {
+pub(super) async fn advertise_addr(section: &SwarmSection) -> Result<SocketAddr, SwarmStartError> {
     let port = section.listen.port();
     if !section.advertise.is_empty() {
         if let Ok(addr) = section.advertise.parse::<SocketAddr>() {
             return Ok(addr);
         }
-        let ip: IpAddr = section
-            .advertise
-            .parse()
-            .map_err(|_| format!("swarm.advertise {:?}", section.advertise))?;
+        let ip: IpAddr =
+            section
+                .advertise
+                .parse()
+                .map_err(|source| SwarmStartError::Advertise {
+                    value: section.advertise.clone(),
+                    source,
+                })?;
         return Ok(SocketAddr::new(ip, port));
     }
     if !section.listen.ip().is_unspecified() {
         return Ok(section.listen);
     }
-    let tracker = section.trackers.first().ok_or("no tracker configured")?;
+    let tracker = section.trackers.first().ok_or(SwarmStartError::NoTracker)?;
     let host_port = tracker
         .split_once("://")
         .map_or(tracker.as_str(), |(_, rest)| rest)
@@ -209,19 +265,23 @@ pub(super) async fn advertise_addr(section: &SwarmSection) -> Result<SocketAddr,
         .to_owned();
     let target = tokio::net::lookup_host(host_port.clone())
         .await
-        .map_err(|e| format!("resolving tracker {host_port:?} to pick swarm.advertise: {e}"))?
+        .map_err(|source| SwarmStartError::Resolve {
+            host: host_port.clone(),
+            source,
+        })?
         .next()
-        .ok_or_else(|| format!("tracker {host_port:?} has no address"))?;
+        .ok_or_else(|| SwarmStartError::NoAddress {
+            host: host_port.clone(),
+        })?;
     // A connected UDP socket sends nothing; it only asks the kernel for the route.
     let bind = if target.is_ipv4() {
         "0.0.0.0:0"
     } else {
         "[::]:0"
     };
-    let socket = std::net::UdpSocket::bind(bind).map_err(|e| e.to_string())?;
-    socket
-        .connect(target)
-        .map_err(|e| format!("no route to tracker {target} to pick swarm.advertise: {e}"))?;
-    let ip = socket.local_addr().map_err(|e| e.to_string())?.ip();
+    let route = |source| SwarmStartError::Route { target, source };
+    let socket = std::net::UdpSocket::bind(bind).map_err(route)?;
+    socket.connect(target).map_err(route)?;
+    let ip = socket.local_addr().map_err(route)?.ip();
     Ok(SocketAddr::new(ip, port))
 }

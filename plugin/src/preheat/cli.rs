@@ -46,14 +46,8 @@ pub fn client(connect: &Connect, config: &Config) -> Result<PreheatClient, Error
                 .or_else(|| config.swarm.tls.as_ref().map(|t| t.ca.clone())),
         },
         None => ClientAuth::Cluster(
-            Transport::load(config.swarm.tls.as_ref(), config.swarm.insecure_plaintext).map_err(
-                |e| {
-                    Error::PreheatInput(format!(
-                        "no credentials: pass --token, or set [swarm.tls] (the cluster \
-                         certificate) in the config: {e}"
-                    ))
-                },
-            )?,
+            Transport::load(config.swarm.tls.as_ref(), config.swarm.insecure_plaintext)
+                .map_err(Error::PreheatCredentials)?,
         ),
     };
     Ok(PreheatClient::new(&url, &auth, Duration::from_secs(30))?)

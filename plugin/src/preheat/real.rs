@@ -27,7 +27,11 @@ pub struct CriPuller {
 }
 
 impl Puller for CriPuller {
-    fn pull(&self, image: String, ingests: Ingests) -> BoxFuture<'static, Result<(), String>> {
+    fn pull(
+        &self,
+        image: String,
+        ingests: Ingests,
+    ) -> BoxFuture<'static, Result<(), crate::cri::CriError>> {
         let (address, timeout) = (self.address.clone(), self.timeout);
         Box::pin(async move {
             crate::cri::pull(&address, &image, timeout, |_, now| {
@@ -42,7 +46,6 @@ impl Puller for CriPuller {
             })
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
         })
     }
 
@@ -69,14 +72,14 @@ pub struct NodeBlobs {
 }
 
 impl LocalBlobs for NodeBlobs {
-    fn layers(&self, image: String) -> BoxFuture<'static, Result<Vec<(Digest, u64)>, String>> {
+    fn layers(
+        &self,
+        image: String,
+    ) -> BoxFuture<'static, Result<Vec<(Digest, u64)>, shoal_p2p::Error>> {
         let client = self.client.clone();
         Box::pin(async move {
-            let reference: ImageReference = image.parse().map_err(|e| format!("{e}"))?;
-            let resolved = client
-                .resolve(&reference, &Platform::host())
-                .await
-                .map_err(|e| e.to_string())?;
+            let reference: ImageReference = image.parse().map_err(shoal_p2p::Error::Reference)?;
+            let resolved = client.resolve(&reference, &Platform::host()).await?;
             Ok(resolved
                 .layers
                 .into_iter()
@@ -117,16 +120,16 @@ pub async fn start(
     cache: Option<BlobCache>,
     swarm: Option<Swarm>,
     health: crate::health::Health,
-) -> Result<Option<JoinHandle<()>>, String> {
+) -> Result<Option<JoinHandle<()>>, crate::Error> {
     let p = &config.preheat;
     if p.coordinator.is_empty() {
         return Ok(None);
     }
     let transport = Transport::load(config.swarm.tls.as_ref(), config.swarm.insecure_plaintext)
-        .map_err(|e| e.to_string())?;
+        .map_err(shoal_p2p::Error::from)?;
     transport
         .require_role(Role::Node, "shoald's preheat worker")
-        .map_err(|e| e.to_string())?;
+        .map_err(shoal_p2p::Error::from)?;
     // Over TLS the coordinator accepts registrations only under the certificate's name.
     let node_name = match transport.identity() {
         Some(_) => crate::node::node_name(&config.swarm.node_name, &transport)?,
@@ -136,8 +139,7 @@ pub async fn start(
         &p.coordinator,
         &ClientAuth::Cluster(transport),
         Duration::from_secs(10),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let info = NodeInfo {
         name: node_name,
         labels: p.labels.clone(),

@@ -19,7 +19,7 @@ struct FakeCoordinator {
 }
 
 impl Coordinator for FakeCoordinator {
-    fn register(&self, info: NodeInfo) -> BoxFuture<'_, Result<Registered, String>> {
+    fn register(&self, info: NodeInfo) -> BoxFuture<'_, Result<Registered, PreheatClientError>> {
         lock(&self.registrations).push(info);
         self.known.store(true, Ordering::SeqCst);
         Box::pin(async {
@@ -29,10 +29,19 @@ impl Coordinator for FakeCoordinator {
         })
     }
 
-    fn heartbeat(&self, hb: Heartbeat) -> BoxFuture<'_, Result<HeartbeatReply, String>> {
+    fn heartbeat(
+        &self,
+        hb: Heartbeat,
+    ) -> BoxFuture<'_, Result<HeartbeatReply, PreheatClientError>> {
         lock(&self.heartbeats).push(hb);
         if self.down.load(Ordering::SeqCst) {
-            return Box::pin(async { Err("connection refused".to_string()) });
+            return Box::pin(async {
+                Err(PreheatClientError::Status {
+                    url: "https://coordinator:7080/v1/heartbeat".into(),
+                    status: 503,
+                    message: "connection refused".into(),
+                })
+            });
         }
         let registered = self.known.load(Ordering::SeqCst);
         let tasks = if registered {
@@ -71,7 +80,7 @@ impl Drop for Guard {
 }
 
 impl Puller for FakePuller {
-    fn pull(&self, image: String, ingests: Ingests) -> BoxFuture<'static, Result<(), String>> {
+    fn pull(&self, image: String, ingests: Ingests) -> BoxFuture<'static, Result<(), CriError>> {
         let (release, running, dropped) = (
             self.release.clone(),
             self.running.clone(),
@@ -84,7 +93,10 @@ impl Puller for FakePuller {
             release.notified().await;
             guard.2 = true;
             if image.contains("bad") {
-                Err(format!("{image}: not found"))
+                Err(CriError::Timeout {
+                    image,
+                    timeout: Duration::from_secs(1),
+                })
             } else {
                 Ok(())
             }
@@ -106,7 +118,10 @@ fn digest(i: u8) -> Digest {
 struct FakeBlobs;
 
 impl LocalBlobs for FakeBlobs {
-    fn layers(&self, _image: String) -> BoxFuture<'static, Result<Vec<(Digest, u64)>, String>> {
+    fn layers(
+        &self,
+        _image: String,
+    ) -> BoxFuture<'static, Result<Vec<(Digest, u64)>, shoal_p2p::Error>> {
         Box::pin(async { Ok(vec![(digest(1), 100), (digest(2), 100)]) })
     }
 
@@ -186,7 +201,7 @@ async fn runs_every_listed_task_at_once_reports_progress_and_forgets_acknowledge
             (TaskState::Done, None, 200),
             (
                 TaskState::Failed,
-                Some("r.example/bad:1: not found".into()),
+                Some("pulling r.example/bad:1: no answer after 1s".into()),
                 57
             )
         ]
@@ -262,7 +277,8 @@ async fn heartbeats_failing_for_a_while_make_the_worker_degraded() {
     assert_eq!(record.state, State::Degraded);
     let reason = record.reason.unwrap();
     assert!(
-        reason.contains("heartbeats to https://coordinator:7080 failing: connection refused"),
+        reason.contains("heartbeats to https://coordinator:7080 failing: ")
+            && reason.contains("status 503: connection refused"),
         "{reason}"
     );
     c.down.store(false, Ordering::SeqCst);

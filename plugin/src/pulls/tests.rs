@@ -116,9 +116,9 @@ async fn a_failed_mirror_fetch_is_a_fallback_and_another_origin_is_not_a_pull() 
             image: &'a ImageReference,
             digest: &'a Digest,
             _: &'a Reader,
-        ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        ) -> BoxFuture<'a, Result<BlobStream, Error>> {
             Box::pin(async move {
-                Err(RegistryError::OtherOrigin {
+                Err(Error::OtherOrigin {
                     registry: image.registry.clone(),
                     digest: digest.clone(),
                 })
@@ -130,7 +130,7 @@ async fn a_failed_mirror_fetch_is_a_fallback_and_another_origin_is_not_a_pull() 
             digest: &'a Digest,
             _: Range<u64>,
             reader: &'a Reader,
-        ) -> BoxFuture<'a, Result<BlobStream, RegistryError>> {
+        ) -> BoxFuture<'a, Result<BlobStream, Error>> {
             self.fetch_as(image, digest, reader)
         }
     }

@@ -135,13 +135,15 @@ pub fn read<T>(
     let mut f = Some(f);
     let mut out = None;
     store.read(&mut |tx| {
-        let f = f
-            .take()
-            .ok_or_else(|| SnapshotError::Task("read closure called twice".into()))?;
+        let f = f.take().ok_or_else(|| SnapshotError::Transaction {
+            what: "read closure called twice",
+        })?;
         out = Some(f(tx)?);
         Ok(())
     })?;
-    out.ok_or_else(|| SnapshotError::Task("read closure not called".into()))
+    out.ok_or_else(|| SnapshotError::Transaction {
+        what: "read closure not called",
+    })
 }
 
 /// Runs `f` in a write transaction of `store`, committed iff `f` succeeds.
@@ -152,13 +154,15 @@ pub fn write<T>(
     let mut f = Some(f);
     let mut out = None;
     store.write(&mut |tx| {
-        let f = f
-            .take()
-            .ok_or_else(|| SnapshotError::Task("write closure called twice".into()))?;
+        let f = f.take().ok_or_else(|| SnapshotError::Transaction {
+            what: "write closure called twice",
+        })?;
         out = Some(f(tx)?);
         Ok(())
     })?;
-    out.ok_or_else(|| SnapshotError::Task("write closure not called".into()))
+    out.ok_or_else(|| SnapshotError::Transaction {
+        what: "write closure not called",
+    })
 }
 
 /// containerd stores no label with an empty value: setting one to "" deletes it.

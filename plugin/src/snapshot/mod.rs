@@ -77,7 +77,16 @@ pub enum SnapshotError {
     },
     /// A blocking task panicked or was cancelled.
     #[error("internal task failed: {0}")]
-    Task(String),
+    Task(#[source] tokio::task::JoinError),
+    /// A metadata transaction's closure was not called exactly once (`what` says how).
+    #[error("internal task failed: {what}")]
+    Transaction { what: &'static str },
+    /// Commit of `key`: its usage kept changing while it was measured.
+    #[error("commit of {key:?}: the snapshot kept changing while it was measured")]
+    Unsettled { key: String },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Grpc(#[source] containerd_snapshots::tonic::transport::Error),
 }
 
 impl SnapshotError {
@@ -97,7 +106,10 @@ impl SnapshotError {
             SnapshotError::Store { .. }
             | SnapshotError::Corrupt { .. }
             | SnapshotError::Io { .. }
-            | SnapshotError::Task(_) => Code::Internal,
+            | SnapshotError::Task(_)
+            | SnapshotError::Transaction { .. }
+            | SnapshotError::Unsettled { .. }
+            | SnapshotError::Grpc(_) => Code::Internal,
         }
     }
 }

@@ -333,9 +333,9 @@ impl OverlaySnapshotter {
                 SystemTime::now(),
             )
         })?;
-        Err(SnapshotError::Task(format!(
-            "commit of {key:?}: the snapshot kept changing while it was measured"
-        )))
+        Err(SnapshotError::Unsettled {
+            key: key.to_owned(),
+        })
     }
 
     /// Removes `key` (refused while it has children); its directory goes after the
@@ -459,7 +459,7 @@ impl OverlaySnapshotter {
         let this = self.clone();
         tokio::task::spawn_blocking(move || f(&this))
             .await
-            .map_err(|e| SnapshotError::Task(e.to_string()))?
+            .map_err(SnapshotError::Task)?
     }
 }
 

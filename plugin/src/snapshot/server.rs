@@ -72,7 +72,7 @@ pub async fn serve<S: containerd_snapshots::Snapshotter>(
         .add_service(containerd_snapshots::server(Arc::new(snapshotter)))
         .serve_with_incoming_shutdown(Box::pin(incoming), shutdown)
         .await
-        .map_err(|e| SnapshotError::Task(format!("gRPC server: {e}")))
+        .map_err(SnapshotError::Grpc)
 }
 
 /// How long shoald waits on shutdown for the mirror's downloads in flight, after the
@@ -104,7 +104,10 @@ pub async fn run(
         Ok::<_, crate::Error>(sn.with_interceptor(Arc::new(remote)))
     })
     .await
-    .map_err(|e| SnapshotError::Task(e.to_string()))??;
+    .map_err(|source| crate::Error::Task {
+        what: "opening the snapshotter",
+        source,
+    })??;
     health.up(crate::health::Component::Remote);
     let listener = bind_socket(address)?;
     health.set_detail(

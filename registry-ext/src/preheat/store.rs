@@ -29,10 +29,11 @@ pub struct RedbStore {
     path: PathBuf,
 }
 
-fn store_err(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
+fn store_err(path: &Path, what: &'static str, e: impl Into<redb::Error>) -> Error {
     Error::Store {
         path: path.to_path_buf(),
-        reason: format!("{what}: {e}"),
+        what,
+        source: Box::new(e.into()),
     }
 }
 
@@ -111,12 +112,18 @@ impl Store for RedbStore {
     }
 
     fn put_node(&self, node: &NodeRecord) -> Result<(), Error> {
-        let json = serde_json::to_vec(node).map_err(|e| Error::Internal(e.to_string()))?;
+        let json = serde_json::to_vec(node).map_err(|source| Error::Json {
+            what: "a preheat node",
+            source,
+        })?;
         self.put(NODES, &node.info.name, &json)
     }
 
     fn put_job(&self, job: &JobStatus) -> Result<(), Error> {
-        let json = serde_json::to_vec(job).map_err(|e| Error::Internal(e.to_string()))?;
+        let json = serde_json::to_vec(job).map_err(|source| Error::Json {
+            what: "a preheat job",
+            source,
+        })?;
         self.put(JOBS, &job.id, &json)
     }
 }

@@ -48,21 +48,20 @@ pub async fn torrent_file(
 /// The info hash and data length of `.torrent` `bytes`, if it is a single-file torrent named
 /// after `digest`.
 pub(super) fn parse(digest: &Digest, bytes: &[u8]) -> Result<(Id20, u64), Error> {
-    let err = |reason: String| Error::Torrent {
+    let meta = librqbit::torrent_from_bytes(bytes).map_err(|source| Error::Torrent {
         what: format!("reading the .torrent of {digest}"),
-        reason,
-    };
-    let meta = librqbit::torrent_from_bytes(bytes).map_err(|e| err(e.to_string()))?;
+        source: source.into(),
+    })?;
     let info = &meta.info.data;
     let name = info.name.as_ref().map(|n| n.as_ref().to_vec());
     match info.length {
         Some(length) if name.as_deref() == Some(torrent_name(digest).as_bytes()) => {
             Ok((meta.info_hash, length))
         }
-        _ => Err(err(format!(
-            "not a single-file torrent named {}",
-            torrent_name(digest)
-        ))),
+        _ => Err(Error::TorrentShape {
+            digest: digest.clone(),
+            name: torrent_name(digest),
+        }),
     }
 }
 

@@ -39,7 +39,8 @@
 //! Cost per decision: per-chunk counts (node holders, seeder holders, fetchers) are kept up
 //! to date as peer lists arrive (O(chunks) per listed peer), so ordering the missing chunks
 //! never scans the peers; choosing a source for a chunk looks at the usable peers only (the
-//! trackers' lists are bounded).
+//! trackers' lists are bounded), and so does the slow-holder rule, only while some peer is
+//! measured slow.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -390,6 +391,9 @@ impl Planner {
             (c.nodes[i] + c.fetchers[i], self.tie[i])
         });
         let wait_limit = self.overdue_after();
+        // Whether any peer is measured slow (else the slow-holder rule below has nothing to do
+        // and the peers are not scanned for it).
+        let any_slow = self.peers.values().any(|p| !p.dropped && self.is_slow(p));
         let mut for_registry = Vec::new();
         for i in near.into_iter().chain(rest) {
             if self.reqs.len() >= self.config.in_flight {
@@ -414,7 +418,7 @@ impl Planner {
             if nodes > 0 {
                 // A node holds it: from a node, when one has a free slot; never from the
                 // seeder just because the nodes are busy.
-                if self.only_slow_holders(i) && self.fast_fetcher(i) {
+                if any_slow && self.only_slow_holders(i) && self.fast_fetcher(i) {
                     // Only slow nodes hold it and a fast one fetches it: leave it to the fast
                     // one (it will be ours sooner from there), no longer than a chunk may take.
                     let since = *self.waiting.entry(i).or_insert(now);

@@ -18,6 +18,9 @@
 //!   downloads; `shoal`: shoal's snapshotter straight from the registry, no swarm).
 //! - `SHOAL_BENCH_VERIFY` (default 1): check every node's layers against a reference pull.
 //! - `SHOAL_BENCH_JSON` (default `target/swarm-bench.json`): where the results go as JSON.
+//! - `SHOAL_BENCH_KEEP_LOGS` (default 0): 1 keeps every daemon's log and metrics after each
+//!   run (the directory is printed); with `SHOAL_LOG=info,shoal_p2p::swarm=debug` shoald logs
+//!   each chunk's arrival (`chunk arrived`: chunk, from whom, ms since the download began).
 //!
 //! Every run pulls on all nodes at once (CRI `PullImage` through `shoald pull`, as kubelet)
 //! and reports each node's pull time per group (p50, p95, max, and as a multiple of F/B, F
@@ -120,6 +123,7 @@ fn main() -> Result<()> {
     let mbit: u64 = env_or("SHOAL_BENCH_MBIT", 100);
     let image_mib: usize = env_or("SHOAL_BENCH_IMAGE_MIB", 64);
     let verify: u32 = env_or("SHOAL_BENCH_VERIFY", 1);
+    let keep_logs: u32 = env_or("SHOAL_BENCH_KEEP_LOGS", 0);
     let modes: Vec<Mode> = std::env::var("SHOAL_BENCH_MODES")
         .unwrap_or_else(|_| "swarm,hetero,mirror,native".into())
         .split(',')
@@ -228,6 +232,9 @@ fn main() -> Result<()> {
             run.left_registry() as f64 / 1e6,
         );
         runs.push(run);
+        if keep_logs != 0 {
+            eprintln!("{}: logs in {}", mode.name(), cluster.save_logs().display());
+        }
         cluster.remove_nodes();
     }
 

@@ -95,7 +95,7 @@ pub struct SwarmConfig {
     pub near_window: usize,
     /// Announce at least this often. Default 1 s.
     pub announce_interval: Duration,
-    /// Ask the trackers for peers this often while a blob downloads. Default 500 ms.
+    /// Ask the trackers for peers this often while a blob downloads. Default 200 ms.
     pub peer_refresh: Duration,
     /// How long to wait for a chunk manifest before fetching the blob whole from the
     /// registry. Default 30 s.
@@ -115,11 +115,17 @@ impl SwarmConfig {
             max_registry_range: 16 << 20,
             near_window: 2,
             announce_interval: Duration::from_secs(1),
-            peer_refresh: Duration::from_millis(500),
+            peer_refresh: Duration::from_millis(200),
             manifest_timeout: Duration::from_secs(30),
         }
     }
 }
+
+/// Least time between two announces. A chunk is relayed only once the others know it is
+/// here (this node's announce, then their peer refresh), so each hop of a chunk through the
+/// swarm waits about this plus half a `peer_refresh` (docs/swarm-benchmark.md: 200 ms and
+/// 500 ms made that about a second per hop).
+const ANNOUNCE_GAP: Duration = Duration::from_millis(50);
 
 /// A download starting or running: `None` inside once the swarm cannot be used for it.
 type DownloadSlot = Arc<OnceCell<Option<Arc<Download>>>>;
@@ -234,7 +240,7 @@ impl Swarm {
     }
 
     /// Announces to the trackers every `announce_interval`, and soon after a chunk arrives
-    /// (at most every 200 ms). Runs until the future is dropped; tracker failures are logged
+    /// (at most every [`ANNOUNCE_GAP`]). Runs until the future is dropped; tracker failures are logged
     /// (once per outage) and retried at the next round.
     pub async fn run_announcer(self) {
         let mut failing = false;
@@ -254,12 +260,12 @@ impl Swarm {
                     failing = true;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(ANNOUNCE_GAP).await;
             let rest = self
                 .inner
                 .config
                 .announce_interval
-                .saturating_sub(Duration::from_millis(200));
+                .saturating_sub(ANNOUNCE_GAP);
             tokio::select! {
                 _ = self.inner.announce_now.notified() => {}
                 _ = tokio::time::sleep(rest) => {}

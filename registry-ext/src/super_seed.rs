@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use shoal_p2p::peer::{ChunkProvider, Held};
 use shoal_p2p::Digest;
 
-/// How long a chunk just sent is refused to other nodes: an announce interval (1 s), a peer
-/// refresh (0.5 s) and some slack.
+/// How long a chunk just sent is refused to other nodes: an announce interval (1 s; a node
+/// announces a chunk it starts fetching within 50 ms), a peer refresh (0.2 s) and slack.
 pub const DEFAULT_DEFER: Duration = Duration::from_secs(3);
 /// Most sends remembered (the oldest are forgotten first).
 const MAX_REMEMBERED: usize = 1 << 16;

@@ -20,14 +20,18 @@
 //!   measured throughput (smoothed; untried peers optimistically) divided by (1 + requests in
 //!   flight), with a little randomness. A peer measured at less than a third of the fastest
 //!   gets one request at a time, so slow nodes are not everyone's source and fast nodes do
-//!   not queue behind them.
+//!   not queue behind them. A chunk that only slow nodes hold while a fast node fetches it
+//!   is left to the fast node (for as long as a chunk may take), and a request to a slow
+//!   node that has taken longer than the median chunk time is asked again of a fast holder
+//!   with a free slot (the first copy wins).
 //! - Overdue: a single-chunk peer request older than [`Planner::overdue_after`] (3x the median
 //!   chunk time, at least 1 s; 8 s before three are measured) is asked of another node; of a
 //!   seeder when it is twice that; of the registry when four times that. The first verified
 //!   copy wins and the others are cancelled.
 //! - Failures: a chunk failing its hash drops its peer for this blob; a busy peer is left
 //!   alone for 500 ms; a peer that says it does not hold a chunk is not asked for it again
-//!   until the next peer list; three transport failures drop a peer; registry failures back
+//!   until the next peer list; three transport failures in a row (no chunk from it between
+//!   them) drop a peer; registry failures back
 //!   off, and the download fails ([`PlanError`]) only when chunks no peer holds cannot be had
 //!   from the registry, the registry's bytes contradict the manifest, or nothing arrived for
 //!   two minutes.
@@ -35,7 +39,8 @@
 //! Cost per decision: per-chunk counts (node holders, seeder holders, fetchers) are kept up
 //! to date as peer lists arrive (O(chunks) per listed peer), so ordering the missing chunks
 //! never scans the peers; choosing a source for a chunk looks at the usable peers only (the
-//! trackers' lists are bounded).
+//! trackers' lists are bounded), and so does the slow-holder rule, only while some peer is
+//! measured slow.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -212,12 +217,10 @@ impl Planner {
     /// How long a peer request may take before it is asked elsewhere too, and how long a
     /// chunk is left to another node fetching it.
     pub fn overdue_after(&self) -> Duration {
-        if self.durations.len() < 3 {
-            return FIRST_OVERDUE;
+        match self.median_chunk_time() {
+            Some(median) => (median * 3).max(Duration::from_secs(1)),
+            None => FIRST_OVERDUE,
         }
-        let mut d: Vec<Duration> = self.durations.iter().copied().collect();
-        d.sort_unstable();
-        (d[d.len() / 2] * 3).max(Duration::from_secs(1))
     }
 
     /// Chunk `index` (`len` bytes) of request `req` arrived at `now`: `verified` against the
@@ -270,6 +273,9 @@ impl Planner {
             }
             if let Source::Peer(id) = &source {
                 if let Some(peer) = self.peers.get_mut(id) {
+                    // Failures count in a row: a congested link's odd timeout among
+                    // chunks served does not drop a good peer.
+                    peer.failures = 0;
                     let speed = len as f64 / took.as_secs_f64().max(1e-3);
                     let smoothed = match peer.speed {
                         Some(s) => 0.7 * s + 0.3 * speed,
@@ -385,6 +391,9 @@ impl Planner {
             (c.nodes[i] + c.fetchers[i], self.tie[i])
         });
         let wait_limit = self.overdue_after();
+        // Whether any peer is measured slow (else the slow-holder rule below has nothing to do
+        // and the peers are not scanned for it).
+        let any_slow = self.peers.values().any(|p| !p.dropped && self.is_slow(p));
         let mut for_registry = Vec::new();
         for i in near.into_iter().chain(rest) {
             if self.reqs.len() >= self.config.in_flight {
@@ -409,6 +418,14 @@ impl Planner {
             if nodes > 0 {
                 // A node holds it: from a node, when one has a free slot; never from the
                 // seeder just because the nodes are busy.
+                if any_slow && self.only_slow_holders(i) && self.fast_fetcher(i) {
+                    // Only slow nodes hold it and a fast one fetches it: leave it to the fast
+                    // one (it will be ours sooner from there), no longer than a chunk may take.
+                    let since = *self.waiting.entry(i).or_insert(now);
+                    if now.saturating_duration_since(since) < wait_limit {
+                        continue;
+                    }
+                }
                 if let Some(id) = self.pick(i, now, rng, None, Pick::Nodes, budget) {
                     self.fetch_peer(id, i, now, false, &mut out);
                 }
@@ -434,20 +451,39 @@ impl Planner {
         out: &mut Vec<Action>,
     ) {
         let limit = self.overdue_after();
-        let mut overdue: Vec<(Duration, u32, String)> = self
+        // A request to a slow peer is due elsewhere once it took a fast peer's chunk time.
+        let slow_limit = self.median_chunk_time().map_or(limit, |m| m.min(limit));
+        let mut overdue: Vec<(Duration, u32, String, bool)> = self
             .reqs
             .values()
             .filter(|r| r.chunks.len() == 1 && self.chunk_reqs[r.chunks.start as usize].len() == 1)
             .filter_map(|r| match &r.source {
                 Source::Peer(id) => {
                     let elapsed = now.saturating_duration_since(r.started);
-                    (elapsed > limit).then(|| (elapsed, r.chunks.start, id.clone()))
+                    let slow = self.peers.get(id).is_some_and(|p| self.is_slow(p));
+                    if elapsed > limit {
+                        Some((elapsed, r.chunks.start, id.clone(), false))
+                    } else if slow && elapsed > slow_limit {
+                        Some((elapsed, r.chunks.start, id.clone(), true))
+                    } else {
+                        None
+                    }
                 }
                 Source::Registry => None,
             })
             .collect();
-        overdue.sort_unstable_by_key(|(_, i, _)| *i);
-        for (elapsed, i, slow) in overdue {
+        overdue.sort_unstable_by_key(|(_, i, _, _)| *i);
+        for (elapsed, i, slow, only_fast) in overdue {
+            if only_fast {
+                // Only to a fast node with a free slot; else it stays with the slow one
+                // until the ordinary limit.
+                if let Some(id) = self.pick(i, now, rng, Some(&slow), Pick::Nodes, budget) {
+                    if self.peers.get(&id).is_some_and(|p| !self.is_slow(p)) {
+                        self.fetch_peer(id, i, now, true, out);
+                    }
+                }
+                continue;
+            }
             let other = self
                 .pick(i, now, rng, Some(&slow), Pick::Nodes, budget)
                 .or_else(|| {
@@ -463,6 +499,40 @@ impl Planner {
         }
     }
 
+    /// Whether `p` is measured at less than [`SLOW_FRACTION`] of the fastest peer.
+    fn is_slow(&self, p: &Peer) -> bool {
+        p.speed.is_some_and(|s| s < self.fastest * SLOW_FRACTION)
+    }
+
+    /// The median of the chunk times measured, once three are.
+    fn median_chunk_time(&self) -> Option<Duration> {
+        if self.durations.len() < 3 {
+            return None;
+        }
+        let mut d: Vec<Duration> = self.durations.iter().copied().collect();
+        d.sort_unstable();
+        Some(d[d.len() / 2])
+    }
+
+    /// Whether every node (not seeder, not dropped) holding chunk `i` is slow.
+    fn only_slow_holders(&self, i: u32) -> bool {
+        self.peers
+            .values()
+            .filter(|p| !p.seeder && !p.dropped && p.have.contains(i))
+            .all(|p| self.is_slow(p))
+    }
+
+    /// Whether a node not measured slow is fetching chunk `i` (without holding it yet).
+    fn fast_fetcher(&self, i: u32) -> bool {
+        self.peers.values().any(|p| {
+            !p.seeder
+                && !p.dropped
+                && p.fetching.contains(i)
+                && !p.have.contains(i)
+                && !self.is_slow(p)
+        })
+    }
+
     /// The best usable holder of chunk `i` of kind `which`, other than `not` (see the module
     /// documentation); a seeder's slot is taken from `budget`.
     fn pick(
@@ -474,9 +544,8 @@ impl Planner {
         which: Pick,
         budget: &mut dyn SeederBudget,
     ) -> Option<String> {
-        let fastest = self.fastest;
-        let optimistic = if fastest > 0.0 {
-            fastest * 1.5
+        let optimistic = if self.fastest > 0.0 {
+            self.fastest * 1.5
         } else {
             DEFAULT_SPEED
         };
@@ -490,8 +559,7 @@ impl Planner {
             {
                 continue;
             }
-            let slow = p.speed.is_some_and(|s| s < fastest * SLOW_FRACTION);
-            let slots = if slow {
+            let slots = if self.is_slow(p) {
                 1
             } else {
                 self.config.per_peer_in_flight

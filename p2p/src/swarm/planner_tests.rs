@@ -454,3 +454,116 @@ fn a_chunk_the_seeder_refuses_goes_to_nobody_else_for_a_while_then_to_it_again()
     assert_eq!(later.len(), 1);
     assert!(later[0].0.starts_with("registry-ext@"));
 }
+
+#[test]
+fn a_chunk_only_slow_nodes_hold_waits_for_a_fast_node_fetching_it() {
+    let t0 = Instant::now();
+    let n = 2;
+    let (mut p, mut rng) = planner(n, 5, t0);
+    let mut slow = node(2, n, [0]);
+    slow.speed = Some(1e5);
+    let mut fast = node(3, n, []);
+    fast.speed = Some(10e6);
+    fast.fetching = set(n, [0]);
+    p.peers(vec![slow, fast]);
+    let mut budget = Budget::new(1);
+    // Not from the slow node while the fast one fetches it.
+    assert!(peer_fetches(&p.plan(t0, &mut rng, &mut budget)).is_empty());
+    let limit = p.overdue_after();
+    let before = t0 + limit - Duration::from_millis(1);
+    assert!(peer_fetches(&p.plan(before, &mut rng, &mut budget)).is_empty());
+    // The fast node did not get it in time: the slow node after all.
+    let late = peer_fetches(&p.plan(t0 + limit, &mut rng, &mut budget));
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert_eq!((late[0].0.as_str(), late[0].1), ("node-2", 0));
+}
+
+#[test]
+fn a_chunk_late_at_a_slow_node_is_asked_of_a_fast_holder_after_the_median_chunk_time() {
+    let t0 = Instant::now();
+    let n = 4;
+    let (mut p, mut rng) = planner(n, 7, t0);
+    let mut slow = node(2, n, [0]);
+    slow.speed = Some(1e5);
+    let mut fast = node(3, n, 1..n);
+    fast.speed = Some(10e6);
+    p.peers(vec![slow.clone(), fast.clone()]);
+    let mut budget = Budget::new(1);
+    let first = peer_fetches(&p.plan(t0, &mut rng, &mut budget));
+    let at_slow = first.iter().find(|f| f.0 == "node-2").cloned().unwrap();
+    assert_eq!(at_slow.1, 0);
+    // Three chunks from the fast node in 100 ms each: a median of 100 ms.
+    let mut t = t0;
+    let mut pending: Vec<_> = first.into_iter().filter(|f| f.0 == "node-3").collect();
+    let mut done = 0;
+    while done < 3 {
+        let f = pending.remove(0);
+        t += Duration::from_millis(100);
+        deliver(&mut p, t - Duration::from_millis(100), f.2, f.1, 100);
+        done += 1;
+        pending.extend(
+            peer_fetches(&p.plan(t, &mut rng, &mut budget))
+                .into_iter()
+                .filter(|f| f.0 == "node-3"),
+        );
+    }
+    for f in pending {
+        deliver(&mut p, t, f.2, f.1, 0);
+    }
+    // Now the fast node holds chunk 0 too.
+    fast.have = ChunkSet::full(n);
+    p.peers(vec![slow, fast]);
+    assert!(p.overdue_after() >= Duration::from_secs(1));
+    let at = t0 + Duration::from_millis(450);
+    let actions = p.plan(at, &mut rng, &mut budget);
+    assert!(
+        actions.iter().any(|a| matches!(a,
+            Action::Peer { chunk: 0, overdue: true, peer, .. } if peer == "node-3")),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn transport_failures_drop_a_peer_only_in_a_row() {
+    let t0 = Instant::now();
+    let n = 8;
+    let (mut p, mut rng) = planner(n, 9, t0);
+    p.peers(vec![node(2, n, 0..n)]);
+    let mut budget = Budget::new(1);
+    let mut t = t0;
+    let mut fail = |p: &mut Planner, rng: &mut fastrand::Rng, t: Instant| {
+        let f = peer_fetches(&p.plan(t, rng, &mut budget));
+        let out = p.ended(t, f[0].2, Some(Failure::Transport)).unwrap();
+        for g in &f[1..] {
+            p.ended(t, g.2, None).unwrap();
+        }
+        out
+    };
+    for _ in 0..2 {
+        t += Duration::from_millis(10);
+        assert!(fail(&mut p, &mut rng, t).is_empty());
+    }
+    // A chunk from it between the failures: the count starts again.
+    t += Duration::from_millis(10);
+    let f = peer_fetches(&p.plan(t, &mut rng, &mut Budget::new(1)));
+    deliver(&mut p, t, f[0].2, f[0].1, 50);
+    for g in &f[1..] {
+        p.ended(t, g.2, None).unwrap();
+    }
+    for _ in 0..2 {
+        t += Duration::from_millis(100);
+        assert!(fail(&mut p, &mut rng, t).is_empty());
+    }
+    t += Duration::from_millis(100);
+    let out = fail(&mut p, &mut rng, t);
+    assert!(
+        out.iter().any(|a| matches!(
+            a,
+            Action::Drop {
+                reason: DropReason::Failing,
+                ..
+            }
+        )),
+        "{out:?}"
+    );
+}

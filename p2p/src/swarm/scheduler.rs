@@ -60,6 +60,8 @@ struct Task {
     seeder: Option<SocketAddr>,
     /// The peer asked (`None`: the registry).
     peer: Option<String>,
+    /// When it was started (for the debug log of each chunk).
+    started: Instant,
 }
 
 /// Runs the download of `download` (`entry` among the swarm's downloads) to its end:
@@ -234,6 +236,21 @@ impl Scheduler {
             } => {
                 if verified {
                     self.swarm.inner().announce_now.notify_one();
+                    // One line per chunk (debug): the swarm's timeline, for the benchmark's
+                    // diagnosis (docs/swarm-benchmark.md).
+                    let task = self.tasks.get(&req);
+                    let from = task.map_or("cancelled", |t| match &t.peer {
+                        Some(peer) => peer.as_str(),
+                        None => "registry",
+                    });
+                    tracing::debug!(
+                        blob = %self.download.digest(),
+                        chunk = index,
+                        from,
+                        at_ms = self.download.started.elapsed().as_millis() as u64,
+                        took_ms = task.map_or(0, |t| t.started.elapsed().as_millis() as u64),
+                        "chunk arrived"
+                    );
                 } else {
                     self.swarm.inner().metrics.chunk_failed("hash");
                 }
@@ -352,6 +369,7 @@ impl Scheduler {
                         abort: task.abort_handle(),
                         seeder: seeder.then_some(addr),
                         peer: Some(peer),
+                        started: Instant::now(),
                     };
                     self.tasks.insert(req, task);
                 }
@@ -375,6 +393,7 @@ impl Scheduler {
                         abort: task.abort_handle(),
                         seeder: None,
                         peer: None,
+                        started: Instant::now(),
                     };
                     self.tasks.insert(req, task);
                 }

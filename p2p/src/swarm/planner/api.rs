@@ -14,7 +14,8 @@ pub type ReqId = u64;
 pub const BUSY_BACKOFF: Duration = Duration::from_millis(500);
 /// A download that receives nothing for this long fails.
 pub const STALL_LIMIT: Duration = Duration::from_secs(120);
-/// Transport failures after which a peer is dropped for the blob.
+/// Transport failures in a row (no verified chunk from the peer between them) after which a
+/// peer is dropped for the blob.
 pub const MAX_PEER_FAILURES: u32 = 3;
 /// Consecutive registry failures after which chunks no peer holds are given up.
 pub const MAX_REGISTRY_FAILURES: u32 = 6;

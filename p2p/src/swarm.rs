@@ -95,7 +95,7 @@ pub struct SwarmConfig {
     pub near_window: usize,
     /// Announce at least this often. Default 1 s.
     pub announce_interval: Duration,
-    /// Ask the trackers for peers this often while a blob downloads. Default 200 ms.
+    /// Ask the trackers for peers this often while a blob downloads. Default 500 ms.
     pub peer_refresh: Duration,
     /// How long to wait for a chunk manifest before fetching the blob whole from the
     /// registry. Default 30 s.
@@ -115,7 +115,7 @@ impl SwarmConfig {
             max_registry_range: 16 << 20,
             near_window: 2,
             announce_interval: Duration::from_secs(1),
-            peer_refresh: Duration::from_millis(200),
+            peer_refresh: Duration::from_millis(500),
             manifest_timeout: Duration::from_secs(30),
         }
     }
@@ -123,9 +123,10 @@ impl SwarmConfig {
 
 /// Least time between two announces. A chunk is relayed only once the others know it is
 /// here (this node's announce, then their peer refresh), so each hop of a chunk through the
-/// swarm waits about this plus half a `peer_refresh` (docs/swarm-benchmark.md: 200 ms and
-/// 500 ms made that about a second per hop).
-const ANNOUNCE_GAP: Duration = Duration::from_millis(50);
+/// swarm waits about half of this plus half a `peer_refresh`. 50 ms (and a 200 ms refresh)
+/// made no measurable difference on the emulated cluster while asking 4 times as much of the
+/// trackers (docs/swarm-benchmark.md), so it stays at 200 ms.
+const ANNOUNCE_GAP: Duration = Duration::from_millis(200);
 
 /// A download starting or running: `None` inside once the swarm cannot be used for it.
 type DownloadSlot = Arc<OnceCell<Option<Arc<Download>>>>;

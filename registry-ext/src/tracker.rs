@@ -11,7 +11,7 @@
 //!   holding more of the blob. Fast, idle peers usually come first, but not always, so no
 //!   peer (the seeder included) is everyone's first choice.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -58,8 +58,9 @@ pub struct Tracker {
     ttl: Duration,
     max_peers: usize,
     peers: HashMap<String, PeerState>,
-    /// Peers holding at least one chunk of each blob.
-    by_blob: HashMap<Digest, HashSet<String>>,
+    /// Peers holding at least one chunk of each blob; ordered, so that a peer list draws its
+    /// randomness in the same order for the same state (the simulator is deterministic).
+    by_blob: HashMap<Digest, BTreeSet<String>>,
     /// (last heard, peer id), oldest first.
     deadlines: BTreeSet<(Instant, String)>,
 }

@@ -1,0 +1,48 @@
+//! A small swarm (N = 50) through the real planner and tracker: it finishes, never beats
+//! the fluid bound, stays within the aims against the chunked bound (p50 <= 1.1x, p99 <=
+//! 1.3x), sends each byte from the registry side about once, and is the same for the same
+//! seed.
+
+use shoal_sim::report::{self, Kind, Row};
+use shoal_sim::{percentile, run};
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn fifty_nodes_finish_within_the_aims_and_never_beat_the_bound() {
+    // 50 nodes at 1 Gbit/s, 256 MiB in 4 MiB chunks.
+    let sc = report::scenario(Kind::Equal, 50, 256 * MIB, 4 * MIB, report::mbit(1000.0), 7);
+    let out = run(&sc).expect("simulation");
+    let row = Row::new("equal", &sc, &out, 0.0);
+    assert_eq!(row.finished(), 50, "every node finishes: {out:?}");
+    assert_eq!(out.failed, 0);
+    let (fluid, chunked) = (sc.fluid_bound(), sc.chunked_bound());
+    let t = out.sorted_times();
+    assert!(
+        t[0] >= fluid,
+        "the fastest pull {:.3}s beats the fluid bound {fluid:.3}s",
+        t[0]
+    );
+    let (p50, p99) = (percentile(&t, 50.0), percentile(&t, 99.0));
+    assert!(p50 <= 1.1 * chunked, "p50 {p50:.3}s > 1.1 x {chunked:.3}s");
+    assert!(p99 <= 1.3 * chunked, "p99 {p99:.3}s > 1.3 x {chunked:.3}s");
+    let reg = out.registry_bytes() / sc.image_bytes() as f64;
+    assert!(
+        (0.99..1.3).contains(&reg),
+        "the registry side sent {reg:.3} F"
+    );
+    // Deterministic for a seed.
+    let again = run(&sc).expect("simulation");
+    assert_eq!(again.sorted_times(), t);
+    assert_eq!(again.events, out.events);
+}
+
+#[test]
+fn a_node_dying_mid_pull_does_not_stop_the_others() {
+    let sc = report::scenario(Kind::Dying, 40, 64 * MIB, 4 * MIB, report::mbit(1000.0), 3);
+    assert_eq!(sc.nodes.iter().filter(|n| n.dies.is_some()).count(), 2);
+    let out = run(&sc).expect("simulation");
+    assert_eq!(out.died, 2);
+    assert_eq!(out.failed, 0);
+    assert_eq!(out.sorted_times().len(), 38, "{out:?}");
+}

@@ -24,6 +24,7 @@ packages=(
   attr            # getfattr/setfattr, for looking at unpacked layers by hand
   systemd         # systemd-analyze: the tests verify the unit files in systemd/ (where systemd is
                   # not PID 1, as in a container, this only adds its tools; nothing is started)
+  fonts-dejavu-core # DejaVuSans.ttf: the text of shoal-sim's CDF plot (docs/simulator.md)
 )
 
 missing=()

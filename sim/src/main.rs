@@ -33,6 +33,9 @@ enum Command {
         /// Every cap (nodes up and down, the registry side up), Mbit/s.
         #[arg(long, default_value_t = 1000.0)]
         mbit: f64,
+        /// shoald's peer refresh (ms; default its default, 500).
+        #[arg(long)]
+        peer_refresh_ms: Option<u64>,
         /// The nodes' download cap, Mbit/s (default: --mbit).
         #[arg(long)]
         down_mbit: Option<f64>,
@@ -77,6 +80,7 @@ fn main() -> Result<()> {
             chunk_mib,
             mbit,
             down_mbit,
+            peer_refresh_ms,
             kinds,
             seed,
             latency_ms,
@@ -97,6 +101,9 @@ fn main() -> Result<()> {
                         let mut sc =
                             report::scenario(kind, n, f, chunk_mib << 20, report::mbit(mbit), seed);
                         sc.latency = latency_ms / 1e3;
+                        if let Some(ms) = peer_refresh_ms {
+                            sc.settings.peer_refresh = std::time::Duration::from_millis(ms);
+                        }
                         if let Some(d) = down_mbit {
                             for node in &mut sc.nodes {
                                 node.down = report::mbit(d);

@@ -51,6 +51,12 @@ pub fn cdf_png(path: &Path, title: &str, rows: &[Row]) -> Result<(), SimError> {
     {
         let root = BitMapBackend::with_buffer(&mut buf, (W, H)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        let x_min = rows
+            .iter()
+            .map(|r| r.p(0.0) / r.chunked)
+            .fold(0.9f64, f64::min)
+            .max(0.2)
+            * 0.95;
         let x_max = rows
             .iter()
             .map(|r| r.p(100.0) / r.chunked)
@@ -62,7 +68,7 @@ pub fn cdf_png(path: &Path, title: &str, rows: &[Row]) -> Result<(), SimError> {
             .margin(16)
             .x_label_area_size(50)
             .y_label_area_size(60)
-            .build_cartesian_2d(0.8f64..x_max, 0f64..1.0f64)
+            .build_cartesian_2d(x_min..x_max, 0f64..1.0f64)
             .map_err(|e| err(e.to_string()))?;
         chart
             .configure_mesh()
@@ -84,7 +90,7 @@ pub fn cdf_png(path: &Path, title: &str, rows: &[Row]) -> Result<(), SimError> {
         for (k, row) in rows.iter().enumerate() {
             let color = Palette99::pick(k).to_rgba();
             let n = row.nodes.max(1) as f64;
-            let mut points = vec![(0.8, 0.0)];
+            let mut points = vec![(x_min, 0.0)];
             for (j, t) in row.times.iter().enumerate() {
                 let x = t / row.chunked;
                 points.push((x, j as f64 / n));

@@ -36,6 +36,12 @@ enum Command {
         /// shoald's peer refresh (ms; default its default, 500).
         #[arg(long)]
         peer_refresh_ms: Option<u64>,
+        /// The tracker's `max_peers` (longest peer list; default 30).
+        #[arg(long)]
+        max_peers: Option<usize>,
+        /// shoald's `in_flight` (chunk requests per blob; default 8).
+        #[arg(long)]
+        in_flight: Option<usize>,
         /// The nodes' download cap, Mbit/s (default: --mbit).
         #[arg(long)]
         down_mbit: Option<f64>,
@@ -81,6 +87,8 @@ fn main() -> Result<()> {
             mbit,
             down_mbit,
             peer_refresh_ms,
+            in_flight,
+            max_peers,
             kinds,
             seed,
             latency_ms,
@@ -103,6 +111,12 @@ fn main() -> Result<()> {
                         sc.latency = latency_ms / 1e3;
                         if let Some(ms) = peer_refresh_ms {
                             sc.settings.peer_refresh = std::time::Duration::from_millis(ms);
+                        }
+                        if let Some(k) = max_peers {
+                            sc.registry.max_peers = k;
+                        }
+                        if let Some(k) = in_flight {
+                            sc.settings.in_flight = k;
                         }
                         if let Some(d) = down_mbit {
                             for node in &mut sc.nodes {

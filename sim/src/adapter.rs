@@ -126,7 +126,7 @@ impl TrackerSim {
         self.tracker
             .announce(announce, now)
             .map(|_| ())
-            .map_err(|e| SimError::Tracker(e.to_string()))
+            .map_err(|source| SimError::Tracker { node, source })
     }
 
     /// The peer list of blob `blob` for node `asking` at `now`, with the seeder (which holds

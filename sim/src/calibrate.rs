@@ -4,7 +4,7 @@
 //! chunks) and puts the figures side by side.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -19,6 +19,9 @@ pub const BENCH_CHUNK: u64 = 1 << 20;
 /// What the benchmark wrote (the fields used here).
 #[derive(Clone, Debug, Deserialize)]
 pub struct Bench {
+    /// Where it was read from.
+    #[serde(skip)]
+    pub path: PathBuf,
     pub nodes: usize,
     pub mbit: u64,
     pub image_bytes: u64,
@@ -43,12 +46,17 @@ pub struct BenchGroup {
 impl Bench {
     /// Reads the benchmark's JSON at `path`.
     pub fn read(path: &Path) -> Result<Self, SimError> {
-        let err = |reason: String| SimError::Bench {
-            path: path.display().to_string(),
-            reason,
-        };
-        let text = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        serde_json::from_slice(&text).map_err(|e| err(e.to_string()))
+        let text = std::fs::read(path).map_err(|source| SimError::BenchRead {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut bench: Bench =
+            serde_json::from_slice(&text).map_err(|source| SimError::BenchParse {
+                path: path.to_owned(),
+                source,
+            })?;
+        bench.path = path.to_owned();
+        Ok(bench)
     }
 
     /// Its `swarm` run (all nodes at B).
@@ -112,9 +120,8 @@ pub fn compare(
     overhead: f64,
     seeds: u64,
 ) -> Result<Comparison, SimError> {
-    let run = bench.swarm().ok_or_else(|| SimError::Bench {
-        path: "(the benchmark's JSON)".into(),
-        reason: "no swarm run in it (SHOAL_BENCH_MODES must include swarm)".into(),
+    let run = bench.swarm().ok_or_else(|| SimError::BenchNoSwarm {
+        path: bench.path.clone(),
     })?;
     let mut measured: Vec<f64> = run
         .groups

@@ -11,6 +11,8 @@
 //! - [`report`]: tables of runs against the bounds; [`calibrate`]: the comparison with the
 //!   emulated cluster's benchmark; [`plot`]: the pull-time CDFs as PNG.
 
+use std::path::PathBuf;
+
 pub mod adapter;
 pub mod calibrate;
 pub mod engine;
@@ -29,15 +31,49 @@ pub enum SimError {
     #[error("scenario: {0}")]
     Scenario(String),
     /// The tracker refused what the simulator announced (a bug in the adapter).
-    #[error("tracker refused an announce: {0}")]
-    Tracker(String),
+    #[error("the tracker refused an announce of node {node}: {source}")]
+    Tracker {
+        node: usize,
+        source: shoal_registry_ext::Error,
+    },
     /// The planner named a peer the simulator does not know.
     #[error("the planner asked for unknown peer {0:?}")]
     UnknownPeer(String),
     /// The benchmark's JSON could not be read.
-    #[error("benchmark results {path}: {reason}")]
-    Bench { path: String, reason: String },
-    /// The plot could not be drawn or written.
-    #[error("plot {path}: {reason}")]
-    Plot { path: String, reason: String },
+    #[error("benchmark results {path}: {source}")]
+    BenchRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The benchmark's JSON is not what `integration/benches/swarm.rs` writes.
+    #[error("benchmark results {path}: {source}")]
+    BenchParse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    /// The benchmark's JSON has no `swarm` run.
+    #[error("benchmark results {path}: no swarm run (SHOAL_BENCH_MODES must include swarm)")]
+    BenchNoSwarm { path: PathBuf },
+    /// No font for the plot's text.
+    #[error("no font at {tried:?}: install fonts-dejavu-core (scripts/install-deps.sh)")]
+    NoFont { tried: Vec<&'static str> },
+    /// The font could not be read or used.
+    #[error("font {path}: {reason}")]
+    Font { path: PathBuf, reason: String },
+    /// plotters could not draw the plot (its error types are generic over the backend, so
+    /// their message is kept).
+    #[error("drawing {path}: {reason}")]
+    Draw { path: PathBuf, reason: String },
+    /// The PNG could not be written.
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The PNG could not be encoded.
+    #[error("encoding {path}: {source}")]
+    Encode {
+        path: PathBuf,
+        source: png::EncodingError,
+    },
 }

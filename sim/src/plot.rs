@@ -20,31 +20,33 @@ pub const FONT_PATHS: [&str; 2] = [
 const W: u32 = 1100;
 const H: u32 = 700;
 
-fn font(path: &Path) -> Result<(), SimError> {
-    let err = |reason: String| SimError::Plot {
-        path: path.display().to_string(),
-        reason,
-    };
+fn font() -> Result<(), SimError> {
     let found = FONT_PATHS
         .iter()
         .find(|p| Path::new(p).exists())
-        .ok_or_else(|| {
-            err(format!(
-                "no font at {FONT_PATHS:?}: install fonts-dejavu-core (scripts/install-deps.sh)"
-            ))
+        .ok_or(SimError::NoFont {
+            tried: FONT_PATHS.to_vec(),
         })?;
-    let bytes = std::fs::read(found).map_err(|e| err(format!("{found}: {e}")))?;
+    let path = Path::new(found);
+    let bytes = std::fs::read(path).map_err(|e| SimError::Font {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
     // plotters keeps registered fonts for the process.
     let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-        .map_err(|_| err(format!("{found}: not a usable TrueType font")))
+    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).map_err(|_| {
+        SimError::Font {
+            path: path.to_owned(),
+            reason: "not a usable TrueType font".into(),
+        }
+    })
 }
 
 /// Draws the CDFs of `rows` (each against its chunked bound) into a PNG at `path`.
 pub fn cdf_png(path: &Path, title: &str, rows: &[Row]) -> Result<(), SimError> {
-    font(path)?;
-    let err = |reason: String| SimError::Plot {
-        path: path.display().to_string(),
+    font()?;
+    let err = |reason: String| SimError::Draw {
+        path: path.to_owned(),
         reason,
     };
     let mut buf = vec![255u8; (W * H * 3) as usize];
@@ -121,13 +123,19 @@ pub fn cdf_png(path: &Path, title: &str, rows: &[Row]) -> Result<(), SimError> {
             .map_err(|e| err(e.to_string()))?;
         root.present().map_err(|e| err(e.to_string()))?;
     }
-    let file = std::fs::File::create(path).map_err(|e| err(e.to_string()))?;
+    let write = |source| SimError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let encode = |source| SimError::Encode {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::create(path).map_err(write)?;
     let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), W, H);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header().map_err(|e| err(e.to_string()))?;
-    writer
-        .write_image_data(&buf)
-        .map_err(|e| err(e.to_string()))?;
-    writer.finish().map_err(|e| err(e.to_string()))
+    let mut writer = encoder.write_header().map_err(encode)?;
+    writer.write_image_data(&buf).map_err(encode)?;
+    writer.finish().map_err(encode)
 }

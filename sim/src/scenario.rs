@@ -202,3 +202,40 @@ impl Scenario {
         (f / u) * (1.0 + log / m.max(1) as f64)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MB: f64 = 1e6;
+
+    #[test]
+    fn the_bounds_of_equal_caps() {
+        // 100 MB at 10 MB/s: F/u = 10 s; N = 8 nodes + the seeder share N·F over 9 caps.
+        let sc = Scenario::equal(8, 10.0 * MB, 100_000_000, 4_000_000);
+        assert!((sc.fluid_bound() - 10.0).abs() < 1e-9);
+        // 25 chunks, floor(log2 8) = 3: 10 s · (1 + 3/25).
+        assert!((sc.chunked_bound() - 11.2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_fluid_bound_is_set_by_the_total_upload_when_the_nodes_upload_little() {
+        let mut sc = Scenario::equal(10, 10.0 * MB, 100_000_000, 4_000_000);
+        for n in &mut sc.nodes {
+            n.up = 1.0 * MB;
+        }
+        // 10 · 100 MB over 10 + 10 MB/s = 50 s.
+        assert!((sc.fluid_bound() - 50.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn what_cannot_be_simulated_is_refused() {
+        let mut sc = Scenario::equal(2, 10.0 * MB, 1000, 100);
+        sc.nodes[1].up = 0.0;
+        assert!(matches!(sc.validate(), Err(SimError::Scenario(_))));
+        let mut sc = Scenario::equal(2, 10.0 * MB, 1000, 0);
+        assert!(sc.validate().is_err());
+        sc.chunk_size = 100;
+        assert!(sc.validate().is_ok());
+    }
+}

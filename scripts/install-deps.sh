@@ -29,6 +29,7 @@ packages=(
                   # loopback (the package's own service, where systemd starts it, is not used)
   systemd         # systemd-analyze: the tests verify the unit files in systemd/ (where systemd is
                   # not PID 1, as in a container, this only adds its tools; nothing is started)
+  fonts-dejavu-core # DejaVuSans.ttf: the text of shoal-sim's CDF plot (docs/simulator.md)
 )
 
 missing=()

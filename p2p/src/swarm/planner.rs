@@ -42,7 +42,7 @@
 //! trackers' lists are bounded), and so does the slow-holder rule, only while some peer is
 //! measured slow.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -78,7 +78,9 @@ pub struct Planner {
     /// Per-node random tie-break of rarest-first.
     tie: Vec<u32>,
     counts: Counts,
-    peers: HashMap<String, Peer>,
+    /// By id: ordered, so that [`Planner::pick`] draws its randomness in the same order for
+    /// the same state (the simulator is deterministic for a seed).
+    peers: BTreeMap<String, Peer>,
     reqs: HashMap<ReqId, Req>,
     next_req: ReqId,
     registry_in_flight: usize,
@@ -111,7 +113,7 @@ impl Planner {
                 seeders: vec![0; n],
                 fetchers: vec![0; n],
             },
-            peers: HashMap::new(),
+            peers: BTreeMap::new(),
             reqs: HashMap::new(),
             next_req: 0,
             registry_in_flight: 0,

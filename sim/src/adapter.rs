@@ -1,0 +1,276 @@
+//! The one place where the simulator meets shoal's own policy code: the tracker
+//! ([`shoal_registry_ext::tracker::Tracker`]), the planner ([`shoal_p2p::swarm::planner`])
+//! and the seeder's super-seeding rule ([`shoal_registry_ext::super_seed::RecentSends`]).
+//! Everything here mirrors what shoald's executor (`p2p/src/swarm/scheduler.rs`) and the
+//! registry extension's HTTP handlers (`registry-ext/src/server.rs`) do around them, so a
+//! change of those APIs is absorbed here.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use shoal_p2p::swarm::planner::{PeerInfo, PlannerConfig};
+use shoal_p2p::tracker::proto::{Announce, BlobHave, ChunkSet, PeerEntry, UploadStats};
+use shoal_p2p::tracker::SEEDER_ID_PREFIX;
+use shoal_p2p::Digest;
+use shoal_registry_ext::config::TrackerConfig;
+use shoal_registry_ext::super_seed::RecentSends;
+use shoal_registry_ext::tracker::Tracker;
+
+use crate::scenario::{NodeSettings, RegistrySide};
+use crate::SimError;
+
+/// Port of every node's chunk server.
+const PEER_PORT: u16 = 7070;
+/// The registry side's address.
+pub const REGISTRY_ADDR: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 255, 255, 254)),
+    7080,
+);
+
+/// Node `i`'s peer id.
+pub fn node_id(i: usize) -> String {
+    format!("node-{i}")
+}
+
+/// Node `i`'s chunk server address (a label: nothing is sent there).
+pub fn node_addr(i: usize) -> SocketAddr {
+    let i = i as u32 + 1;
+    SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], PEER_PORT))
+}
+
+/// The seeder's peer id, as the registry extension lists itself.
+pub fn seeder_id() -> String {
+    format!("{SEEDER_ID_PREFIX}{REGISTRY_ADDR}")
+}
+
+/// Who a peer id names: `Some(i)` for node `i`, `None` for the seeder.
+pub fn endpoint_of(id: &str) -> Option<usize> {
+    id.strip_prefix("node-").and_then(|i| i.parse().ok())
+}
+
+/// Blob `k`'s digest.
+pub fn blob_digest(k: usize) -> Digest {
+    Digest::of(format!("shoal-sim blob {k}").as_bytes())
+}
+
+/// The planner's limits from shoald's settings, as the executor makes them.
+pub fn planner_config(s: &NodeSettings, chunk_size: u64) -> PlannerConfig {
+    PlannerConfig {
+        in_flight: s.in_flight,
+        per_peer_in_flight: s.per_peer_in_flight,
+        registry_in_flight: s.registry_in_flight,
+        max_registry_chunks: (s.max_registry_range / chunk_size.max(1)).clamp(1, u32::MAX as u64)
+            as u32,
+        near_window: s.near_window as u32,
+    }
+}
+
+/// What one node announces of one blob.
+pub struct BlobState<'a> {
+    pub blob: usize,
+    pub have: &'a ChunkSet,
+    pub fetching: Option<&'a ChunkSet>,
+}
+
+/// The tracker in memory, behind the calls shoald makes to it.
+pub struct TrackerSim {
+    tracker: Tracker,
+    rng: fastrand::Rng,
+    digests: Vec<Digest>,
+    chunks: Vec<u32>,
+}
+
+impl TrackerSim {
+    /// A tracker with `registry`'s settings for blobs of `chunks` chunks each.
+    pub fn new(registry: &RegistrySide, chunks: Vec<u32>, seed: u64) -> Self {
+        let config = TrackerConfig {
+            announce_interval_ms: registry.announce_interval_ms,
+            peer_ttl_ms: registry.peer_ttl_ms,
+            max_peers: registry.max_peers,
+        };
+        Self {
+            tracker: Tracker::new(&config),
+            rng: fastrand::Rng::with_seed(seed),
+            digests: (0..chunks.len()).map(blob_digest).collect(),
+            chunks,
+        }
+    }
+
+    /// Node `node`'s announce (its whole state, as `Swarm::announcement`) heard at `now`.
+    pub fn announce(
+        &mut self,
+        node: usize,
+        upload: UploadStats,
+        blobs: &[BlobState<'_>],
+        now: Instant,
+    ) -> Result<(), SimError> {
+        let mut list: Vec<BlobHave> = blobs
+            .iter()
+            .filter(|b| b.have.count() > 0 || b.fetching.is_some_and(|f| f.count() > 0))
+            .map(|b| {
+                let have = BlobHave::new(self.digests[b.blob].clone(), b.have);
+                match b.fetching {
+                    Some(f) => have.with_fetching(f),
+                    None => have,
+                }
+            })
+            .collect();
+        list.sort_by(|a, b| a.digest.hex().cmp(b.digest.hex()));
+        let announce = Announce {
+            peer_id: node_id(node),
+            addr: node_addr(node),
+            upload,
+            blobs: list,
+        };
+        self.tracker
+            .announce(announce, now)
+            .map(|_| ())
+            .map_err(|source| SimError::Tracker { node, source })
+    }
+
+    /// The peer list of blob `blob` for node `asking` at `now`, with the seeder (which holds
+    /// every blob) competing as the registry extension lists it.
+    pub fn peers(
+        &mut self,
+        blob: usize,
+        asking: usize,
+        seeder_upload: UploadStats,
+        now: Instant,
+    ) -> Vec<PeerEntry> {
+        let chunks = self.chunks[blob];
+        let seeder = PeerEntry {
+            peer_id: seeder_id(),
+            addr: REGISTRY_ADDR,
+            chunks,
+            have: ChunkSet::full(chunks).encode(),
+            upload: seeder_upload,
+            fetching: None,
+        };
+        self.tracker.peers(
+            &self.digests[blob],
+            &node_id(asking),
+            usize::MAX,
+            Some(seeder),
+            now,
+            &mut self.rng,
+        )
+    }
+}
+
+/// A peer list as the planner takes it, as the executor's `update_peers` makes it: without
+/// the node itself, entries of another chunk count dropped, the seeder marked, the node's
+/// measured speeds attached.
+pub fn peer_infos(
+    list: Vec<PeerEntry>,
+    me: usize,
+    chunks: u32,
+    speeds: &HashMap<SocketAddr, f64>,
+) -> Vec<PeerInfo> {
+    let me = node_id(me);
+    let mut infos = Vec::with_capacity(list.len());
+    for entry in list {
+        if entry.peer_id == me {
+            continue;
+        }
+        let have = match entry.set() {
+            Ok(set) if set.len() == chunks => set,
+            _ => continue,
+        };
+        let fetching = entry
+            .fetching_set()
+            .ok()
+            .filter(|f| f.len() == chunks)
+            .unwrap_or_else(|| ChunkSet::empty(chunks));
+        infos.push(PeerInfo {
+            seeder: entry.peer_id.starts_with(SEEDER_ID_PREFIX),
+            speed: speeds.get(&entry.addr).copied(),
+            id: entry.peer_id,
+            addr: entry.addr,
+            have,
+            fetching,
+        });
+    }
+    infos
+}
+
+/// The seeder's super-seeding rule.
+pub struct SeederPolicy {
+    recent: RecentSends,
+    digests: Vec<Digest>,
+}
+
+impl SeederPolicy {
+    /// Refusing a chunk for `defer` after it was sent, for `blobs` blobs.
+    pub fn new(defer: Duration, blobs: usize) -> Self {
+        Self {
+            recent: RecentSends::new(defer),
+            digests: (0..blobs).map(blob_digest).collect(),
+        }
+    }
+
+    /// Whether the seeder sends chunk `index` (at byte `offset`) of `blob` at `now`; if it
+    /// does, the send is remembered.
+    pub fn serve(&mut self, blob: usize, offset: u64, now: Instant) -> bool {
+        let digest = &self.digests[blob];
+        if !self.recent.may_send(digest, offset, now) {
+            return false;
+        }
+        self.recent.sent(digest, offset, now);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_ids_map_back_to_endpoints() {
+        assert_eq!(endpoint_of(&node_id(4321)), Some(4321));
+        assert_eq!(endpoint_of(&seeder_id()), None);
+        assert_ne!(node_addr(0), node_addr(256));
+        assert_ne!(node_addr(1), REGISTRY_ADDR);
+    }
+
+    #[test]
+    fn the_tracker_lists_what_a_node_announced_and_the_seeder() {
+        let t0 = Instant::now();
+        let mut t = TrackerSim::new(&RegistrySide::new(1e6), vec![4], 7);
+        let mut have = ChunkSet::empty(4);
+        have.insert(2);
+        t.announce(
+            0,
+            UploadStats::default(),
+            &[BlobState {
+                blob: 0,
+                have: &have,
+                fetching: None,
+            }],
+            t0,
+        )
+        .unwrap();
+        let list = t.peers(0, 1, UploadStats::default(), t0);
+        let infos = peer_infos(list, 1, 4, &HashMap::new());
+        assert_eq!(infos.len(), 2);
+        let node = infos.iter().find(|p| !p.seeder).unwrap();
+        assert_eq!(node.id, node_id(0));
+        assert!(node.have.contains(2) && node.have.count() == 1);
+        assert!(infos.iter().any(|p| p.seeder && p.have.is_full()));
+        // The node itself is not in its own list.
+        let list = t.peers(0, 0, UploadStats::default(), t0);
+        assert!(peer_infos(list, 0, 4, &HashMap::new())
+            .iter()
+            .all(|p| p.seeder));
+    }
+
+    #[test]
+    fn the_seeder_refuses_a_chunk_it_just_sent() {
+        let t0 = Instant::now();
+        let mut s = SeederPolicy::new(Duration::from_secs(3), 1);
+        assert!(s.serve(0, 0, t0));
+        assert!(!s.serve(0, 0, t0 + Duration::from_secs(1)));
+        assert!(s.serve(0, 1 << 20, t0));
+        assert!(s.serve(0, 0, t0 + Duration::from_secs(3)));
+    }
+}

@@ -1,0 +1,197 @@
+//! shoal-sim: runs shoal's swarm (real planner, tracker and super-seeding) over a simulated
+//! network. See docs/simulator.md.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use shoal_sim::calibrate::{self, Bench};
+use shoal_sim::report::{self, Kind, Row};
+
+#[derive(Parser)]
+#[command(name = "shoal-sim", about = "shoal's swarm over a simulated network")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Simulates runs and prints their pull times against the bounds.
+    Predict {
+        /// Node counts, comma-separated.
+        #[arg(long, default_value = "100,1000,5000", value_delimiter = ',')]
+        nodes: Vec<usize>,
+        /// Image sizes in bytes, comma-separated (1073741824 = 1 GiB).
+        #[arg(long, default_value = "1073741824", value_delimiter = ',')]
+        bytes: Vec<u64>,
+        /// Chunk size (MiB).
+        #[arg(long, default_value_t = 4)]
+        chunk_mib: u64,
+        /// Every cap (nodes up and down, the registry side up), Mbit/s.
+        #[arg(long, default_value_t = 1000.0)]
+        mbit: f64,
+        /// shoald's peer refresh (ms; default its default, 500).
+        #[arg(long)]
+        peer_refresh_ms: Option<u64>,
+        /// The tracker's `max_peers` (longest peer list; default 30).
+        #[arg(long)]
+        max_peers: Option<usize>,
+        /// shoald's `in_flight` (chunk requests per blob; default 8).
+        #[arg(long)]
+        in_flight: Option<usize>,
+        /// The nodes' download cap, Mbit/s (default: --mbit).
+        #[arg(long)]
+        down_mbit: Option<f64>,
+        /// Run kinds, comma-separated: equal, hetero, rolling, dying.
+        #[arg(long, default_value = "equal", value_delimiter = ',')]
+        kinds: Vec<String>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// One-way latency (ms).
+        #[arg(long, default_value_t = 1.0)]
+        latency_ms: f64,
+        /// Writes the CDFs of the runs here (PNG).
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Writes the runs' figures here (JSON).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Simulates the emulated cluster of the swarm benchmark's JSON files and prints the
+    /// measured and simulated figures side by side.
+    Calibrate {
+        /// The benchmark's JSON files (`$CARGO_TARGET_DIR/swarm-bench.json` or copies).
+        #[arg(required = true)]
+        bench: Vec<PathBuf>,
+        /// One-way latency (ms).
+        #[arg(long, default_value_t = 0.5)]
+        latency_ms: f64,
+        /// Time a pull spends outside the blob downloads (s).
+        #[arg(long, default_value_t = 0.0)]
+        overhead: f64,
+        /// Seeds averaged.
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Predict {
+            nodes,
+            bytes,
+            chunk_mib,
+            mbit,
+            down_mbit,
+            peer_refresh_ms,
+            in_flight,
+            max_peers,
+            kinds,
+            seed,
+            latency_ms,
+            plot,
+            json,
+        } => {
+            let kinds: Vec<Kind> = kinds
+                .iter()
+                .map(|k| Kind::parse(k).with_context(|| format!("unknown run kind {k:?}")))
+                .collect::<Result<_>>()?;
+            if chunk_mib == 0 {
+                bail!("--chunk-mib must be at least 1");
+            }
+            let mut rows = Vec::new();
+            for &kind in &kinds {
+                for &f in &bytes {
+                    for &n in &nodes {
+                        let mut sc =
+                            report::scenario(kind, n, f, chunk_mib << 20, report::mbit(mbit), seed);
+                        sc.latency = latency_ms / 1e3;
+                        if let Some(ms) = peer_refresh_ms {
+                            sc.settings.peer_refresh = std::time::Duration::from_millis(ms);
+                        }
+                        if let Some(k) = max_peers {
+                            sc.registry.max_peers = k;
+                        }
+                        if let Some(k) = in_flight {
+                            sc.settings.in_flight = k;
+                        }
+                        if let Some(d) = down_mbit {
+                            for node in &mut sc.nodes {
+                                node.down = report::mbit(d);
+                            }
+                        }
+                        let started = Instant::now();
+                        let out = shoal_sim::run(&sc)?;
+                        let row = Row::new(kind.name(), &sc, &out, started.elapsed().as_secs_f64());
+                        eprintln!(
+                            "{} N={n} F={f}: p50 {:.2}s p99 {:.2}s max {:.2}s ({} done, {} died, {} failed; {} events, busy {}, not held {}, transport {}, overdue {}; registry side's last byte at {:.2}s; {:.1}s)",
+                            kind.name(),
+                            row.p(50.0),
+                            row.p(99.0),
+                            row.p(100.0),
+                            row.finished(),
+                            out.died,
+                            out.failed,
+                            out.events,
+                            out.busy,
+                            out.not_held,
+                            out.transport,
+                            out.overdue,
+                            out.registry_last,
+                            row.wall_secs
+                        );
+                        rows.push(row);
+                    }
+                }
+            }
+            println!(
+                "caps {mbit} Mbit/s, chunks {chunk_mib} MiB, latency {latency_ms} ms, seed {seed}"
+            );
+            print!("{}", report::table(&rows));
+            if let Some(path) = json {
+                let out: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({
+                            "run": r.label, "nodes": r.nodes, "image_bytes": r.image_bytes,
+                            "chunk_bytes": r.chunk, "p50_secs": r.p(50.0), "p99_secs": r.p(99.0),
+                            "max_secs": r.p(100.0), "fluid_bound_secs": r.fluid,
+                            "chunked_bound_secs": r.chunked, "registry_over_image": r.registry_over_image,
+                            "finished": r.finished(), "died": r.died, "failed": r.failed,
+                            "events": r.events, "wall_secs": r.wall_secs, "times_secs": r.times,
+                        })
+                    })
+                    .collect();
+                std::fs::write(&path, serde_json::to_vec_pretty(&out)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if let Some(path) = plot {
+                let title = format!(
+                    "shoal-sim: pull-time CDFs ({mbit} Mbit/s caps, {chunk_mib} MiB chunks)"
+                );
+                shoal_sim::plot::cdf_png(&path, &title, &rows)?;
+                println!("plot: {}", path.display());
+            }
+        }
+        Command::Calibrate {
+            bench,
+            latency_ms,
+            overhead,
+            seeds,
+        } => {
+            let mut rows = Vec::new();
+            for path in &bench {
+                let b = Bench::read(path)?;
+                rows.push(calibrate::compare(&b, latency_ms / 1e3, overhead, seeds)?);
+            }
+            println!(
+                "measured (emulated cluster) against simulated; latency {latency_ms} ms, pull overhead {overhead} s, {seeds} seeds"
+            );
+            print!("{}", calibrate::table(&rows));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! The simulated network: fluid flows over per-endpoint upload and download links.
+//!
+//! Every endpoint (a node, or the registry side) has an upload cap and a download cap
+//! (bytes/s). A flow moves bytes from one endpoint's upload link to another's download link
+//! at `min(up / flows up, down / flows down)`: each link is shared equally among its flows,
+//! and a flow goes at the slower of its two shares. The rates of the flows at the two ends
+//! are recomputed whenever a flow starts or ends there, so the cost of an event is the number
+//! of flows at those two endpoints, never the whole network. Capacity a flow cannot use
+//! because its other end is slower is not given to the others (the model errs on the slow
+//! side; see docs/simulator.md).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+/// A flow's id (its slot, reused after it ends).
+pub type FlowId = usize;
+
+#[derive(Clone, Debug)]
+struct Flow {
+    src: usize,
+    dst: usize,
+    size: f64,
+    /// Bytes left at `updated`.
+    left: f64,
+    rate: f64,
+    updated: f64,
+    /// Bumped at every rate change: completions of an older version are stale.
+    version: u64,
+    live: bool,
+}
+
+/// The network (see the module documentation). Times are seconds from the simulation's
+/// start.
+pub struct Net {
+    up: Vec<f64>,
+    down: Vec<f64>,
+    ups: Vec<Vec<FlowId>>,
+    downs: Vec<Vec<FlowId>>,
+    flows: Vec<Flow>,
+    free: Vec<FlowId>,
+    /// (completion time in ns, flow, version), earliest first.
+    done: BinaryHeap<Reverse<(u64, FlowId, u64)>>,
+    sent: Vec<f64>,
+}
+
+fn ns(t: f64) -> u64 {
+    (t * 1e9).ceil().max(0.0) as u64
+}
+
+impl Net {
+    /// Endpoints with the upload and download caps (bytes/s, > 0) given.
+    pub fn new(up: Vec<f64>, down: Vec<f64>) -> Self {
+        assert_eq!(
+            up.len(),
+            down.len(),
+            "one upload and one download cap per endpoint"
+        );
+        let n = up.len();
+        Self {
+            up,
+            down,
+            ups: vec![Vec::new(); n],
+            downs: vec![Vec::new(); n],
+            flows: Vec::new(),
+            free: Vec::new(),
+            done: BinaryHeap::new(),
+            sent: vec![0.0; n],
+        }
+    }
+
+    /// Starts a flow of `bytes` from `src` to `dst` at `now`.
+    pub fn start(&mut self, now: f64, src: usize, dst: usize, bytes: u64) -> FlowId {
+        let flow = Flow {
+            src,
+            dst,
+            size: bytes as f64,
+            left: bytes as f64,
+            rate: 0.0,
+            updated: now,
+            version: 0,
+            live: true,
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                let version = self.flows[id].version + 1;
+                self.flows[id] = Flow { version, ..flow };
+                id
+            }
+            None => {
+                self.flows.push(flow);
+                self.flows.len() - 1
+            }
+        };
+        self.ups[src].push(id);
+        self.downs[dst].push(id);
+        self.reshare(now, src, dst);
+        id
+    }
+
+    /// Ends flow `id` at `now` (completed or cancelled); its bytes so far count as sent.
+    /// Returns them.
+    pub fn end(&mut self, now: f64, id: FlowId) -> f64 {
+        if !self.flows.get(id).is_some_and(|f| f.live) {
+            return 0.0;
+        }
+        self.advance(now, id);
+        let moved = self.flows[id].size - self.flows[id].left;
+        let (src, dst) = (self.flows[id].src, self.flows[id].dst);
+        let f = &mut self.flows[id];
+        f.live = false;
+        f.version += 1;
+        self.ups[src].retain(|&x| x != id);
+        self.downs[dst].retain(|&x| x != id);
+        self.free.push(id);
+        self.reshare(now, src, dst);
+        moved
+    }
+
+    /// The earliest flow completion, if any: (time, flow).
+    pub fn next_done(&mut self) -> Option<(f64, FlowId)> {
+        while let Some(&Reverse((t, id, version))) = self.done.peek() {
+            let f = &self.flows[id];
+            if f.live && f.version == version {
+                return Some((t as f64 / 1e9, id));
+            }
+            self.done.pop();
+        }
+        None
+    }
+
+    /// The flows at `endpoint`, up and down.
+    pub fn flows_at(&self, endpoint: usize) -> Vec<FlowId> {
+        let mut all = self.ups[endpoint].clone();
+        all.extend_from_slice(&self.downs[endpoint]);
+        all
+    }
+
+    /// The endpoints of flow `id`: (source, destination).
+    pub fn ends(&self, id: FlowId) -> (usize, usize) {
+        (self.flows[id].src, self.flows[id].dst)
+    }
+
+    /// Flows uploading from `endpoint`.
+    pub fn uploads(&self, endpoint: usize) -> usize {
+        self.ups[endpoint].len()
+    }
+
+    /// What `endpoint` uploads now (bytes/s).
+    pub fn upload_rate(&self, endpoint: usize) -> f64 {
+        self.ups[endpoint].iter().map(|&f| self.flows[f].rate).sum()
+    }
+
+    /// Bytes `endpoint` sent by `now` (flows in progress counted so far).
+    pub fn sent(&self, endpoint: usize, now: f64) -> f64 {
+        let running: f64 = self.ups[endpoint]
+            .iter()
+            .map(|&f| {
+                let f = &self.flows[f];
+                f.rate * (now - f.updated).max(0.0)
+            })
+            .sum();
+        self.sent[endpoint] + running
+    }
+
+    fn advance(&mut self, now: f64, id: FlowId) {
+        let f = &mut self.flows[id];
+        let moved = (f.rate * (now - f.updated).max(0.0)).min(f.left);
+        f.left -= moved;
+        f.updated = now;
+        self.sent[f.src] += moved;
+    }
+
+    /// New rates for every flow at `src`'s upload and `dst`'s download: only these links'
+    /// flow counts changed.
+    fn reshare(&mut self, now: f64, src: usize, dst: usize) {
+        let mut touched: Vec<FlowId> =
+            Vec::with_capacity(self.ups[src].len() + self.downs[dst].len());
+        touched.extend_from_slice(&self.ups[src]);
+        touched.extend_from_slice(&self.downs[dst]);
+        for id in touched {
+            self.advance(now, id);
+            let f = &self.flows[id];
+            let rate = (self.up[f.src] / self.ups[f.src].len() as f64)
+                .min(self.down[f.dst] / self.downs[f.dst].len() as f64);
+            let f = &mut self.flows[id];
+            f.rate = rate;
+            f.version += 1;
+            let at = now + f.left / rate;
+            self.done.push(Reverse((ns(at), id, f.version)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MB: f64 = 1e6;
+
+    fn run_to_end(net: &mut Net) -> Vec<(f64, FlowId)> {
+        let mut out = Vec::new();
+        while let Some((t, id)) = net.next_done() {
+            net.end(t, id);
+            out.push((t, id));
+        }
+        out
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-6
+    }
+
+    #[test]
+    fn one_transfer_at_a_cap_takes_size_over_cap() {
+        let mut net = Net::new(vec![10.0 * MB, 100.0 * MB], vec![100.0 * MB, 100.0 * MB]);
+        net.start(0.0, 0, 1, 50_000_000);
+        let done = run_to_end(&mut net);
+        assert_eq!(done.len(), 1);
+        assert!(close(done[0].0, 5.0), "{done:?}");
+        assert!(close(net.sent(0, 5.0), 50.0 * MB));
+    }
+
+    #[test]
+    fn the_slower_end_sets_the_rate() {
+        let mut net = Net::new(vec![100.0 * MB, 100.0 * MB], vec![100.0 * MB, 20.0 * MB]);
+        net.start(0.0, 0, 1, 40_000_000);
+        assert!(close(run_to_end(&mut net)[0].0, 2.0));
+    }
+
+    #[test]
+    fn two_transfers_sharing_an_upload_take_twice_as_long() {
+        let mut net = Net::new(vec![10.0 * MB; 3], vec![100.0 * MB; 3]);
+        net.start(0.0, 0, 1, 10_000_000);
+        net.start(0.0, 0, 2, 10_000_000);
+        let done = run_to_end(&mut net);
+        assert!(close(done[0].0, 2.0) && close(done[1].0, 2.0), "{done:?}");
+    }
+
+    #[test]
+    fn two_transfers_sharing_a_download_take_twice_as_long() {
+        let mut net = Net::new(vec![100.0 * MB; 3], vec![10.0 * MB; 3]);
+        net.start(0.0, 1, 0, 10_000_000);
+        net.start(0.0, 2, 0, 10_000_000);
+        let done = run_to_end(&mut net);
+        assert!(close(done[0].0, 2.0) && close(done[1].0, 2.0), "{done:?}");
+    }
+
+    #[test]
+    fn a_flow_speeds_up_when_the_other_ends() {
+        // 10 MB/s shared: the 5 MB flow ends at 1 s (5 MB each), then the other has 5 MB
+        // left alone at 10 MB/s: 1.5 s.
+        let mut net = Net::new(vec![10.0 * MB; 3], vec![100.0 * MB; 3]);
+        net.start(0.0, 0, 1, 5_000_000);
+        net.start(0.0, 0, 2, 10_000_000);
+        let done = run_to_end(&mut net);
+        assert!(close(done[0].0, 1.0), "{done:?}");
+        assert!(close(done[1].0, 1.5), "{done:?}");
+        assert!(close(net.sent(0, 2.0), 15.0 * MB));
+    }
+
+    #[test]
+    fn a_cancelled_flow_counts_what_it_sent_and_frees_the_link() {
+        let mut net = Net::new(vec![10.0 * MB; 3], vec![100.0 * MB; 3]);
+        let a = net.start(0.0, 0, 1, 100_000_000);
+        net.start(0.0, 0, 2, 10_000_000);
+        net.end(1.0, a);
+        assert!(close(net.sent(0, 1.0), 10.0 * MB));
+        // 5 MB left at 10 MB/s.
+        let done = run_to_end(&mut net);
+        assert_eq!(done.len(), 1);
+        assert!(close(done[0].0, 1.5), "{done:?}");
+        assert_eq!(net.uploads(0), 0);
+    }
+}

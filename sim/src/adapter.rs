@@ -126,7 +126,10 @@ impl TrackerSim {
         self.tracker
             .announce(announce, now)
             .map(|_| ())
-            .map_err(|source| SimError::Tracker { node, source })
+            .map_err(|source| SimError::Tracker {
+                node,
+                source: Box::new(source),
+            })
     }
 
     /// The peer list of blob `blob` for node `asking` at `now`, with the seeder (which holds

@@ -34,7 +34,7 @@ pub enum SimError {
     #[error("the tracker refused an announce of node {node}: {source}")]
     Tracker {
         node: usize,
-        source: shoal_registry_ext::Error,
+        source: Box<shoal_registry_ext::Error>,
     },
     /// The planner named a peer the simulator does not know.
     #[error("the planner asked for unknown peer {0:?}")]

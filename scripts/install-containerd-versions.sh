@@ -36,48 +36,13 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-apt_dir="$dir/apt"
-mkdir -p "$apt_dir/etc/sources.list.d" "$apt_dir/etc/preferences.d" \
-  "$apt_dir/state/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/debs"
-touch "$apt_dir/state/status"
-keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-: >"$apt_dir/etc/sources.list"
-for w in "${missing[@]}"; do
-  echo "deb [signed-by=$keyring] http://deb.debian.org/debian ${w%%:*} main" >>"$apt_dir/etc/sources.list"
-done
-apt_opts=(
-  -o "Dir::Etc=$apt_dir/etc"
-  -o "Dir::Etc::sourcelist=$apt_dir/etc/sources.list"
-  -o "Dir::Etc::sourceparts=$apt_dir/etc/sources.list.d"
-  -o "Dir::Etc::preferencesparts=$apt_dir/etc/preferences.d"
-  -o "Dir::State=$apt_dir/state"
-  -o "Dir::State::status=$apt_dir/state/status"
-  -o "Dir::Cache=$apt_dir/cache"
-  -o "Debug::NoLocking=1"
-  -o "APT::Sandbox::User=root"
-)
+. "$(dirname "$0")/private-apt.sh"
 echo "install-containerd-versions: fetching containerd ${missing[*]} (Debian's packages, private apt lists)" >&2
-apt-get "${apt_opts[@]}" -qq update
+private_apt_setup install-containerd-versions "$dir/apt" "${missing[@]%%:*}"
 
 for w in "${missing[@]}"; do
-  suite="${w%%:*}" prefix="${w#*:}"
-  # The suite's versions of `containerd`; the first (newest) of the wanted line.
-  version=$(apt-cache "${apt_opts[@]}" madison containerd |
-    awk -F'|' -v s="$suite/" -v p="$prefix" '
-      { gsub(/ /, "", $2); gsub(/^ +| +$/, "", $3) }
-      index($3, s) && index($2, p) == 1 { print $2; exit }')
-  if [ -z "$version" ]; then
-    echo "install-containerd-versions: Debian $suite has no containerd $prefix* package" >&2
-    exit 1
-  fi
-  (cd "$apt_dir/debs" && apt-get "${apt_opts[@]}" -qq download "containerd=$version")
-  deb=$(ls "$apt_dir/debs/"containerd_"${version/:/%3a}"_*.deb | head -n 1)
-  upstream="${version%%[~+-]*}"
-  target="$dir/$upstream"
-  rm -rf "$target.tmp"
-  dpkg-deb -x "$deb" "$target.tmp"
-  rm -rf "$target"
-  mv "$target.tmp" "$target"
-  rm -f "$deb"
+  # The suite's newest `containerd` of the wanted line, into $dir/<upstream version>.
+  private_apt_unpack containerd "${w%%:*}" "${w#*:}" "$dir/"
+  version=$unpacked_version target=$unpacked_dir
   echo "install-containerd-versions: containerd $version -> $target ($("$target/usr/bin/containerd" --version))" >&2
 done

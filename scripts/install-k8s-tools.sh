@@ -7,8 +7,9 @@
 #                                enough (its kubernetes-client is 1.20). Downloaded with a
 #                                private apt configuration (its own sources, lists and cache
 #                                under apt/; the machine's apt sources and installed packages
-#                                are not touched) and unpacked with `dpkg-deb -x`, as
-#                                install-containerd-versions.sh does for containerd.
+#                                are not touched) and unpacked with `dpkg-deb -x`
+#                                (scripts/private-apt.sh, shared with
+#                                install-containerd-versions.sh).
 #   venv/bin/kubernetes-validate the `kubernetes-validate` PyPI package (pinned below), which
 #                                ships the Kubernetes JSON schemas up to 1.37, in a venv of
 #                                its own: validates the rendered manifests offline.
@@ -33,43 +34,12 @@ if ! have_kubectl; then
     echo "install-k8s-tools: need root to fetch kubectl" >&2
     exit 1
   fi
-  apt_dir="$dir/apt"
-  mkdir -p "$apt_dir/etc/sources.list.d" "$apt_dir/etc/preferences.d" \
-    "$apt_dir/state/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/debs"
-  touch "$apt_dir/state/status"
-  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $kubectl_suite main" \
-    >"$apt_dir/etc/sources.list"
-  apt_opts=(
-    -o "Dir::Etc=$apt_dir/etc"
-    -o "Dir::Etc::sourcelist=$apt_dir/etc/sources.list"
-    -o "Dir::Etc::sourceparts=$apt_dir/etc/sources.list.d"
-    -o "Dir::Etc::preferencesparts=$apt_dir/etc/preferences.d"
-    -o "Dir::State=$apt_dir/state"
-    -o "Dir::State::status=$apt_dir/state/status"
-    -o "Dir::Cache=$apt_dir/cache"
-    -o "Debug::NoLocking=1"
-    -o "APT::Sandbox::User=root"
-  )
+  . "$(dirname "$0")/private-apt.sh"
   echo "install-k8s-tools: fetching kubectl ${kubectl_line}x (Debian $kubectl_suite's package, private apt lists)" >&2
-  apt-get "${apt_opts[@]}" -qq update
-  version=$(apt-cache "${apt_opts[@]}" madison kubectl |
-    awk -F'|' -v s="$kubectl_suite/" -v p="$kubectl_line" '
-      { gsub(/ /, "", $2); gsub(/^ +| +$/, "", $3) }
-      index($3, s) && index($2, p) == 1 { print $2; exit }')
-  if [ -z "$version" ]; then
-    echo "install-k8s-tools: Debian $kubectl_suite has no kubectl ${kubectl_line}* package" >&2
-    exit 1
-  fi
-  rm -f "$apt_dir/debs/"kubectl_*.deb
-  (cd "$apt_dir/debs" && apt-get "${apt_opts[@]}" -qq download "kubectl=$version")
-  deb=$(ls "$apt_dir/debs/"kubectl_*.deb | head -n 1)
-  target="$dir/kubectl-${version%%[~+-]*}"
-  rm -rf "$target.tmp"
-  dpkg-deb -x "$deb" "$target.tmp"
-  rm -rf "$target"
-  mv "$target.tmp" "$target"
+  private_apt_setup install-k8s-tools "$dir/apt" "$kubectl_suite"
+  private_apt_unpack kubectl "$kubectl_suite" "$kubectl_line" "$dir/kubectl-"
+  target=$unpacked_dir
   ln -sfn "$target/usr/bin/kubectl" "$dir/bin/kubectl"
-  rm -f "$deb"
   have_kubectl || { echo "install-k8s-tools: $dir/bin/kubectl does not run" >&2; exit 1; }
   echo "install-k8s-tools: $("$dir/bin/kubectl" version --client | head -n 1) in $dir/bin" >&2
 fi

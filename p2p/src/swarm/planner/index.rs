@@ -211,6 +211,55 @@ mod tests {
         assert_eq!(h.fetchers.count(3), 0);
     }
 
+    fn listed(s: &Option<(ChunkSet, ChunkSet)>) -> Listed<'_> {
+        s.as_ref().map(|(a, b)| (a, b))
+    }
+
+    #[test]
+    fn holders_match_a_scan_of_the_peers_after_random_updates() {
+        let (n, peers) = (70, 150);
+        let mut rng = fastrand::Rng::with_seed(5);
+        let random = |rng: &mut fastrand::Rng| {
+            let mut s = ChunkSet::empty(n);
+            for i in 0..n {
+                if rng.u8(..) < 60 {
+                    s.insert(i);
+                }
+            }
+            s
+        };
+        let mut h = Holders::new(n);
+        // Per peer: seeder or not, and its sets (None: dropped or not listed).
+        let mut state: Vec<(bool, Option<(ChunkSet, ChunkSet)>)> =
+            (0..peers).map(|p| (p % 40 == 0, None)).collect();
+        for _ in 0..2000 {
+            let p = rng.u32(..peers);
+            let (seeder, old) = &mut state[p as usize];
+            let new = (rng.u8(..) > 20).then(|| (random(&mut rng), random(&mut rng)));
+            h.update(p, *seeder, listed(old), listed(&new), 0..n);
+            *old = new;
+        }
+        for i in 0..n {
+            let scan = |f: &dyn Fn(bool, &ChunkSet, &ChunkSet) -> bool| -> Vec<PeerIdx> {
+                (0..peers)
+                    .filter(|&p| match &state[p as usize] {
+                        (seeder, Some((have, fetching))) => f(*seeder, have, fetching),
+                        _ => false,
+                    })
+                    .collect()
+            };
+            let nodes = scan(&|s, h, _| !s && h.contains(i));
+            let seeders = scan(&|s, h, _| s && h.contains(i));
+            let fetchers = scan(&|s, h, f| !s && !h.contains(i) && f.contains(i));
+            assert_eq!(h.nodes.iter(i).collect::<Vec<_>>(), nodes);
+            assert_eq!(h.nodes.count(i) as usize, nodes.len());
+            assert_eq!(h.seeders.iter(i).collect::<Vec<_>>(), seeders);
+            assert_eq!(h.seeders.count(i) as usize, seeders.len());
+            assert_eq!(h.fetchers.iter(i).collect::<Vec<_>>(), fetchers);
+            assert_eq!(h.fetchers.count(i) as usize, fetchers.len());
+        }
+    }
+
     #[test]
     fn speeds_keep_the_slowest() {
         let mut s = Speeds::default();

@@ -36,19 +36,19 @@
 //!   from the registry, the registry's bytes contradict the manifest, or nothing arrived for
 //!   two minutes.
 //!
-//! Cost per decision, independent of how many peers were ever heard of (P): the peers live
-//! in a slab (in the order first heard of; a dropped one stays, marked), and an index keeps,
-//! per chunk, the peers not dropped holding it (nodes and seeders apart) and the nodes
-//! fetching it without holding it, as bitmaps over slab indexes with their sizes
-//! (`planner/index.rs`). A peer's update diffs its old and new sets: O(chunks) bit tests (the
-//! [`ChunkSet`] bitmap's bytes are not exposed) plus O(1) per chunk that changed (one comparison of
-//! the sets when nothing changed); a "not held" answer touches only the request's chunks. Ordering
-//! the missing chunks reads the sizes, never the peers; choosing a source for chunk i
-//! (`Planner::pick`) and the slow-holder rule go through chunk i's holders (or fetchers)
-//! only, in slab order (O(holders + P/64) word reads); whether any peer is slow is the
-//! slowest of an ordered set of measured speeds (O(log P) per measurement); each peer lists
-//! its requests, so dropping it does not scan the requests. Memory: 3 bits per (peer, chunk)
-//! at most, over the peers' own sets.
+//! Cost per decision, independent of how many peers were ever heard of (P): the peers live in a
+//! slab (in the order first heard of; a dropped one stays, marked), and an index keeps, per
+//! chunk, the peers not dropped holding it (nodes and seeders apart) and the nodes fetching it
+//! without holding it, as bitmaps over slab indexes with their sizes (`planner/index.rs`). A
+//! peer's update diffs its old and new sets: O(chunks) bit tests (the [`ChunkSet`] bitmap's
+//! bytes are not exposed) plus O(1) per chunk that changed (one comparison of the sets when
+//! nothing changed); a "not held" answer touches only the request's chunks. Ordering the
+//! missing chunks reads the sizes, never the peers; choosing a source for chunk i
+//! (`Planner::pick`) and the slow-holder rule go through chunk i's holders (or fetchers) only,
+//! in slab order (O(holders + P/64) word reads); whether any peer is slow is the slowest of an
+//! ordered set of measured speeds (O(log P) per measurement); each peer lists its requests, so
+//! dropping it does not scan the requests. Memory: 3 bits per (peer, chunk) at most, over the
+//! peers' own sets.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;

@@ -39,20 +39,21 @@
 //! Cost per decision, independent of how many peers were ever heard of (P): the peers live in a
 //! slab (in the order first heard of; a dropped one stays, marked), and an index keeps, per
 //! chunk, the peers not dropped holding it (nodes and seeders apart) and the nodes fetching it
-//! without holding it, as bitmaps over slab indexes with their sizes (`planner/index.rs`). A
-//! peer's update diffs its old and new sets: O(chunks) bit tests (the [`ChunkSet`] bitmap's
-//! bytes are not exposed) plus O(1) per chunk that changed (one comparison of the sets when
-//! nothing changed); a "not held" answer touches only the request's chunks. Ordering the
-//! missing chunks reads the sizes, never the peers; choosing a source for chunk i
-//! (`Planner::pick`) and the slow-holder rule go through chunk i's holders (or fetchers) only,
-//! in slab order (O(holders + P/64) word reads); whether any peer is slow is the slowest of an
-//! ordered set of measured speeds (O(log P) per measurement); each peer lists its requests, so
-//! dropping it does not scan the requests. Memory: 3 bits per (peer, chunk) at most, over the
-//! peers' own sets.
+//! without holding it, as bitmaps (fetchers: sorted lists) over slab indexes with their sizes
+//! (`planner/index.rs`). A peer's update diffs its old and new sets: O(chunks) bit tests (the
+//! [`ChunkSet`] bitmap's bytes are not exposed) plus O(1) per chunk that changed (one
+//! comparison of the sets when nothing changed); a "not held" answer touches only the request's
+//! chunks. Ordering the missing chunks reads the sizes, never the peers; choosing a source for
+//! chunk i (`Planner::pick`) and the slow-holder rule go through chunk i's holders (or
+//! fetchers) only, in slab order (O(holders + P/64) word reads); whether any peer is slow is
+//! the slowest of an ordered set of measured speeds (O(log P) per measurement); each peer lists
+//! its requests, so dropping it does not scan the requests. Memory: 2 bits per (peer, chunk) at
+//! most, over the peers' own sets, and a slab index per (fetcher, chunk fetched).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::tracker::ChunkSet;
@@ -93,8 +94,8 @@ pub struct Planner {
     /// its randomness in the same order for the same history (the simulator is deterministic
     /// for a seed).
     peers: Vec<Peer>,
-    /// Slab index by peer id (looked up, never iterated).
-    by_id: HashMap<String, PeerIdx>,
+    /// Slab index by peer id (looked up, never iterated; the id shared with the slab).
+    by_id: HashMap<Arc<str>, PeerIdx>,
     /// Per chunk, the peers (not dropped) holding it and the nodes fetching it.
     holders: Holders,
     /// The measured speeds of the peers not dropped.
@@ -202,7 +203,7 @@ impl Planner {
             } else {
                 ChunkSet::empty(self.n)
             };
-            match self.by_id.get(&info.id) {
+            match self.by_id.get(info.id.as_str()) {
                 Some(&p) => {
                     let peer = &mut self.peers[p as usize];
                     peer.addr = info.addr;
@@ -224,8 +225,9 @@ impl Planner {
                 None => {
                     self.fastest = self.fastest.max(info.speed.unwrap_or(0.0));
                     let p = PeerIdx::try_from(self.peers.len()).expect("fewer than 2^32 peers");
+                    let id: Arc<str> = info.id.into();
                     let peer = Peer {
-                        id: info.id.clone(),
+                        id: id.clone(),
                         addr: info.addr,
                         seeder: info.seeder,
                         have: info.have,
@@ -241,7 +243,7 @@ impl Planner {
                         .update(p, peer.seeder, None, peer.listed(), 0..self.n);
                     self.speeds.update(p, None, peer.speed);
                     self.peers.push(peer);
-                    self.by_id.insert(info.id, p);
+                    self.by_id.insert(id, p);
                     added += 1;
                 }
             }
@@ -483,7 +485,7 @@ impl Planner {
     ) {
         let peer = &mut self.peers[p as usize];
         peer.in_flight += 1;
-        let (id, addr, seeder) = (peer.id.clone(), peer.addr, peer.seeder);
+        let (id, addr, seeder) = (peer.id.to_string(), peer.addr, peer.seeder);
         let req = self.track(Some(p), i..i + 1, now);
         self.peers[p as usize].reqs.push(req);
         out.push(Action::Peer {

@@ -178,7 +178,7 @@ impl Planner {
             self.speeds.update(p, peer.speed, None);
             peer.dropped = true;
             out.push(Action::Drop {
-                peer: peer.id.clone(),
+                peer: peer.id.to_string(),
                 addr: peer.addr,
                 reason,
             });

@@ -59,6 +59,41 @@ impl PerChunk {
     }
 }
 
+/// A small set of peers per chunk: a sorted list of slab indexes (for the fetchers: a node
+/// fetches a few chunks at a time, so a chunk has few, and a bitmap would grow as far as the
+/// highest slab index that ever fetched it).
+pub(super) struct Sparse(Vec<Vec<PeerIdx>>);
+
+impl Sparse {
+    fn new(chunks: u32) -> Self {
+        Self(vec![Vec::new(); chunks as usize])
+    }
+
+    /// How many peers chunk `i` has.
+    pub(super) fn count(&self, i: u32) -> u32 {
+        self.0[i as usize].len() as u32
+    }
+
+    /// The peers of chunk `i`, by ascending slab index.
+    pub(super) fn iter(&self, i: u32) -> impl Iterator<Item = PeerIdx> + '_ {
+        self.0[i as usize].iter().copied()
+    }
+
+    fn set(&mut self, i: u32, p: PeerIdx, on: bool) {
+        let list = &mut self.0[i as usize];
+        match (list.binary_search(&p), on) {
+            (Err(k), true) => list.insert(k, p),
+            (Ok(k), false) => {
+                list.remove(k);
+                if list.is_empty() {
+                    *list = Vec::new();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// The set bits of one word, ascending.
 struct SetBits {
     word: u64,
@@ -87,7 +122,7 @@ pub(super) type Listed<'a> = Option<(&'a ChunkSet, &'a ChunkSet)>;
 pub(super) struct Holders {
     pub(super) nodes: PerChunk,
     pub(super) seeders: PerChunk,
-    pub(super) fetchers: PerChunk,
+    pub(super) fetchers: Sparse,
 }
 
 impl Holders {
@@ -95,7 +130,7 @@ impl Holders {
         Self {
             nodes: PerChunk::new(chunks),
             seeders: PerChunk::new(chunks),
-            fetchers: PerChunk::new(chunks),
+            fetchers: Sparse::new(chunks),
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::index::PeerIdx;
@@ -9,7 +10,7 @@ use super::ReqId;
 use crate::tracker::ChunkSet;
 
 pub(super) struct Peer {
-    pub(super) id: String,
+    pub(super) id: Arc<str>,
     pub(super) addr: SocketAddr,
     pub(super) seeder: bool,
     pub(super) have: ChunkSet,

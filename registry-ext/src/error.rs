@@ -46,6 +46,10 @@ pub enum Error {
     #[error("bad request: {0}")]
     BadRequest(String),
 
+    /// A preheat registration or job that is malformed.
+    #[error("bad request: {0}")]
+    PreheatSpec(#[from] shoal_p2p::preheat::proto::SpecError),
+
     /// A request body cannot be read (longer than `limit`, or cut).
     #[error("bad request: reading the body (at most {limit} bytes): {source}")]
     Body {
@@ -209,7 +213,8 @@ impl Error {
             Error::BadRequest(_)
             | Error::BadDigest(_)
             | Error::Body { .. }
-            | Error::Envelope(_) => StatusCode::BAD_REQUEST,
+            | Error::Envelope(_)
+            | Error::PreheatSpec(_) => StatusCode::BAD_REQUEST,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,

@@ -27,7 +27,6 @@ pub mod test_pki;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use crate::error::error_chain;
 pub(crate) use client::error_text;
 pub use client::PeerClient;
 pub use limit::UploadMeter;

@@ -2,6 +2,7 @@
 //! `shoal-registry-ext`): the [`Tracker`] seam, its HTTP client for several trackers
 //! ([`HttpTrackers`]), and an in-memory fake ([`MemoryTracker`]).
 
+mod error;
 pub(crate) mod http;
 mod memory;
 pub mod proto;
@@ -12,26 +13,13 @@ use futures::future::BoxFuture;
 
 use crate::chunk::ChunkManifest;
 use crate::digest::Digest;
+pub use error::{Failure, Request, TrackerError, MAX_MESSAGE};
 pub use http::HttpTrackers;
 pub use memory::MemoryTracker;
 pub use proto::{
     Announce, AnnounceReply, BlobHave, ChunkSet, DeltaAnnounce, DeltaReply, PeerEntry, PeerList,
     UploadStats, SEEDER_ID_PREFIX,
 };
-
-/// Why a tracker request failed.
-#[derive(Debug, thiserror::Error)]
-pub enum TrackerError {
-    /// No tracker could be reached, or every one failed; each failure is listed.
-    #[error("no tracker answered: {}", .0.join("; "))]
-    Unavailable(Vec<String>),
-    /// The trackers answered but do not know this blob (no chunk manifest can be made).
-    #[error("chunk manifest of {digest} not available: {reason}")]
-    NoManifest { digest: Digest, reason: String },
-    /// A tracker answered something malformed.
-    #[error("tracker {url}: {reason}")]
-    BadResponse { url: String, reason: String },
-}
 
 /// Where a node announces what it holds, finds peers, and gets chunk manifests.
 pub trait Tracker: Send + Sync {

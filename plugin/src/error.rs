@@ -87,6 +87,9 @@ pub enum Error {
     /// A preheat command's arguments or files are unusable (what is wrong with them).
     #[error("preheat: {0}")]
     PreheatInput(String),
+    /// A preheat job built from the command's arguments is malformed.
+    #[error("preheat: {0}")]
+    PreheatSpec(#[source] shoal_p2p::preheat::proto::SpecError),
     /// A preheat command without a token and without a usable cluster certificate.
     #[error("preheat: no credentials: pass --token, or set [swarm.tls] (the cluster certificate) in the config: {0}")]
     PreheatCredentials(#[source] shoal_p2p::tls::TlsError),

@@ -343,7 +343,7 @@ fn list_filters() {
         assert_eq!(names(&["name~=^a-"]), ["a-np", "a-wl"]);
         assert!(matches!(
             sn.list_blocking(&["name=="]),
-            Err(SnapshotError::InvalidArgument(_))
+            Err(SnapshotError::Filter { .. })
         ));
     });
 }

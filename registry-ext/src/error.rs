@@ -46,6 +46,32 @@ pub enum Error {
     #[error("bad request: {0}")]
     BadRequest(String),
 
+    /// A request body that is not the JSON the route takes (`what`: which body).
+    #[error("bad request: {what}: {}", .source.body_text())]
+    BadBody {
+        what: &'static str,
+        #[source]
+        source: axum::extract::rejection::JsonRejection,
+    },
+
+    /// A query string that does not parse.
+    #[error("bad request: query: {}", .0.body_text())]
+    BadQuery(#[source] axum::extract::rejection::QueryRejection),
+
+    /// A manifest (or index) named by a registry notification that is not JSON of a
+    /// manifest.
+    #[error("bad request: manifest of repository {repository} ({media_type}): {source}")]
+    BadManifest {
+        repository: String,
+        media_type: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A preheat registration or job that is malformed.
+    #[error("bad request: {0}")]
+    PreheatSpec(#[from] shoal_p2p::preheat::proto::SpecError),
+
     /// A request body cannot be read (longer than `limit`, or cut).
     #[error("bad request: reading the body (at most {limit} bytes): {source}")]
     Body {
@@ -209,7 +235,11 @@ impl Error {
             Error::BadRequest(_)
             | Error::BadDigest(_)
             | Error::Body { .. }
-            | Error::Envelope(_) => StatusCode::BAD_REQUEST,
+            | Error::Envelope(_)
+            | Error::PreheatSpec(_)
+            | Error::BadBody { .. }
+            | Error::BadQuery(_)
+            | Error::BadManifest { .. } => StatusCode::BAD_REQUEST,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,

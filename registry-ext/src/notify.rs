@@ -271,7 +271,11 @@ pub fn jobs_of_manifest(
             "manifest of repository {repository} ({media_type}): {reason}"
         ))
     };
-    let doc: Doc = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    let doc: Doc = serde_json::from_slice(bytes).map_err(|source| Error::BadManifest {
+        repository: repository.to_owned(),
+        media_type: media_type.to_owned(),
+        source,
+    })?;
     let index = media_type == mt::OCI_INDEX || media_type == mt::DOCKER_MANIFEST_LIST;
     let mut jobs = Vec::new();
     let list = if index { doc.manifests } else { doc.layers };
@@ -517,7 +521,22 @@ mod tests {
                 digest: a
             }]
         );
-        assert!(jobs_of_manifest("r", mt::OCI_MANIFEST, b"nope").is_err());
+        match jobs_of_manifest("r", mt::OCI_MANIFEST, b"nope") {
+            Err(e @ Error::BadManifest { .. }) => {
+                assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST);
+                let cause = std::error::Error::source(&e)
+                    .and_then(|c| c.downcast_ref::<serde_json::Error>());
+                assert!(cause.is_some_and(|c| c.is_syntax()), "{e:?}");
+                assert!(
+                    e.to_string().starts_with(&format!(
+                        "bad request: manifest of repository r ({}): expected",
+                        mt::OCI_MANIFEST
+                    )),
+                    "{e}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
         let bad = json!({"layers": [{"digest": "sha256:zz"}]}).to_string();
         assert!(jobs_of_manifest("r", mt::OCI_MANIFEST, bad.as_bytes()).is_err());
     }

@@ -131,7 +131,7 @@ impl Coordinator {
 
     /// A node registers (again): its info replaces what was known; it is up.
     pub fn register(&mut self, info: NodeInfo, now_ms: u64) -> Result<Registered, Error> {
-        info.validate().map_err(Error::BadRequest)?;
+        info.validate().map_err(Error::PreheatSpec)?;
         let record = NodeRecord {
             info,
             up: true,
@@ -306,7 +306,7 @@ impl Coordinator {
 
     /// A new job: validated, nodes selected and grouped, tasks pending until dispatched.
     pub fn submit(&mut self, spec: JobSpec, now_ms: u64) -> Result<JobStatus, Error> {
-        spec.validate().map_err(Error::BadRequest)?;
+        spec.validate().map_err(Error::PreheatSpec)?;
         for t in &spec.targets {
             if let Some(unknown) = t.nodes.iter().find(|n| !self.nodes.contains_key(*n)) {
                 return Err(Error::BadRequest(format!(

@@ -396,8 +396,7 @@ fn api_router(app: Arc<App>) -> Router {
 type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 
 fn params(q: Params) -> Result<HashMap<String, String>, Error> {
-    q.map(|Query(q)| q)
-        .map_err(|e| Error::BadRequest(format!("query: {}", e.body_text())))
+    q.map(|Query(q)| q).map_err(Error::BadQuery)
 }
 
 /// Refuses (403, counted) an announce whose `peer_id` is not the caller's node name.
@@ -423,8 +422,10 @@ async fn announce(
     Extension(caller): Extension<Caller>,
     body: Result<Json<Announce>, JsonRejection>,
 ) -> Result<Json<AnnounceReply>, Error> {
-    let Json(announce) =
-        body.map_err(|e| Error::BadRequest(format!("announce body: {}", e.body_text())))?;
+    let Json(announce) = body.map_err(|source| Error::BadBody {
+        what: "announce body",
+        source,
+    })?;
     check_identity(&app, &caller, &announce.peer_id)?;
     let mut tracker = lock(&app.tracker);
     let reply = tracker.announce(announce, Instant::now())?;
@@ -438,8 +439,10 @@ async fn announce_delta(
     Extension(caller): Extension<Caller>,
     body: Result<Json<DeltaAnnounce>, JsonRejection>,
 ) -> Result<Json<DeltaReply>, Error> {
-    let Json(delta) =
-        body.map_err(|e| Error::BadRequest(format!("announce body: {}", e.body_text())))?;
+    let Json(delta) = body.map_err(|source| Error::BadBody {
+        what: "announce body",
+        source,
+    })?;
     check_identity(&app, &caller, &delta.peer_id)?;
     let mut tracker = lock(&app.tracker);
     let reply = tracker.announce_delta(delta, Instant::now())?;

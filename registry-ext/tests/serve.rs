@@ -402,7 +402,12 @@ async fn announce_and_peer_lists_round_trip() {
         .send()
         .await
         .unwrap();
-    assert_eq!(error_of(resp).await.0, StatusCode::BAD_REQUEST);
+    let (status, error) = error_of(resp).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        error.starts_with("bad request: announce body: ") && error.contains("peer_id"),
+        "{error}"
+    );
     for q in ["", "?peer=x&limit=0", "?peer=x&limit=many"] {
         let resp = http
             .get(server.url(&format!("/v1/peers/{d}{q}")))

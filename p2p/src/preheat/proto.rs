@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::reference::ImageReference;
+use crate::reference::{ImageReference, ReferenceError};
 
 /// Longest node name, label key or value, job ID accepted.
 pub const MAX_NAME: usize = 253;
@@ -273,30 +273,76 @@ pub struct NodeList {
     pub nodes: Vec<NodeStatus>,
 }
 
+/// Why a node registration ([`NodeInfo`]) or a job ([`JobSpec`]) is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// A name (`what`: node name, label key) is empty or longer than [`MAX_NAME`].
+    #[error("{what} {name:?} must be 1..={MAX_NAME} characters")]
+    NameLength { what: &'static str, name: String },
+    /// A name has whitespace or control characters.
+    #[error("{what} {name:?} has whitespace or control characters")]
+    NameCharacters { what: &'static str, name: String },
+    /// Label `key`'s value is longer than [`MAX_NAME`] or has control characters.
+    #[error("label {key}: value {value:?} is too long or has control characters")]
+    LabelValue { key: String, value: String },
+    /// A job without targets.
+    #[error("a job needs at least one target")]
+    NoTarget,
+    /// A job with more than [`MAX_LIST`] targets.
+    #[error("more than {MAX_LIST} targets")]
+    TooManyTargets,
+    /// Target `target` has no image or more than [`MAX_LIST`].
+    #[error("target {target}: 1..={MAX_LIST} images needed")]
+    ImageCount { target: usize },
+    /// Target `target` selects no node: no labels and no node names.
+    #[error("target {target}: a selector (labels) or node names are needed")]
+    NoSelection { target: usize },
+    /// Target `target` names `image`, which is not an image reference.
+    #[error("target {target}: image {image:?}: {source}")]
+    Image {
+        target: usize,
+        image: String,
+        #[source]
+        source: ReferenceError,
+    },
+    /// Target `target` names a malformed node name or label key.
+    #[error("target {target}: {source}")]
+    Target {
+        target: usize,
+        #[source]
+        source: Box<SpecError>,
+    },
+}
+
 /// Checks a node name, label key or value: 1..=[`MAX_NAME`] printable characters, no
 /// whitespace.
-pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+pub fn check_name(what: &'static str, name: &str) -> Result<(), SpecError> {
     if name.is_empty() || name.len() > MAX_NAME {
-        return Err(format!("{what} {name:?} must be 1..={MAX_NAME} characters"));
+        return Err(SpecError::NameLength {
+            what,
+            name: name.to_owned(),
+        });
     }
     if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!(
-            "{what} {name:?} has whitespace or control characters"
-        ));
+        return Err(SpecError::NameCharacters {
+            what,
+            name: name.to_owned(),
+        });
     }
     Ok(())
 }
 
 impl NodeInfo {
     /// Fails on a malformed name or labels.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SpecError> {
         check_name("node name", &self.name)?;
         for (k, v) in &self.labels {
             check_name("label key", k)?;
             if v.len() > MAX_NAME || v.chars().any(char::is_control) {
-                return Err(format!(
-                    "label {k}: value {v:?} is too long or has control characters"
-                ));
+                return Err(SpecError::LabelValue {
+                    key: k.clone(),
+                    value: v.clone(),
+                });
             }
         }
         Ok(())
@@ -306,32 +352,38 @@ impl NodeInfo {
 impl JobSpec {
     /// Fails on an empty job, a target without images or without any selection, or an image
     /// that is not a reference.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SpecError> {
         if self.targets.is_empty() {
-            return Err("a job needs at least one target".into());
+            return Err(SpecError::NoTarget);
         }
         if self.targets.len() > MAX_LIST {
-            return Err(format!("more than {MAX_LIST} targets"));
+            return Err(SpecError::TooManyTargets);
         }
         for (i, t) in self.targets.iter().enumerate() {
             if t.images.is_empty() || t.images.len() > MAX_LIST {
-                return Err(format!("target {i}: 1..={MAX_LIST} images needed"));
+                return Err(SpecError::ImageCount { target: i });
             }
             if t.selector.is_empty() && t.nodes.is_empty() {
-                return Err(format!(
-                    "target {i}: a selector (labels) or node names are needed"
-                ));
+                return Err(SpecError::NoSelection { target: i });
             }
             for image in &t.images {
                 image
                     .parse::<ImageReference>()
-                    .map_err(|e| format!("target {i}: image {image:?}: {e}"))?;
+                    .map_err(|source| SpecError::Image {
+                        target: i,
+                        image: image.clone(),
+                        source,
+                    })?;
             }
+            let in_target = |source| SpecError::Target {
+                target: i,
+                source: Box::new(source),
+            };
             for n in &t.nodes {
-                check_name("node name", n).map_err(|e| format!("target {i}: {e}"))?;
+                check_name("node name", n).map_err(in_target)?;
             }
             for k in t.selector.keys() {
-                check_name("label key", k).map_err(|e| format!("target {i}: {e}"))?;
+                check_name("label key", k).map_err(in_target)?;
             }
         }
         Ok(())
@@ -464,14 +516,39 @@ mod tests {
         spec().validate().unwrap();
         let mut s = spec();
         s.targets[0].selector.clear();
-        assert!(s.validate().unwrap_err().contains("selector"));
+        let e = s.validate().unwrap_err();
+        assert!(matches!(e, SpecError::NoSelection { target: 0 }), "{e:?}");
+        assert!(e.to_string().contains("selector"), "{e}");
         let mut s = spec();
         s.targets[0].images = vec!["Not A Reference!".into()];
-        assert!(s.validate().unwrap_err().contains("image"));
-        assert!(JobSpec::default().validate().is_err());
+        let e = s.validate().unwrap_err();
+        assert!(
+            matches!(&e, SpecError::Image { target: 0, image, .. } if image == "Not A Reference!"),
+            "{e:?}"
+        );
+        let cause = std::error::Error::source(&e).and_then(|c| c.downcast_ref::<ReferenceError>());
+        assert!(cause.is_some(), "{e:?}");
+        assert!(matches!(
+            JobSpec::default().validate(),
+            Err(SpecError::NoTarget)
+        ));
         let mut s = spec();
         s.targets[1].images.clear();
-        assert!(s.validate().is_err());
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::ImageCount { target: 1 })
+        ));
+        let mut s = spec();
+        s.targets[0].nodes = vec!["a b".into()];
+        let e = s.validate().unwrap_err();
+        assert!(
+            matches!(&e, SpecError::Target { target: 0, source } if matches!(**source, SpecError::NameCharacters { .. })),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "target 0: node name \"a b\" has whitespace or control characters"
+        );
         assert!(check_name("node", "").is_err());
         assert!(check_name("node", "a b").is_err());
         assert!(check_name("node", &"x".repeat(300)).is_err());
@@ -484,7 +561,7 @@ mod tests {
         };
         info.validate().unwrap();
         info.labels.insert("k".into(), "v\n".into());
-        assert!(info.validate().is_err());
+        assert!(matches!(info.validate(), Err(SpecError::LabelValue { .. })));
     }
 
     #[test]

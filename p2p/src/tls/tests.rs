@@ -13,7 +13,7 @@ use crate::digest::Digest;
 use crate::peer::test_pki::TestCa;
 use crate::peer::{PeerClient, PeerError, PeerFetcher};
 use crate::preheat::{ClientAuth, PreheatClient, PreheatClientError};
-use crate::tracker::{Announce, HttpTrackers, Tracker, TrackerError};
+use crate::tracker::{Announce, Failure, HttpTrackers, Tracker, TrackerError};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -168,6 +168,17 @@ async fn a_node_certificate_is_refused_as_tracker_and_manifest_service() {
         assert!(
             text.contains("node \"node-2\"") && text.contains("registry-side"),
             "{text}"
+        );
+        // Typed: a TLS failure, refused over the tracker's identity.
+        let TrackerError::Unavailable { failures } = &e else {
+            panic!("{e:?}");
+        };
+        let failure = failures[0].failure();
+        assert!(matches!(failure, Some(Failure::Tls(_))), "{failure:?}");
+        let refusal = failure.and_then(Failure::identity_refusal);
+        assert!(
+            matches!(refusal, Some(IdentityRefusal::NotRegistrySide { found }) if found.name == "node-2"),
+            "{refusal:?}"
         );
     };
     let t = trackers(fake);

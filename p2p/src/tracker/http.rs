@@ -18,16 +18,16 @@ use std::time::{Duration, Instant};
 use futures::future::{join_all, BoxFuture};
 use reqwest::StatusCode;
 
+use super::error::message;
 use super::proto::{Announce, ChunkSet, DeltaAnnounce, DeltaReply, PeerEntry, PeerList};
-use super::{Tracker, TrackerError};
+use super::{Failure, Request, Tracker, TrackerError};
 use crate::chunk::ChunkManifest;
 use crate::digest::Digest;
-use crate::peer::{error_chain, error_text};
 use crate::tls::{Expect, TlsError, Transport};
 
 /// Most bytes of a tracker answer read (peer lists and chunk manifests are far smaller: a
 /// manifest of a 10 GiB blob in 4 MiB chunks is ~200 KiB).
-const MAX_BODY: usize = 16 << 20;
+pub(super) const MAX_BODY: usize = 16 << 20;
 
 /// How long a tracker without the delta route gets whole-state announces before it is tried
 /// again (it may have been upgraded).
@@ -67,10 +67,22 @@ struct Answer {
 }
 
 impl Answer {
-    /// What an error answer says: its status and [`super::proto::ErrorBody`], or the start
-    /// of the body.
-    fn explain(&self) -> String {
-        format!("status {}: {}", self.status, error_text(&self.body))
+    /// An error answer as a failure: its status and what its [`super::proto::ErrorBody`]
+    /// says (or the start of the body).
+    fn refused(&self) -> Failure {
+        Failure::Status {
+            status: self.status,
+            message: message(&self.body),
+        }
+    }
+}
+
+/// Tracker `url` failed `request` for `failure`.
+fn failed(url: &str, request: Request, failure: Failure) -> TrackerError {
+    TrackerError::Request {
+        url: url.to_owned(),
+        request,
+        failure,
     }
 }
 
@@ -126,16 +138,17 @@ impl HttpTrackers {
     }
 
     /// Sends `request` and reads the answer (at most [`MAX_BODY`] bytes); `Err` is a
-    /// transport failure, described.
-    async fn call(request: reqwest::RequestBuilder) -> Result<Answer, String> {
-        let mut response = request.send().await.map_err(|e| error_chain(&e))?;
+    /// transport failure or an answer too long.
+    async fn call(request: reqwest::RequestBuilder) -> Result<Answer, Failure> {
+        let mut response = request.send().await.map_err(Failure::transport)?;
         let status = response.status();
         let mut body = Vec::new();
-        while let Some(piece) = response.chunk().await.map_err(|e| error_chain(&e))? {
+        while let Some(piece) = response.chunk().await.map_err(Failure::transport)? {
             if body.len() + piece.len() > MAX_BODY {
-                return Err(format!(
-                    "status {status}: answer longer than {MAX_BODY} bytes"
-                ));
+                return Err(Failure::TooLong {
+                    status,
+                    limit: MAX_BODY,
+                });
             }
             body.extend_from_slice(&piece);
         }
@@ -143,9 +156,12 @@ impl HttpTrackers {
     }
 
     /// Announces to every tracker at once (a delta where the tracker takes them): each
-    /// tracker's URL with its answer (why it refused or could not be reached), in the order
-    /// of [`Self::urls`].
-    pub async fn announce_each(&self, announce: &Announce) -> Vec<(&str, Result<(), String>)> {
+    /// tracker's URL with its answer (why it refused or could not be reached: a
+    /// [`TrackerError::Request`]), in the order of [`Self::urls`].
+    pub async fn announce_each(
+        &self,
+        announce: &Announce,
+    ) -> Vec<(&str, Result<(), TrackerError>)> {
         let calls = self.urls.iter().enumerate().map(|(i, url)| async move {
             (url.as_str(), self.announce_to(i, url, announce).await)
         });
@@ -158,7 +174,12 @@ impl HttpTrackers {
 
     /// One tracker's announce round: a delta (and the whole state if the tracker asks for
     /// it), or a whole-state announce on the older route for a tracker without deltas.
-    async fn announce_to(&self, i: usize, url: &str, announce: &Announce) -> Result<(), String> {
+    async fn announce_to(
+        &self,
+        i: usize,
+        url: &str,
+        announce: &Announce,
+    ) -> Result<(), TrackerError> {
         let delta = {
             let mut state = self.delta_state(i);
             let now = Instant::now();
@@ -209,13 +230,16 @@ impl HttpTrackers {
             state.acked = None;
             DeltaAnnounce::full(announce, state.seq)
         };
-        match self.send_delta(url, &full).await {
-            Ok(Some(reply)) if !reply.full_state_needed => {
+        match self.send_delta(url, &full).await? {
+            Some(reply) if !reply.full_state_needed => {
                 self.delta_state(i).took(full.seq, announce, sent, &reply);
                 Ok(())
             }
-            Ok(_) => Err("whole state not taken after the tracker asked for it".into()),
-            Err(e) => Err(e),
+            _ => Err(failed(
+                url,
+                delta_request(&full),
+                Failure::WholeStateRefused,
+            )),
         }
     }
 
@@ -224,42 +248,41 @@ impl HttpTrackers {
         &self,
         url: &str,
         delta: &DeltaAnnounce,
-    ) -> Result<Option<DeltaReply>, String> {
+    ) -> Result<Option<DeltaReply>, TrackerError> {
         let request = self
             .http
             .post(format!("{url}/v1/announce/delta"))
             .json(delta);
-        let answer = Self::call(request).await?;
+        let fail = |failure| failed(url, delta_request(delta), failure);
+        let answer = Self::call(request).await.map_err(fail)?;
         match answer.status {
             s if s.is_success() => serde_json::from_slice(&answer.body)
                 .map(Some)
-                .map_err(|e| format!("malformed delta announce answer: {e}")),
+                .map_err(|e| fail(Failure::Decode(e))),
             StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => Ok(None),
-            _ => Err(answer.explain()),
+            _ => Err(fail(answer.refused())),
         }
     }
 
     /// `POST /v1/announce`: the whole state.
-    async fn announce_whole(&self, url: &str, announce: &Announce) -> Result<(), String> {
+    async fn announce_whole(&self, url: &str, announce: &Announce) -> Result<(), TrackerError> {
         let request = self.http.post(format!("{url}/v1/announce")).json(announce);
         match Self::call(request).await {
             Ok(a) if a.status.is_success() => Ok(()),
-            Ok(a) => Err(a.explain()),
-            Err(e) => Err(e),
+            Ok(a) => Err(failed(url, Request::Announce, a.refused())),
+            Err(e) => Err(failed(url, Request::Announce, e)),
         }
     }
 
     /// What a round of [`Self::announce_each`] means: one tracker taking the announce is
-    /// enough; otherwise every tracker's failure, each prefixed with its URL.
+    /// enough; otherwise [`TrackerError::Unavailable`] with every tracker's failure.
     pub fn announce_outcome(
         announce: &Announce,
-        answers: Vec<(&str, Result<(), String>)>,
+        answers: Vec<(&str, Result<(), TrackerError>)>,
     ) -> Result<(), TrackerError> {
         let accepted = answers.iter().filter(|(_, r)| r.is_ok()).count();
-        let failures: Vec<String> = answers
-            .into_iter()
-            .filter_map(|(url, r)| r.err().map(|e| format!("{url}: {e}")))
-            .collect();
+        let failures: Vec<TrackerError> =
+            answers.into_iter().filter_map(|(_, r)| r.err()).collect();
         if accepted > 0 {
             for f in &failures {
                 tracing::debug!(peer_id = %announce.peer_id, "announce refused: {f}");
@@ -267,11 +290,9 @@ impl HttpTrackers {
             return Ok(());
         }
         if failures.is_empty() {
-            return Err(TrackerError::Unavailable(vec![
-                "no tracker configured".into()
-            ]));
+            return Err(TrackerError::NoTracker);
         }
-        Err(TrackerError::Unavailable(failures))
+        Err(TrackerError::Unavailable { failures })
     }
 
     async fn announce_all(&self, announce: &Announce) -> Result<(), TrackerError> {
@@ -285,7 +306,7 @@ impl HttpTrackers {
         url: &str,
         digest: &Digest,
         self_id: &str,
-    ) -> Result<PeerList, String> {
+    ) -> Result<PeerList, TrackerError> {
         if let Some(list) = self.delta_state(i).recent_list(digest) {
             return Ok(list);
         }
@@ -304,24 +325,28 @@ impl HttpTrackers {
         url: &str,
         digest: &Digest,
         self_id: &str,
-    ) -> Result<PeerList, String> {
+    ) -> Result<PeerList, TrackerError> {
         let request = self
             .http
             .get(format!("{url}/v1/peers/{digest}"))
             .query(&[("peer", self_id)]);
-        let answer = Self::call(request)
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
+        let fail = |failure| {
+            failed(
+                url,
+                Request::Peers {
+                    digest: digest.clone(),
+                },
+                failure,
+            )
+        };
+        let answer = Self::call(request).await.map_err(fail)?;
         if answer.status != StatusCode::OK {
-            return Err(format!("{url}: peers of {digest}: {}", answer.explain()));
+            return Err(fail(answer.refused()));
         }
-        let list: PeerList = serde_json::from_slice(&answer.body)
-            .map_err(|e| format!("{url}: peers of {digest}: malformed answer: {e}"))?;
+        let list: PeerList =
+            serde_json::from_slice(&answer.body).map_err(|e| fail(Failure::Decode(e)))?;
         if list.digest != *digest {
-            return Err(format!(
-                "{url}: asked for peers of {digest}, got peers of {}",
-                list.digest
-            ));
+            return Err(fail(Failure::OtherBlob { got: list.digest }));
         }
         Ok(list)
     }
@@ -348,9 +373,9 @@ impl HttpTrackers {
         }
         if lists.is_empty() {
             if failures.is_empty() {
-                failures.push("no tracker configured".into());
+                return Err(TrackerError::NoTracker);
             }
-            return Err(TrackerError::Unavailable(failures));
+            return Err(TrackerError::Unavailable { failures });
         }
         for f in &failures {
             tracing::debug!("peer list: {f}");
@@ -366,9 +391,7 @@ impl HttpTrackers {
     ) -> Result<ChunkManifest, TrackerError> {
         let n = self.urls.len();
         if n == 0 {
-            return Err(TrackerError::Unavailable(vec![
-                "no tracker configured".into()
-            ]));
+            return Err(TrackerError::NoTracker);
         }
         let first = fastrand::usize(..n);
         let mut bad: Option<TrackerError> = None;
@@ -380,29 +403,33 @@ impl HttpTrackers {
                 .http
                 .get(format!("{url}/v1/chunk-manifests/{digest}"))
                 .query(&[("registry", registry), ("repository", repository)]);
+            let fail = |failure| {
+                failed(
+                    url,
+                    Request::ChunkManifest {
+                        digest: digest.clone(),
+                    },
+                    failure,
+                )
+            };
             let answer = match Self::call(request).await {
                 Ok(a) => a,
                 Err(e) => {
-                    failures.push(format!("{url}: {e}"));
+                    failures.push(fail(e));
                     continue;
                 }
             };
             match answer.status {
                 StatusCode::OK => match check_manifest(&answer.body, digest) {
                     Ok(m) => return Ok(m),
-                    Err(reason) => {
-                        tracing::warn!(tracker = %url, "chunk manifest of {digest}: {reason}");
-                        bad.get_or_insert(TrackerError::BadResponse {
-                            url: url.clone(),
-                            reason: format!("chunk manifest of {digest}: {reason}"),
-                        });
+                    Err(failure) => {
+                        let e = fail(failure);
+                        tracing::warn!("{e}");
+                        bad.get_or_insert(e);
                     }
                 },
-                StatusCode::NOT_FOUND => not_found.push(format!("{url}: {}", answer.explain())),
-                _ => failures.push(format!(
-                    "{url}: chunk manifest of {digest}: {}",
-                    answer.explain()
-                )),
+                StatusCode::NOT_FOUND => not_found.push(fail(answer.refused())),
+                _ => failures.push(fail(answer.refused())),
             }
         }
         if let Some(bad) = bad {
@@ -412,19 +439,29 @@ impl HttpTrackers {
             not_found.extend(failures);
             return Err(TrackerError::NoManifest {
                 digest: digest.clone(),
-                reason: not_found.join("; "),
+                answers: not_found,
             });
         }
-        Err(TrackerError::Unavailable(failures))
+        Err(TrackerError::Unavailable { failures })
+    }
+}
+
+/// The request that sends `delta`.
+fn delta_request(delta: &DeltaAnnounce) -> Request {
+    Request::DeltaAnnounce {
+        seq: delta.seq,
+        whole: delta.base.is_none(),
     }
 }
 
 /// Parses a chunk manifest answer and checks it is valid and of `digest`.
-fn check_manifest(body: &[u8], digest: &Digest) -> Result<ChunkManifest, String> {
+fn check_manifest(body: &[u8], digest: &Digest) -> Result<ChunkManifest, Failure> {
     // `from_json` validates the chunk size and count.
-    let manifest = ChunkManifest::from_json(body).map_err(|e| e.to_string())?;
+    let manifest = ChunkManifest::from_json(body).map_err(Failure::Manifest)?;
     if manifest.digest != *digest {
-        return Err(format!("answer is the manifest of {}", manifest.digest));
+        return Err(Failure::OtherBlob {
+            got: manifest.digest,
+        });
     }
     Ok(manifest)
 }

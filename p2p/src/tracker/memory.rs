@@ -27,7 +27,9 @@ struct State {
 }
 
 fn down() -> TrackerError {
-    TrackerError::Unavailable(vec!["memory tracker: down".into()])
+    TrackerError::Down {
+        tracker: "memory".into(),
+    }
 }
 
 impl MemoryTracker {
@@ -45,7 +47,7 @@ impl MemoryTracker {
         self.lock().manifests.insert(m.digest.clone(), m);
     }
 
-    /// While `down`, every call fails with [`TrackerError::Unavailable`] (and announces are
+    /// While `down`, every call fails with [`TrackerError::Down`] (and announces are
     /// not recorded).
     pub fn set_down(&self, down: bool) {
         self.lock().down = down;
@@ -142,7 +144,7 @@ impl Tracker for MemoryTracker {
                 .cloned()
                 .ok_or_else(|| TrackerError::NoManifest {
                     digest: digest.clone(),
-                    reason: "memory tracker: no manifest added".into(),
+                    answers: Vec::new(),
                 })
         })
     }
@@ -249,15 +251,15 @@ mod tests {
         let a = announce("a", 1, vec![]);
         assert!(matches!(
             t.announce(&a).await,
-            Err(TrackerError::Unavailable(_))
+            Err(TrackerError::Down { .. })
         ));
         assert!(matches!(
             t.peers(&m.digest, "x").await,
-            Err(TrackerError::Unavailable(_))
+            Err(TrackerError::Down { .. })
         ));
         assert!(matches!(
             t.chunk_manifest("r", "repo", &m.digest).await,
-            Err(TrackerError::Unavailable(_))
+            Err(TrackerError::Down { .. })
         ));
         assert!(t.announces().is_empty());
         t.set_down(false);

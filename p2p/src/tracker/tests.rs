@@ -11,8 +11,10 @@ use axum::{Json, Router};
 
 use super::proto::{AnnounceReply, ErrorBody};
 use super::*;
-use crate::chunk::ChunkManifestBuilder;
+use crate::chunk::{ChunkManifestBuilder, ChunkManifestError};
 use crate::tls::Transport;
+
+mod failures;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -134,16 +136,22 @@ async fn announce_fails_when_no_tracker_accepts() {
     let broken = failing(StatusCode::INTERNAL_SERVER_ERROR).await;
     let t = trackers(vec![down.clone(), broken.url.clone()]);
     match t.announce(&announce()).await {
-        Err(TrackerError::Unavailable(failures)) => {
+        Err(TrackerError::Unavailable { failures }) => {
             assert_eq!(failures.len(), 2, "{failures:?}");
-            assert!(failures[0].starts_with(&down), "{failures:?}");
-            assert!(failures[1].contains("tracker broken"), "{failures:?}");
+            assert!(
+                matches!(&failures[0], TrackerError::Request { url, failure: Failure::Transport(_), .. } if *url == down),
+                "{failures:?}"
+            );
+            assert!(
+                matches!(&failures[1], TrackerError::Request { url, failure: Failure::Status { message, .. }, .. } if *url == broken.url && message == "tracker broken"),
+                "{failures:?}"
+            );
         }
         other => panic!("{other:?}"),
     }
     assert!(matches!(
         trackers(vec![]).announce(&announce()).await,
-        Err(TrackerError::Unavailable(_))
+        Err(TrackerError::NoTracker)
     ));
 }
 
@@ -183,7 +191,7 @@ async fn peer_lists_are_merged() {
     );
 
     match trackers(vec![nowhere()]).peers(&d, "me").await {
-        Err(TrackerError::Unavailable(f)) => assert_eq!(f.len(), 1),
+        Err(TrackerError::Unavailable { failures }) => assert_eq!(failures.len(), 1),
         other => panic!("{other:?}"),
     }
 }
@@ -237,9 +245,13 @@ async fn a_wrong_manifest_is_skipped_for_the_next_tracker() {
         .chunk_manifest("r", "repo", &right.digest)
         .await
     {
-        Err(TrackerError::BadResponse { url, reason }) => {
+        Err(TrackerError::Request {
+            url,
+            request: Request::ChunkManifest { digest, .. },
+            failure: Failure::OtherBlob { got },
+        }) => {
             assert_eq!(url, bad.url);
-            assert!(reason.contains(&wrong.digest.to_string()), "{reason}");
+            assert_eq!((digest, got), (right.digest.clone(), wrong.digest.clone()));
         }
         other => panic!("{other:?}"),
     }
@@ -249,7 +261,10 @@ async fn a_wrong_manifest_is_skipped_for_the_next_tracker() {
         trackers(vec![garbage.url.clone()])
             .chunk_manifest("r", "repo", &right.digest)
             .await,
-        Err(TrackerError::BadResponse { .. })
+        Err(TrackerError::Request {
+            failure: Failure::Manifest(ChunkManifestError::Json(_)),
+            ..
+        })
     ));
 }
 
@@ -262,9 +277,23 @@ async fn manifest_not_found_everywhere_or_unreachable() {
         .chunk_manifest("r", "repo", &d)
         .await
     {
-        Err(TrackerError::NoManifest { digest, reason }) => {
+        Err(e @ TrackerError::NoManifest { .. }) => {
+            let text = e.to_string();
+            let TrackerError::NoManifest { digest, answers } = e else {
+                unreachable!()
+            };
             assert_eq!(digest, d);
-            assert!(reason.contains("tracker broken"), "{reason}");
+            assert_eq!(answers.len(), 2);
+            for answer in &answers {
+                assert!(
+                    matches!(answer.failure(), Some(Failure::Status { status, message }) if *status == StatusCode::NOT_FOUND && message == "tracker broken"),
+                    "{answer:?}"
+                );
+            }
+            assert!(
+                text.starts_with(&format!("chunk manifest of {d} not available: tracker ")),
+                "{text}"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -273,12 +302,14 @@ async fn manifest_not_found_everywhere_or_unreachable() {
         .chunk_manifest("r", "repo", &d)
         .await
     {
-        Err(TrackerError::Unavailable(f)) => assert_eq!(f.len(), 2, "{f:?}"),
+        Err(TrackerError::Unavailable { failures }) => {
+            assert_eq!(failures.len(), 2, "{failures:?}")
+        }
         other => panic!("{other:?}"),
     }
     assert!(matches!(
         trackers(vec![]).chunk_manifest("r", "repo", &d).await,
-        Err(TrackerError::Unavailable(_))
+        Err(TrackerError::NoTracker)
     ));
 }
 

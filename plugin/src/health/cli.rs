@@ -21,12 +21,17 @@ pub enum StatusError {
     /// The HTTP client could not be built.
     #[error("HTTP client: {0}")]
     Client(#[source] reqwest::Error),
-    /// Nothing answered at the address.
+    /// Nothing answered at the address (or the answer could not be read).
     #[error(
-        "shoald is not reachable at {url}: {reason} (is shoald running, and is this its \
-         [metrics] listen address?)"
+        "shoald is not reachable at {url}: {} (is shoald running, and is this its \
+         [metrics] listen address?)",
+        crate::containerd::doctor::causes(.source)
     )]
-    Unreachable { url: String, reason: String },
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
     /// Something answered, but not with a status.
     #[error("{url} answered {what}: not a shoald status endpoint (an older shoald, or another program on that port?)")]
     NotStatus { url: String, what: String },
@@ -53,9 +58,9 @@ pub async fn fetch(address: &str) -> Result<StatusReport, StatusError> {
         .no_proxy()
         .build()
         .map_err(StatusError::Client)?;
-    let unreachable = |e: reqwest::Error| StatusError::Unreachable {
+    let unreachable = |source| StatusError::Unreachable {
         url: url.clone(),
-        reason: crate::containerd::doctor::causes(&e),
+        source,
     };
     let response = client.get(&url).send().await.map_err(unreachable)?;
     let status = response.status();

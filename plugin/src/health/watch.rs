@@ -35,9 +35,21 @@ impl WatchedTrackers {
         let answers = self.trackers.announce_each(announce).await;
         let now = Instant::now();
         for (url, answer) in &answers {
-            self.health.tracker_result(url, answer.clone(), now);
+            let shown = answer.as_ref().map(|_| ()).map_err(shown_for_tracker);
+            self.health.tracker_result(url, shown, now);
         }
         HttpTrackers::announce_outcome(announce, answers)
+    }
+}
+
+/// What the status page shows of one tracker's failed announce, next to the tracker's URL:
+/// the request and why it failed.
+fn shown_for_tracker(e: &TrackerError) -> String {
+    match e {
+        TrackerError::Request {
+            request, failure, ..
+        } => format!("{request}: {failure}"),
+        other => other.to_string(),
     }
 }
 

@@ -90,7 +90,7 @@ pub fn job_spec(
         );
     }
     let spec = JobSpec { targets };
-    spec.validate().map_err(Error::PreheatInput)?;
+    spec.validate().map_err(Error::PreheatSpec)?;
     Ok(spec)
 }
 

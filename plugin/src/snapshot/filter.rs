@@ -17,6 +17,30 @@ use regex::Regex;
 
 use super::SnapshotError;
 
+/// Why a filter does not parse (offsets count characters from 0).
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// Something else than `expected` at `offset`.
+    #[error("expected {expected} at offset {offset}")]
+    Expected {
+        expected: &'static str,
+        offset: usize,
+    },
+    /// An operator other than `==`, `!=` and `~=`.
+    #[error("unknown operator {op:?} at offset {offset}")]
+    UnknownOperator { op: String, offset: usize },
+    /// A quoted string (or an escape in one) not closed before the end.
+    #[error("unterminated {what} at offset {offset}")]
+    Unterminated { what: &'static str, offset: usize },
+    /// The value of a `~=` is not a regular expression.
+    #[error("bad regular expression {pattern:?}: {source}")]
+    Regex {
+        pattern: String,
+        #[source]
+        source: regex::Error,
+    },
+}
+
 /// A parsed list of filters.
 #[derive(Debug, Clone)]
 pub struct Filter {
@@ -54,7 +78,10 @@ impl Filter {
             }
             let selectors = Parser::new(f)
                 .selectors()
-                .map_err(|e| SnapshotError::InvalidArgument(format!("filter {f:?}: {e}")))?;
+                .map_err(|source| SnapshotError::Filter {
+                    filter: f.to_owned(),
+                    source,
+                })?;
             any.push(selectors);
         }
         Ok(Filter {
@@ -79,10 +106,9 @@ impl Filter {
     }
 }
 
-struct Parser<'a> {
+struct Parser {
     chars: Vec<char>,
     pos: usize,
-    input: &'a str,
 }
 
 fn is_field_char(c: char) -> bool {
@@ -93,12 +119,11 @@ fn is_quote(c: char) -> bool {
     matches!(c, '"' | '/' | '|')
 }
 
-impl<'a> Parser<'a> {
-    fn new(input: &'a str) -> Self {
+impl Parser {
+    fn new(input: &str) -> Self {
         Parser {
             chars: input.chars().collect(),
             pos: 0,
-            input,
         }
     }
 
@@ -113,11 +138,21 @@ impl<'a> Parser<'a> {
         self.chars.get(self.pos).copied()
     }
 
-    fn err(&self, what: &str) -> String {
-        format!("{what} at offset {} of {:?}", self.pos, self.input)
+    fn expected(&self, expected: &'static str) -> FilterError {
+        FilterError::Expected {
+            expected,
+            offset: self.pos,
+        }
     }
 
-    fn selectors(&mut self) -> Result<Vec<Selector>, String> {
+    fn unterminated(&self, what: &'static str) -> FilterError {
+        FilterError::Unterminated {
+            what,
+            offset: self.pos,
+        }
+    }
+
+    fn selectors(&mut self) -> Result<Vec<Selector>, FilterError> {
         let mut out = vec![self.selector()?];
         loop {
             match self.peek() {
@@ -126,12 +161,12 @@ impl<'a> Parser<'a> {
                     self.pos += 1;
                     out.push(self.selector()?);
                 }
-                Some(_) => return Err(self.err("expected ',' or end")),
+                Some(_) => return Err(self.expected("',' or the end")),
             }
         }
     }
 
-    fn selector(&mut self) -> Result<Selector, String> {
+    fn selector(&mut self) -> Result<Selector, FilterError> {
         let mut path = vec![self.field()?];
         while self.peek() == Some('.') {
             self.pos += 1;
@@ -152,10 +187,16 @@ impl<'a> Parser<'a> {
                 match op.as_str() {
                     "==" => Op::Equal(value),
                     "!=" => Op::NotEqual(value),
-                    "~=" => Op::Matches(
-                        Regex::new(&value).map_err(|e| format!("bad regular expression: {e}"))?,
-                    ),
-                    _ => return Err(self.err(&format!("unknown operator {op:?}"))),
+                    "~=" => match Regex::new(&value) {
+                        Ok(re) => Op::Matches(re),
+                        Err(source) => {
+                            return Err(FilterError::Regex {
+                                pattern: value,
+                                source,
+                            })
+                        }
+                    },
+                    _ => return Err(FilterError::UnknownOperator { op, offset: start }),
                 }
             }
             _ => Op::Present,
@@ -163,7 +204,7 @@ impl<'a> Parser<'a> {
         Ok(Selector { path, op })
     }
 
-    fn field(&mut self) -> Result<String, String> {
+    fn field(&mut self) -> Result<String, FilterError> {
         match self.peek() {
             Some(q) if is_quote(q) => self.quoted(),
             Some(c) if is_field_char(c) => {
@@ -173,11 +214,11 @@ impl<'a> Parser<'a> {
                 }
                 Ok(self.chars[start..self.pos].iter().collect())
             }
-            _ => Err(self.err("expected a field")),
+            _ => Err(self.expected("a field")),
         }
     }
 
-    fn value(&mut self) -> Result<String, String> {
+    fn value(&mut self) -> Result<String, FilterError> {
         match self.peek() {
             Some(q) if is_quote(q) => self.quoted(),
             Some(c) if c != ',' => {
@@ -191,17 +232,17 @@ impl<'a> Parser<'a> {
                 }
                 Ok(self.chars[start..self.pos].iter().collect())
             }
-            _ => Err(self.err("expected a value")),
+            _ => Err(self.expected("a value")),
         }
     }
 
-    fn quoted(&mut self) -> Result<String, String> {
+    fn quoted(&mut self) -> Result<String, FilterError> {
         let quote = self.chars[self.pos];
         self.pos += 1;
         let mut out = String::new();
         loop {
             let Some(&c) = self.chars.get(self.pos) else {
-                return Err(self.err("unterminated quoted string"));
+                return Err(self.unterminated("quoted string"));
             };
             self.pos += 1;
             if c == quote {
@@ -212,7 +253,7 @@ impl<'a> Parser<'a> {
                 continue;
             }
             let Some(&e) = self.chars.get(self.pos) else {
-                return Err(self.err("unterminated escape"));
+                return Err(self.unterminated("escape"));
             };
             self.pos += 1;
             out.push(match e {
@@ -275,18 +316,32 @@ mod tests {
 
     #[test]
     fn malformed_filters_are_invalid_arguments() {
-        for bad in [
-            "kind=active",
-            "kind==",
-            ",",
-            "name~=(",
-            "labels.\"open",
-            "a b",
+        for (bad, text) in [
+            ("kind=active", "unknown operator \"=\" at offset 4"),
+            ("kind==", "expected a value at offset 6"),
+            (",", "expected a field at offset 0"),
+            ("name~=(", "bad regular expression \"(\": "),
+            ("labels.\"open", "unterminated quoted string at offset 12"),
+            ("a b", "expected ',' or the end at offset 2"),
         ] {
             match Filter::parse_all(&[bad]) {
-                Err(SnapshotError::InvalidArgument(_)) => {}
+                Err(e @ SnapshotError::Filter { .. }) => {
+                    assert_eq!(e.code(), containerd_snapshots::tonic::Code::InvalidArgument);
+                    let message = e.to_string();
+                    assert!(
+                        message.starts_with(&format!("filter {bad:?}: {text}")),
+                        "{message}"
+                    );
+                }
                 other => panic!("{bad:?}: {other:?}"),
             }
+        }
+        match Filter::parse_all(&["name~=("]) {
+            Err(SnapshotError::Filter {
+                source: FilterError::Regex { source, .. },
+                ..
+            }) => assert!(matches!(source, regex::Error::Syntax(_))),
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -51,9 +51,16 @@ pub enum SnapshotError {
     /// committing a view, mounting a committed snapshot).
     #[error("snapshot {key:?}: {reason}")]
     FailedPrecondition { key: String, reason: String },
-    /// The request itself is malformed (bad filter, immutable field, parent not committed).
+    /// The request itself is malformed (immutable field, parent not committed).
     #[error("{0}")]
     InvalidArgument(String),
+    /// A `List` filter does not parse.
+    #[error("filter {filter:?}: {source}")]
+    Filter {
+        filter: String,
+        #[source]
+        source: filter::FilterError,
+    },
     /// The metadata store failed.
     #[error("metadata store {path:?}: {source}")]
     Store {
@@ -102,7 +109,9 @@ impl SnapshotError {
             SnapshotError::NotFound { .. } => Code::NotFound,
             SnapshotError::AlreadyExists { .. } => Code::AlreadyExists,
             SnapshotError::FailedPrecondition { .. } => Code::FailedPrecondition,
-            SnapshotError::InvalidArgument(_) => Code::InvalidArgument,
+            SnapshotError::InvalidArgument(_) | SnapshotError::Filter { .. } => {
+                Code::InvalidArgument
+            }
             SnapshotError::Store { .. }
             | SnapshotError::Corrupt { .. }
             | SnapshotError::Io { .. }

@@ -37,9 +37,9 @@ fn lock(c: &Shared) -> MutexGuard<'_, Coordinator> {
     c.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn body<T>(b: Result<Json<T>, JsonRejection>, what: &str) -> Result<T, Error> {
+fn body<T>(b: Result<Json<T>, JsonRejection>, what: &'static str) -> Result<T, Error> {
     b.map(|Json(v)| v)
-        .map_err(|e| Error::BadRequest(format!("{what}: {}", e.body_text())))
+        .map_err(|source| Error::BadBody { what, source })
 }
 
 /// Every route, for the mutual-TLS listener.

@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use axum::http::StatusCode;
 use shoal_p2p::preheat::proto::{
-    Heartbeat, JobSpec, JobState, NodeInfo, Target, TaskProgress, TaskRef, TaskState,
+    Heartbeat, JobSpec, JobState, NodeInfo, SpecError, Target, TaskProgress, TaskRef, TaskState,
 };
 
 use super::*;
@@ -285,10 +286,16 @@ fn cancel_drops_pending_and_stops_running_tasks() {
 fn bad_jobs_and_unknown_nodes_are_refused() {
     let store = MemoryStore::default();
     let mut c = coordinator(&store, 0);
-    assert!(matches!(
-        c.submit(JobSpec::default(), 0),
-        Err(Error::BadRequest(_))
-    ));
+    let empty = c.submit(JobSpec::default(), 0).unwrap_err();
+    assert!(
+        matches!(empty, Error::PreheatSpec(SpecError::NoTarget)),
+        "{empty:?}"
+    );
+    assert_eq!(empty.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        empty.to_string(),
+        "bad request: a job needs at least one target"
+    );
     let none = JobSpec {
         targets: vec![target(&[A], "nope")],
     };

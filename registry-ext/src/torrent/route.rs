@@ -30,7 +30,7 @@ async fn torrent(
 ) -> Result<Response, Error> {
     let query = query
         .map(|Query(q)| q)
-        .map_err(|e| service.refused(Error::BadRequest(format!("query: {}", e.body_text()))))?;
+        .map_err(|e| service.refused(Error::BadQuery(e)))?;
     let bytes = service
         .request(
             &digest,

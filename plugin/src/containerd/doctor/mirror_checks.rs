@@ -134,7 +134,7 @@ fn hosts_check(
     };
     let norm = |s: &str| s.trim_end_matches('/').to_owned();
     match first_host(text) {
-        Err(e) => fail(format!("{ns}: {} is {e}", file.display())),
+        Err(e) => fail(format!("{ns}: {} is not TOML: {e}", file.display())),
         Ok(Some(first)) if norm(&first) == norm(mirror_url) => (
             true,
             Check {

@@ -154,8 +154,8 @@ pub fn snapshotter_of_mountpoint(mountpoint: &str, plugins: &[PluginFact]) -> Op
 }
 
 /// The host containerd tries first in a hosts.toml: the first `[host."..."]`, else `server`.
-pub fn first_host(text: &str) -> Result<Option<String>, String> {
-    let doc: toml_edit::DocumentMut = text.parse().map_err(|e| format!("not TOML: {e}"))?;
+pub fn first_host(text: &str) -> Result<Option<String>, toml_edit::TomlError> {
+    let doc: toml_edit::DocumentMut = text.parse()?;
     if let Some(hosts) = doc.get("host").and_then(|h| h.as_table_like()) {
         if let Some((k, _)) = hosts.iter().next() {
             return Ok(Some(k.to_owned()));

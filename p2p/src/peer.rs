@@ -30,6 +30,8 @@ mod server;
 #[cfg(any(test, feature = "test-pki"))]
 pub mod test_pki;
 #[cfg(test)]
+mod have_tests;
+#[cfg(test)]
 mod tests;
 
 pub(crate) use crate::error::error_chain;

@@ -39,6 +39,8 @@ mod download;
 mod error;
 mod fetch;
 #[cfg(test)]
+mod have_tests;
+#[cfg(test)]
 mod origin_tests;
 pub mod planner;
 #[cfg(test)]

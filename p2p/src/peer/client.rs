@@ -193,43 +193,42 @@ impl PeerClient {
             return Err(bad(format!("content type {content_type:?}")));
         }
         let digest = digest.clone();
-        let start = (response, HaveDecoder::new(chunks), Vec::new().into_iter(), false);
+        let start = (response, HaveDecoder::new(chunks), false);
         let lines = futures::stream::unfold(
             start,
-            move |(mut response, mut decoder, mut ready, mut ended)| {
+            move |(mut response, mut decoder, ended)| {
                 let digest = digest.clone();
                 async move {
+                    if ended {
+                        return None;
+                    }
+                    let bad = |reason: String| PeerError::BadResponse {
+                        peer,
+                        reason: format!("{digest} have stream: {reason}"),
+                    };
                     loop {
-                        if let Some(update) = ready.next() {
-                            return Some((Ok(update), (response, decoder, ready, ended)));
-                        }
-                        if ended {
-                            return None;
-                        }
-                        let bad = |reason: String| PeerError::BadResponse {
-                            peer,
-                            reason: format!("{digest} have stream: {reason}"),
-                        };
-                        let failed = match response.chunk().await {
-                            Ok(Some(piece)) => match decoder.push(&piece) {
-                                Ok(updates) => {
-                                    ready = updates.into_iter();
+                        let failed = match decoder.next_line() {
+                            Ok(Some(update)) => {
+                                return Some((Ok(update), (response, decoder, false)))
+                            }
+                            Ok(None) => match response.chunk().await {
+                                Ok(Some(piece)) => {
+                                    decoder.push(&piece);
                                     continue;
                                 }
-                                Err(e) => bad(e.to_string()),
+                                Ok(None) if decoder.pending() == 0 => return None,
+                                Ok(None) => bad("ends inside a line".into()),
+                                Err(e) => PeerError::Transport {
+                                    peer,
+                                    digest: digest.clone(),
+                                    start: 0,
+                                    end: 0,
+                                    source: Box::new(e),
+                                },
                             },
-                            Ok(None) if decoder.pending() == 0 => return None,
-                            Ok(None) => bad("ends inside a line".into()),
-                            Err(e) => PeerError::Transport {
-                                peer,
-                                digest: digest.clone(),
-                                start: 0,
-                                end: 0,
-                                source: Box::new(e),
-                            },
+                            Err(e) => bad(e.to_string()),
                         };
-                        ended = true;
-                        return Some((Err(failed), (response, decoder, ready, ended)));
+                        return Some((Err(failed), (response, decoder, true)));
                     }
                 }
             },

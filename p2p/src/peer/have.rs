@@ -149,20 +149,34 @@ impl HaveDecoder {
         }
     }
 
-    /// Takes the next piece of the body; returns the lines it completed.
-    pub fn push(&mut self, piece: &[u8]) -> Result<Vec<HaveUpdate>, HaveLineError> {
+    /// Takes the next piece of the body.
+    pub fn push(&mut self, piece: &[u8]) {
         self.buf.extend_from_slice(piece);
-        let mut out = Vec::new();
-        while let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
-            let line = self.buf.split_to(end + 1);
-            if end > self.max {
+    }
+
+    /// The next complete line, decoded (`None`: more of the body is needed).
+    pub fn next_line(&mut self) -> Result<Option<HaveUpdate>, HaveLineError> {
+        let Some(end) = self.buf.iter().position(|&b| b == b'\n') else {
+            if self.buf.len() > self.max {
                 return Err(HaveLineError::TooLong { max: self.max });
             }
-            let line: HaveLine = serde_json::from_slice(&line[..end])?;
-            out.push(line.update(self.chunks)?);
-        }
-        if self.buf.len() > self.max {
+            return Ok(None);
+        };
+        let line = self.buf.split_to(end + 1);
+        if end > self.max {
             return Err(HaveLineError::TooLong { max: self.max });
+        }
+        let line: HaveLine = serde_json::from_slice(&line[..end])?;
+        line.update(self.chunks).map(Some)
+    }
+
+    /// [`Self::push`], then every line completed.
+    #[cfg(test)]
+    fn push_lines(&mut self, piece: &[u8]) -> Result<Vec<HaveUpdate>, HaveLineError> {
+        self.push(piece);
+        let mut out = Vec::new();
+        while let Some(update) = self.next_line()? {
+            out.push(update);
         }
         Ok(out)
     }
@@ -369,7 +383,7 @@ mod tests {
         // In pieces, split anywhere.
         let both = [text.clone(), HaveLine::done(10).encode()].concat();
         for piece in both.chunks(7) {
-            all.extend(d.push(piece).unwrap());
+            all.extend(d.push_lines(piece).unwrap());
         }
         assert_eq!(d.pending(), 0);
         assert_eq!(
@@ -389,7 +403,7 @@ mod tests {
         );
         // Truncated: nothing yet, the rest is pending.
         let mut d = HaveDecoder::new(10);
-        assert!(d.push(&text[..text.len() - 3]).unwrap().is_empty());
+        assert!(d.push_lines(&text[..text.len() - 3]).unwrap().is_empty());
         assert!(d.pending() > 0);
     }
 
@@ -397,18 +411,18 @@ mod tests {
     fn bad_lines_are_errors() {
         let mut d = HaveDecoder::new(10);
         assert!(matches!(
-            d.push(b"{\"chunks\":10,\"have\n"),
+            d.push_lines(b"{\"chunks\":10,\"have\n"),
             Err(HaveLineError::Malformed(_))
         ));
         let mut d = HaveDecoder::new(10);
         let other = HaveLine::progress(&set(11, &[0]), &ChunkSet::empty(11)).encode();
         assert!(matches!(
-            d.push(&other),
+            d.push_lines(&other),
             Err(HaveLineError::Chunks { got: 11, want: 10 })
         ));
         let mut d = HaveDecoder::new(10);
         assert!(matches!(
-            d.push(b"{\"chunks\":10,\"have\":\"!!\"}\n"),
+            d.push_lines(b"{\"chunks\":10,\"have\":\"!!\"}\n"),
             Err(HaveLineError::Set(_))
         ));
         let mut d = HaveDecoder::new(10);
@@ -417,22 +431,22 @@ mod tests {
             ..HaveLine::progress(&set(10, &[1]), &ChunkSet::empty(10))
         };
         assert!(matches!(
-            d.push(&lying.encode()),
+            d.push_lines(&lying.encode()),
             Err(HaveLineError::DoneNotFull)
         ));
         // A line that never ends is refused once past the limit, newline or not.
         let mut d = HaveDecoder::new(10);
         let max = max_line_len(10);
         assert!(max < 4096);
-        assert!(d.push(&vec![b' '; max]).unwrap().is_empty());
+        assert!(d.push_lines(&vec![b' '; max]).unwrap().is_empty());
         assert!(matches!(
-            d.push(b"  "),
+            d.push_lines(b"  "),
             Err(HaveLineError::TooLong { .. })
         ));
         let mut d = HaveDecoder::new(10);
         let mut long = vec![b' '; max + 1];
         long.push(b'\n');
-        assert!(matches!(d.push(&long), Err(HaveLineError::TooLong { .. })));
+        assert!(matches!(d.push_lines(&long), Err(HaveLineError::TooLong { .. })));
         // Room for the largest real line.
         let n = 100_000;
         let mut d = HaveDecoder::new(n);
@@ -442,7 +456,7 @@ mod tests {
             if i % 2 == 0 { &mut even } else { &mut odd }.insert(i);
         }
         let line = HaveLine::progress(&odd, &even);
-        assert_eq!(d.push(&line.encode()).unwrap().len(), 1);
+        assert_eq!(d.push_lines(&line.encode()).unwrap().len(), 1);
     }
 
     /// A feed whose state the test sets.
@@ -459,7 +473,7 @@ mod tests {
 
     fn decode(line: &Bytes, n: u32) -> HaveUpdate {
         let mut d = HaveDecoder::new(n);
-        d.push(line).unwrap().remove(0)
+        d.push_lines(line).unwrap().remove(0)
     }
 
     #[tokio::test(start_paused = true)]

@@ -25,12 +25,12 @@
 
 mod client;
 pub mod have;
+#[cfg(test)]
+mod have_tests;
 mod limit;
 mod server;
 #[cfg(any(test, feature = "test-pki"))]
 pub mod test_pki;
-#[cfg(test)]
-mod have_tests;
 #[cfg(test)]
 mod tests;
 

@@ -509,7 +509,13 @@ impl ChunkProvider for Swarm {
         if let Some(download) = download {
             return Some(download.have_feed());
         }
-        let chunks = self.inner.seeded.lock().expect("lock").get(digest).copied()?;
+        let chunks = self
+            .inner
+            .seeded
+            .lock()
+            .expect("lock")
+            .get(digest)
+            .copied()?;
         self.inner
             .cache
             .contains(digest)

@@ -194,45 +194,40 @@ impl PeerClient {
         }
         let digest = digest.clone();
         let start = (response, HaveDecoder::new(chunks), false);
-        let lines = futures::stream::unfold(
-            start,
-            move |(mut response, mut decoder, ended)| {
-                let digest = digest.clone();
-                async move {
-                    if ended {
-                        return None;
-                    }
-                    let bad = |reason: String| PeerError::BadResponse {
-                        peer,
-                        reason: format!("{digest} have stream: {reason}"),
-                    };
-                    loop {
-                        let failed = match decoder.next_line() {
-                            Ok(Some(update)) => {
-                                return Some((Ok(update), (response, decoder, false)))
-                            }
-                            Ok(None) => match response.chunk().await {
-                                Ok(Some(piece)) => {
-                                    decoder.push(&piece);
-                                    continue;
-                                }
-                                Ok(None) if decoder.pending() == 0 => return None,
-                                Ok(None) => bad("ends inside a line".into()),
-                                Err(e) => PeerError::Transport {
-                                    peer,
-                                    digest: digest.clone(),
-                                    start: 0,
-                                    end: 0,
-                                    source: Box::new(e),
-                                },
-                            },
-                            Err(e) => bad(e.to_string()),
-                        };
-                        return Some((Err(failed), (response, decoder, true)));
-                    }
+        let lines = futures::stream::unfold(start, move |(mut response, mut decoder, ended)| {
+            let digest = digest.clone();
+            async move {
+                if ended {
+                    return None;
                 }
-            },
-        );
+                let bad = |reason: String| PeerError::BadResponse {
+                    peer,
+                    reason: format!("{digest} have stream: {reason}"),
+                };
+                loop {
+                    let failed = match decoder.next_line() {
+                        Ok(Some(update)) => return Some((Ok(update), (response, decoder, false))),
+                        Ok(None) => match response.chunk().await {
+                            Ok(Some(piece)) => {
+                                decoder.push(&piece);
+                                continue;
+                            }
+                            Ok(None) if decoder.pending() == 0 => return None,
+                            Ok(None) => bad("ends inside a line".into()),
+                            Err(e) => PeerError::Transport {
+                                peer,
+                                digest: digest.clone(),
+                                start: 0,
+                                end: 0,
+                                source: Box::new(e),
+                            },
+                        },
+                        Err(e) => bad(e.to_string()),
+                    };
+                    return Some((Err(failed), (response, decoder, true)));
+                }
+            }
+        });
         Ok(Box::pin(lines))
     }
 }

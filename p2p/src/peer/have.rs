@@ -446,7 +446,10 @@ mod tests {
         let mut d = HaveDecoder::new(10);
         let mut long = vec![b' '; max + 1];
         long.push(b'\n');
-        assert!(matches!(d.push_lines(&long), Err(HaveLineError::TooLong { .. })));
+        assert!(matches!(
+            d.push_lines(&long),
+            Err(HaveLineError::TooLong { .. })
+        ));
         // Room for the largest real line.
         let n = 100_000;
         let mut d = HaveDecoder::new(n);
@@ -460,7 +463,13 @@ mod tests {
     }
 
     /// A feed whose state the test sets.
-    fn feed(n: u32) -> (HaveFeed, Arc<std::sync::Mutex<HaveState>>, watch::Sender<u64>) {
+    fn feed(
+        n: u32,
+    ) -> (
+        HaveFeed,
+        Arc<std::sync::Mutex<HaveState>>,
+        watch::Sender<u64>,
+    ) {
         let state = Arc::new(std::sync::Mutex::new(HaveState::Progress {
             have: ChunkSet::empty(n),
             fetching: ChunkSet::empty(n),

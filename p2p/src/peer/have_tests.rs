@@ -120,7 +120,10 @@ async fn the_state_at_once_then_each_change_then_done_and_the_end() {
         .unwrap();
     let first = next(&mut lines).await;
     assert!(started.elapsed() < Duration::from_secs(2));
-    assert_eq!((first.have, first.fetching, first.done), (set(&[0]), set(&[1, 2]), false));
+    assert_eq!(
+        (first.have, first.fetching, first.done),
+        (set(&[0]), set(&[1, 2]), false)
+    );
     assert_eq!(r.server.metrics.have_streams.get(), 1);
     // A chunk arrives: a line says so, within milliseconds.
     let changed = Instant::now();
@@ -129,7 +132,11 @@ async fn the_state_at_once_then_each_change_then_done_and_the_end() {
         fetching: set(&[2]),
     });
     let second = next(&mut lines).await;
-    assert!(changed.elapsed() < Duration::from_secs(1), "{:?}", changed.elapsed());
+    assert!(
+        changed.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        changed.elapsed()
+    );
     assert_eq!((second.have, second.fetching), (set(&[0, 1]), set(&[2])));
     // Committed: a done line, then the body ends.
     r.live.set(HaveState::Done);
@@ -171,13 +178,21 @@ async fn blobs_not_held_are_not_found_and_bad_digests_refused() {
     let r = rig(OPEN).await;
     let other = Digest::of(b"not here");
     match r.client.have_stream(r.server.addr, &other, CHUNKS).await {
-        Err(PeerError::NoHave { peer, digest }) => assert_eq!((peer, digest), (r.server.addr, other)),
+        Err(PeerError::NoHave { peer, digest }) => {
+            assert_eq!((peer, digest), (r.server.addr, other))
+        }
         Err(e) => panic!("{e}"),
         Ok(_) => panic!("a stream of a blob not held"),
     }
-    let http = r.ca.transport(&r.dir, "raw").http_client(TIMEOUT, TIMEOUT).unwrap();
+    let http =
+        r.ca.transport(&r.dir, "raw")
+            .http_client(TIMEOUT, TIMEOUT)
+            .unwrap();
     let resp = http
-        .get(format!("https://{}/v1/blobs/sha256:1234/have", r.server.addr))
+        .get(format!(
+            "https://{}/v1/blobs/sha256:1234/have",
+            r.server.addr
+        ))
         .send()
         .await
         .unwrap();
@@ -191,7 +206,9 @@ async fn blobs_not_held_are_not_found_and_bad_digests_refused() {
     let plain = serve(&Transport::Plaintext, Arc::new(cache), OPEN).await;
     let client = PeerClient::new(&Transport::Plaintext, TIMEOUT, TIMEOUT).unwrap();
     assert!(matches!(
-        client.have_stream(plain.addr, &Digest::of(b"cached"), 1).await,
+        client
+            .have_stream(plain.addr, &Digest::of(b"cached"), 1)
+            .await,
         Err(PeerError::NoHave { .. })
     ));
     assert_eq!(r.server.metrics.have_streams.get(), 0);
@@ -200,13 +217,15 @@ async fn blobs_not_held_are_not_found_and_bad_digests_refused() {
 #[tokio::test]
 async fn a_registry_side_certificate_is_forbidden() {
     let r = rig(OPEN).await;
-    let http = r
-        .ca
-        .registry_side_transport(&r.dir, "registry-ext")
-        .http_client(TIMEOUT, TIMEOUT)
-        .unwrap();
+    let http =
+        r.ca.registry_side_transport(&r.dir, "registry-ext")
+            .http_client(TIMEOUT, TIMEOUT)
+            .unwrap();
     let resp = http
-        .get(format!("https://{}/v1/blobs/{}/have", r.server.addr, r.digest))
+        .get(format!(
+            "https://{}/v1/blobs/{}/have",
+            r.server.addr, r.digest
+        ))
         .send()
         .await
         .unwrap();
@@ -227,9 +246,15 @@ async fn streams_past_the_limit_are_busy() {
         .await
         .unwrap();
     next(&mut first).await;
-    let http = r.ca.transport(&r.dir, "raw").http_client(TIMEOUT, TIMEOUT).unwrap();
+    let http =
+        r.ca.transport(&r.dir, "raw")
+            .http_client(TIMEOUT, TIMEOUT)
+            .unwrap();
     let resp = http
-        .get(format!("https://{}/v1/blobs/{}/have", r.server.addr, r.digest))
+        .get(format!(
+            "https://{}/v1/blobs/{}/have",
+            r.server.addr, r.digest
+        ))
         .send()
         .await
         .unwrap();
@@ -271,11 +296,14 @@ async fn bad_streams_end_with_an_error_after_their_good_lines() {
     use axum::response::IntoResponse;
     let good = b"{\"chunks\":4,\"have\":\"AQ\",\"fetching\":null,\"done\":false}\n";
     assert_eq!(
-        HaveLine::progress(&{
-            let mut s = ChunkSet::empty(4);
-            s.insert(0);
-            s
-        }, &ChunkSet::empty(4))
+        HaveLine::progress(
+            &{
+                let mut s = ChunkSet::empty(4);
+                s.insert(0);
+                s
+            },
+            &ChunkSet::empty(4)
+        )
         .encode(),
         Bytes::from_static(good)
     );
@@ -292,11 +320,19 @@ async fn bad_streams_end_with_an_error_after_their_good_lines() {
         ),
         (|| ndjson(&[b' '; 8192]), 0, "longer than"),
         (
-            || ndjson(b"{\"chunks\":4,\"have\":\"AQ\",\"fetching\":null,\"done\":false}\n{\"chunks\""),
+            || {
+                ndjson(
+                    b"{\"chunks\":4,\"have\":\"AQ\",\"fetching\":null,\"done\":false}\n{\"chunks\"",
+                )
+            },
             1,
             "inside a line",
         ),
-        (|| (axum::http::StatusCode::OK, "text").into_response(), 0, "content type"),
+        (
+            || (axum::http::StatusCode::OK, "text").into_response(),
+            0,
+            "content type",
+        ),
     ];
     let client = PeerClient::new(&Transport::Plaintext, TIMEOUT, TIMEOUT).unwrap();
     let digest = Digest::of(b"x");

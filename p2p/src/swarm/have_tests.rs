@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::tests::{
-    addr, blob, committed, manifest_of, peer_entry, pull, rig, rig_in, Behaviour, FakeHave,
-    CHUNK,
+    addr, blob, committed, manifest_of, peer_entry, pull, rig, rig_in, Behaviour, FakeHave, CHUNK,
 };
 use crate::peer::have::HaveUpdate;
 use crate::tracker::ChunkSet;

@@ -383,8 +383,7 @@ impl Scheduler {
                 addr,
                 self.events_tx.clone(),
             ));
-            self.subscriptions
-                .started(peer, addr, task.abort_handle());
+            self.subscriptions.started(peer, addr, task.abort_handle());
             self.swarm.inner().metrics.have_streams.inc();
         }
     }
@@ -396,7 +395,14 @@ impl Scheduler {
         };
         let metrics = &self.swarm.inner().metrics;
         metrics.have_updates.inc();
-        let speed = self.swarm.inner().peer_speed.lock().expect("lock").get(&addr).copied();
+        let speed = self
+            .swarm
+            .inner()
+            .peer_speed
+            .lock()
+            .expect("lock")
+            .get(&addr)
+            .copied();
         let info = PeerInfo {
             id: peer,
             addr,
@@ -472,14 +478,14 @@ impl Scheduler {
                         self.swarm.inner().metrics.have_streams.dec();
                     }
                     match reason {
-                    DropReason::Corrupt => {
-                        tracing::warn!(peer = %peer, addr = %addr, blob = %self.download.digest(), "chunk failed its hash; peer dropped for this blob");
-                        self.swarm.inner().metrics.peers_dropped.inc();
-                    }
-                    DropReason::Failing => {
-                        tracing::info!(peer = %peer, addr = %addr, blob = %self.download.digest(), "peer failing; dropped for this blob");
-                        self.swarm.inner().metrics.peers_dropped.inc();
-                    }
+                        DropReason::Corrupt => {
+                            tracing::warn!(peer = %peer, addr = %addr, blob = %self.download.digest(), "chunk failed its hash; peer dropped for this blob");
+                            self.swarm.inner().metrics.peers_dropped.inc();
+                        }
+                        DropReason::Failing => {
+                            tracing::info!(peer = %peer, addr = %addr, blob = %self.download.digest(), "peer failing; dropped for this blob");
+                            self.swarm.inner().metrics.peers_dropped.inc();
+                        }
                     }
                 }
             }

@@ -91,7 +91,8 @@ impl Subscriptions {
     /// The peers to subscribe to now, at `now`, to fill the free slots; each must be
     /// [`Subscriptions::started`].
     pub(super) fn to_open(&mut self, now: Instant) -> Vec<(String, SocketAddr)> {
-        self.refused.retain(|_, at| now.duration_since(*at) < RETRY_AFTER);
+        self.refused
+            .retain(|_, at| now.duration_since(*at) < RETRY_AFTER);
         let mut free = self.limit.saturating_sub(self.open.len());
         let mut out = Vec::new();
         for (id, addr) in &self.candidates {
@@ -265,7 +266,10 @@ mod tests {
         assert!(s.dropped("n4"));
         assert_eq!(s.line("n4"), None);
         assert_eq!(s.close_all(), 0);
-        assert!(s.to_open(now + RETRY_AFTER).iter().all(|(id, _)| id != "n4"));
+        assert!(s
+            .to_open(now + RETRY_AFTER)
+            .iter()
+            .all(|(id, _)| id != "n4"));
         // Off: nothing.
         let mut off = Subscriptions::new(0);
         off.listed("n1", addr(1));

@@ -162,12 +162,12 @@ impl PeerFetcher for FakePeers {
                         digest: digest.clone(),
                     })
                 }
-                Some(FakeHave::Fails) => Box::pin(futures::stream::iter([Err(
-                    PeerError::BadResponse {
+                Some(FakeHave::Fails) => {
+                    Box::pin(futures::stream::iter([Err(PeerError::BadResponse {
                         peer,
                         reason: "a malformed line".into(),
-                    },
-                )])),
+                    })]))
+                }
                 Some(FakeHave::Silent) => Box::pin(futures::stream::pending()),
                 Some(FakeHave::Lines(rx)) => {
                     let start = (rx.clone(), true, false);

@@ -375,7 +375,7 @@ impl Scheduler {
 
     /// Opens have streams to fill the free subscription slots.
     fn subscribe_more(&mut self) {
-        for (peer, addr) in self.subscriptions.to_open(Instant::now()) {
+        for (peer, addr) in self.subscriptions.due(Instant::now()) {
             let task = tokio::spawn(subscribe::subscribe(
                 self.swarm.clone(),
                 self.download.clone(),

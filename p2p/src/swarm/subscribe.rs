@@ -90,7 +90,7 @@ impl Subscriptions {
 
     /// The peers to subscribe to now, at `now`, to fill the free slots; each must be
     /// [`Subscriptions::started`].
-    pub(super) fn to_open(&mut self, now: Instant) -> Vec<(String, SocketAddr)> {
+    pub(super) fn due(&mut self, now: Instant) -> Vec<(String, SocketAddr)> {
         self.refused
             .retain(|_, at| now.duration_since(*at) < RETRY_AFTER);
         let mut free = self.limit.saturating_sub(self.open.len());
@@ -243,36 +243,36 @@ mod tests {
         for i in [3, 2, 4, 3] {
             s.listed(&format!("n{i}"), addr(i));
         }
-        let first = s.to_open(now);
+        let first = s.due(now);
         assert_eq!(first, vec![("n3".into(), addr(3)), ("n2".into(), addr(2))]);
         for (id, a) in first {
             s.started(id, a, abort());
         }
-        assert!(s.to_open(now).is_empty());
+        assert!(s.due(now).is_empty());
         // Opening is not yet live: the tracker's entries still count.
         assert!(!s.ignores("n3"));
         assert_eq!(s.line("n3"), Some(addr(3)));
         assert!(s.ignores("n3"));
         // n2 refuses: its slot goes to n4; n2 is asked again only after RETRY_AFTER.
         assert!(s.ended("n2", false, now));
-        assert_eq!(s.to_open(now), vec![("n4".into(), addr(4))]);
+        assert_eq!(s.due(now), vec![("n4".into(), addr(4))]);
         s.started("n4".into(), addr(4), abort());
         // n3 ends done: a full holder, never asked again, its entries ignored.
         assert!(s.ended("n3", true, now));
         assert!(s.ignores("n3"));
-        assert!(s.to_open(now).is_empty());
-        assert_eq!(s.to_open(now + RETRY_AFTER), vec![("n2".into(), addr(2))]);
+        assert!(s.due(now).is_empty());
+        assert_eq!(s.due(now + RETRY_AFTER), vec![("n2".into(), addr(2))]);
         // A dropped peer's subscription ends and it is not asked again.
         assert!(s.dropped("n4"));
         assert_eq!(s.line("n4"), None);
         assert_eq!(s.close_all(), 0);
         assert!(s
-            .to_open(now + RETRY_AFTER)
+            .due(now + RETRY_AFTER)
             .iter()
             .all(|(id, _)| id != "n4"));
         // Off: nothing.
         let mut off = Subscriptions::new(0);
         off.listed("n1", addr(1));
-        assert!(off.to_open(now).is_empty());
+        assert!(off.due(now).is_empty());
     }
 }

@@ -266,10 +266,7 @@ mod tests {
         assert!(s.dropped("n4"));
         assert_eq!(s.line("n4"), None);
         assert_eq!(s.close_all(), 0);
-        assert!(s
-            .due(now + RETRY_AFTER)
-            .iter()
-            .all(|(id, _)| id != "n4"));
+        assert!(s.due(now + RETRY_AFTER).iter().all(|(id, _)| id != "n4"));
         // Off: nothing.
         let mut off = Subscriptions::new(0);
         off.listed("n1", addr(1));

@@ -121,3 +121,69 @@ async fn without_have_peers_no_stream_is_opened() {
     assert_eq!(pull(&rig, &digest).await, data);
     assert!(rig.peers.have_asks.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_node_streams_its_download_then_one_done_line_for_the_cached_blob() {
+    use futures::StreamExt;
+
+    use crate::peer::have::{HaveDecoder, HaveLine, HAVE_COALESCE};
+    use crate::peer::ChunkProvider;
+
+    let rig = rig();
+    let data = blob(5 * CHUNK as usize, 35);
+    let digest = rig.registry.add(&data);
+    rig.tracker.add_manifest(manifest_of(&data));
+    // Neither held nor downloading: no stream.
+    assert!(rig.swarm.have(&digest).is_none());
+    rig.peers
+        .add(addr(7), Behaviour::Slow(Duration::from_millis(50)), &data);
+    rig.tracker.add_peer(digest.clone(), peer_entry(7, &data));
+    let reading = {
+        let rig_swarm = rig.swarm.clone();
+        let image = rig.image.clone();
+        let digest = digest.clone();
+        tokio::spawn(async move {
+            let stream = crate::source::BlobSource::fetch(&rig_swarm, &image, &digest)
+                .await
+                .unwrap();
+            futures::TryStreamExt::try_collect::<Vec<bytes::Bytes>>(stream)
+                .await
+                .unwrap()
+                .concat()
+        })
+    };
+    // While it downloads: its state as it changes, ending with done once committed.
+    let feed = loop {
+        if let Some(feed) = rig.swarm.have(&digest) {
+            break feed;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let lines: Vec<bytes::Bytes> = feed.lines(HAVE_COALESCE).collect().await;
+    let mut decoder = HaveDecoder::new(5);
+    let mut updates = Vec::new();
+    for line in &lines {
+        decoder.push(line);
+        while let Some(update) = decoder.next_line().unwrap() {
+            updates.push(update);
+        }
+    }
+    assert!(updates.len() >= 2, "{updates:?}");
+    assert!(!updates[0].done);
+    assert!(updates.last().unwrap().done);
+    // Held chunks only grow along the way.
+    for pair in updates.windows(2) {
+        assert!(pair[0].have.iter().all(|i| pair[1].have.contains(i)));
+    }
+    assert_eq!(reading.await.unwrap(), data);
+    committed(&rig, &digest).await;
+    // Cached, manifest known: one done line.
+    let lines: Vec<bytes::Bytes> = rig
+        .swarm
+        .have(&digest)
+        .unwrap()
+        .lines(HAVE_COALESCE)
+        .collect()
+        .await;
+    assert_eq!(lines, vec![HaveLine::done(5).encode()]);
+}

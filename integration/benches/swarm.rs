@@ -18,6 +18,8 @@
 //!   downloads; `shoal`: shoal's snapshotter straight from the registry, no swarm).
 //! - `SHOAL_BENCH_VERIFY` (default 1): check every node's layers against a reference pull.
 //! - `SHOAL_BENCH_JSON` (default `target/swarm-bench.json`): where the results go as JSON.
+//! - `SHOAL_BENCH_HAVE_PEERS` (default: shoald's, 16): `swarm.have_peers` of every node (0
+//!   turns have streams off: peers' chunks are learnt from the trackers' peer lists only).
 //! - `SHOAL_BENCH_KEEP_LOGS` (default 0): 1 keeps every daemon's log and metrics after each
 //!   run (the directory is printed); with `SHOAL_LOG=info,shoal_p2p::swarm=debug` shoald logs
 //!   each chunk's arrival (`chunk arrived`: chunk, from whom, ms since the download began).
@@ -130,6 +132,16 @@ fn main() -> Result<()> {
         .map(|m| Mode::parse(m.trim()))
         .collect::<Result<_>>()?;
     let mut config = ClusterConfig::new(mbit);
+    let have_peers = match std::env::var("SHOAL_BENCH_HAVE_PEERS") {
+        Ok(v) => {
+            let n: usize = v
+                .parse()
+                .context("SHOAL_BENCH_HAVE_PEERS: a number of peers")?;
+            config.swarm_config = format!("have_peers = {n}\n");
+            Some(n)
+        }
+        Err(_) => None,
+    };
     config.registry_ext = modes.iter().any(|m| m.node_mode().uses_swarm());
     if !cluster::available() {
         bail!("needs root, iproute2, docker-registry, skopeo, containerd and the workspace's release binaries: run scripts/install-deps.sh as root and `cargo build --release --workspace`");
@@ -326,6 +338,7 @@ fn main() -> Result<()> {
     let report = json!({
         "nodes": nodes,
         "mbit": mbit,
+        "have_peers": have_peers,
         "image_bytes": image.bytes,
         "image_layers": image.layers.len(),
         "f_over_b_secs": f_over_b,

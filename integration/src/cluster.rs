@@ -73,6 +73,8 @@ pub struct ClusterConfig {
     pub unpack_concurrency: usize,
     /// Appended to every node's shoald config (TOML).
     pub extra_shoald_config: String,
+    /// Lines added to every swarm node's `[swarm]` section (TOML keys).
+    pub swarm_config: String,
     /// Nodes started at once by [`Cluster::add_nodes`].
     pub start_parallelism: usize,
     /// The registry extension's preheat coordinator on, its admin listener accepting this
@@ -95,6 +97,7 @@ impl ClusterConfig {
             chunk_size: 1 << 20,
             unpack_concurrency: 4,
             extra_shoald_config: String::new(),
+            swarm_config: String::new(),
             start_parallelism: 4,
             preheat_token: None,
             fetch_buffer: None,
@@ -351,6 +354,7 @@ impl Cluster {
                         tracker: tracker.clone(),
                         unpack_concurrency: self.config.unpack_concurrency,
                         extra_shoald_config: &self.config.extra_shoald_config,
+                        swarm_config: &self.config.swarm_config,
                         fetch_buffer: self.config.fetch_buffer,
                         containerd: self.config.containerd.clone(),
                     }

@@ -46,6 +46,10 @@ pub struct SwarmMetrics {
     pub blob_fetches: Family<ReasonLabel, Counter>,
     /// Seconds from the start of a blob fetch to its last verified byte.
     pub fetch_seconds: Histogram,
+    /// Have streams this node is subscribed to (opening or open), across blobs.
+    pub have_streams: Gauge,
+    /// Have-stream lines received.
+    pub have_updates: Counter,
 }
 
 /// The reasons of [`SwarmMetrics::chunk_failures`].
@@ -71,6 +75,8 @@ impl Default for SwarmMetrics {
             registry_fallbacks: Counter::default(),
             blob_fetches: Family::default(),
             fetch_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
+            have_streams: Gauge::default(),
+            have_updates: Counter::default(),
         };
         for source in ["peer", "registry"] {
             let _ = m.bytes.get_or_create(&SourceLabel { source });
@@ -129,6 +135,16 @@ impl SwarmMetrics {
             "Seconds from the start of a blob fetch to its last verified byte",
             self.fetch_seconds.clone(),
         );
+        registry.register(
+            "shoal_swarm_have_streams",
+            "Have streams this node is subscribed to (opening or open)",
+            self.have_streams.clone(),
+        );
+        registry.register(
+            "shoal_swarm_have_updates",
+            "Have-stream lines received from peers",
+            self.have_updates.clone(),
+        );
     }
 
     /// Counts `n` verified bytes (one chunk) from `source` (`"peer"` or `"registry"`).
@@ -155,6 +171,8 @@ pub struct UploadMetrics {
     pub requests: Family<ReasonLabel, Counter>,
     /// Uploads in progress.
     pub active: Gauge,
+    /// Have streams served now.
+    pub have_streams: Gauge,
 }
 
 impl UploadMetrics {
@@ -174,6 +192,11 @@ impl UploadMetrics {
             "shoal_upload_active",
             "Chunk uploads in progress",
             self.active.clone(),
+        );
+        registry.register(
+            "shoal_upload_have_streams",
+            "Have streams served to peers now",
+            self.have_streams.clone(),
         );
     }
 
@@ -236,6 +259,9 @@ mod tests {
         assert!(text.contains("shoal_swarm_chunk_failures_total{reason=\"hash\"} 1"));
         assert!(text.contains("shoal_upload_sent_bytes_total 7"));
         assert!(text.contains("shoal_swarm_fetch_seconds_bucket"));
+        assert!(text.contains("shoal_swarm_have_streams 0"));
+        assert!(text.contains("shoal_swarm_have_updates_total 0"));
+        assert!(text.contains("shoal_upload_have_streams 0"));
         // Present at 0 before anything happened.
         assert!(text.contains("shoal_swarm_chunk_failures_total{reason=\"overdue\"} 0"));
         assert!(text.contains("shoal_swarm_blob_fetches_total{reason=\"error\"} 0"));

@@ -11,6 +11,10 @@
 //!
 //! Error bodies are [`crate::tracker::proto::ErrorBody`] JSON.
 //!
+//! `GET /v1/blobs/<digest>/have` (same listener, same certificates) is a node's have stream
+//! of a blob it downloads or holds: its state at once, then each change ([`have`]); `404`
+//! for a blob it neither holds nor downloads, `503` past `max_have_streams` streams.
+//!
 //! The server side is [`router`] (serving from a [`ChunkProvider`], e.g. the
 //! [`crate::cache::BlobCache`]), limited by [`UploadLimits`] and measured by [`UploadMeter`];
 //! the client side is [`PeerClient`], a [`PeerFetcher`].
@@ -20,6 +24,9 @@
 //! answers `0..0` and `n..n` with `Some` for every `n` up to the blob's size.
 
 mod client;
+pub mod have;
+#[cfg(test)]
+mod have_tests;
 mod limit;
 mod server;
 #[cfg(any(test, feature = "test-pki"))]
@@ -39,6 +46,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 
 use crate::digest::Digest;
 
@@ -59,7 +67,19 @@ pub trait ChunkProvider: Send + Sync {
     /// The bytes `range` of blob `digest` if every one of them is held and verified, else
     /// `None`. Blocking (small file-system calls): called from a blocking thread.
     fn open(&self, digest: &Digest, range: Range<u64>) -> Option<Held>;
+
+    /// The have stream's feed of blob `digest` ([`have`]): `None` when the provider neither
+    /// holds it (with a known chunk count) nor downloads it. Not blocking. By default
+    /// `None` (a plain cache does not know chunk counts).
+    fn have(&self, digest: &Digest) -> Option<have::HaveFeed> {
+        let _ = digest;
+        None
+    }
 }
+
+/// A peer's have stream of one blob, decoded ([`PeerFetcher::have_stream`]); it ends after
+/// a `done` line or when the peer ends it, and with an error on bad input.
+pub type HaveLines = BoxStream<'static, Result<have::HaveUpdate, PeerError>>;
 
 /// Why a chunk could not be fetched from a peer.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +93,9 @@ pub enum PeerError {
         start: u64,
         end: u64,
     },
+    /// The peer has no have stream of `digest` (it neither holds nor downloads it).
+    #[error("peer {peer}: no have stream of {digest}")]
+    NoHave { peer: SocketAddr, digest: Digest },
     /// Connecting, TLS, sending or receiving failed for `digest` bytes `start..end`.
     #[error("peer {peer}: {digest} bytes {start}..{end}: {}", crate::error::Chain(&**.source))]
     Transport {
@@ -109,5 +132,22 @@ pub trait PeerFetcher: Send + Sync {
         range: Range<u64>,
     ) -> BoxFuture<'a, Result<Bytes, PeerError>> {
         self.fetch(peer, digest, range)
+    }
+
+    /// Opens the have stream of blob `digest` (of `chunks` chunks) at the node at `peer`.
+    /// By default refused (a fetcher without have streams).
+    fn have_stream<'a>(
+        &'a self,
+        peer: SocketAddr,
+        digest: &'a Digest,
+        chunks: u32,
+    ) -> BoxFuture<'a, Result<HaveLines, PeerError>> {
+        let _ = (digest, chunks);
+        Box::pin(async move {
+            Err(PeerError::BadResponse {
+                peer,
+                reason: "no have streams".into(),
+            })
+        })
     }
 }

@@ -15,7 +15,10 @@
 //!   blob. The whole blob is checked against its digest before it is committed to the cache.
 //! - Chunks are announced to the trackers as they arrive, so a half-done node seeds too; the
 //!   node's chunk server ([`crate::peer::router`]) serves them through [`Swarm`]'s
-//!   [`ChunkProvider`] implementation (downloads in progress, then the cache).
+//!   [`ChunkProvider`] implementation (downloads in progress, then the cache), and so are
+//!   their have streams: a download subscribes to the have streams of up to
+//!   [`SwarmConfig::have_peers`] of the nodes its peer lists name, and takes each line as
+//!   that peer's state ([`subscribe`]).
 //! - A download is from one registry, its origin: the registry of the image that started it,
 //!   whose extension made the chunk manifest; the blob is committed to the cache as known
 //!   from it. A fetch for a client of shoald's mirror ([`Reader::Client`]) of another
@@ -36,11 +39,14 @@ mod download;
 mod error;
 mod fetch;
 #[cfg(test)]
+mod have_tests;
+#[cfg(test)]
 mod origin_tests;
 pub mod planner;
 #[cfg(test)]
 mod planner_tests;
 mod scheduler;
+mod subscribe;
 #[cfg(test)]
 mod tests;
 
@@ -58,6 +64,7 @@ use crate::cache::{BlobCache, CachingSource};
 use crate::chunk::ChunkManifest;
 use crate::digest::Digest;
 use crate::metrics::SwarmMetrics;
+use crate::peer::have::HaveFeed;
 use crate::peer::{ChunkProvider, Held, PeerFetcher};
 use crate::reference::ImageReference;
 use crate::registry::BlobStream;
@@ -100,6 +107,9 @@ pub struct SwarmConfig {
     /// How long to wait for a chunk manifest before fetching the blob whole from the
     /// registry. Default 30 s.
     pub manifest_timeout: Duration,
+    /// Have streams a download keeps open to the nodes its peer lists name (their state as
+    /// it changes, instead of at the next peer list). Default 16; 0 turns them off.
+    pub have_peers: usize,
 }
 
 impl SwarmConfig {
@@ -117,9 +127,13 @@ impl SwarmConfig {
             announce_interval: Duration::from_secs(1),
             peer_refresh: Duration::from_millis(500),
             manifest_timeout: Duration::from_secs(30),
+            have_peers: DEFAULT_HAVE_PEERS,
         }
     }
 }
+
+/// Have streams a download keeps open by default ([`SwarmConfig::have_peers`]).
+pub const DEFAULT_HAVE_PEERS: usize = 16;
 
 /// Least time between two announces. A chunk is relayed only once the others know it is
 /// here (this node's announce, then their peer refresh), so each hop of a chunk through the
@@ -482,6 +496,30 @@ impl ChunkProvider for Swarm {
             }
         }
         self.inner.cache.open(digest, range)
+    }
+
+    /// A download in progress streams its state; a cached blob whose chunk manifest is known
+    /// gives one `done` line; anything else has no have stream.
+    fn have(&self, digest: &Digest) -> Option<HaveFeed> {
+        let download = self
+            .inner
+            .downloads
+            .get(digest)
+            .and_then(|c| c.get().cloned().flatten());
+        if let Some(download) = download {
+            return Some(download.have_feed());
+        }
+        let chunks = self
+            .inner
+            .seeded
+            .lock()
+            .expect("lock")
+            .get(digest)
+            .copied()?;
+        self.inner
+            .cache
+            .contains(digest)
+            .then(|| HaveFeed::complete(chunks))
     }
 }
 

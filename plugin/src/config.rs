@@ -35,6 +35,10 @@
 //! upload_bytes_per_sec = 0    # default 0 = unlimited: this node's total upload rate
 //! chunks_in_flight = 8        # default 8: chunk requests in flight per blob
 //! chunks_per_peer = 2         # default 2: chunk requests in flight per peer, per blob
+//! have_peers = 16             # default 16: have streams a download keeps open to peers
+//!                             # (their chunks as they arrive); 0 = off (peer lists only)
+//! max_have_streams = 256      # default 256, at least 1: have streams served at once
+//!                             # (more get "busy")
 //! [swarm.tls]                 # required when enabled, unless insecure_plaintext
 //! ca = "/etc/shoal/ca.pem"    # the cluster CA: the only issuer trusted for peers and trackers
 //! cert = "/etc/shoal/node.pem"
@@ -227,6 +231,10 @@ pub struct SwarmSection {
     pub chunks_in_flight: usize,
     #[serde(default = "default_chunks_per_peer")]
     pub chunks_per_peer: usize,
+    #[serde(default = "default_have_peers")]
+    pub have_peers: usize,
+    #[serde(default = "default_max_have_streams")]
+    pub max_have_streams: usize,
 }
 
 fn default_swarm_listen() -> SocketAddr {
@@ -245,6 +253,14 @@ fn default_chunks_per_peer() -> usize {
     2
 }
 
+fn default_have_peers() -> usize {
+    shoal_p2p::swarm::DEFAULT_HAVE_PEERS
+}
+
+fn default_max_have_streams() -> usize {
+    shoal_p2p::peer::have::DEFAULT_MAX_HAVE_STREAMS
+}
+
 impl Default for SwarmSection {
     fn default() -> Self {
         Self {
@@ -259,6 +275,8 @@ impl Default for SwarmSection {
             upload_bytes_per_sec: 0,
             chunks_in_flight: default_chunks_in_flight(),
             chunks_per_peer: default_chunks_per_peer(),
+            have_peers: default_have_peers(),
+            max_have_streams: default_max_have_streams(),
         }
     }
 }
@@ -447,9 +465,14 @@ impl Config {
                     )));
                 }
             }
-            if swarm.max_uploads == 0 || swarm.chunks_in_flight == 0 || swarm.chunks_per_peer == 0 {
+            if swarm.max_uploads == 0
+                || swarm.chunks_in_flight == 0
+                || swarm.chunks_per_peer == 0
+                || swarm.max_have_streams == 0
+            {
                 return Err(invalid(
-                    "swarm.max_uploads, chunks_in_flight and chunks_per_peer must be at least 1"
+                    "swarm.max_uploads, chunks_in_flight, chunks_per_peer and max_have_streams \
+                     must be at least 1"
                         .into(),
                 ));
             }

@@ -159,6 +159,8 @@ pub async fn serve(
         provider,
         UploadLimits {
             max_uploads: config.seed.max_uploads,
+            // The seeder has no have streams (its provider answers `404`).
+            max_have_streams: shoal_p2p::peer::have::DEFAULT_MAX_HAVE_STREAMS,
             bytes_per_sec: config.seed.upload_bytes_per_sec,
         },
         upload_metrics,

@@ -59,6 +59,8 @@ pub(crate) struct NodeSetup<'a> {
     pub tracker: Option<String>,
     pub unpack_concurrency: usize,
     pub extra_shoald_config: &'a str,
+    /// Added to a swarm node's `[swarm]` section.
+    pub swarm_config: &'a str,
     /// Appended to this node's shoald config.
     pub node_config: String,
     /// Where to link containerd's socket once it runs.
@@ -111,9 +113,10 @@ impl Node {
                 "[metrics]\nlisten = \"{ip}:{METRICS_PORT}\"\n\
                  [swarm]\nenabled = true\nnode_name = {name:?}\n\
                  listen = \"0.0.0.0:{PEER_PORT}\"\nadvertise = \"{ip}:{PEER_PORT}\"\n\
-                 trackers = [{tracker:?}]\n\
+                 trackers = [{tracker:?}]\n{swarm}\n\
                  [swarm.tls]\n{tls}",
                 name = setup.name,
+                swarm = setup.swarm_config,
                 tls = certs.toml(),
             ));
             paths = Some(certs);

@@ -9,7 +9,8 @@ use futures::future::BoxFuture;
 use reqwest::header;
 use reqwest::StatusCode;
 
-use super::{PeerError, PeerFetcher};
+use super::have::{HaveDecoder, HAVE_CONTENT_TYPE};
+use super::{HaveLines, PeerError, PeerFetcher};
 use crate::digest::Digest;
 use crate::tls::{Expect, TlsError, Transport};
 use crate::tracker::proto::ErrorBody;
@@ -18,6 +19,8 @@ use crate::tracker::proto::ErrorBody;
 const MAX_ERROR_BODY: usize = 4096;
 /// Most bytes reserved up front for a body (a chunk is at most 64 MiB).
 const MAX_PREALLOC: u64 = crate::chunk::MAX_CHUNK_SIZE;
+/// How long a have stream may stay open (it ends with its download long before).
+const HAVE_STREAM_LIMIT: Duration = Duration::from_secs(24 * 3600);
 
 /// Fetches chunks from peers' chunk servers over the swarm [`Transport`]: from nodes (any
 /// certificate with a role) or from the registry side's seeder (a registry-side certificate
@@ -135,6 +138,98 @@ impl PeerClient {
         }
         Ok(body.freeze())
     }
+
+    async fn open_have_stream(
+        &self,
+        peer: SocketAddr,
+        digest: &Digest,
+        chunks: u32,
+    ) -> Result<HaveLines, PeerError> {
+        let url = format!("{}://{peer}/v1/blobs/{digest}/have", self.scheme);
+        let transport = |e: reqwest::Error| PeerError::Transport {
+            peer,
+            digest: digest.clone(),
+            start: 0,
+            end: 0,
+            source: Box::new(e),
+        };
+        let bad = |reason: String| PeerError::BadResponse {
+            peer,
+            reason: format!("{digest} have stream: {reason}"),
+        };
+        let mut response = self
+            .http
+            .get(&url)
+            .timeout(HAVE_STREAM_LIMIT)
+            .send()
+            .await
+            .map_err(transport)?;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::SERVICE_UNAVAILABLE => return Err(PeerError::Busy { peer }),
+            StatusCode::NOT_FOUND => {
+                return Err(PeerError::NoHave {
+                    peer,
+                    digest: digest.clone(),
+                })
+            }
+            status => {
+                let mut body = Vec::new();
+                while body.len() < MAX_ERROR_BODY {
+                    match response.chunk().await {
+                        Ok(Some(c)) => body.extend_from_slice(&c),
+                        _ => break,
+                    }
+                }
+                return Err(bad(format!("status {status}: {}", error_text(&body))));
+            }
+        }
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !content_type.starts_with(HAVE_CONTENT_TYPE) {
+            return Err(bad(format!("content type {content_type:?}")));
+        }
+        let digest = digest.clone();
+        let start = (response, HaveDecoder::new(chunks), false);
+        let lines = futures::stream::unfold(start, move |(mut response, mut decoder, ended)| {
+            let digest = digest.clone();
+            async move {
+                if ended {
+                    return None;
+                }
+                let bad = |reason: String| PeerError::BadResponse {
+                    peer,
+                    reason: format!("{digest} have stream: {reason}"),
+                };
+                loop {
+                    let failed = match decoder.next_line() {
+                        Ok(Some(update)) => return Some((Ok(update), (response, decoder, false))),
+                        Ok(None) => match response.chunk().await {
+                            Ok(Some(piece)) => {
+                                decoder.push(&piece);
+                                continue;
+                            }
+                            Ok(None) if decoder.pending() == 0 => return None,
+                            Ok(None) => bad("ends inside a line".into()),
+                            Err(e) => PeerError::Transport {
+                                peer,
+                                digest: digest.clone(),
+                                start: 0,
+                                end: 0,
+                                source: Box::new(e),
+                            },
+                        },
+                        Err(e) => bad(e.to_string()),
+                    };
+                    return Some((Err(failed), (response, decoder, true)));
+                }
+            }
+        });
+        Ok(Box::pin(lines))
+    }
 }
 
 impl PeerFetcher for PeerClient {
@@ -154,5 +249,14 @@ impl PeerFetcher for PeerClient {
         range: Range<u64>,
     ) -> BoxFuture<'a, Result<Bytes, PeerError>> {
         Box::pin(self.fetch_range(&self.seeder_http, peer, digest, range))
+    }
+
+    fn have_stream<'a>(
+        &'a self,
+        peer: SocketAddr,
+        digest: &'a Digest,
+        chunks: u32,
+    ) -> BoxFuture<'a, Result<HaveLines, PeerError>> {
+        Box::pin(self.open_have_stream(peer, digest, chunks))
     }
 }

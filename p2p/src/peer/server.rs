@@ -1,4 +1,6 @@
-//! The chunk server: `GET /v1/blobs/<digest>` with one byte range (see [`crate::peer`]).
+//! The chunk server: `GET /v1/blobs/<digest>` with one byte range, and
+//! `GET /v1/blobs/<digest>/have`, the blob's have stream (see [`crate::peer`] and
+//! [`super::have`]).
 
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
@@ -12,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 
+use super::have::{HaveSlots, HAVE_COALESCE, HAVE_CONTENT_TYPE};
 use super::limit::{SlotGuard, TokenBucket, UploadMeter};
 use super::{ChunkProvider, Held};
 use crate::cache::BlobCache;
@@ -31,6 +34,8 @@ pub struct UploadLimits {
     pub max_uploads: usize,
     /// Total upload bandwidth of the server in bytes/s; 0 = unlimited.
     pub bytes_per_sec: u64,
+    /// Have streams served at once; more are refused with `503` at once.
+    pub max_have_streams: usize,
 }
 
 struct Server {
@@ -38,13 +43,15 @@ struct Server {
     meter: UploadMeter,
     bucket: Option<Arc<TokenBucket>>,
     metrics: UploadMetrics,
+    have_slots: HaveSlots,
 }
 
-/// The chunk server's router: only `GET /v1/blobs/{digest}`, so it can be merged into another
-/// router. Serves from `provider`, at most `limits.max_uploads` at once and
-/// `limits.bytes_per_sec` in total, to node certificates only (a registry-side certificate
-/// gets `403`: the registry side never fetches chunks). The returned [`UploadMeter`] measures
-/// what it sends.
+/// The chunk server's router: only `GET /v1/blobs/{digest}` and `GET
+/// /v1/blobs/{digest}/have`, so it can be merged into another router. Serves from
+/// `provider`, at most `limits.max_uploads` chunks at once and `limits.bytes_per_sec` in
+/// total, and at most `limits.max_have_streams` have streams, to node certificates only (a
+/// registry-side certificate gets `403`: the registry side never fetches chunks). The
+/// returned [`UploadMeter`] measures what it sends.
 pub fn router(
     provider: Arc<dyn ChunkProvider>,
     limits: UploadLimits,
@@ -57,10 +64,12 @@ pub fn router(
         provider,
         meter: meter.clone(),
         bucket,
+        have_slots: HaveSlots::new(limits.max_have_streams, metrics.have_streams.clone()),
         metrics,
     });
     let router = axum::Router::new()
         .route("/v1/blobs/{digest}", get(serve_blob))
+        .route("/v1/blobs/{digest}/have", get(serve_have))
         .with_state(server);
     (require_roles(router, &[Role::Node]), meter)
 }
@@ -102,6 +111,12 @@ pub(crate) enum Refusal {
         start: u64,
         end: u64,
     },
+    /// Every have-stream slot is taken (`Retry-After: 1`).
+    #[error("too many have streams")]
+    HaveBusy,
+    /// No have stream of a blob the node neither holds nor downloads.
+    #[error("{digest} not held")]
+    NoHave { digest: Digest },
     /// Opening the held bytes failed (logged; the client only learns it was internal).
     #[error("{digest}: internal error")]
     Internal { digest: Digest },
@@ -117,8 +132,8 @@ impl Refusal {
             | Refusal::SeveralRanges { .. }
             | Refusal::RangeNotAscii { .. }
             | Refusal::BadRange { .. } => StatusCode::BAD_REQUEST,
-            Refusal::Busy => StatusCode::SERVICE_UNAVAILABLE,
-            Refusal::NotHeld { .. } => StatusCode::NOT_FOUND,
+            Refusal::Busy | Refusal::HaveBusy => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::NotHeld { .. } | Refusal::NoHave { .. } => StatusCode::NOT_FOUND,
             Refusal::PastEnd { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Refusal::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -127,8 +142,8 @@ impl Refusal {
     /// The `result` label of the chunk-request metric.
     fn result(&self) -> &'static str {
         match self {
-            Refusal::Busy => "busy",
-            Refusal::NotHeld { .. } => "not_held",
+            Refusal::Busy | Refusal::HaveBusy => "busy",
+            Refusal::NotHeld { .. } | Refusal::NoHave { .. } => "not_held",
             Refusal::Internal { .. } => "error",
             _ => "bad_request",
         }
@@ -269,6 +284,46 @@ async fn serve(
     if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/*", range.start, range.end - 1)) {
         h.insert(header::CONTENT_RANGE, v);
     }
+    Ok(response)
+}
+
+/// `GET /v1/blobs/{digest}/have`: the blob's have stream ([`super::have`]). Its refusals
+/// are not counted as chunk requests.
+async fn serve_have(
+    State(server): State<Arc<Server>>,
+    digest: Result<Path<String>, PathRejection>,
+) -> Response {
+    match have_stream(&server, digest) {
+        Ok(response) => response,
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+fn have_stream(
+    server: &Server,
+    digest: Result<Path<String>, PathRejection>,
+) -> Result<Response, Refusal> {
+    let Path(digest) = digest?;
+    let digest: Digest = digest.parse()?;
+    let Some(feed) = server.provider.have(&digest) else {
+        return Err(Refusal::NoHave { digest });
+    };
+    let Some(slot) = server.have_slots.try_acquire() else {
+        return Err(Refusal::HaveBusy);
+    };
+    let lines = feed.lines(HAVE_COALESCE);
+    let body = futures::StreamExt::map(lines, move |line| {
+        // The slot is held for as long as the body is.
+        let _held = &slot;
+        Ok::<_, std::convert::Infallible>(line)
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(HAVE_CONTENT_TYPE),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }
 

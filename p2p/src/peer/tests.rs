@@ -14,17 +14,17 @@ use crate::cache::BlobCache;
 use crate::metrics::{ReasonLabel, UploadMetrics};
 use crate::tls::Transport;
 
-const TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running chunk server; stops when dropped.
-struct Running {
-    addr: SocketAddr,
+pub(super) struct Running {
+    pub(super) addr: SocketAddr,
     meter: UploadMeter,
-    metrics: UploadMetrics,
+    pub(super) metrics: UploadMetrics,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-async fn serve(
+pub(super) async fn serve(
     transport: &Transport,
     provider: Arc<dyn ChunkProvider>,
     limits: UploadLimits,
@@ -96,9 +96,10 @@ async fn cluster(len: usize, limits: UploadLimits) -> Cluster {
     }
 }
 
-const OPEN: UploadLimits = UploadLimits {
+pub(super) const OPEN: UploadLimits = UploadLimits {
     max_uploads: 4,
     bytes_per_sec: 0,
+    max_have_streams: 8,
 };
 
 fn count(metrics: &UploadMetrics, result: &'static str) -> u64 {
@@ -187,6 +188,7 @@ async fn busy_when_every_slot_is_taken() {
     let limits = UploadLimits {
         max_uploads: 1,
         bytes_per_sec: 0,
+        max_have_streams: 8,
     };
     // Far more than the socket buffers hold, so an unread response keeps its slot.
     let c = cluster(32 << 20, limits).await;
@@ -261,6 +263,7 @@ async fn the_bandwidth_limit_paces_uploads_and_stats_measure_them() {
     let limits = UploadLimits {
         max_uploads: 4,
         bytes_per_sec: 2 << 20,
+        max_have_streams: 8,
     };
     let c = cluster(1 << 20, limits).await;
     assert_eq!(c.server.meter.stats().capacity_bytes_per_sec, 2 << 20);
@@ -366,10 +369,10 @@ async fn an_unreachable_peer_is_a_transport_error() {
 }
 
 /// A canned answer of a test peer.
-type Answer = fn() -> axum::response::Response;
+pub(super) type Answer = fn() -> axum::response::Response;
 
 /// A peer answering every request with `answer()`, over plaintext.
-async fn liar(answer: Answer) -> Running {
+pub(super) async fn liar(answer: Answer) -> Running {
     let metrics = UploadMetrics::default();
     let meter = UploadMeter::new(1, 0, metrics.clone());
     let router = axum::Router::new().fallback(move || async move { answer() });

@@ -16,6 +16,7 @@ use super::SwarmError;
 use crate::cache::PartialFile;
 use crate::chunk::ChunkManifest;
 use crate::digest::Digest;
+use crate::peer::have::{HaveFeed, HaveState};
 use crate::peer::Held;
 use crate::reference::ImageReference;
 use crate::registry::{BlobStream, RegistryError};
@@ -49,7 +50,8 @@ pub(crate) struct Download {
     /// Taken by the scheduler to commit.
     partial: Mutex<Option<PartialFile>>,
     state: Mutex<State>,
-    /// Bumped whenever a chunk arrives or the download ends.
+    /// Bumped whenever a chunk arrives, the chunks being fetched change, or the download
+    /// ends.
     changed: watch::Sender<u64>,
     pub(crate) started: Instant,
 }
@@ -155,9 +157,38 @@ impl Download {
     /// Records the chunks being fetched now; true if it names a chunk it did not before.
     pub(crate) fn set_fetching(&self, fetching: ChunkSet) -> bool {
         let mut state = self.state.lock().expect("lock");
+        if state.fetching == fetching {
+            return false;
+        }
         let grew = fetching.iter().any(|i| !state.fetching.contains(i));
         state.fetching = fetching;
+        drop(state);
+        // For the have streams.
+        self.changed.send_modify(|v| *v += 1);
         grew
+    }
+
+    /// The state the download's have streams report.
+    pub(crate) fn have_state(&self) -> HaveState {
+        let state = self.state.lock().expect("lock");
+        match &state.ended {
+            Some(Ok(())) => HaveState::Done,
+            Some(Err(_)) => HaveState::Ended,
+            None => HaveState::Progress {
+                have: state.held.clone(),
+                fetching: state.fetching.clone(),
+            },
+        }
+    }
+
+    /// The have feed of this download (for the chunk server).
+    pub(crate) fn have_feed(self: &Arc<Self>) -> HaveFeed {
+        let download = self.clone();
+        HaveFeed::live(
+            self.manifest.chunks.len() as u32,
+            self.changed.subscribe(),
+            Box::new(move || download.have_state()),
+        )
     }
 
     /// Writes verified chunk `index` (blocking) and marks it held; false (nothing written)

@@ -4,7 +4,9 @@
 //! registry just because the list was late, then every `peer_refresh`), carries out the
 //! planner's [`Action`]s as tasks ([`super::fetch`]), feeds every chunk and every request's
 //! end back to it, publishes the chunks in flight for the announce, keeps the node-wide
-//! seeder slots and peer speeds, and counts it all in the metrics.
+//! seeder slots and peer speeds, and counts it all in the metrics. It also keeps the
+//! download's have-stream subscriptions ([`super::subscribe`]): each line is given to the
+//! planner as that peer's state at once (and the planner plans again).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,8 +21,10 @@ use super::error::RequestError;
 use super::planner::{
     Action, DropReason, Failure, PeerInfo, Planner, PlannerConfig, ReqId, SeederBudget,
 };
+use super::subscribe::{self, Subscriptions};
 use super::{Swarm, SwarmError};
 use crate::digest::Digest;
+use crate::peer::have::HaveUpdate;
 use crate::single_flight::Entry;
 use crate::tracker::{ChunkSet, PeerEntry, TrackerError, SEEDER_ID_PREFIX};
 
@@ -52,6 +56,11 @@ pub(super) enum Event {
     End { req: ReqId, ended: Ended },
     /// A peer list (or why there is none).
     Peers(Result<Vec<PeerEntry>, TrackerError>),
+    /// A line of peer `peer`'s have stream: its state now.
+    Have { peer: String, update: HaveUpdate },
+    /// Peer `peer`'s have stream ended (after its lines): with `done` (it holds the whole
+    /// blob) or not (refused, failed, or its download ended).
+    HaveEnded { peer: String, done: bool },
 }
 
 /// A request's task, and the seeder slot it holds, if any.
@@ -71,6 +80,9 @@ pub(crate) async fn run(swarm: Swarm, download: Arc<Download>, entry: Entry<Dige
     let result = scheduler.run().await;
     scheduler.cancel_all();
     let metrics = &swarm.inner().metrics;
+    metrics
+        .have_streams
+        .dec_by(scheduler.subscriptions.close_all() as i64);
     metrics.peers.dec_by(scheduler.peer_count as i64);
     let result = match result {
         Ok(()) => {
@@ -130,6 +142,7 @@ struct Scheduler {
     events_rx: mpsc::UnboundedReceiver<Event>,
     refreshing: bool,
     last_refresh: Instant,
+    subscriptions: Subscriptions,
 }
 
 impl Scheduler {
@@ -149,6 +162,7 @@ impl Scheduler {
         };
         let mut rng = fastrand::Rng::new();
         let planner = Planner::new(planner_config, n, now, &mut rng);
+        let subscriptions = Subscriptions::new(config.have_peers);
         Self {
             swarm,
             download,
@@ -161,6 +175,7 @@ impl Scheduler {
             events_rx,
             refreshing: false,
             last_refresh: now,
+            subscriptions,
         }
     }
 
@@ -226,6 +241,18 @@ impl Scheduler {
                     Ok(list) => self.update_peers(list),
                     Err(e) => tracing::debug!(blob = %self.download.digest(), "peer list: {e}"),
                 }
+                self.subscribe_more();
+                return Ok(());
+            }
+            Event::Have { peer, update } => {
+                self.have_line(peer, update);
+                return Ok(());
+            }
+            Event::HaveEnded { peer, done } => {
+                if self.subscriptions.ended(&peer, done, now) {
+                    self.swarm.inner().metrics.have_streams.dec();
+                }
+                self.subscribe_more();
                 return Ok(());
             }
             Event::Chunk {
@@ -308,7 +335,8 @@ impl Scheduler {
         let speeds = self.swarm.inner().peer_speed.lock().expect("lock").clone();
         let mut infos = Vec::with_capacity(list.len());
         for entry in list {
-            if entry.peer_id == *me {
+            // A subscribed peer's stream is newer than the trackers' entry.
+            if entry.peer_id == *me || self.subscriptions.ignores(&entry.peer_id) {
                 continue;
             }
             let have = match entry.set() {
@@ -327,8 +355,12 @@ impl Scheduler {
                 .ok()
                 .filter(|f| f.len() == self.n)
                 .unwrap_or_else(|| ChunkSet::empty(self.n));
+            let seeder = entry.peer_id.starts_with(SEEDER_ID_PREFIX);
+            if !seeder {
+                self.subscriptions.listed(&entry.peer_id, entry.addr);
+            }
             infos.push(PeerInfo {
-                seeder: entry.peer_id.starts_with(SEEDER_ID_PREFIX),
+                seeder,
                 speed: speeds.get(&entry.addr).copied(),
                 id: entry.peer_id,
                 addr: entry.addr,
@@ -339,6 +371,49 @@ impl Scheduler {
         let added = self.planner.peers(infos);
         self.peer_count += added;
         self.swarm.inner().metrics.peers.inc_by(added as i64);
+    }
+
+    /// Opens have streams to fill the free subscription slots.
+    fn subscribe_more(&mut self) {
+        for (peer, addr) in self.subscriptions.due(Instant::now()) {
+            let task = tokio::spawn(subscribe::subscribe(
+                self.swarm.clone(),
+                self.download.clone(),
+                peer.clone(),
+                addr,
+                self.events_tx.clone(),
+            ));
+            self.subscriptions.started(peer, addr, task.abort_handle());
+            self.swarm.inner().metrics.have_streams.inc();
+        }
+    }
+
+    /// A have-stream line: `peer`'s state, replacing the planner's view of it at once.
+    fn have_line(&mut self, peer: String, update: HaveUpdate) {
+        let Some(addr) = self.subscriptions.line(&peer) else {
+            return; // the subscription was closed meanwhile
+        };
+        let metrics = &self.swarm.inner().metrics;
+        metrics.have_updates.inc();
+        let speed = self
+            .swarm
+            .inner()
+            .peer_speed
+            .lock()
+            .expect("lock")
+            .get(&addr)
+            .copied();
+        let info = PeerInfo {
+            id: peer,
+            addr,
+            seeder: false,
+            have: update.have,
+            fetching: update.fetching,
+            speed,
+        };
+        let added = self.planner.peers(vec![info]);
+        self.peer_count += added;
+        metrics.peers.inc_by(added as i64);
     }
 
     fn execute(&mut self, actions: Vec<Action>) {
@@ -398,16 +473,21 @@ impl Scheduler {
                     self.tasks.insert(req, task);
                 }
                 Action::Cancel { req } => self.cancel(req),
-                Action::Drop { peer, addr, reason } => match reason {
-                    DropReason::Corrupt => {
-                        tracing::warn!(peer = %peer, addr = %addr, blob = %self.download.digest(), "chunk failed its hash; peer dropped for this blob");
-                        self.swarm.inner().metrics.peers_dropped.inc();
+                Action::Drop { peer, addr, reason } => {
+                    if self.subscriptions.dropped(&peer) {
+                        self.swarm.inner().metrics.have_streams.dec();
                     }
-                    DropReason::Failing => {
-                        tracing::info!(peer = %peer, addr = %addr, blob = %self.download.digest(), "peer failing; dropped for this blob");
-                        self.swarm.inner().metrics.peers_dropped.inc();
+                    match reason {
+                        DropReason::Corrupt => {
+                            tracing::warn!(peer = %peer, addr = %addr, blob = %self.download.digest(), "chunk failed its hash; peer dropped for this blob");
+                            self.swarm.inner().metrics.peers_dropped.inc();
+                        }
+                        DropReason::Failing => {
+                            tracing::info!(peer = %peer, addr = %addr, blob = %self.download.digest(), "peer failing; dropped for this blob");
+                            self.swarm.inner().metrics.peers_dropped.inc();
+                        }
                     }
-                },
+                }
             }
         }
     }

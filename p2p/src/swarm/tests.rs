@@ -13,7 +13,8 @@ use futures::TryStreamExt;
 
 use super::*;
 use crate::chunk::ChunkManifestBuilder;
-use crate::peer::PeerError;
+use crate::peer::have::HaveUpdate;
+use crate::peer::{HaveLines, PeerError};
 use crate::source::{Credentials, RecordingSource};
 use crate::tracker::{MemoryTracker, PeerEntry};
 
@@ -32,7 +33,7 @@ pub(super) const CHUNK: u64 = 64 << 10;
 
 /// How a fake peer answers.
 #[derive(Clone, Copy, PartialEq)]
-enum Behaviour {
+pub(super) enum Behaviour {
     Good,
     /// Flips a byte of every chunk.
     Corrupt,
@@ -45,23 +46,41 @@ enum Behaviour {
 /// A fake peer: how it behaves and the blobs it holds.
 type FakePeer = (Behaviour, HashMap<Digest, Vec<u8>>);
 
+/// What a fake peer's have stream does.
+pub(super) enum FakeHave {
+    /// Sends each value the test sets (the current one first); ends after a `done` one.
+    Lines(tokio::sync::watch::Receiver<HaveUpdate>),
+    /// Opens, then fails at once.
+    Fails,
+    /// Opens and never sends a line.
+    Silent,
+}
+
 /// Peers at fake addresses holding whole blobs in memory.
 #[derive(Default)]
-struct FakePeers {
+pub(super) struct FakePeers {
     peers: Mutex<HashMap<SocketAddr, FakePeer>>,
+    /// Have streams, per peer (a peer without one answers "not held").
+    haves: Mutex<HashMap<SocketAddr, FakeHave>>,
+    /// Have streams asked for, per peer.
+    pub(super) have_asks: Mutex<HashMap<SocketAddr, usize>>,
     served: Mutex<HashMap<SocketAddr, u64>>,
     /// Requests in progress and the most seen at once, per peer.
     concurrent: Mutex<HashMap<SocketAddr, (usize, usize)>>,
 }
 
 impl FakePeers {
-    fn add(&self, addr: SocketAddr, behaviour: Behaviour, data: &[u8]) {
+    pub(super) fn set_have(&self, addr: SocketAddr, have: FakeHave) {
+        self.haves.lock().unwrap().insert(addr, have);
+    }
+
+    pub(super) fn add(&self, addr: SocketAddr, behaviour: Behaviour, data: &[u8]) {
         let mut peers = self.peers.lock().unwrap();
         let entry = peers.entry(addr).or_insert((behaviour, HashMap::new()));
         entry.1.insert(Digest::of(data), data.to_vec());
     }
 
-    fn served(&self, addr: SocketAddr) -> u64 {
+    pub(super) fn served(&self, addr: SocketAddr) -> u64 {
         self.served.lock().unwrap().get(&addr).copied().unwrap_or(0)
     }
 
@@ -127,6 +146,47 @@ impl PeerFetcher for FakePeers {
             Ok(Bytes::from(bytes))
         })
     }
+
+    fn have_stream<'a>(
+        &'a self,
+        peer: SocketAddr,
+        digest: &'a Digest,
+        _chunks: u32,
+    ) -> BoxFuture<'a, Result<HaveLines, PeerError>> {
+        Box::pin(async move {
+            *self.have_asks.lock().unwrap().entry(peer).or_default() += 1;
+            let lines: HaveLines = match self.haves.lock().unwrap().get(&peer) {
+                None => {
+                    return Err(PeerError::NoHave {
+                        peer,
+                        digest: digest.clone(),
+                    })
+                }
+                Some(FakeHave::Fails) => {
+                    Box::pin(futures::stream::iter([Err(PeerError::BadResponse {
+                        peer,
+                        reason: "a malformed line".into(),
+                    })]))
+                }
+                Some(FakeHave::Silent) => Box::pin(futures::stream::pending()),
+                Some(FakeHave::Lines(rx)) => {
+                    let start = (rx.clone(), true, false);
+                    Box::pin(futures::stream::unfold(
+                        start,
+                        |(mut rx, first, ended)| async move {
+                            if ended || (!first && rx.changed().await.is_err()) {
+                                return None;
+                            }
+                            let update = rx.borrow_and_update().clone();
+                            let done = update.done;
+                            Some((Ok(update), (rx, false, done)))
+                        },
+                    ))
+                }
+            };
+            Ok(lines)
+        })
+    }
 }
 
 pub(super) fn blob(len: usize, seed: u32) -> Vec<u8> {
@@ -147,11 +207,11 @@ pub(super) fn manifest_of(data: &[u8]) -> ChunkManifest {
     b.finish(&Digest::of(data)).unwrap()
 }
 
-fn addr(i: u8) -> SocketAddr {
+pub(super) fn addr(i: u8) -> SocketAddr {
     format!("10.0.0.{i}:7070").parse().unwrap()
 }
 
-fn peer_entry(i: u8, data: &[u8]) -> PeerEntry {
+pub(super) fn peer_entry(i: u8, data: &[u8]) -> PeerEntry {
     let m = manifest_of(data);
     let set = ChunkSet::full(m.chunks.len() as u32);
     PeerEntry {
@@ -167,13 +227,13 @@ fn peer_entry(i: u8, data: &[u8]) -> PeerEntry {
 pub(super) struct Rig {
     pub(super) swarm: Swarm,
     pub(super) tracker: Arc<MemoryTracker>,
-    peers: Arc<FakePeers>,
+    pub(super) peers: Arc<FakePeers>,
     pub(super) registry: Arc<RecordingSource>,
     pub(super) image: ImageReference,
     _dir: tempfile::TempDir,
 }
 
-fn rig_in(dir: tempfile::TempDir, config: impl FnOnce(&mut SwarmConfig)) -> Rig {
+pub(super) fn rig_in(dir: tempfile::TempDir, config: impl FnOnce(&mut SwarmConfig)) -> Rig {
     let tracker = Arc::new(MemoryTracker::new());
     let peers = Arc::new(FakePeers::default());
     let registry = Arc::new(RecordingSource::new());
@@ -203,7 +263,7 @@ pub(super) fn rig() -> Rig {
     rig_in(tempfile::tempdir().unwrap(), |_| {})
 }
 
-async fn pull(rig: &Rig, digest: &Digest) -> Vec<u8> {
+pub(super) async fn pull(rig: &Rig, digest: &Digest) -> Vec<u8> {
     let stream = rig.swarm.fetch(&rig.image, digest).await.unwrap();
     let parts: Vec<Bytes> = stream.try_collect().await.unwrap();
     parts.concat()
@@ -220,7 +280,7 @@ pub(super) async fn committed(rig: &Rig, digest: &Digest) {
     panic!("{digest} never committed");
 }
 
-fn received(rig: &Rig, source: &'static str) -> u64 {
+pub(super) fn received(rig: &Rig, source: &'static str) -> u64 {
     let label = crate::metrics::SourceLabel { source };
     rig.swarm.inner().metrics.bytes.get_or_create(&label).get()
 }

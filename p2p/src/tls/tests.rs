@@ -282,6 +282,7 @@ async fn a_registry_side_certificate_is_not_served_chunks_by_a_node() {
         crate::peer::UploadLimits {
             max_uploads: 1,
             bytes_per_sec: 0,
+            max_have_streams: 1,
         },
         crate::metrics::UploadMetrics::default(),
     );

@@ -46,6 +46,8 @@ fn the_shipped_example_parses_to_the_defaults() {
     assert_eq!(c.swarm.upload_bytes_per_sec, d.swarm.upload_bytes_per_sec);
     assert_eq!(c.swarm.chunks_in_flight, d.swarm.chunks_in_flight);
     assert_eq!(c.swarm.chunks_per_peer, d.swarm.chunks_per_peer);
+    assert_eq!(c.swarm.have_peers, d.swarm.have_peers);
+    assert_eq!(c.swarm.max_have_streams, d.swarm.max_have_streams);
     assert_eq!(c.metrics.listen, d.metrics.listen);
     assert_eq!(c.preheat.coordinator, d.preheat.coordinator);
     assert_eq!(c.preheat.containerd, d.preheat.containerd);
@@ -127,6 +129,19 @@ fn reads_and_checks_the_swarm_section() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("metrics.listen"), "{e}");
+    assert_eq!(c.swarm.have_peers, 16);
+    assert_eq!(c.swarm.max_have_streams, 256);
+    let off = ok.replace("enabled = true", "enabled = true\nhave_peers = 0");
+    assert_eq!(
+        Config::parse(&off, Path::new("x.toml"))
+            .unwrap()
+            .swarm
+            .have_peers,
+        0
+    );
+    let none = ok.replace("enabled = true", "enabled = true\nmax_have_streams = 0");
+    let e = Config::parse(&none, Path::new("x.toml")).unwrap_err();
+    assert!(e.to_string().contains("max_have_streams"), "{e}");
     let bad_adv = ok.replace("enabled = true", "enabled = true\nadvertise = \"host\"");
     let e = Config::parse(&bad_adv, Path::new("x.toml")).unwrap_err();
     assert!(e.to_string().contains("advertise"), "{e}");

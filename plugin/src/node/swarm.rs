@@ -166,6 +166,7 @@ async fn start_swarm(s: &SwarmStarter) -> Result<(Swarm, Vec<JoinHandle<()>>), S
     let mut swarm_config = SwarmConfig::new(node_name.clone(), advertise);
     swarm_config.in_flight = section.chunks_in_flight;
     swarm_config.per_peer_in_flight = section.chunks_per_peer;
+    swarm_config.have_peers = section.have_peers;
     let swarm = Swarm::new(
         swarm_config,
         Arc::new(trackers),
@@ -179,6 +180,7 @@ async fn start_swarm(s: &SwarmStarter) -> Result<(Swarm, Vec<JoinHandle<()>>), S
         UploadLimits {
             max_uploads: section.max_uploads,
             bytes_per_sec: section.upload_bytes_per_sec,
+            max_have_streams: section.max_have_streams,
         },
         s.upload_metrics.clone(),
     );

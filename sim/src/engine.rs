@@ -30,6 +30,7 @@ use crate::net::{FlowId, Net};
 use crate::scenario::Scenario;
 use crate::SimError;
 
+mod have;
 mod requests;
 
 /// The executor's scheduling tick.
@@ -60,6 +61,18 @@ pub struct Outcome {
     pub transport: u64,
     /// Overdue chunks asked again elsewhere.
     pub overdue: u64,
+    /// Have streams opened (asked), refused (busy or no such download), and lines
+    /// delivered (one per subscriber).
+    pub have_opened: u64,
+    pub have_refused: u64,
+    pub have_lines: u64,
+    /// Announces the tracker took, announce rounds skipped for its pacing, peer lists
+    /// answered from the last one for its pacing.
+    pub announces: u64,
+    pub paced_announces: u64,
+    pub reused_lists: u64,
+    /// The swarm's state every `Scenario::sample_every`.
+    pub samples: Vec<Sample>,
     /// Events processed.
     pub events: u64,
     /// Simulated time at the end (s).
@@ -80,6 +93,30 @@ impl Outcome {
     }
 }
 
+/// The swarm's state at one moment (nodes pulling, not finished).
+#[derive(Clone, Debug, Default)]
+pub struct Sample {
+    /// When (s).
+    pub at: f64,
+    /// Nodes pulling now.
+    pub pulling: usize,
+    /// Mean fraction of the image they hold.
+    pub held: f64,
+    /// What all nodes upload, over the sum of their upload caps (finished nodes included).
+    pub upload_use: f64,
+    /// What the pulling nodes download, over the sum of their download caps.
+    pub download_use: f64,
+    /// What the registry side uploads, over its cap.
+    pub registry_use: f64,
+    /// Nodes (all) that upload nothing.
+    pub idle_uploaders: usize,
+    /// Pulling nodes' requests in flight, per node: all, and those with a flow.
+    pub requests: f64,
+    pub flowing: f64,
+    /// Uploads per uploading node.
+    pub uploads_per_uploader: f64,
+}
+
 /// The `p`th percentile (nearest rank) of ascending `sorted`.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -97,6 +134,16 @@ enum Event {
     AnnounceWake(usize, u64),
     /// An announce reaches the tracker.
     Announced(usize, Box<Announced>),
+    /// A node asks another for its have stream of a blob: (asking, blob, asked).
+    HaveAsk(usize, usize, usize),
+    /// A have-stream line reaches its subscribers.
+    HaveLine(Box<have::Line>),
+    /// A have stream ends without `done`: (subscriber, blob, server).
+    HaveEnd(usize, usize, usize),
+    /// A node's coalesced have line of a blob goes out.
+    HaveFlush(usize, usize),
+    /// The swarm's state is sampled.
+    Sample,
     /// A peer-list request reaches the tracker.
     PeersAsked(usize, usize),
     /// A peer list reaches the node.
@@ -108,6 +155,8 @@ enum Event {
 
 #[derive(Debug)]
 struct Announced {
+    /// When the node sent it (s).
+    sent: f64,
     upload: UploadStats,
     blobs: Vec<(usize, ChunkSet, Option<ChunkSet>)>,
 }
@@ -171,6 +220,9 @@ struct Download {
     refreshing: bool,
     last_refresh: f64,
     tasks: HashMap<ReqId, Task>,
+    /// Its have-stream subscriptions, and its own stream's subscribers.
+    subs: have::Subs,
+    served: have::Served,
 }
 
 struct NodeRt {
@@ -181,6 +233,8 @@ struct NodeRt {
     rng: fastrand::Rng,
     speeds: HashMap<SocketAddr, f64>,
     seeder_slots: usize,
+    /// Have streams it serves (all blobs).
+    served_streams: usize,
     upload_peak: f64,
     /// Woken while the announcer paused.
     notified: bool,
@@ -248,6 +302,7 @@ impl<'a> Sim<'a> {
                 rng: fastrand::Rng::with_seed(seeds.u64(..)),
                 speeds: HashMap::new(),
                 seeder_slots: 0,
+                served_streams: 0,
                 upload_peak: 0.0,
                 notified: false,
                 waiting: true,
@@ -264,7 +319,7 @@ impl<'a> Sim<'a> {
             reg: n,
             tags: Vec::new(),
             nodes,
-            tracker: TrackerSim::new(&sc.registry, chunks.clone(), seeds.u64(..)),
+            tracker: TrackerSim::new(&sc.registry, chunks.clone(), n, seeds.u64(..)),
             seeder: SeederPolicy::new(sc.registry.seeder_defer, chunks.len()),
             chunks,
             seeder_uploads: 0,
@@ -275,6 +330,9 @@ impl<'a> Sim<'a> {
                 ..Outcome::default()
             },
         };
+        if let Some(every) = sc.sample_every {
+            sim.at(every, Event::Sample);
+        }
         let interval = sc.settings.announce_interval.as_secs_f64();
         for (i, spec) in sc.nodes.iter().enumerate() {
             sim.at(spec.start, Event::Start(i));
@@ -329,6 +387,9 @@ impl<'a> Sim<'a> {
             self.out.events += 1;
         }
         self.out.end = self.now;
+        self.out.announces = self.tracker.announces;
+        self.out.paced_announces = self.tracker.paced_announces;
+        self.out.reused_lists = self.tracker.reused_lists;
         Ok(self.out)
     }
 
@@ -363,14 +424,20 @@ impl<'a> Sim<'a> {
                     })
                     .collect();
                 let now = self.instant(self.now);
-                self.tracker.announce(i, a.upload, &blobs, now)?;
+                self.tracker.announce(i, a.upload, &blobs, a.sent, now)?;
             }
             Event::PeersAsked(i, blob) => {
                 let stats = self.seeder_stats();
                 let now = self.instant(self.now);
-                let list = self.tracker.peers(blob, i, stats, now);
+                let asked = self.now - self.sc.latency;
+                let list = self.tracker.peers(blob, i, stats, asked, now);
                 self.at(self.now + self.sc.latency, Event::Peers(i, blob, list));
             }
+            Event::HaveAsk(i, blob, j) => self.have_ask(i, blob, j),
+            Event::HaveLine(line) => self.have_line(*line)?,
+            Event::HaveEnd(i, blob, j) => self.have_end(i, blob, j),
+            Event::HaveFlush(j, blob) => self.have_flush(j, blob),
+            Event::Sample => self.sample(),
             Event::Peers(i, blob, list) => {
                 if !self.nodes[i].alive {
                     return Ok(());
@@ -382,8 +449,18 @@ impl<'a> Sim<'a> {
                 let Some(planner) = d.planner.as_mut() else {
                     return Ok(());
                 };
-                planner.peers(adapter::peer_infos(list, i, chunks, &node.speeds));
+                let subs = &d.subs;
+                let infos = adapter::peer_infos(list, i, chunks, &node.speeds, |j| subs.ignores(j));
+                if self.sc.settings.have_peers > 0 {
+                    for info in infos.iter().filter(|p| !p.seeder) {
+                        if let Some(j) = adapter::endpoint_of(&info.id) {
+                            d.subs.listed(j);
+                        }
+                    }
+                }
+                planner.peers(infos);
                 d.listed = true;
+                self.subscribe_more(i, blob);
                 self.plan(i, blob)?;
             }
             Event::Arrive(i, blob, req) => self.arrive(i, blob, req)?,
@@ -423,11 +500,15 @@ impl<'a> Sim<'a> {
         self.refresh(i, blob);
     }
 
+    /// Asks the tracker for the peers of `blob` (its last list, within its pacing).
     fn refresh(&mut self, i: usize, blob: usize) {
         let d = &mut self.nodes[i].downloads[blob];
         d.refreshing = true;
         d.last_refresh = self.now;
-        self.at(self.now + self.sc.latency, Event::PeersAsked(i, blob));
+        match self.tracker.recent_list(i, blob, self.now) {
+            Some(list) => self.at(self.now, Event::Peers(i, blob, list)),
+            None => self.at(self.now + self.sc.latency, Event::PeersAsked(i, blob)),
+        }
     }
 
     fn tick(&mut self, i: usize) -> Result<(), SimError> {
@@ -479,9 +560,13 @@ impl<'a> Sim<'a> {
             Some(old) => fetching.iter().any(|c| !old.contains(c)),
             None => fetching.count() > 0,
         };
+        let changed = d.fetching.as_ref() != Some(&fetching);
         d.fetching = Some(fetching);
         if grew {
             self.notify(i);
+        }
+        if changed {
+            self.have_changed(i, blob);
         }
         Ok(())
     }
@@ -501,6 +586,8 @@ impl<'a> Sim<'a> {
         for task in tasks {
             self.release(i, &task);
         }
+        self.have_close_all(i, blob);
+        self.have_changed(i, blob);
         self.notify(i);
         let next = self.nodes[i]
             .downloads
@@ -533,6 +620,8 @@ impl<'a> Sim<'a> {
             for task in tasks {
                 self.release(i, &task);
             }
+            self.have_close_all(i, blob);
+            self.have_abort(i, blob);
         }
     }
 
@@ -549,9 +638,10 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// Node `i` announces its state now (the tracker hears it one latency later), then
-    /// pauses.
+    /// Node `i` announces its state now (the tracker hears it one latency later; a round
+    /// within the tracker's pacing skips it), then pauses.
     fn announce(&mut self, i: usize) {
+        let paced = self.tracker.paced(i, self.now);
         let rate = self.net.upload_rate(i);
         let node = &mut self.nodes[i];
         node.upload_peak = node.upload_peak.max(rate);
@@ -561,23 +651,36 @@ impl<'a> Sim<'a> {
             active: self.net.uploads(i) as u32,
             max: self.sc.settings.max_uploads as u32,
         };
-        let blobs = node
-            .downloads
-            .iter()
-            .enumerate()
-            .filter_map(|(k, d)| {
-                let have = d.have.clone()?;
-                Some((k, have, d.fetching.clone()))
-            })
-            .collect();
+        let blobs = if paced {
+            Vec::new()
+        } else {
+            node.downloads
+                .iter()
+                .enumerate()
+                .filter_map(|(k, d)| {
+                    let have = d.have.clone()?;
+                    Some((k, have, d.fetching.clone()))
+                })
+                .collect()
+        };
         node.waiting = false;
         node.notified = false;
         node.announce_gen += 1;
         let generation = node.announce_gen;
-        self.at(
-            self.now + self.sc.latency,
-            Event::Announced(i, Box::new(Announced { upload, blobs })),
-        );
+        if !paced {
+            let sent = self.now;
+            self.at(
+                self.now + self.sc.latency,
+                Event::Announced(
+                    i,
+                    Box::new(Announced {
+                        sent,
+                        upload,
+                        blobs,
+                    }),
+                ),
+            );
+        }
         self.at(
             self.now + ANNOUNCE_PAUSE,
             Event::AnnounceWake(i, generation),
@@ -614,6 +717,8 @@ impl<'a> Sim<'a> {
             for task in tasks {
                 self.release(i, &task);
             }
+            self.have_close_all(i, blob);
+            self.have_abort(i, blob);
         }
         // Its uploads: the receivers see the connection break.
         for flow in self.net.flows_at(i) {
@@ -626,5 +731,63 @@ impl<'a> Sim<'a> {
             }
         }
         Ok(())
+    }
+}
+
+impl Sim<'_> {
+    /// Samples the swarm's state (see [`Sample`]).
+    fn sample(&mut self) {
+        let mut s = Sample {
+            at: self.now,
+            ..Sample::default()
+        };
+        let (mut up, mut up_cap, mut down, mut down_cap) = (0.0, 0.0, 0.0, 0.0);
+        let (mut uploaders, mut uploads) = (0usize, 0usize);
+        let total: f64 = self.chunks.iter().map(|&c| c as f64).sum();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if !node.alive {
+                continue;
+            }
+            let rate = self.net.upload_rate(i);
+            up += rate;
+            up_cap += self.sc.nodes[i].up;
+            let k = self.net.uploads(i);
+            if k == 0 {
+                s.idle_uploaders += 1;
+            } else {
+                uploaders += 1;
+                uploads += k;
+            }
+            if !node.pulling || node.finished {
+                continue;
+            }
+            s.pulling += 1;
+            down += self.net.download_rate(i);
+            down_cap += self.sc.nodes[i].down;
+            let held: u32 = node
+                .downloads
+                .iter()
+                .map(|d| d.have.as_ref().map_or(0, |h| h.count()))
+                .sum();
+            s.held += held as f64 / total;
+            for d in &node.downloads {
+                s.requests += d.tasks.len() as f64;
+                s.flowing += d.tasks.values().filter(|t| t.flow.is_some()).count() as f64;
+            }
+        }
+        if s.pulling > 0 {
+            let p = s.pulling as f64;
+            s.held /= p;
+            s.requests /= p;
+            s.flowing /= p;
+        }
+        s.upload_use = up / up_cap.max(1.0);
+        s.download_use = down / down_cap.max(1.0);
+        s.registry_use = self.net.upload_rate(self.reg) / self.sc.registry.up;
+        s.uploads_per_uploader = uploads as f64 / uploaders.max(1) as f64;
+        self.out.samples.push(s);
+        if let Some(every) = self.sc.sample_every {
+            self.at(self.now + every, Event::Sample);
+        }
     }
 }

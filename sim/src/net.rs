@@ -150,6 +150,14 @@ impl Net {
         self.ups[endpoint].iter().map(|&f| self.flows[f].rate).sum()
     }
 
+    /// What `endpoint` downloads now (bytes/s).
+    pub fn download_rate(&self, endpoint: usize) -> f64 {
+        self.downs[endpoint]
+            .iter()
+            .map(|&f| self.flows[f].rate)
+            .sum()
+    }
+
     /// Bytes `endpoint` sent by `now` (flows in progress counted so far).
     pub fn sent(&self, endpoint: usize, now: f64) -> f64 {
         let running: f64 = self.ups[endpoint]

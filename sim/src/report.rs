@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::engine::{percentile, Outcome};
+use crate::engine::{percentile, Outcome, Sample};
 use crate::scenario::Scenario;
 
 /// Bytes/s of `mbit` Mbit/s.
@@ -166,6 +166,42 @@ pub fn table(rows: &[Row]) -> String {
             r.registry_over_image,
             r.finished(),
             r.wall_secs,
+        );
+    }
+    s
+}
+
+/// The swarm's state over time (see [`Sample`]).
+pub fn samples(samples: &[Sample]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:>7} {:>7} {:>6} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>7}",
+        "t s",
+        "pulling",
+        "held",
+        "up use",
+        "down use",
+        "reg use",
+        "idle up",
+        "reqs",
+        "flowing",
+        "ups/upl"
+    );
+    for x in samples {
+        let _ = writeln!(
+            s,
+            "{:>7.2} {:>7} {:>6.3} {:>7.3} {:>7.3} {:>7.3} {:>6} {:>6.2} {:>6.2} {:>7.2}",
+            x.at,
+            x.pulling,
+            x.held,
+            x.upload_use,
+            x.download_use,
+            x.registry_use,
+            x.idle_uploaders,
+            x.requests,
+            x.flowing,
+            x.uploads_per_uploader
         );
     }
     s

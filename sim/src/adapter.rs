@@ -376,6 +376,62 @@ mod tests {
     }
 
     #[test]
+    fn announces_are_deltas_and_the_pacing_is_followed_past_a_thousand_peers() {
+        let t0 = Instant::now();
+        let n = 1001;
+        let mut t = TrackerSim::new(&RegistrySide::new(1e6), vec![4], n, 7);
+        let mut have = ChunkSet::empty(4);
+        have.insert(1);
+        let state = [BlobState {
+            blob: 0,
+            have: &have,
+            fetching: None,
+        }];
+        for node in 0..n {
+            assert!(!t.paced(node, 0.0), "nothing taken yet: not paced");
+            t.announce(node, UploadStats::default(), &state, 0.0, t0)
+                .unwrap();
+        }
+        assert_eq!(t.announces, n as u64);
+        assert_eq!(t.full_states_asked, 0);
+        // 1,001 peers: two steps of pacing, 400 ms between announces, 1 s between lists.
+        assert_eq!(t.pacing(), (0.4, 1.0));
+        let last = n - 1;
+        assert!(t.paced(last, 0.3));
+        assert!(!t.paced(last, 0.4));
+        // A delta on top of the last announce taken: the tracker takes it.
+        have.insert(2);
+        let state = [BlobState {
+            blob: 0,
+            have: &have,
+            fetching: None,
+        }];
+        t.announce(
+            last,
+            UploadStats::default(),
+            &state,
+            0.4,
+            t0 + Duration::from_millis(400),
+        )
+        .unwrap();
+        assert_eq!(t.full_states_asked, 0);
+        let list = t.peers(
+            0,
+            last,
+            UploadStats::default(),
+            0.5,
+            t0 + Duration::from_millis(500),
+        );
+        // Within the peer-list pacing (its last announce's reply) the last list is used
+        // again; past it, a new one.
+        assert_eq!(t.recent_list(last, 0, 1.4), Some(list));
+        assert_eq!(t.recent_list(last, 0, 1.5), None);
+        // Node 0 announced when the tracker knew one peer: not paced until its next reply.
+        t.peers(0, 0, UploadStats::default(), 0.5, t0);
+        assert_eq!(t.recent_list(0, 0, 0.6), None);
+    }
+
+    #[test]
     fn the_seeder_refuses_a_chunk_it_just_sent() {
         let t0 = Instant::now();
         let mut s = SeederPolicy::new(Duration::from_secs(3), 1);

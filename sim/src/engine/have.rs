@@ -248,7 +248,13 @@ impl Sim<'_> {
                 fetching: fetching.clone(),
                 speed,
             }]);
-            self.plan(i, blob)?;
+            // The executor plans again after a line. With every request slot taken that plan
+            // can only ask overdue chunks again, which the next tick (at most 100 ms later)
+            // and the next chunk do as well; it is skipped here, as the lines are most of the
+            // simulator's events.
+            if planner.requests() < self.sc.settings.in_flight {
+                self.plan(i, blob)?;
+            }
             if line.done {
                 self.subscribe_more(i, blob);
             }

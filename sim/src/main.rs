@@ -81,6 +81,19 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Draws the pull-time CDFs of runs written by `predict --json` (several files, one
+    /// plot) and prints their table.
+    Plot {
+        /// `predict --json` files.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// The PNG to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// The plot's title.
+        #[arg(long, default_value = "shoal-sim: pull-time CDFs")]
+        title: String,
+    },
     /// Simulates the emulated cluster of the swarm benchmark's JSON files and prints the
     /// measured and simulated figures side by side.
     Calibrate {
@@ -210,19 +223,7 @@ fn main() -> Result<()> {
             );
             print!("{}", report::table(&rows));
             if let Some(path) = json {
-                let out: Vec<serde_json::Value> = rows
-                    .iter()
-                    .map(|r| {
-                        serde_json::json!({
-                            "run": r.label, "nodes": r.nodes, "image_bytes": r.image_bytes,
-                            "chunk_bytes": r.chunk, "p50_secs": r.p(50.0), "p99_secs": r.p(99.0),
-                            "max_secs": r.p(100.0), "fluid_bound_secs": r.fluid,
-                            "chunked_bound_secs": r.chunked, "registry_over_image": r.registry_over_image,
-                            "finished": r.finished(), "died": r.died, "failed": r.failed,
-                            "events": r.events, "wall_secs": r.wall_secs, "times_secs": r.times,
-                        })
-                    })
-                    .collect();
+                let out: Vec<serde_json::Value> = rows.iter().map(Row::to_json).collect();
                 std::fs::write(&path, serde_json::to_vec_pretty(&out)?)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
@@ -233,6 +234,20 @@ fn main() -> Result<()> {
                 shoal_sim::plot::cdf_png(&path, &title, &rows)?;
                 println!("plot: {}", path.display());
             }
+        }
+        Command::Plot { runs, out, title } => {
+            let mut rows: Vec<Row> = Vec::new();
+            for path in &runs {
+                let text =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                let more: Vec<Row> = serde_json::from_slice(&text).with_context(|| {
+                    format!("{}: not the JSON of predict --json", path.display())
+                })?;
+                rows.extend(more);
+            }
+            print!("{}", report::table(&rows));
+            shoal_sim::plot::cdf_png(&out, &title, &rows)?;
+            println!("plot: {}", out.display());
         }
         Command::Calibrate {
             bench,

@@ -79,21 +79,30 @@ pub fn scenario(kind: Kind, n: usize, bytes: u64, chunk: u64, cap: f64, seed: u6
     sc
 }
 
-/// One run's figures.
-#[derive(Clone, Debug)]
+/// One run's figures (as `predict --json` writes them, and `plot` reads them).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Row {
+    #[serde(rename = "run")]
     pub label: String,
     pub nodes: usize,
     pub image_bytes: u64,
+    #[serde(rename = "chunk_bytes")]
     pub chunk: u64,
+    /// The pull times of the nodes that finished, ascending.
+    #[serde(rename = "times_secs")]
     pub times: Vec<f64>,
+    #[serde(rename = "fluid_bound_secs")]
     pub fluid: f64,
+    #[serde(rename = "chunked_bound_secs")]
     pub chunked: f64,
     pub registry_over_image: f64,
     pub died: usize,
     pub failed: usize,
     pub wall_secs: f64,
     pub events: u64,
+    /// shoald's `have_peers` in the run.
+    #[serde(default)]
+    pub have_peers: usize,
 }
 
 impl Row {
@@ -112,7 +121,20 @@ impl Row {
             failed: outcome.failed,
             wall_secs,
             events: outcome.events,
+            have_peers: sc.settings.have_peers,
         }
+    }
+
+    /// The figures in JSON, with the percentiles spelled out for readers.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("a row is plain data");
+        if let serde_json::Value::Object(m) = &mut v {
+            m.insert("p50_secs".into(), self.p(50.0).into());
+            m.insert("p99_secs".into(), self.p(99.0).into());
+            m.insert("max_secs".into(), self.p(100.0).into());
+            m.insert("finished".into(), self.finished().into());
+        }
+        v
     }
 
     pub fn p(&self, p: f64) -> f64 {

@@ -143,10 +143,9 @@ impl Sim<'_> {
                 done: true,
             };
             self.at(self.now + lat, Event::HaveLine(Box::new(line)));
-        } else if d.planner.is_none() {
-            self.out.have_refused += 1;
-            self.at(self.now + lat, Event::HaveEnd(i, blob, j));
-        } else if server.served_streams >= self.sc.settings.max_have_streams {
+        } else if d.planner.is_none() || server.served_streams >= self.sc.settings.max_have_streams
+        {
+            // No such download (404), or too many streams (503).
             self.out.have_refused += 1;
             self.at(self.now + lat, Event::HaveEnd(i, blob, j));
         } else {

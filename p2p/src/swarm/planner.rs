@@ -36,24 +36,36 @@
 //!   from the registry, the registry's bytes contradict the manifest, or nothing arrived for
 //!   two minutes.
 //!
-//! Cost per decision: per-chunk counts (node holders, seeder holders, fetchers) are kept up
-//! to date as peer lists arrive (O(chunks) per listed peer), so ordering the missing chunks
-//! never scans the peers; choosing a source for a chunk looks at the usable peers only (the
-//! trackers' lists are bounded), and so does the slow-holder rule, only while some peer is
-//! measured slow.
+//! Cost per decision, independent of how many peers were ever heard of (P): the peers live in a
+//! slab (in the order first heard of; a dropped one stays, marked), and an index keeps, per
+//! chunk, the peers not dropped holding it (nodes and seeders apart) and the nodes fetching it
+//! without holding it, as bitmaps (fetchers: sorted lists) over slab indexes with their sizes
+//! (`planner/index.rs`). A peer's update diffs its old and new sets: O(chunks) bit tests (the
+//! [`ChunkSet`] bitmap's bytes are not exposed) plus O(1) per chunk that changed (one
+//! comparison of the sets when nothing changed); a "not held" answer touches only the request's
+//! chunks. Ordering the missing chunks reads the sizes, never the peers; choosing a source for
+//! chunk i (`Planner::pick`) and the slow-holder rule go through chunk i's holders (or
+//! fetchers) only, in slab order (O(holders + P/64) word reads); whether any peer is slow is
+//! the slowest of an ordered set of measured speeds (O(log P) per measurement); each peer lists
+//! its requests, so dropping it does not scan the requests. Memory: 2 bits per (peer, chunk) at
+//! most, over the peers' own sets, and a slab index per (fetcher, chunk fetched).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::tracker::ChunkSet;
 
 mod api;
+mod feedback;
+mod index;
 mod state;
 
 pub use api::*;
-use state::{Counts, Peer, Req};
+use index::{Holders, PeerIdx, Speeds};
+use state::{Peer, Req};
 
 /// An overdue chunk goes to a seeder at this many times the overdue limit.
 const SEEDER_OVERDUE_FACTOR: u32 = 2;
@@ -77,10 +89,17 @@ pub struct Planner {
     chunk_reqs: Vec<Vec<ReqId>>,
     /// Per-node random tie-break of rarest-first.
     tie: Vec<u32>,
-    counts: Counts,
-    /// By id: ordered, so that [`Planner::pick`] draws its randomness in the same order for
-    /// the same state (the simulator is deterministic for a seed).
-    peers: BTreeMap<String, Peer>,
+    /// Every peer heard of, in the order first heard of; never removed (a dropped one is
+    /// marked). [`Planner::pick`] goes through a chunk's holders in this order, so it draws
+    /// its randomness in the same order for the same history (the simulator is deterministic
+    /// for a seed).
+    peers: Vec<Peer>,
+    /// Slab index by peer id (looked up, never iterated; the id shared with the slab).
+    by_id: HashMap<Arc<str>, PeerIdx>,
+    /// Per chunk, the peers (not dropped) holding it and the nodes fetching it.
+    holders: Holders,
+    /// The measured speeds of the peers not dropped.
+    speeds: Speeds,
     reqs: HashMap<ReqId, Req>,
     next_req: ReqId,
     registry_in_flight: usize,
@@ -108,12 +127,10 @@ impl Planner {
             held: ChunkSet::empty(chunks),
             chunk_reqs: vec![Vec::new(); n],
             tie: (0..chunks).map(|_| rng.u32(..)).collect(),
-            counts: Counts {
-                nodes: vec![0; n],
-                seeders: vec![0; n],
-                fetchers: vec![0; n],
-            },
-            peers: BTreeMap::new(),
+            holders: Holders::new(chunks),
+            speeds: Speeds::default(),
+            peers: Vec::new(),
+            by_id: HashMap::new(),
             reqs: HashMap::new(),
             next_req: 0,
             registry_in_flight: 0,
@@ -156,7 +173,7 @@ impl Planner {
 
     /// Peer `id`'s address and measured throughput (bytes/s), if measured.
     pub fn peer_speed(&self, id: &str) -> Option<(SocketAddr, f64)> {
-        let peer = self.peers.get(id)?;
+        let peer = &self.peers[*self.by_id.get(id)? as usize];
         Some((peer.addr, peer.speed?))
     }
 
@@ -186,29 +203,47 @@ impl Planner {
             } else {
                 ChunkSet::empty(self.n)
             };
-            match self.peers.get_mut(&info.id) {
-                Some(peer) => {
-                    self.counts.apply(peer, false);
+            match self.by_id.get(info.id.as_str()) {
+                Some(&p) => {
+                    let peer = &mut self.peers[p as usize];
                     peer.addr = info.addr;
-                    peer.have = info.have;
-                    peer.fetching = fetching;
-                    self.counts.apply(peer, true);
+                    if peer.have == info.have && peer.fetching == fetching {
+                        continue;
+                    }
+                    let have = std::mem::replace(&mut peer.have, info.have);
+                    let was_fetching = std::mem::replace(&mut peer.fetching, fetching);
+                    if !peer.dropped {
+                        self.holders.update(
+                            p,
+                            peer.seeder,
+                            Some((&have, &was_fetching)),
+                            peer.listed(),
+                            0..self.n,
+                        );
+                    }
                 }
                 None => {
                     self.fastest = self.fastest.max(info.speed.unwrap_or(0.0));
+                    let p = PeerIdx::try_from(self.peers.len()).expect("fewer than 2^32 peers");
+                    let id: Arc<str> = info.id.into();
                     let peer = Peer {
+                        id: id.clone(),
                         addr: info.addr,
                         seeder: info.seeder,
                         have: info.have,
                         fetching,
                         in_flight: 0,
+                        reqs: Vec::new(),
                         failures: 0,
                         dropped: false,
                         busy_until: None,
                         speed: info.speed,
                     };
-                    self.counts.apply(&peer, true);
-                    self.peers.insert(info.id, peer);
+                    self.holders
+                        .update(p, peer.seeder, None, peer.listed(), 0..self.n);
+                    self.speeds.update(p, None, peer.speed);
+                    self.peers.push(peer);
+                    self.by_id.insert(id, p);
                     added += 1;
                 }
             }
@@ -223,143 +258,6 @@ impl Planner {
             Some(median) => (median * 3).max(Duration::from_secs(1)),
             None => FIRST_OVERDUE,
         }
-    }
-
-    /// Chunk `index` (`len` bytes) of request `req` arrived at `now`: `verified` against the
-    /// manifest (and stored) or not. Returns the requests to cancel and the peers dropped.
-    pub fn chunk(
-        &mut self,
-        now: Instant,
-        req: ReqId,
-        index: u32,
-        len: u64,
-        verified: bool,
-    ) -> Result<Vec<Action>, PlanError> {
-        let mut out = Vec::new();
-        let Some(source) = self.reqs.get(&req).map(|r| r.source.clone()) else {
-            // Cancelled meanwhile; a verified chunk is still held.
-            if verified && index < self.n {
-                self.held.insert(index);
-                self.last_progress = now;
-            }
-            return Ok(out);
-        };
-        if index >= self.n {
-            return Ok(out);
-        }
-        if !verified {
-            match source {
-                Source::Peer(id) => self.drop_peer(&id, DropReason::Corrupt, &mut out),
-                Source::Registry => {
-                    self.registry_hash_failures += 1;
-                    if self.registry_hash_failures >= MAX_REGISTRY_HASH_FAILURES {
-                        return Err(PlanError::RegistryMismatch { index });
-                    }
-                }
-            }
-            return Ok(out);
-        }
-        self.last_progress = now;
-        self.held.insert(index);
-        self.waiting.remove(&index);
-        self.refused.remove(&index);
-        if source == Source::Registry {
-            self.registry_failures = 0;
-        }
-        if let Some(r) = self.reqs.get_mut(&req) {
-            let took = now.saturating_duration_since(r.last_chunk);
-            r.last_chunk = now;
-            self.durations.push_back(took);
-            if self.durations.len() > DURATIONS_KEPT {
-                self.durations.pop_front();
-            }
-            if let Source::Peer(id) = &source {
-                if let Some(peer) = self.peers.get_mut(id) {
-                    // Failures count in a row: a congested link's odd timeout among
-                    // chunks served does not drop a good peer.
-                    peer.failures = 0;
-                    let speed = len as f64 / took.as_secs_f64().max(1e-3);
-                    let smoothed = match peer.speed {
-                        Some(s) => 0.7 * s + 0.3 * speed,
-                        None => speed,
-                    };
-                    peer.speed = Some(smoothed);
-                    // A slowly decaying maximum, so one burst does not make every other peer "slow".
-                    self.fastest = (self.fastest * 0.95).max(smoothed);
-                }
-            }
-        }
-        // Other single-chunk requests for it are not needed any more.
-        let duplicates: Vec<ReqId> = self.chunk_reqs[index as usize]
-            .iter()
-            .copied()
-            .filter(|&id| id != req && self.reqs.get(&id).is_some_and(|r| r.chunks.len() == 1))
-            .collect();
-        for id in duplicates {
-            self.forget(id);
-            out.push(Action::Cancel { req: id });
-        }
-        Ok(out)
-    }
-
-    /// Request `req` ended at `now` (after its chunks), with `failure` or not. Returns the
-    /// requests to cancel and the peers dropped.
-    pub fn ended(
-        &mut self,
-        now: Instant,
-        req: ReqId,
-        failure: Option<Failure>,
-    ) -> Result<Vec<Action>, PlanError> {
-        let mut out = Vec::new();
-        let Some(r) = self.forget(req) else {
-            return Ok(out);
-        };
-        let Some(failure) = failure else {
-            return Ok(out);
-        };
-        match r.source {
-            Source::Peer(id) => {
-                let Some(peer) = self.peers.get_mut(&id) else {
-                    return Ok(out);
-                };
-                match failure {
-                    Failure::Busy => peer.busy_until = Some(now + BUSY_BACKOFF),
-                    Failure::NotHeld if peer.seeder => {
-                        // Sent to another node a moment ago: leave it to that node (not to
-                        // the registry) until its announce arrives.
-                        for i in r.chunks.clone() {
-                            self.refused.insert(i, now);
-                        }
-                    }
-                    Failure::NotHeld => {
-                        self.counts.apply(peer, false);
-                        let mut have = ChunkSet::empty(self.n);
-                        for i in peer.have.iter().filter(|i| !r.chunks.contains(i)) {
-                            have.insert(i);
-                        }
-                        peer.have = have;
-                        self.counts.apply(peer, true);
-                    }
-                    Failure::Transport => {
-                        peer.failures += 1;
-                        if peer.failures >= MAX_PEER_FAILURES {
-                            self.drop_peer(&id, DropReason::Failing, &mut out);
-                        }
-                    }
-                }
-            }
-            Source::Registry => {
-                self.registry_failures += 1;
-                let backoff = Duration::from_millis(200 << self.registry_failures.min(5));
-                self.registry_backoff_until = Some(now + backoff);
-                if self.registry_failures >= MAX_REGISTRY_FAILURES && !self.missing_has_holder() {
-                    return Err(PlanError::RegistryFailing {
-                        failures: self.registry_failures,
-                    });
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// What to fetch now, from whom, and which overdue chunks to ask again elsewhere.
@@ -381,35 +279,34 @@ impl Planner {
         for i in (0..self.n)
             .filter(|&i| !self.held.contains(i) && self.chunk_reqs[i as usize].is_empty())
         {
-            if i < near_end && self.counts.nodes[i as usize] > 0 {
+            if i < near_end && self.holders.nodes.count(i) > 0 {
                 near.push(i);
             } else {
                 rest.push(i);
             }
         }
-        let c = &self.counts;
-        rest.sort_by_key(|&i| {
-            let i = i as usize;
-            (c.nodes[i] + c.fetchers[i], self.tie[i])
-        });
+        let h = &self.holders;
+        rest.sort_by_key(|&i| (h.nodes.count(i) + h.fetchers.count(i), self.tie[i as usize]));
         let wait_limit = self.overdue_after();
         // Whether any peer is measured slow (else the slow-holder rule below has nothing to do
-        // and the peers are not scanned for it).
-        let any_slow = self.peers.values().any(|p| !p.dropped && self.is_slow(p));
+        // and the holders are not scanned for it).
+        let any_slow = self
+            .speeds
+            .min()
+            .is_some_and(|s| s < self.fastest * SLOW_FRACTION);
         let mut for_registry = Vec::new();
         for i in near.into_iter().chain(rest) {
             if self.reqs.len() >= self.config.in_flight {
                 break;
             }
-            let k = i as usize;
             if let Some(&at) = self.refused.get(&i) {
                 if now.saturating_duration_since(at) < SEEDER_REFUSAL_WAIT {
                     continue;
                 }
                 self.refused.remove(&i);
             }
-            let (nodes, seeders) = (self.counts.nodes[k], self.counts.seeders[k]);
-            if nodes == 0 && self.counts.fetchers[k] > 0 {
+            let (nodes, seeders) = (self.holders.nodes.count(i), self.holders.seeders.count(i));
+            if nodes == 0 && self.holders.fetchers.count(i) > 0 {
                 // Another node fetches it: leave it to that node (the registry side sends it
                 // once), but no longer than a chunk may take.
                 let since = *self.waiting.entry(i).or_insert(now);
@@ -455,23 +352,21 @@ impl Planner {
         let limit = self.overdue_after();
         // A request to a slow peer is due elsewhere once it took a fast peer's chunk time.
         let slow_limit = self.median_chunk_time().map_or(limit, |m| m.min(limit));
-        let mut overdue: Vec<(Duration, u32, String, bool)> = self
+        let mut overdue: Vec<(Duration, u32, PeerIdx, bool)> = self
             .reqs
             .values()
             .filter(|r| r.chunks.len() == 1 && self.chunk_reqs[r.chunks.start as usize].len() == 1)
-            .filter_map(|r| match &r.source {
-                Source::Peer(id) => {
-                    let elapsed = now.saturating_duration_since(r.started);
-                    let slow = self.peers.get(id).is_some_and(|p| self.is_slow(p));
-                    if elapsed > limit {
-                        Some((elapsed, r.chunks.start, id.clone(), false))
-                    } else if slow && elapsed > slow_limit {
-                        Some((elapsed, r.chunks.start, id.clone(), true))
-                    } else {
-                        None
-                    }
+            .filter_map(|r| {
+                let p = r.peer?;
+                let elapsed = now.saturating_duration_since(r.started);
+                let slow = self.is_slow(&self.peers[p as usize]);
+                if elapsed > limit {
+                    Some((elapsed, r.chunks.start, p, false))
+                } else if slow && elapsed > slow_limit {
+                    Some((elapsed, r.chunks.start, p, true))
+                } else {
+                    None
                 }
-                Source::Registry => None,
             })
             .collect();
         overdue.sort_unstable_by_key(|(_, i, _, _)| *i);
@@ -479,18 +374,18 @@ impl Planner {
             if only_fast {
                 // Only to a fast node with a free slot; else it stays with the slow one
                 // until the ordinary limit.
-                if let Some(id) = self.pick(i, now, rng, Some(&slow), Pick::Nodes, budget) {
-                    if self.peers.get(&id).is_some_and(|p| !self.is_slow(p)) {
-                        self.fetch_peer(id, i, now, true, out);
+                if let Some(p) = self.pick(i, now, rng, Some(slow), Pick::Nodes, budget) {
+                    if !self.is_slow(&self.peers[p as usize]) {
+                        self.fetch_peer(p, i, now, true, out);
                     }
                 }
                 continue;
             }
             let other = self
-                .pick(i, now, rng, Some(&slow), Pick::Nodes, budget)
+                .pick(i, now, rng, Some(slow), Pick::Nodes, budget)
                 .or_else(|| {
                     (elapsed > limit * SEEDER_OVERDUE_FACTOR)
-                        .then(|| self.pick(i, now, rng, Some(&slow), Pick::Seeders, budget))
+                        .then(|| self.pick(i, now, rng, Some(slow), Pick::Seeders, budget))
                         .flatten()
                 });
             if let Some(id) = other {
@@ -518,21 +413,18 @@ impl Planner {
 
     /// Whether every node (not seeder, not dropped) holding chunk `i` is slow.
     fn only_slow_holders(&self, i: u32) -> bool {
-        self.peers
-            .values()
-            .filter(|p| !p.seeder && !p.dropped && p.have.contains(i))
-            .all(|p| self.is_slow(p))
+        self.holders
+            .nodes
+            .iter(i)
+            .all(|p| self.is_slow(&self.peers[p as usize]))
     }
 
     /// Whether a node not measured slow is fetching chunk `i` (without holding it yet).
     fn fast_fetcher(&self, i: u32) -> bool {
-        self.peers.values().any(|p| {
-            !p.seeder
-                && !p.dropped
-                && p.fetching.contains(i)
-                && !p.have.contains(i)
-                && !self.is_slow(p)
-        })
+        self.holders
+            .fetchers
+            .iter(i)
+            .any(|p| !self.is_slow(&self.peers[p as usize]))
     }
 
     /// The best usable holder of chunk `i` of kind `which`, other than `not` (see the module
@@ -542,23 +434,23 @@ impl Planner {
         i: u32,
         now: Instant,
         rng: &mut fastrand::Rng,
-        not: Option<&str>,
+        not: Option<PeerIdx>,
         which: Pick,
         budget: &mut dyn SeederBudget,
-    ) -> Option<String> {
+    ) -> Option<PeerIdx> {
         let optimistic = if self.fastest > 0.0 {
             self.fastest * 1.5
         } else {
             DEFAULT_SPEED
         };
-        let mut best: Option<(f64, &String, &Peer)> = None;
-        for (id, p) in &self.peers {
-            if Some(id.as_str()) == not
-                || p.seeder != (which == Pick::Seeders)
-                || p.dropped
-                || !p.have.contains(i)
-                || p.busy_until.is_some_and(|t| t > now)
-            {
+        let holders = match which {
+            Pick::Nodes => &self.holders.nodes,
+            Pick::Seeders => &self.holders.seeders,
+        };
+        let mut best: Option<(f64, PeerIdx)> = None;
+        for idx in holders.iter(i) {
+            let p = &self.peers[idx as usize];
+            if Some(idx) == not || p.busy_until.is_some_and(|t| t > now) {
                 continue;
             }
             let slots = if self.is_slow(p) {
@@ -571,31 +463,31 @@ impl Planner {
             }
             let speed = p.speed.unwrap_or(optimistic);
             let score = speed * (0.8 + 0.4 * rng.f64()) / (1.0 + p.in_flight as f64);
-            if best.as_ref().is_none_or(|(s, _, _)| score > *s) {
-                best = Some((score, id, p));
+            if best.as_ref().is_none_or(|(s, _)| score > *s) {
+                best = Some((score, idx));
             }
         }
-        let (_, id, peer) = best?;
+        let (_, idx) = best?;
+        let peer = &self.peers[idx as usize];
         if peer.seeder && !budget.take(peer.addr) {
             return None;
         }
-        Some(id.clone())
+        Some(idx)
     }
 
     fn fetch_peer(
         &mut self,
-        id: String,
+        p: PeerIdx,
         i: u32,
         now: Instant,
         overdue: bool,
         out: &mut Vec<Action>,
     ) {
-        let Some(peer) = self.peers.get_mut(&id) else {
-            return;
-        };
+        let peer = &mut self.peers[p as usize];
         peer.in_flight += 1;
-        let (addr, seeder) = (peer.addr, peer.seeder);
-        let req = self.track(Source::Peer(id.clone()), i..i + 1, now);
+        let (id, addr, seeder) = (peer.id.to_string(), peer.addr, peer.seeder);
+        let req = self.track(Some(p), i..i + 1, now);
+        self.peers[p as usize].reqs.push(req);
         out.push(Action::Peer {
             req,
             peer: id,
@@ -634,7 +526,7 @@ impl Planner {
         out: &mut Vec<Action>,
     ) {
         self.registry_in_flight += 1;
-        let req = self.track(Source::Registry, chunks.clone(), now);
+        let req = self.track(None, chunks.clone(), now);
         out.push(Action::Registry {
             req,
             chunks,
@@ -647,7 +539,7 @@ impl Planner {
             && self.registry_backoff_until.is_none_or(|t| t <= now)
     }
 
-    fn track(&mut self, source: Source, chunks: Range<u32>, now: Instant) -> ReqId {
+    fn track(&mut self, peer: Option<PeerIdx>, chunks: Range<u32>, now: Instant) -> ReqId {
         self.next_req += 1;
         let id = self.next_req;
         for i in chunks.clone() {
@@ -656,7 +548,7 @@ impl Planner {
         self.reqs.insert(
             id,
             Req {
-                source,
+                peer,
                 chunks,
                 started: now,
                 last_chunk: now,
@@ -665,55 +557,11 @@ impl Planner {
         id
     }
 
-    /// Removes request `id` from the books; returns it.
-    fn forget(&mut self, id: ReqId) -> Option<Req> {
-        let req = self.reqs.remove(&id)?;
-        for i in req.chunks.clone() {
-            self.chunk_reqs[i as usize].retain(|r| *r != id);
-        }
-        match &req.source {
-            Source::Peer(peer_id) => {
-                if let Some(peer) = self.peers.get_mut(peer_id) {
-                    peer.in_flight = peer.in_flight.saturating_sub(1);
-                }
-            }
-            Source::Registry => self.registry_in_flight = self.registry_in_flight.saturating_sub(1),
-        }
-        Some(req)
-    }
-
-    fn drop_peer(&mut self, id: &str, reason: DropReason, out: &mut Vec<Action>) {
-        let Some(peer) = self.peers.get_mut(id) else {
-            return;
-        };
-        if !peer.dropped {
-            self.counts.apply(peer, false);
-            peer.dropped = true;
-            out.push(Action::Drop {
-                peer: id.to_owned(),
-                addr: peer.addr,
-                reason,
-            });
-        }
-        let source = Source::Peer(id.to_owned());
-        let mut ids: Vec<ReqId> = self
-            .reqs
-            .iter()
-            .filter(|(_, r)| r.source == source)
-            .map(|(id, _)| *id)
-            .collect();
-        ids.sort_unstable();
-        for req in ids {
-            self.forget(req);
-            out.push(Action::Cancel { req });
-        }
-    }
-
     /// Whether some peer not dropped holds some missing chunk (the download can go on).
     fn missing_has_holder(&self) -> bool {
         (0..self.n).any(|i| {
-            let k = i as usize;
-            !self.held.contains(i) && self.counts.nodes[k] + self.counts.seeders[k] > 0
+            !self.held.contains(i)
+                && self.holders.nodes.count(i) + self.holders.seeders.count(i) > 0
         })
     }
 }

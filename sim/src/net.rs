@@ -186,10 +186,15 @@ impl Net {
         touched.extend_from_slice(&self.ups[src]);
         touched.extend_from_slice(&self.downs[dst]);
         for id in touched {
-            self.advance(now, id);
             let f = &self.flows[id];
             let rate = (self.up[f.src] / self.ups[f.src].len() as f64)
                 .min(self.down[f.dst] / self.downs[f.dst].len() as f64);
+            if rate == f.rate {
+                // Its other end sets its rate: its completion stands (no new heap entry,
+                // which would leave a stale one behind).
+                continue;
+            }
+            self.advance(now, id);
             let f = &mut self.flows[id];
             f.rate = rate;
             f.version += 1;

@@ -30,8 +30,12 @@ use crate::net::{FlowId, Net};
 use crate::scenario::Scenario;
 use crate::SimError;
 
+mod announcer;
 mod have;
 mod requests;
+mod sample;
+
+pub use sample::Sample;
 
 /// The executor's scheduling tick.
 const TICK: f64 = 0.1;
@@ -91,30 +95,6 @@ impl Outcome {
         t.sort_by(f64::total_cmp);
         t
     }
-}
-
-/// The swarm's state at one moment (nodes pulling, not finished).
-#[derive(Clone, Debug, Default)]
-pub struct Sample {
-    /// When (s).
-    pub at: f64,
-    /// Nodes pulling now.
-    pub pulling: usize,
-    /// Mean fraction of the image they hold.
-    pub held: f64,
-    /// What all nodes upload, over the sum of their upload caps (finished nodes included).
-    pub upload_use: f64,
-    /// What the pulling nodes download, over the sum of their download caps.
-    pub download_use: f64,
-    /// What the registry side uploads, over its cap.
-    pub registry_use: f64,
-    /// Nodes (all) that upload nothing.
-    pub idle_uploaders: usize,
-    /// Pulling nodes' requests in flight, per node: all, and those with a flow.
-    pub requests: f64,
-    pub flowing: f64,
-    /// Uploads per uploading node.
-    pub uploads_per_uploader: f64,
 }
 
 /// The `p`th percentile (nearest rank) of ascending `sorted`.
@@ -397,22 +377,7 @@ impl<'a> Sim<'a> {
         match event {
             Event::Start(i) => self.start(i),
             Event::Tick(i) => self.tick(i)?,
-            Event::AnnounceWake(i, generation) => {
-                let node = &mut self.nodes[i];
-                if !node.alive || generation != node.announce_gen {
-                    return Ok(());
-                }
-                if node.waiting || node.notified {
-                    self.announce(i);
-                } else {
-                    // The pause is over: wait for a wake-up or the rest of the interval.
-                    node.waiting = true;
-                    node.announce_gen += 1;
-                    let rest = self.sc.settings.announce_interval.as_secs_f64() - ANNOUNCE_PAUSE;
-                    let generation = node.announce_gen;
-                    self.at(self.now + rest.max(0.0), Event::AnnounceWake(i, generation));
-                }
-            }
+            Event::AnnounceWake(i, generation) => self.announce_wake(i, generation),
             Event::Announced(i, a) => {
                 let blobs: Vec<BlobState<'_>> = a
                     .blobs
@@ -625,77 +590,6 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// Wakes node `i`'s announcer.
-    fn notify(&mut self, i: usize) {
-        let node = &mut self.nodes[i];
-        if node.waiting {
-            node.announce_gen += 1;
-            let generation = node.announce_gen;
-            self.at(self.now, Event::AnnounceWake(i, generation));
-            // Runs now; `waiting` makes it announce.
-        } else {
-            node.notified = true;
-        }
-    }
-
-    /// Node `i` announces its state now (the tracker hears it one latency later; a round
-    /// within the tracker's pacing skips it), then pauses.
-    fn announce(&mut self, i: usize) {
-        let paced = self.tracker.paced(i, self.now);
-        let rate = self.net.upload_rate(i);
-        let node = &mut self.nodes[i];
-        node.upload_peak = node.upload_peak.max(rate);
-        let upload = UploadStats {
-            capacity_bytes_per_sec: node.upload_peak as u64,
-            rate_bytes_per_sec: rate as u64,
-            active: self.net.uploads(i) as u32,
-            max: self.sc.settings.max_uploads as u32,
-        };
-        let blobs = if paced {
-            Vec::new()
-        } else {
-            node.downloads
-                .iter()
-                .enumerate()
-                .filter_map(|(k, d)| {
-                    let have = d.have.clone()?;
-                    Some((k, have, d.fetching.clone()))
-                })
-                .collect()
-        };
-        node.waiting = false;
-        node.notified = false;
-        node.announce_gen += 1;
-        let generation = node.announce_gen;
-        if !paced {
-            let sent = self.now;
-            self.at(
-                self.now + self.sc.latency,
-                Event::Announced(
-                    i,
-                    Box::new(Announced {
-                        sent,
-                        upload,
-                        blobs,
-                    }),
-                ),
-            );
-        }
-        self.at(
-            self.now + ANNOUNCE_PAUSE,
-            Event::AnnounceWake(i, generation),
-        );
-    }
-
-    fn seeder_stats(&self) -> UploadStats {
-        UploadStats {
-            capacity_bytes_per_sec: self.seeder_peak as u64,
-            rate_bytes_per_sec: self.net.upload_rate(self.reg) as u64,
-            active: self.seeder_uploads as u32,
-            max: self.sc.registry.seeder_max_uploads as u32,
-        }
-    }
-
     /// Node `i` dies: its transfers break (those to other nodes end with a transport
     /// failure there), it stops announcing (the tracker forgets it after the TTL) and
     /// answers nothing.
@@ -731,63 +625,5 @@ impl<'a> Sim<'a> {
             }
         }
         Ok(())
-    }
-}
-
-impl Sim<'_> {
-    /// Samples the swarm's state (see [`Sample`]).
-    fn sample(&mut self) {
-        let mut s = Sample {
-            at: self.now,
-            ..Sample::default()
-        };
-        let (mut up, mut up_cap, mut down, mut down_cap) = (0.0, 0.0, 0.0, 0.0);
-        let (mut uploaders, mut uploads) = (0usize, 0usize);
-        let total: f64 = self.chunks.iter().map(|&c| c as f64).sum();
-        for (i, node) in self.nodes.iter().enumerate() {
-            if !node.alive {
-                continue;
-            }
-            let rate = self.net.upload_rate(i);
-            up += rate;
-            up_cap += self.sc.nodes[i].up;
-            let k = self.net.uploads(i);
-            if k == 0 {
-                s.idle_uploaders += 1;
-            } else {
-                uploaders += 1;
-                uploads += k;
-            }
-            if !node.pulling || node.finished {
-                continue;
-            }
-            s.pulling += 1;
-            down += self.net.download_rate(i);
-            down_cap += self.sc.nodes[i].down;
-            let held: u32 = node
-                .downloads
-                .iter()
-                .map(|d| d.have.as_ref().map_or(0, |h| h.count()))
-                .sum();
-            s.held += held as f64 / total;
-            for d in &node.downloads {
-                s.requests += d.tasks.len() as f64;
-                s.flowing += d.tasks.values().filter(|t| t.flow.is_some()).count() as f64;
-            }
-        }
-        if s.pulling > 0 {
-            let p = s.pulling as f64;
-            s.held /= p;
-            s.requests /= p;
-            s.flowing /= p;
-        }
-        s.upload_use = up / up_cap.max(1.0);
-        s.download_use = down / down_cap.max(1.0);
-        s.registry_use = self.net.upload_rate(self.reg) / self.sc.registry.up;
-        s.uploads_per_uploader = uploads as f64 / uploaders.max(1) as f64;
-        self.out.samples.push(s);
-        if let Some(every) = self.sc.sample_every {
-            self.at(self.now + every, Event::Sample);
-        }
     }
 }

@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use shoal_p2p::swarm::planner::{PeerInfo, PlannerConfig};
-use shoal_p2p::tracker::proto::{Announce, BlobHave, ChunkSet, PeerEntry, UploadStats};
+use shoal_p2p::tracker::proto::{
+    Announce, BlobHave, ChunkSet, DeltaAnnounce, PeerEntry, UploadStats,
+};
 use shoal_p2p::tracker::SEEDER_ID_PREFIX;
 use shoal_p2p::Digest;
 use shoal_registry_ext::config::TrackerConfig;
@@ -73,17 +75,45 @@ pub struct BlobState<'a> {
     pub fetching: Option<&'a ChunkSet>,
 }
 
-/// The tracker in memory, behind the calls shoald makes to it.
+/// What a node's tracker client (`p2p/src/tracker/http.rs`, `HttpTrackers`) keeps of the
+/// tracker: the delta announces' sequence and the state the tracker took last, and the
+/// tracker's pacing (times in simulated seconds).
+#[derive(Default)]
+struct Client {
+    /// The last `seq` sent.
+    seq: u64,
+    /// The last announce the tracker took, with its `seq`.
+    acked: Option<(u64, Announce)>,
+    /// No announce before then (the tracker's pacing).
+    next_announce: f64,
+    /// A peer list of a blob is used again this long (s; the tracker's pacing).
+    peer_list_interval: f64,
+    /// The last peer list of each blob, with when it was asked.
+    lists: HashMap<usize, (f64, Vec<PeerEntry>)>,
+}
+
+/// The tracker in memory, behind the calls shoald makes to it: delta announces
+/// ([`Tracker::announce_delta`]) numbered and based as shoald's client numbers them, the
+/// tracker's pacing followed (a round sooner than its announce interval skips it, a peer
+/// list asked again sooner than its peer-list interval is the last one).
 pub struct TrackerSim {
     tracker: Tracker,
     rng: fastrand::Rng,
     digests: Vec<Digest>,
     chunks: Vec<u32>,
+    clients: Vec<Client>,
+    /// Delta announces taken (whole states included) and whole states the tracker asked for.
+    pub announces: u64,
+    pub full_states_asked: u64,
+    /// Announce rounds skipped for the pacing, and peer lists answered from the last one.
+    pub paced_announces: u64,
+    pub reused_lists: u64,
 }
 
 impl TrackerSim {
-    /// A tracker with `registry`'s settings for blobs of `chunks` chunks each.
-    pub fn new(registry: &RegistrySide, chunks: Vec<u32>, seed: u64) -> Self {
+    /// A tracker with `registry`'s settings for blobs of `chunks` chunks each, and the
+    /// clients of `nodes` nodes.
+    pub fn new(registry: &RegistrySide, chunks: Vec<u32>, nodes: usize, seed: u64) -> Self {
         let config = TrackerConfig {
             announce_interval_ms: registry.announce_interval_ms,
             peer_ttl_ms: registry.peer_ttl_ms,
@@ -94,15 +124,40 @@ impl TrackerSim {
             rng: fastrand::Rng::with_seed(seed),
             digests: (0..chunks.len()).map(blob_digest).collect(),
             chunks,
+            clients: (0..nodes).map(|_| Client::default()).collect(),
+            announces: 0,
+            full_states_asked: 0,
+            paced_announces: 0,
+            reused_lists: 0,
         }
     }
 
-    /// Node `node`'s announce (its whole state, as `Swarm::announcement`) heard at `now`.
+    /// Whether node `node`'s announce round at `now` (s) skips the tracker: it took an
+    /// announce and its pacing has not passed (the changes go with the next round).
+    pub fn paced(&mut self, node: usize, now: f64) -> bool {
+        let c = &self.clients[node];
+        let paced = c.acked.is_some() && now < c.next_announce;
+        if paced {
+            self.paced_announces += 1;
+        }
+        paced
+    }
+
+    /// The tracker's pacing now: (announces, peer lists) at most every that many seconds.
+    pub fn pacing(&self) -> (f64, f64) {
+        let (a, p) = self.tracker.pacing();
+        (a as f64 / 1e3, p as f64 / 1e3)
+    }
+
+    /// Node `node`'s announce round (its whole state, as `Swarm::announcement`), sent at
+    /// `sent` (s) and heard at `now`: a delta against what the tracker took last, the whole
+    /// state when the tracker asks for it.
     pub fn announce(
         &mut self,
         node: usize,
         upload: UploadStats,
         blobs: &[BlobState<'_>],
+        sent: f64,
         now: Instant,
     ) -> Result<(), SimError> {
         let mut list: Vec<BlobHave> = blobs
@@ -123,22 +178,62 @@ impl TrackerSim {
             upload,
             blobs: list,
         };
-        self.tracker
-            .announce(announce, now)
-            .map(|_| ())
-            .map_err(|source| SimError::Tracker {
-                node,
-                source: Box::new(source),
-            })
+        let refused = |source| SimError::Tracker {
+            node,
+            source: Box::new(source),
+        };
+        let client = &mut self.clients[node];
+        client.seq += 1;
+        let delta = DeltaAnnounce::between(client.acked.as_ref(), &announce, client.seq);
+        let mut seq = delta.seq;
+        let mut reply = self.tracker.announce_delta(delta, now).map_err(refused)?;
+        self.announces += 1;
+        if reply.full_state_needed {
+            self.full_states_asked += 1;
+            let client = &mut self.clients[node];
+            client.seq += 1;
+            seq = client.seq;
+            let full = DeltaAnnounce::full(&announce, seq);
+            reply = self.tracker.announce_delta(full, now).map_err(refused)?;
+            self.announces += 1;
+        }
+        if reply.full_state_needed {
+            // The tracker refused a whole state: a bug of the adapter or the tracker.
+            return Err(SimError::Scenario(format!(
+                "the tracker asked node {node} for its whole state after taking it"
+            )));
+        }
+        let client = &mut self.clients[node];
+        client.acked = Some((seq, announce));
+        // The pacing counts from when the round was sent, as shoald's client counts it.
+        client.next_announce = sent + reply.min_interval_ms as f64 / 1e3;
+        client.peer_list_interval = reply.peer_list_interval_ms as f64 / 1e3;
+        let keep = client.peer_list_interval;
+        client.lists.retain(|_, (at, _)| sent - *at < keep);
+        Ok(())
     }
 
-    /// The peer list of blob `blob` for node `asking` at `now`, with the seeder (which holds
-    /// every blob) competing as the registry extension lists it.
+    /// Node `node`'s last peer list of `blob`, if the pacing says to use it again at `now`
+    /// (s).
+    pub fn recent_list(&mut self, node: usize, blob: usize, now: f64) -> Option<Vec<PeerEntry>> {
+        let c = &self.clients[node];
+        let (at, list) = c.lists.get(&blob)?;
+        if now - at < c.peer_list_interval {
+            self.reused_lists += 1;
+            Some(list.clone())
+        } else {
+            None
+        }
+    }
+
+    /// The peer list of blob `blob` for node `asking` at `now`, asked at `asked` (s), with
+    /// the seeder (which holds every blob) competing as the registry extension lists it.
     pub fn peers(
         &mut self,
         blob: usize,
         asking: usize,
         seeder_upload: UploadStats,
+        asked: f64,
         now: Instant,
     ) -> Vec<PeerEntry> {
         let chunks = self.chunks[blob];
@@ -150,30 +245,37 @@ impl TrackerSim {
             upload: seeder_upload,
             fetching: None,
         };
-        self.tracker.peers(
+        let list = self.tracker.peers(
             &self.digests[blob],
             &node_id(asking),
             usize::MAX,
             Some(seeder),
             now,
             &mut self.rng,
-        )
+        );
+        let client = &mut self.clients[asking];
+        if client.peer_list_interval > 0.0 {
+            client.lists.insert(blob, (asked, list.clone()));
+        }
+        list
     }
 }
 
 /// A peer list as the planner takes it, as the executor's `update_peers` makes it: without
-/// the node itself, entries of another chunk count dropped, the seeder marked, the node's
-/// measured speeds attached.
+/// the node itself and the peers `ignored` says (their have streams are open), entries of
+/// another chunk count dropped, the seeder marked, the node's measured speeds attached.
 pub fn peer_infos(
     list: Vec<PeerEntry>,
     me: usize,
     chunks: u32,
     speeds: &HashMap<SocketAddr, f64>,
+    ignored: impl Fn(usize) -> bool,
 ) -> Vec<PeerInfo> {
     let me = node_id(me);
     let mut infos = Vec::with_capacity(list.len());
     for entry in list {
-        if entry.peer_id == me {
+        // A peer whose have stream is open: its stream is newer than the tracker's entry.
+        if entry.peer_id == me || endpoint_of(&entry.peer_id).is_some_and(&ignored) {
             continue;
         }
         let have = match entry.set() {
@@ -239,7 +341,7 @@ mod tests {
     #[test]
     fn the_tracker_lists_what_a_node_announced_and_the_seeder() {
         let t0 = Instant::now();
-        let mut t = TrackerSim::new(&RegistrySide::new(1e6), vec![4], 7);
+        let mut t = TrackerSim::new(&RegistrySide::new(1e6), vec![4], 2, 7);
         let mut have = ChunkSet::empty(4);
         have.insert(2);
         t.announce(
@@ -250,21 +352,83 @@ mod tests {
                 have: &have,
                 fetching: None,
             }],
+            0.0,
             t0,
         )
         .unwrap();
-        let list = t.peers(0, 1, UploadStats::default(), t0);
-        let infos = peer_infos(list, 1, 4, &HashMap::new());
+        let list = t.peers(0, 1, UploadStats::default(), 0.0, t0);
+        let infos = peer_infos(list, 1, 4, &HashMap::new(), |_| false);
         assert_eq!(infos.len(), 2);
         let node = infos.iter().find(|p| !p.seeder).unwrap();
         assert_eq!(node.id, node_id(0));
         assert!(node.have.contains(2) && node.have.count() == 1);
         assert!(infos.iter().any(|p| p.seeder && p.have.is_full()));
         // The node itself is not in its own list.
-        let list = t.peers(0, 0, UploadStats::default(), t0);
-        assert!(peer_infos(list, 0, 4, &HashMap::new())
+        let list = t.peers(0, 0, UploadStats::default(), 0.0, t0);
+        assert!(peer_infos(list, 0, 4, &HashMap::new(), |_| false)
             .iter()
             .all(|p| p.seeder));
+        // A peer whose stream is open is left out of the tracker's list.
+        let list = t.peers(0, 1, UploadStats::default(), 0.0, t0);
+        assert!(peer_infos(list, 1, 4, &HashMap::new(), |j| j == 0)
+            .iter()
+            .all(|p| p.seeder));
+    }
+
+    #[test]
+    fn announces_are_deltas_and_the_pacing_is_followed_past_a_thousand_peers() {
+        let t0 = Instant::now();
+        let n = 1001;
+        let mut t = TrackerSim::new(&RegistrySide::new(1e6), vec![4], n, 7);
+        let mut have = ChunkSet::empty(4);
+        have.insert(1);
+        let state = [BlobState {
+            blob: 0,
+            have: &have,
+            fetching: None,
+        }];
+        for node in 0..n {
+            assert!(!t.paced(node, 0.0), "nothing taken yet: not paced");
+            t.announce(node, UploadStats::default(), &state, 0.0, t0)
+                .unwrap();
+        }
+        assert_eq!(t.announces, n as u64);
+        assert_eq!(t.full_states_asked, 0);
+        // 1,001 peers: two steps of pacing, 400 ms between announces, 1 s between lists.
+        assert_eq!(t.pacing(), (0.4, 1.0));
+        let last = n - 1;
+        assert!(t.paced(last, 0.3));
+        assert!(!t.paced(last, 0.4));
+        // A delta on top of the last announce taken: the tracker takes it.
+        have.insert(2);
+        let state = [BlobState {
+            blob: 0,
+            have: &have,
+            fetching: None,
+        }];
+        t.announce(
+            last,
+            UploadStats::default(),
+            &state,
+            0.4,
+            t0 + Duration::from_millis(400),
+        )
+        .unwrap();
+        assert_eq!(t.full_states_asked, 0);
+        let list = t.peers(
+            0,
+            last,
+            UploadStats::default(),
+            0.5,
+            t0 + Duration::from_millis(500),
+        );
+        // Within the peer-list pacing (its last announce's reply) the last list is used
+        // again; past it, a new one.
+        assert_eq!(t.recent_list(last, 0, 1.4), Some(list));
+        assert_eq!(t.recent_list(last, 0, 1.5), None);
+        // Node 0 announced when the tracker knew one peer: not paced until its next reply.
+        t.peers(0, 0, UploadStats::default(), 0.5, t0);
+        assert_eq!(t.recent_list(0, 0, 0.6), None);
     }
 
     #[test]

@@ -16,6 +16,18 @@ use crate::SimError;
 /// The emulated cluster's chunk size (`ClusterConfig::new`).
 pub const BENCH_CHUNK: u64 = 1 << 20;
 
+/// The payload a `tc tbf` cap of B carries, as a fraction of B: tbf counts every packet's
+/// bytes on the wire (`qdisc_pkt_len`, the headers of each GSO segment included), and a
+/// full-size TCP segment over a 1500-byte MTU carries 1448 bytes of payload (20 bytes of IP
+/// header, 32 of TCP header with timestamps) in 1514 bytes (with the Ethernet header).
+/// TLS records (29 bytes per 16 KiB) and HTTP framing are left out (under 0.2%).
+pub const TBF_PAYLOAD: f64 = 1448.0 / 1514.0;
+
+/// What a pull in the emulated cluster spends before its first chunk request: the CRI pull,
+/// the image manifest, the chunk manifest (docs/swarm-benchmark.md's per-chunk timeline:
+/// "from 0 to the first data on the links about 0.5 s").
+pub const BENCH_START: f64 = 0.5;
+
 /// What the benchmark wrote (the fields used here).
 #[derive(Clone, Debug, Deserialize)]
 pub struct Bench {
@@ -64,10 +76,11 @@ impl Bench {
         self.runs.iter().find(|r| r.mode == "swarm")
     }
 
-    /// The simulated twin of the cluster: `nodes` nodes and the registry side at `mbit`, the
-    /// image as `image_layers` equal layers, 1 MiB chunks, shoal's defaults.
+    /// The simulated twin of the cluster: `nodes` nodes and the registry side at `mbit` (the
+    /// payload it carries, [`TBF_PAYLOAD`]), the image as `image_layers` equal layers, 1 MiB
+    /// chunks, shoal's defaults.
     pub fn scenario(&self, latency: f64, overhead: f64, seed: u64) -> Scenario {
-        let cap = mbit(self.mbit as f64);
+        let cap = mbit(self.mbit as f64) * TBF_PAYLOAD;
         let layers = self.image_layers.max(1) as u64;
         let mut sc = Scenario::equal(self.nodes, cap, self.image_bytes, BENCH_CHUNK);
         sc.blobs = (0..layers)
@@ -119,6 +132,7 @@ pub fn compare(
     latency: f64,
     overhead: f64,
     seeds: u64,
+    have_peers: usize,
 ) -> Result<Comparison, SimError> {
     let run = bench.swarm().ok_or_else(|| SimError::BenchNoSwarm {
         path: bench.path.clone(),
@@ -133,7 +147,8 @@ pub fn compare(
     let (mut p50, mut max, mut reg) = (0.0, 0.0, 0.0);
     let seeds = seeds.max(1);
     for seed in 1..=seeds {
-        let sc = bench.scenario(latency, overhead, seed);
+        let mut sc = bench.scenario(latency, overhead, seed);
+        sc.settings.have_peers = have_peers;
         let out = crate::run(&sc)?;
         let t = out.sorted_times();
         p50 += percentile(&t, 50.0);

@@ -30,7 +30,12 @@ use crate::net::{FlowId, Net};
 use crate::scenario::Scenario;
 use crate::SimError;
 
+mod announcer;
+mod have;
 mod requests;
+mod sample;
+
+pub use sample::Sample;
 
 /// The executor's scheduling tick.
 const TICK: f64 = 0.1;
@@ -60,6 +65,18 @@ pub struct Outcome {
     pub transport: u64,
     /// Overdue chunks asked again elsewhere.
     pub overdue: u64,
+    /// Have streams opened (asked), refused (busy or no such download), and lines
+    /// delivered (one per subscriber).
+    pub have_opened: u64,
+    pub have_refused: u64,
+    pub have_lines: u64,
+    /// Announces the tracker took, announce rounds skipped for its pacing, peer lists
+    /// answered from the last one for its pacing.
+    pub announces: u64,
+    pub paced_announces: u64,
+    pub reused_lists: u64,
+    /// The swarm's state every `Scenario::sample_every`.
+    pub samples: Vec<Sample>,
     /// Events processed.
     pub events: u64,
     /// Simulated time at the end (s).
@@ -97,6 +114,16 @@ enum Event {
     AnnounceWake(usize, u64),
     /// An announce reaches the tracker.
     Announced(usize, Box<Announced>),
+    /// A node asks another for its have stream of a blob: (asking, blob, asked).
+    HaveAsk(usize, usize, usize),
+    /// A have-stream line reaches its subscribers.
+    HaveLine(Box<have::Line>),
+    /// A have stream ends without `done`: (subscriber, blob, server).
+    HaveEnd(usize, usize, usize),
+    /// A node's coalesced have line of a blob goes out.
+    HaveFlush(usize, usize),
+    /// The swarm's state is sampled.
+    Sample,
     /// A peer-list request reaches the tracker.
     PeersAsked(usize, usize),
     /// A peer list reaches the node.
@@ -108,6 +135,8 @@ enum Event {
 
 #[derive(Debug)]
 struct Announced {
+    /// When the node sent it (s).
+    sent: f64,
     upload: UploadStats,
     blobs: Vec<(usize, ChunkSet, Option<ChunkSet>)>,
 }
@@ -171,6 +200,9 @@ struct Download {
     refreshing: bool,
     last_refresh: f64,
     tasks: HashMap<ReqId, Task>,
+    /// Its have-stream subscriptions, and its own stream's subscribers.
+    subs: have::Subs,
+    served: have::Served,
 }
 
 struct NodeRt {
@@ -181,6 +213,8 @@ struct NodeRt {
     rng: fastrand::Rng,
     speeds: HashMap<SocketAddr, f64>,
     seeder_slots: usize,
+    /// Have streams it serves (all blobs).
+    served_streams: usize,
     upload_peak: f64,
     /// Woken while the announcer paused.
     notified: bool,
@@ -248,6 +282,7 @@ impl<'a> Sim<'a> {
                 rng: fastrand::Rng::with_seed(seeds.u64(..)),
                 speeds: HashMap::new(),
                 seeder_slots: 0,
+                served_streams: 0,
                 upload_peak: 0.0,
                 notified: false,
                 waiting: true,
@@ -264,7 +299,7 @@ impl<'a> Sim<'a> {
             reg: n,
             tags: Vec::new(),
             nodes,
-            tracker: TrackerSim::new(&sc.registry, chunks.clone(), seeds.u64(..)),
+            tracker: TrackerSim::new(&sc.registry, chunks.clone(), n, seeds.u64(..)),
             seeder: SeederPolicy::new(sc.registry.seeder_defer, chunks.len()),
             chunks,
             seeder_uploads: 0,
@@ -275,6 +310,9 @@ impl<'a> Sim<'a> {
                 ..Outcome::default()
             },
         };
+        if let Some(every) = sc.sample_every {
+            sim.at(every, Event::Sample);
+        }
         let interval = sc.settings.announce_interval.as_secs_f64();
         for (i, spec) in sc.nodes.iter().enumerate() {
             sim.at(spec.start, Event::Start(i));
@@ -329,6 +367,9 @@ impl<'a> Sim<'a> {
             self.out.events += 1;
         }
         self.out.end = self.now;
+        self.out.announces = self.tracker.announces;
+        self.out.paced_announces = self.tracker.paced_announces;
+        self.out.reused_lists = self.tracker.reused_lists;
         Ok(self.out)
     }
 
@@ -336,22 +377,7 @@ impl<'a> Sim<'a> {
         match event {
             Event::Start(i) => self.start(i),
             Event::Tick(i) => self.tick(i)?,
-            Event::AnnounceWake(i, generation) => {
-                let node = &mut self.nodes[i];
-                if !node.alive || generation != node.announce_gen {
-                    return Ok(());
-                }
-                if node.waiting || node.notified {
-                    self.announce(i);
-                } else {
-                    // The pause is over: wait for a wake-up or the rest of the interval.
-                    node.waiting = true;
-                    node.announce_gen += 1;
-                    let rest = self.sc.settings.announce_interval.as_secs_f64() - ANNOUNCE_PAUSE;
-                    let generation = node.announce_gen;
-                    self.at(self.now + rest.max(0.0), Event::AnnounceWake(i, generation));
-                }
-            }
+            Event::AnnounceWake(i, generation) => self.announce_wake(i, generation),
             Event::Announced(i, a) => {
                 let blobs: Vec<BlobState<'_>> = a
                     .blobs
@@ -363,14 +389,20 @@ impl<'a> Sim<'a> {
                     })
                     .collect();
                 let now = self.instant(self.now);
-                self.tracker.announce(i, a.upload, &blobs, now)?;
+                self.tracker.announce(i, a.upload, &blobs, a.sent, now)?;
             }
             Event::PeersAsked(i, blob) => {
                 let stats = self.seeder_stats();
                 let now = self.instant(self.now);
-                let list = self.tracker.peers(blob, i, stats, now);
+                let asked = self.now - self.sc.latency;
+                let list = self.tracker.peers(blob, i, stats, asked, now);
                 self.at(self.now + self.sc.latency, Event::Peers(i, blob, list));
             }
+            Event::HaveAsk(i, blob, j) => self.have_ask(i, blob, j),
+            Event::HaveLine(line) => self.have_line(*line)?,
+            Event::HaveEnd(i, blob, j) => self.have_end(i, blob, j),
+            Event::HaveFlush(j, blob) => self.have_flush(j, blob),
+            Event::Sample => self.sample(),
             Event::Peers(i, blob, list) => {
                 if !self.nodes[i].alive {
                     return Ok(());
@@ -382,8 +414,18 @@ impl<'a> Sim<'a> {
                 let Some(planner) = d.planner.as_mut() else {
                     return Ok(());
                 };
-                planner.peers(adapter::peer_infos(list, i, chunks, &node.speeds));
+                let subs = &d.subs;
+                let infos = adapter::peer_infos(list, i, chunks, &node.speeds, |j| subs.ignores(j));
+                if self.sc.settings.have_peers > 0 {
+                    for info in infos.iter().filter(|p| !p.seeder) {
+                        if let Some(j) = adapter::endpoint_of(&info.id) {
+                            d.subs.listed(j);
+                        }
+                    }
+                }
+                planner.peers(infos);
                 d.listed = true;
+                self.subscribe_more(i, blob);
                 self.plan(i, blob)?;
             }
             Event::Arrive(i, blob, req) => self.arrive(i, blob, req)?,
@@ -423,11 +465,15 @@ impl<'a> Sim<'a> {
         self.refresh(i, blob);
     }
 
+    /// Asks the tracker for the peers of `blob` (its last list, within its pacing).
     fn refresh(&mut self, i: usize, blob: usize) {
         let d = &mut self.nodes[i].downloads[blob];
         d.refreshing = true;
         d.last_refresh = self.now;
-        self.at(self.now + self.sc.latency, Event::PeersAsked(i, blob));
+        match self.tracker.recent_list(i, blob, self.now) {
+            Some(list) => self.at(self.now, Event::Peers(i, blob, list)),
+            None => self.at(self.now + self.sc.latency, Event::PeersAsked(i, blob)),
+        }
     }
 
     fn tick(&mut self, i: usize) -> Result<(), SimError> {
@@ -479,9 +525,13 @@ impl<'a> Sim<'a> {
             Some(old) => fetching.iter().any(|c| !old.contains(c)),
             None => fetching.count() > 0,
         };
+        let changed = d.fetching.as_ref() != Some(&fetching);
         d.fetching = Some(fetching);
         if grew {
             self.notify(i);
+        }
+        if changed {
+            self.have_changed(i, blob);
         }
         Ok(())
     }
@@ -501,6 +551,8 @@ impl<'a> Sim<'a> {
         for task in tasks {
             self.release(i, &task);
         }
+        self.have_close_all(i, blob);
+        self.have_changed(i, blob);
         self.notify(i);
         let next = self.nodes[i]
             .downloads
@@ -533,63 +585,8 @@ impl<'a> Sim<'a> {
             for task in tasks {
                 self.release(i, &task);
             }
-        }
-    }
-
-    /// Wakes node `i`'s announcer.
-    fn notify(&mut self, i: usize) {
-        let node = &mut self.nodes[i];
-        if node.waiting {
-            node.announce_gen += 1;
-            let generation = node.announce_gen;
-            self.at(self.now, Event::AnnounceWake(i, generation));
-            // Runs now; `waiting` makes it announce.
-        } else {
-            node.notified = true;
-        }
-    }
-
-    /// Node `i` announces its state now (the tracker hears it one latency later), then
-    /// pauses.
-    fn announce(&mut self, i: usize) {
-        let rate = self.net.upload_rate(i);
-        let node = &mut self.nodes[i];
-        node.upload_peak = node.upload_peak.max(rate);
-        let upload = UploadStats {
-            capacity_bytes_per_sec: node.upload_peak as u64,
-            rate_bytes_per_sec: rate as u64,
-            active: self.net.uploads(i) as u32,
-            max: self.sc.settings.max_uploads as u32,
-        };
-        let blobs = node
-            .downloads
-            .iter()
-            .enumerate()
-            .filter_map(|(k, d)| {
-                let have = d.have.clone()?;
-                Some((k, have, d.fetching.clone()))
-            })
-            .collect();
-        node.waiting = false;
-        node.notified = false;
-        node.announce_gen += 1;
-        let generation = node.announce_gen;
-        self.at(
-            self.now + self.sc.latency,
-            Event::Announced(i, Box::new(Announced { upload, blobs })),
-        );
-        self.at(
-            self.now + ANNOUNCE_PAUSE,
-            Event::AnnounceWake(i, generation),
-        );
-    }
-
-    fn seeder_stats(&self) -> UploadStats {
-        UploadStats {
-            capacity_bytes_per_sec: self.seeder_peak as u64,
-            rate_bytes_per_sec: self.net.upload_rate(self.reg) as u64,
-            active: self.seeder_uploads as u32,
-            max: self.sc.registry.seeder_max_uploads as u32,
+            self.have_close_all(i, blob);
+            self.have_abort(i, blob);
         }
     }
 
@@ -614,6 +611,8 @@ impl<'a> Sim<'a> {
             for task in tasks {
                 self.release(i, &task);
             }
+            self.have_close_all(i, blob);
+            self.have_abort(i, blob);
         }
         // Its uploads: the receivers see the connection break.
         for flow in self.net.flows_at(i) {

@@ -21,7 +21,7 @@ pub mod plot;
 pub mod report;
 pub mod scenario;
 
-pub use engine::{percentile, run, Outcome};
+pub use engine::{percentile, run, Outcome, Sample};
 pub use scenario::{NodeSettings, NodeSpec, RegistrySide, Scenario};
 
 /// What goes wrong in the simulator.

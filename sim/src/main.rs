@@ -17,6 +17,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of the predict options does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Simulates runs and prints their pull times against the bounds.
@@ -45,6 +47,27 @@ enum Command {
         /// The nodes' download cap, Mbit/s (default: --mbit).
         #[arg(long)]
         down_mbit: Option<f64>,
+        /// shoald's `have_peers`: have streams per download (0: none).
+        #[arg(long, default_value_t = 16)]
+        have_peers: usize,
+        /// shoald's `per_peer_in_flight` (chunk requests per peer; default 2).
+        #[arg(long)]
+        per_peer_in_flight: Option<usize>,
+        /// shoald's `near_window` (chunks past the reader fetched in order; default 2).
+        #[arg(long)]
+        near_window: Option<usize>,
+        /// shoald's `max_uploads` (chunk server upload slots; default 16).
+        #[arg(long)]
+        max_uploads: Option<usize>,
+        /// The seeder's super-seeding deferral (ms; default 3000).
+        #[arg(long)]
+        seeder_defer_ms: Option<u64>,
+        /// The seeder's upload slots (`seed.max_uploads`; default 32).
+        #[arg(long)]
+        seeder_max_uploads: Option<usize>,
+        /// Prints the swarm's state (links' use, requests) every this many ms (stderr).
+        #[arg(long)]
+        sample_ms: Option<u64>,
         /// Run kinds, comma-separated: equal, hetero, rolling, dying.
         #[arg(long, default_value = "equal", value_delimiter = ',')]
         kinds: Vec<String>,
@@ -60,6 +83,19 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Draws the pull-time CDFs of runs written by `predict --json` (several files, one
+    /// plot) and prints their table.
+    Plot {
+        /// `predict --json` files.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// The PNG to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// The plot's title.
+        #[arg(long, default_value = "shoal-sim: pull-time CDFs")]
+        title: String,
+    },
     /// Simulates the emulated cluster of the swarm benchmark's JSON files and prints the
     /// measured and simulated figures side by side.
     Calibrate {
@@ -69,12 +105,16 @@ enum Command {
         /// One-way latency (ms).
         #[arg(long, default_value_t = 0.5)]
         latency_ms: f64,
-        /// Time a pull spends outside the blob downloads (s).
-        #[arg(long, default_value_t = 0.0)]
+        /// Time a pull spends outside the blob downloads (s; default: the emulated
+        /// cluster's time to the first chunk request, docs/swarm-benchmark.md).
+        #[arg(long, default_value_t = calibrate::BENCH_START)]
         overhead: f64,
         /// Seeds averaged.
         #[arg(long, default_value_t = 3)]
         seeds: u64,
+        /// shoald's `have_peers` (0: none, as shoald before have streams).
+        #[arg(long, default_value_t = 16)]
+        have_peers: usize,
     },
 }
 
@@ -86,6 +126,13 @@ fn main() -> Result<()> {
             chunk_mib,
             mbit,
             down_mbit,
+            have_peers,
+            per_peer_in_flight,
+            near_window,
+            max_uploads,
+            seeder_defer_ms,
+            seeder_max_uploads,
+            sample_ms,
             peer_refresh_ms,
             in_flight,
             max_peers,
@@ -118,6 +165,23 @@ fn main() -> Result<()> {
                         if let Some(k) = in_flight {
                             sc.settings.in_flight = k;
                         }
+                        sc.settings.have_peers = have_peers;
+                        if let Some(k) = per_peer_in_flight {
+                            sc.settings.per_peer_in_flight = k;
+                        }
+                        if let Some(k) = near_window {
+                            sc.settings.near_window = k;
+                        }
+                        if let Some(k) = max_uploads {
+                            sc.settings.max_uploads = k;
+                        }
+                        sc.sample_every = sample_ms.map(|ms| ms as f64 / 1e3);
+                        if let Some(k) = seeder_max_uploads {
+                            sc.registry.seeder_max_uploads = k;
+                        }
+                        if let Some(ms) = seeder_defer_ms {
+                            sc.registry.seeder_defer = std::time::Duration::from_millis(ms);
+                        }
                         if let Some(d) = down_mbit {
                             for node in &mut sc.nodes {
                                 node.down = report::mbit(d);
@@ -126,8 +190,11 @@ fn main() -> Result<()> {
                         let started = Instant::now();
                         let out = shoal_sim::run(&sc)?;
                         let row = Row::new(kind.name(), &sc, &out, started.elapsed().as_secs_f64());
+                        if !out.samples.is_empty() {
+                            eprintln!("{}", report::samples(&out.samples));
+                        }
                         eprintln!(
-                            "{} N={n} F={f}: p50 {:.2}s p99 {:.2}s max {:.2}s ({} done, {} died, {} failed; {} events, busy {}, not held {}, transport {}, overdue {}; registry side's last byte at {:.2}s; {:.1}s)",
+                            "{} N={n} F={f}: p50 {:.2}s p99 {:.2}s max {:.2}s ({} done, {} died, {} failed; {} events, busy {}, not held {}, transport {}, overdue {}; registry side's last byte at {:.2}s; have streams {} opened, {} refused, {} lines; {} announces, {} paced, {} lists reused; {:.1}s)",
                             kind.name(),
                             row.p(50.0),
                             row.p(99.0),
@@ -141,6 +208,12 @@ fn main() -> Result<()> {
                             out.transport,
                             out.overdue,
                             out.registry_last,
+                            out.have_opened,
+                            out.have_refused,
+                            out.have_lines,
+                            out.announces,
+                            out.paced_announces,
+                            out.reused_lists,
                             row.wall_secs
                         );
                         rows.push(row);
@@ -148,23 +221,11 @@ fn main() -> Result<()> {
                 }
             }
             println!(
-                "caps {mbit} Mbit/s, chunks {chunk_mib} MiB, latency {latency_ms} ms, seed {seed}"
+                "caps {mbit} Mbit/s, chunks {chunk_mib} MiB, latency {latency_ms} ms, seed {seed}, have_peers {have_peers}"
             );
             print!("{}", report::table(&rows));
             if let Some(path) = json {
-                let out: Vec<serde_json::Value> = rows
-                    .iter()
-                    .map(|r| {
-                        serde_json::json!({
-                            "run": r.label, "nodes": r.nodes, "image_bytes": r.image_bytes,
-                            "chunk_bytes": r.chunk, "p50_secs": r.p(50.0), "p99_secs": r.p(99.0),
-                            "max_secs": r.p(100.0), "fluid_bound_secs": r.fluid,
-                            "chunked_bound_secs": r.chunked, "registry_over_image": r.registry_over_image,
-                            "finished": r.finished(), "died": r.died, "failed": r.failed,
-                            "events": r.events, "wall_secs": r.wall_secs, "times_secs": r.times,
-                        })
-                    })
-                    .collect();
+                let out: Vec<serde_json::Value> = rows.iter().map(Row::to_json).collect();
                 std::fs::write(&path, serde_json::to_vec_pretty(&out)?)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
@@ -176,19 +237,40 @@ fn main() -> Result<()> {
                 println!("plot: {}", path.display());
             }
         }
+        Command::Plot { runs, out, title } => {
+            let mut rows: Vec<Row> = Vec::new();
+            for path in &runs {
+                let text =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                let more: Vec<Row> = serde_json::from_slice(&text).with_context(|| {
+                    format!("{}: not the JSON of predict --json", path.display())
+                })?;
+                rows.extend(more);
+            }
+            print!("{}", report::table(&rows));
+            shoal_sim::plot::cdf_png(&out, &title, &rows)?;
+            println!("plot: {}", out.display());
+        }
         Command::Calibrate {
             bench,
             latency_ms,
             overhead,
             seeds,
+            have_peers,
         } => {
             let mut rows = Vec::new();
             for path in &bench {
                 let b = Bench::read(path)?;
-                rows.push(calibrate::compare(&b, latency_ms / 1e3, overhead, seeds)?);
+                rows.push(calibrate::compare(
+                    &b,
+                    latency_ms / 1e3,
+                    overhead,
+                    seeds,
+                    have_peers,
+                )?);
             }
             println!(
-                "measured (emulated cluster) against simulated; latency {latency_ms} ms, pull overhead {overhead} s, {seeds} seeds"
+                "measured (emulated cluster) against simulated; latency {latency_ms} ms, pull overhead {overhead} s, {seeds} seeds, have_peers {have_peers}"
             );
             print!("{}", calibrate::table(&rows));
         }

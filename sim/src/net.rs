@@ -150,6 +150,14 @@ impl Net {
         self.ups[endpoint].iter().map(|&f| self.flows[f].rate).sum()
     }
 
+    /// What `endpoint` downloads now (bytes/s).
+    pub fn download_rate(&self, endpoint: usize) -> f64 {
+        self.downs[endpoint]
+            .iter()
+            .map(|&f| self.flows[f].rate)
+            .sum()
+    }
+
     /// Bytes `endpoint` sent by `now` (flows in progress counted so far).
     pub fn sent(&self, endpoint: usize, now: f64) -> f64 {
         let running: f64 = self.ups[endpoint]
@@ -178,10 +186,15 @@ impl Net {
         touched.extend_from_slice(&self.ups[src]);
         touched.extend_from_slice(&self.downs[dst]);
         for id in touched {
-            self.advance(now, id);
             let f = &self.flows[id];
             let rate = (self.up[f.src] / self.ups[f.src].len() as f64)
                 .min(self.down[f.dst] / self.downs[f.dst].len() as f64);
+            if rate == f.rate {
+                // Its other end sets its rate: its completion stands (no new heap entry,
+                // which would leave a stale one behind).
+                continue;
+            }
+            self.advance(now, id);
             let f = &mut self.flows[id];
             f.rate = rate;
             f.version += 1;

@@ -102,10 +102,11 @@ pub fn cdf_png(path: &Path, title: &str, rows: &[Row]) -> Result<(), SimError> {
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))
                 .map_err(|e| err(e.to_string()))?
                 .label(format!(
-                    "{} N={} F={:.2} GB: p50 {:.3}x p99 {:.3}x",
+                    "{} N={} F={:.2} GB have_peers {}: p50 {:.3}x p99 {:.3}x",
                     row.label,
                     row.nodes,
                     row.image_bytes as f64 / 1e9,
+                    row.have_peers,
                     row.p(50.0) / row.chunked,
                     row.p(99.0) / row.chunked
                 ))

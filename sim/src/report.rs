@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::engine::{percentile, Outcome};
+use crate::engine::{percentile, Outcome, Sample};
 use crate::scenario::Scenario;
 
 /// Bytes/s of `mbit` Mbit/s.
@@ -79,21 +79,30 @@ pub fn scenario(kind: Kind, n: usize, bytes: u64, chunk: u64, cap: f64, seed: u6
     sc
 }
 
-/// One run's figures.
-#[derive(Clone, Debug)]
+/// One run's figures (as `predict --json` writes them, and `plot` reads them).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Row {
+    #[serde(rename = "run")]
     pub label: String,
     pub nodes: usize,
     pub image_bytes: u64,
+    #[serde(rename = "chunk_bytes")]
     pub chunk: u64,
+    /// The pull times of the nodes that finished, ascending.
+    #[serde(rename = "times_secs")]
     pub times: Vec<f64>,
+    #[serde(rename = "fluid_bound_secs")]
     pub fluid: f64,
+    #[serde(rename = "chunked_bound_secs")]
     pub chunked: f64,
     pub registry_over_image: f64,
     pub died: usize,
     pub failed: usize,
     pub wall_secs: f64,
     pub events: u64,
+    /// shoald's `have_peers` in the run.
+    #[serde(default)]
+    pub have_peers: usize,
 }
 
 impl Row {
@@ -112,7 +121,20 @@ impl Row {
             failed: outcome.failed,
             wall_secs,
             events: outcome.events,
+            have_peers: sc.settings.have_peers,
         }
+    }
+
+    /// The figures in JSON, with the percentiles spelled out for readers.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("a row is plain data");
+        if let serde_json::Value::Object(m) = &mut v {
+            m.insert("p50_secs".into(), self.p(50.0).into());
+            m.insert("p99_secs".into(), self.p(99.0).into());
+            m.insert("max_secs".into(), self.p(100.0).into());
+            m.insert("finished".into(), self.finished().into());
+        }
+        v
     }
 
     pub fn p(&self, p: f64) -> f64 {
@@ -166,6 +188,42 @@ pub fn table(rows: &[Row]) -> String {
             r.registry_over_image,
             r.finished(),
             r.wall_secs,
+        );
+    }
+    s
+}
+
+/// The swarm's state over time (see [`Sample`]).
+pub fn samples(samples: &[Sample]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:>7} {:>7} {:>6} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>7}",
+        "t s",
+        "pulling",
+        "held",
+        "up use",
+        "down use",
+        "reg use",
+        "idle up",
+        "reqs",
+        "flowing",
+        "ups/upl"
+    );
+    for x in samples {
+        let _ = writeln!(
+            s,
+            "{:>7.2} {:>7} {:>6.3} {:>7.3} {:>7.3} {:>7.3} {:>6} {:>6.2} {:>6.2} {:>7.2}",
+            x.at,
+            x.pulling,
+            x.held,
+            x.upload_use,
+            x.download_use,
+            x.registry_use,
+            x.idle_uploaders,
+            x.requests,
+            x.flowing,
+            x.uploads_per_uploader
         );
     }
     s

@@ -34,6 +34,11 @@ pub struct NodeSettings {
     pub max_uploads: usize,
     /// Layers of one image fetched at once (shoald's `unpack.concurrency`, default 4).
     pub layer_concurrency: usize,
+    /// Have streams a download keeps open (`have_peers`, default 16; 0: none, the
+    /// tracker's lists are the only view of the peers).
+    pub have_peers: usize,
+    /// Have streams a node serves at once (`max_have_streams`, default 256).
+    pub max_have_streams: usize,
 }
 
 impl Default for NodeSettings {
@@ -50,6 +55,9 @@ impl Default for NodeSettings {
             peer_refresh: d.peer_refresh,
             max_uploads: 16,
             layer_concurrency: 4,
+            // shoald's defaults of the have streams (docs/simulator.md "Have streams").
+            have_peers: 16,
+            max_have_streams: 256,
         }
     }
 }
@@ -103,6 +111,9 @@ pub struct Scenario {
     pub seed: u64,
     /// Give up at this simulated time (s).
     pub horizon: f64,
+    /// Sample the swarm's state this often (s; none when `None`), into
+    /// [`crate::Outcome::samples`].
+    pub sample_every: Option<f64>,
 }
 
 impl Scenario {
@@ -127,6 +138,7 @@ impl Scenario {
             pull_overhead: 0.0,
             seed: 1,
             horizon: 3600.0,
+            sample_every: None,
         }
     }
 

@@ -64,7 +64,11 @@ impl Sim<'_> {
                     self.at(self.now + rtt, Event::Arrive(i, blob, req));
                 }
                 Action::Cancel { req } => self.cancel(i, blob, req),
-                Action::Drop { .. } => {}
+                Action::Drop { peer, .. } => {
+                    if let Some(j) = adapter::endpoint_of(&peer) {
+                        self.have_dropped(i, blob, j);
+                    }
+                }
             }
         }
         Ok(())
@@ -263,6 +267,7 @@ impl Sim<'_> {
         if let Some(h) = d.have.as_mut() {
             h.insert(chunk);
         }
+        self.have_changed(i, blob);
         let Ok(actions) = result else {
             self.fail(i);
             return Ok(());

@@ -20,6 +20,9 @@
 //! - `SHOAL_BENCH_JSON` (default `target/swarm-bench.json`): where the results go as JSON.
 //! - `SHOAL_BENCH_HAVE_PEERS` (default: shoald's, 16): `swarm.have_peers` of every node (0
 //!   turns have streams off: peers' chunks are learnt from the trackers' peer lists only).
+//! - `SHOAL_BENCH_SWARM` (default none): more `[swarm]` keys of every node, `;`-separated
+//!   (e.g. `max_uploads = 16; chunks_per_peer = 2`, shoald's defaults before they were
+//!   measured again with have streams).
 //! - `SHOAL_BENCH_KEEP_LOGS` (default 0): 1 keeps every daemon's log and metrics after each
 //!   run (the directory is printed); with `SHOAL_LOG=info,shoal_p2p::swarm=debug` shoald logs
 //!   each chunk's arrival (`chunk arrived`: chunk, from whom, ms since the download began).
@@ -142,6 +145,15 @@ fn main() -> Result<()> {
         }
         Err(_) => None,
     };
+    let swarm_extra = std::env::var("SHOAL_BENCH_SWARM").unwrap_or_default();
+    for line in swarm_extra
+        .split(';')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
+        config.swarm_config.push_str(line);
+        config.swarm_config.push('\n');
+    }
     config.registry_ext = modes.iter().any(|m| m.node_mode().uses_swarm());
     if !cluster::available() {
         bail!("needs root, iproute2, docker-registry, skopeo, containerd and the workspace's release binaries: run scripts/install-deps.sh as root and `cargo build --release --workspace`");
@@ -339,6 +351,7 @@ fn main() -> Result<()> {
         "nodes": nodes,
         "mbit": mbit,
         "have_peers": have_peers,
+        "swarm_config": swarm_extra,
         "image_bytes": image.bytes,
         "image_layers": image.layers.len(),
         "f_over_b_secs": f_over_b,

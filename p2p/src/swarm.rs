@@ -118,7 +118,7 @@ impl SwarmConfig {
         Self {
             node_name: node_name.into(),
             advertise,
-            per_peer_in_flight: 2,
+            per_peer_in_flight: 1,
             per_seeder_in_flight: 1,
             in_flight: 8,
             registry_in_flight: 2,

@@ -31,10 +31,10 @@
 //! trackers = []               # shoal-registry-ext URLs, e.g. ["https://10.0.0.1:7080"];
 //!                             # at least one when enabled (chunk manifests come from them too)
 //! insecure_plaintext = false  # default false; plain HTTP between nodes, only for tests
-//! max_uploads = 16            # default 16: chunks served at once (more get "busy")
+//! max_uploads = 8             # default 8: chunks served at once (more get "busy")
 //! upload_bytes_per_sec = 0    # default 0 = unlimited: this node's total upload rate
 //! chunks_in_flight = 8        # default 8: chunk requests in flight per blob
-//! chunks_per_peer = 2         # default 2: chunk requests in flight per peer, per blob
+//! chunks_per_peer = 1         # default 1: chunk requests in flight per peer, per blob
 //! have_peers = 16             # default 16: have streams a download keeps open to peers
 //!                             # (their chunks as they arrive); 0 = off (peer lists only)
 //! max_have_streams = 256      # default 256, at least 1: have streams served at once
@@ -242,7 +242,7 @@ fn default_swarm_listen() -> SocketAddr {
 }
 
 fn default_max_uploads() -> usize {
-    16
+    8
 }
 
 fn default_chunks_in_flight() -> usize {
@@ -250,7 +250,7 @@ fn default_chunks_in_flight() -> usize {
 }
 
 fn default_chunks_per_peer() -> usize {
-    2
+    1
 }
 
 fn default_have_peers() -> usize {

@@ -43,7 +43,7 @@
 //! [seed]
 //! dir = "/var/lib/shoal-registry-ext/blobs"     # default; absolute
 //! max_bytes = 10737418240           # default 10 GiB; at least 1
-//! max_uploads = 32                  # default 32; at least 1
+//! max_uploads = 16                  # default 16; at least 1
 //! upload_bytes_per_sec = 0          # default 0 = unlimited
 //!
 //! # The tracker.

@@ -50,19 +50,19 @@ enum Command {
         /// shoald's `have_peers`: have streams per download (0: none).
         #[arg(long, default_value_t = 16)]
         have_peers: usize,
-        /// shoald's `per_peer_in_flight` (chunk requests per peer; default 2).
+        /// shoald's `per_peer_in_flight` (chunk requests per peer; default 1).
         #[arg(long)]
         per_peer_in_flight: Option<usize>,
         /// shoald's `near_window` (chunks past the reader fetched in order; default 2).
         #[arg(long)]
         near_window: Option<usize>,
-        /// shoald's `max_uploads` (chunk server upload slots; default 16).
+        /// shoald's `max_uploads` (chunk server upload slots; default 8).
         #[arg(long)]
         max_uploads: Option<usize>,
         /// The seeder's super-seeding deferral (ms; default 3000).
         #[arg(long)]
         seeder_defer_ms: Option<u64>,
-        /// The seeder's upload slots (`seed.max_uploads`; default 32).
+        /// The seeder's upload slots (`seed.max_uploads`; default 16).
         #[arg(long)]
         seeder_max_uploads: Option<usize>,
         /// Prints the swarm's state (links' use, requests) every this many ms (stderr).

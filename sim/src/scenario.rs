@@ -20,7 +20,7 @@ pub struct NodeSpec {
 }
 
 /// shoald's swarm settings ([`shoal_p2p::swarm::SwarmConfig`]'s defaults) and its chunk
-/// server's upload slots (shoald's `max_uploads`, default 16).
+/// server's upload slots (shoald's `max_uploads`, default 8).
 #[derive(Clone, Debug, PartialEq)]
 pub struct NodeSettings {
     pub in_flight: usize,
@@ -53,7 +53,7 @@ impl Default for NodeSettings {
             near_window: d.near_window,
             announce_interval: d.announce_interval,
             peer_refresh: d.peer_refresh,
-            max_uploads: 16,
+            max_uploads: 8,
             layer_concurrency: 4,
             // shoald's defaults of the have streams (docs/simulator.md "Have streams").
             have_peers: 16,
@@ -68,7 +68,7 @@ impl Default for NodeSettings {
 pub struct RegistrySide {
     /// Upload cap of the registry side (bytes/s), shared by the seeder and registry ranges.
     pub up: f64,
-    /// The seeder's upload slots (`seed.max_uploads`, default 32).
+    /// The seeder's upload slots (`seed.max_uploads`, default 16).
     pub seeder_max_uploads: usize,
     /// How long the seeder refuses a chunk it just sent (super-seeding).
     pub seeder_defer: Duration,
@@ -84,7 +84,7 @@ impl RegistrySide {
         let t = shoal_registry_ext::config::TrackerConfig::default();
         Self {
             up,
-            seeder_max_uploads: 32,
+            seeder_max_uploads: shoal_registry_ext::config::SeedConfig::default().max_uploads,
             seeder_defer: shoal_registry_ext::super_seed::DEFAULT_DEFER,
             announce_interval_ms: t.announce_interval_ms,
             peer_ttl_ms: t.peer_ttl_ms,

@@ -1,11 +1,11 @@
 //! A small swarm (N = 50) through the real planner and tracker, with have streams (shoald's
-//! default `have_peers`): it finishes, never beats the fluid bound, sends each byte from the
-//! registry side once, is the same for the same seed, and does not get slower than today's
-//! figures. The aims against the chunked bound (p50 <= 1.1x, p99 <= 1.3x) are not met today
-//! (p50 about 1.8x with streams, 2.0x without: the seeder spreads its link over 32 chunks at
-//! once, so nothing reaches the nodes for about 32 chunk times, and the nodes' links are used
-//! at about 70%; see docs/simulator.md "Findings"), so this test holds today's figures as a
-//! ceiling; tighten it when the swarm gets nearer the aims.
+//! default `have_peers`) and shoald's and the seeder's default upload slots: it finishes,
+//! never beats the fluid bound, sends each byte from the registry side once, is the same for
+//! the same seed, and does not get slower than today's figures. The aims against the chunked
+//! bound (p50 <= 1.1x, p99 <= 1.3x) are not met at this size (p50 about 1.5x: at 256 MiB the
+//! first second, before the seeder's first chunks arrive, weighs a third of F/u; see
+//! docs/simulator.md "Findings"), so this test holds today's figures as a ceiling; tighten
+//! it when the swarm gets nearer the aims.
 
 use shoal_sim::report::{self, Kind, Row};
 use shoal_sim::{percentile, run};
@@ -33,12 +33,13 @@ fn fifty_nodes_finish_never_beat_the_bound_and_hold_todays_figures() {
         t[0]
     );
     let (p50, p99) = (percentile(&t, 50.0), percentile(&t, 99.0));
-    // Today's figures (seeds 1 to 8: p50 1.75-1.82x, p99 1.79-1.86x) with a margin: a
-    // regression fails here.
-    assert!(p50 <= 1.9 * chunked, "p50 {p50:.3}s > 1.9 x {chunked:.3}s");
+    // Today's figures (seeds 1 to 8: p50 1.46-1.57x, p99 1.58-1.66x) with a margin: a
+    // regression fails here (with 16 upload slots per node and 2 requests per peer, the
+    // defaults before, p50 was 1.75-1.82x).
+    assert!(p50 <= 1.65 * chunked, "p50 {p50:.3}s > 1.65 x {chunked:.3}s");
     assert!(
-        p99 <= 1.95 * chunked,
-        "p99 {p99:.3}s > 1.95 x {chunked:.3}s"
+        p99 <= 1.75 * chunked,
+        "p99 {p99:.3}s > 1.75 x {chunked:.3}s"
     );
     let reg = out.registry_bytes() / sc.image_bytes() as f64;
     assert!(

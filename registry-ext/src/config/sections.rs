@@ -138,7 +138,7 @@ pub struct SeedConfig {
     pub dir: PathBuf,
     /// Most bytes kept; least recently used out first. Default 10 GiB, at least 1.
     pub max_bytes: u64,
-    /// Chunk uploads served at once. Default 32, at least 1.
+    /// Chunk uploads served at once. Default 16, at least 1.
     pub max_uploads: usize,
     /// Upload rate limit in bytes/s. Default 0 = unlimited.
     pub upload_bytes_per_sec: u64,
@@ -149,7 +149,7 @@ impl Default for SeedConfig {
         Self {
             dir: PathBuf::from("/var/lib/shoal-registry-ext/blobs"),
             max_bytes: 10 << 30,
-            max_uploads: 32,
+            max_uploads: 16,
             upload_bytes_per_sec: 0,
         }
     }

@@ -36,7 +36,10 @@ fn fifty_nodes_finish_never_beat_the_bound_and_hold_todays_figures() {
     // Today's figures (seeds 1 to 8: p50 1.46-1.57x, p99 1.58-1.66x) with a margin: a
     // regression fails here (with 16 upload slots per node and 2 requests per peer, the
     // defaults before, p50 was 1.75-1.82x).
-    assert!(p50 <= 1.65 * chunked, "p50 {p50:.3}s > 1.65 x {chunked:.3}s");
+    assert!(
+        p50 <= 1.65 * chunked,
+        "p50 {p50:.3}s > 1.65 x {chunked:.3}s"
+    );
     assert!(
         p99 <= 1.75 * chunked,
         "p99 {p99:.3}s > 1.75 x {chunked:.3}s"

@@ -276,13 +276,18 @@ fn a_node_serves_chunks_only_to_holders_of_a_cluster_certificate() -> Result<()>
             Err(e) => eprintln!("{who} refused, as it must be: {e:#}"),
         }
     }
-    // The refusals happened in the handshake, on the node's side.
-    let log = std::fs::read_to_string(cluster.node(holder).cri().shoald().log_path())?;
+    // The refusals happened in the handshake, on the node's side. The client has its alert
+    // before the node writes its log line: give the line a moment.
+    let log_path = cluster.node(holder).cri().shoald().log_path();
     let host = &cluster.node(holder).link().host_ip;
-    let refusals = log
-        .lines()
-        .filter(|l| l.contains(&format!("TLS handshake with {host}:")))
-        .count();
+    let needle = format!("TLS handshake with {host}:");
+    let mut refusals = 0;
+    Cluster::wait_until(Duration::from_secs(10), || {
+        refusals = std::fs::read_to_string(&log_path)
+            .map(|log| log.lines().filter(|l| l.contains(&needle)).count())
+            .unwrap_or(0);
+        refusals >= 2
+    });
     if refusals < 2 {
         bail!("the node logged {refusals} refused TLS handshakes from {host}, expected 2");
     }

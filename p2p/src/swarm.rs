@@ -86,7 +86,7 @@ pub struct SwarmConfig {
     pub node_name: String,
     /// Where this node's chunk server is reachable by peers.
     pub advertise: SocketAddr,
-    /// Chunks asked of one peer at once, per blob. Default 2.
+    /// Chunks asked of one peer at once, per blob. Default 1.
     pub per_peer_in_flight: usize,
     /// Chunk requests in flight per blob, peers and registry together. Default 8.
     pub in_flight: usize,

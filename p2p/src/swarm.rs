@@ -483,13 +483,19 @@ impl BlobSource for Swarm {
     }
 }
 
-impl ChunkProvider for Swarm {
-    fn open(&self, digest: &Digest, range: Range<u64>) -> Option<Held> {
-        let download = self
-            .inner
+impl Swarm {
+    /// The download of `digest` in progress on this node, if any (for the chunk server).
+    fn download_in_progress(&self, digest: &Digest) -> Option<Arc<Download>> {
+        self.inner
             .downloads
             .get(digest)
-            .and_then(|c| c.get().cloned().flatten());
+            .and_then(|c| c.get().cloned().flatten())
+    }
+}
+
+impl ChunkProvider for Swarm {
+    fn open(&self, digest: &Digest, range: Range<u64>) -> Option<Held> {
+        let download = self.download_in_progress(digest);
         if let Some(download) = download {
             if let Some(held) = download.open(range.clone()) {
                 return Some(held);
@@ -501,11 +507,7 @@ impl ChunkProvider for Swarm {
     /// A download in progress streams its state; a cached blob whose chunk manifest is known
     /// gives one `done` line; anything else has no have stream.
     fn have(&self, digest: &Digest) -> Option<HaveFeed> {
-        let download = self
-            .inner
-            .downloads
-            .get(digest)
-            .and_then(|c| c.get().cloned().flatten());
+        let download = self.download_in_progress(digest);
         if let Some(download) = download {
             return Some(download.have_feed());
         }

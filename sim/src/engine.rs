@@ -545,13 +545,7 @@ impl<'a> Sim<'a> {
             return;
         }
         d.done = true;
-        d.planner = None;
-        d.fetching = None;
-        let tasks: Vec<Task> = d.tasks.drain().map(|(_, t)| t).collect();
-        for task in tasks {
-            self.release(i, &task);
-        }
-        self.have_close_all(i, blob);
+        self.stop_download(i, blob);
         self.have_changed(i, blob);
         self.notify(i);
         let next = self.nodes[i]
@@ -578,16 +572,22 @@ impl<'a> Sim<'a> {
         self.nodes[i].finished = true;
         self.open -= 1;
         for blob in 0..self.chunks.len() {
-            let d = &mut self.nodes[i].downloads[blob];
-            d.planner = None;
-            d.fetching = None;
-            let tasks: Vec<Task> = d.tasks.drain().map(|(_, t)| t).collect();
-            for task in tasks {
-                self.release(i, &task);
-            }
-            self.have_close_all(i, blob);
+            self.stop_download(i, blob);
             self.have_abort(i, blob);
         }
+    }
+
+    /// Node `i`'s download of `blob` stops (done or failed): its planner goes, its requests
+    /// in flight are released and its have-stream subscriptions closed.
+    fn stop_download(&mut self, i: usize, blob: usize) {
+        let d = &mut self.nodes[i].downloads[blob];
+        d.planner = None;
+        d.fetching = None;
+        let tasks: Vec<Task> = d.tasks.drain().map(|(_, t)| t).collect();
+        for task in tasks {
+            self.release(i, &task);
+        }
+        self.have_close_all(i, blob);
     }
 
     /// Node `i` dies: its transfers break (those to other nodes end with a transport

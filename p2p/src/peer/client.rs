@@ -40,6 +40,19 @@ pub(crate) fn error_text(body: &[u8]) -> String {
     }
 }
 
+/// The explanation in an error answer's body: up to [`MAX_ERROR_BODY`] bytes of it, through
+/// [`error_text`].
+async fn error_body(response: &mut reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < MAX_ERROR_BODY {
+        match response.chunk().await {
+            Ok(Some(c)) => body.extend_from_slice(&c),
+            _ => break,
+        }
+    }
+    error_text(&body)
+}
+
 impl PeerClient {
     /// A client presenting this node's certificate (or plaintext, if `transport` is), giving
     /// up on a connection after `connect_timeout` and on a whole request after
@@ -102,14 +115,8 @@ impl PeerClient {
                 })
             }
             status => {
-                let mut body = Vec::new();
-                while body.len() < MAX_ERROR_BODY {
-                    match response.chunk().await {
-                        Ok(Some(c)) => body.extend_from_slice(&c),
-                        _ => break,
-                    }
-                }
-                return Err(bad(format!("status {status}: {}", error_text(&body))));
+                let text = error_body(&mut response).await;
+                return Err(bad(format!("status {status}: {text}")));
             }
         }
         let content_range = response
@@ -174,14 +181,8 @@ impl PeerClient {
                 })
             }
             status => {
-                let mut body = Vec::new();
-                while body.len() < MAX_ERROR_BODY {
-                    match response.chunk().await {
-                        Ok(Some(c)) => body.extend_from_slice(&c),
-                        _ => break,
-                    }
-                }
-                return Err(bad(format!("status {status}: {}", error_text(&body))));
+                let text = error_body(&mut response).await;
+                return Err(bad(format!("status {status}: {text}")));
             }
         }
         let content_type = response

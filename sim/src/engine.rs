@@ -17,7 +17,7 @@
 //! - The tracker hears an announce, and answers a peer list, one latency after it is sent.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -65,6 +65,10 @@ pub struct Outcome {
     pub transport: u64,
     /// Overdue chunks asked again elsewhere.
     pub overdue: u64,
+    /// Requests the seeder answered busy, and requests that waited for one of its slots
+    /// (`RegistrySide::seeder_queue`).
+    pub seeder_busy: u64,
+    pub seeder_waited: u64,
     /// Have streams opened (asked), refused (busy or no such download), and lines
     /// delivered (one per subscriber).
     pub have_opened: u64,
@@ -258,6 +262,8 @@ struct Sim<'a> {
     tracker: TrackerSim,
     seeder: SeederPolicy,
     seeder_uploads: usize,
+    /// Requests waiting for a seeder slot: (node, blob, request), oldest first.
+    seeder_waiting: VecDeque<(usize, usize, ReqId)>,
     seeder_peak: f64,
     open: usize,
     out: Outcome,
@@ -303,6 +309,7 @@ impl<'a> Sim<'a> {
             seeder: SeederPolicy::new(sc.registry.seeder_defer, chunks.len()),
             chunks,
             seeder_uploads: 0,
+            seeder_waiting: VecDeque::new(),
             seeder_peak: 0.0,
             open: n,
             out: Outcome {

@@ -65,6 +65,10 @@ enum Command {
         /// The seeder's upload slots (`seed.max_uploads`; default 16).
         #[arg(long)]
         seeder_max_uploads: Option<usize>,
+        /// What-if: chunk requests that wait for a seeder slot (the seeder has no queue:
+        /// default 0); past them, busy.
+        #[arg(long)]
+        seeder_queue: Option<usize>,
         /// Prints the swarm's state (links' use, requests) every this many ms (stderr).
         #[arg(long)]
         sample_ms: Option<u64>,
@@ -132,6 +136,7 @@ fn main() -> Result<()> {
             max_uploads,
             seeder_defer_ms,
             seeder_max_uploads,
+            seeder_queue,
             sample_ms,
             peer_refresh_ms,
             in_flight,
@@ -179,6 +184,9 @@ fn main() -> Result<()> {
                         if let Some(k) = seeder_max_uploads {
                             sc.registry.seeder_max_uploads = k;
                         }
+                        if let Some(k) = seeder_queue {
+                            sc.registry.seeder_queue = k;
+                        }
                         if let Some(ms) = seeder_defer_ms {
                             sc.registry.seeder_defer = std::time::Duration::from_millis(ms);
                         }
@@ -194,7 +202,7 @@ fn main() -> Result<()> {
                             eprintln!("{}", report::samples(&out.samples));
                         }
                         eprintln!(
-                            "{} N={n} F={f}: p50 {:.2}s p99 {:.2}s max {:.2}s ({} done, {} died, {} failed; {} events, busy {}, not held {}, transport {}, overdue {}; registry side's last byte at {:.2}s; have streams {} opened, {} refused, {} lines; {} announces, {} paced, {} lists reused; {:.1}s)",
+                            "{} N={n} F={f}: p50 {:.2}s p99 {:.2}s max {:.2}s ({} done, {} died, {} failed; {} events, busy {} (seeder {}, {} waited), not held {}, transport {}, overdue {}; registry side's last byte at {:.2}s; have streams {} opened, {} refused, {} lines; {} announces, {} paced, {} lists reused; {:.1}s)",
                             kind.name(),
                             row.p(50.0),
                             row.p(99.0),
@@ -204,6 +212,8 @@ fn main() -> Result<()> {
                             out.failed,
                             out.events,
                             out.busy,
+                            out.seeder_busy,
+                            out.seeder_waited,
                             out.not_held,
                             out.transport,
                             out.overdue,

@@ -70,6 +70,10 @@ pub struct RegistrySide {
     pub up: f64,
     /// The seeder's upload slots (`seed.max_uploads`, default 16).
     pub seeder_max_uploads: usize,
+    /// A what-if (the seeder has no queue: 0, busy at once, as shoal's): chunk requests
+    /// that wait for one of the seeder's slots, first come first served, their chunk
+    /// counted as sent by the super-seeding rule when they arrive; past them, busy.
+    pub seeder_queue: usize,
     /// How long the seeder refuses a chunk it just sent (super-seeding).
     pub seeder_defer: Duration,
     /// The tracker's settings (`[tracker]`, defaults 1000 ms, 5000 ms, 30).
@@ -85,6 +89,7 @@ impl RegistrySide {
         Self {
             up,
             seeder_max_uploads: shoal_registry_ext::config::SeedConfig::default().max_uploads,
+            seeder_queue: 0,
             seeder_defer: shoal_registry_ext::super_seed::DEFAULT_DEFER,
             announce_interval_ms: t.announce_interval_ms,
             peer_ttl_ms: t.peer_ttl_ms,

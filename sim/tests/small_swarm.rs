@@ -83,3 +83,30 @@ fn a_node_dying_mid_pull_does_not_stop_the_others() {
     assert_eq!(out.failed, 0);
     assert_eq!(out.sorted_times().len(), 38, "{out:?}");
 }
+
+#[test]
+fn requests_queued_at_the_seeder_wait_for_its_slots_instead_of_being_refused() {
+    // 20 nodes, 2 seeder slots: without a queue most first requests are answered busy; with
+    // room for every node's one seeder request none is, each waits its turn, and every chunk
+    // still leaves the registry side once.
+    let mut sc = report::scenario(Kind::Equal, 20, 64 * MIB, 4 * MIB, report::mbit(1000.0), 2);
+    sc.registry.seeder_max_uploads = 2;
+    assert_eq!(sc.registry.seeder_queue, 0, "the seeder has no queue");
+    let refused = run(&sc).expect("simulation");
+    assert!(
+        refused.seeder_busy > 0 && refused.seeder_waited == 0,
+        "{refused:?}"
+    );
+    sc.registry.seeder_queue = 20;
+    let queued = run(&sc).expect("simulation");
+    assert_eq!(queued.seeder_busy, 0, "{queued:?}");
+    assert!(queued.seeder_waited > 0);
+    for out in [&refused, &queued] {
+        assert_eq!(out.sorted_times().len(), 20, "{out:?}");
+        let reg = out.registry_bytes() / sc.image_bytes() as f64;
+        assert!(
+            (0.99..1.05).contains(&reg),
+            "the registry side sent {reg:.3} F"
+        );
+    }
+}

@@ -90,11 +90,12 @@ impl Sim<'_> {
         }
         match task.src {
             Src::Seeder => {
-                if task.flow.is_some() {
-                    self.seeder_uploads -= 1;
-                }
                 let slots = &mut self.nodes[i].seeder_slots;
                 *slots = slots.saturating_sub(1);
+                if task.flow.is_some() {
+                    self.seeder_uploads -= 1;
+                    self.seeder_next();
+                }
             }
             Src::Node(_) | Src::Registry => {}
         }
@@ -146,10 +147,20 @@ impl Sim<'_> {
             Src::Seeder => {
                 let offset = chunk as u64 * self.sc.chunk_size;
                 let now = self.instant(self.now);
-                if self.seeder_uploads >= self.sc.registry.seeder_max_uploads {
+                let full = self.seeder_uploads >= self.sc.registry.seeder_max_uploads;
+                if full {
+                    self.seeder_forget_gone();
+                }
+                if full && self.seeder_waiting.len() >= self.sc.registry.seeder_queue {
+                    self.out.seeder_busy += 1;
                     Some(Failure::Busy)
                 } else if !self.seeder.serve(blob, offset, now) {
                     Some(Failure::NotHeld)
+                } else if full {
+                    // Taken (the super-seeding rule counts it as sent): it waits for a slot.
+                    self.seeder_waiting.push_back((i, blob, req));
+                    self.out.seeder_waited += 1;
+                    return Ok(());
                 } else {
                     None
                 }
@@ -169,6 +180,39 @@ impl Sim<'_> {
         }
         self.start_flow(i, blob, req, chunk);
         Ok(())
+    }
+
+    /// Whether request `req` of node `i` still waits for a seeder slot (not cancelled, its
+    /// node alive).
+    fn seeder_waits(&self, i: usize, blob: usize, req: ReqId) -> bool {
+        self.nodes[i].alive
+            && self.nodes[i].downloads[blob]
+                .tasks
+                .get(&req)
+                .is_some_and(|t| t.src == Src::Seeder && t.flow.is_none())
+    }
+
+    /// Forgets the waiting requests that were cancelled or whose node died.
+    fn seeder_forget_gone(&mut self) {
+        let mut waiting = std::mem::take(&mut self.seeder_waiting);
+        waiting.retain(|&(i, blob, req)| self.seeder_waits(i, blob, req));
+        self.seeder_waiting = waiting;
+    }
+
+    /// Starts the flows of the requests waiting at the seeder while it has free slots
+    /// (skipping the ones cancelled or whose node died meanwhile).
+    fn seeder_next(&mut self) {
+        while self.seeder_uploads < self.sc.registry.seeder_max_uploads {
+            let Some((j, blob, req)) = self.seeder_waiting.pop_front() else {
+                return;
+            };
+            if !self.seeder_waits(j, blob, req) {
+                continue;
+            }
+            let chunk = self.nodes[j].downloads[blob].tasks[&req].chunks.start;
+            self.seeder_uploads += 1;
+            self.start_flow(j, blob, req, chunk);
+        }
     }
 
     pub(super) fn start_flow(&mut self, i: usize, blob: usize, req: ReqId, chunk: u32) {
@@ -249,6 +293,7 @@ impl Sim<'_> {
         self.count_bytes(src, moved);
         if src == Src::Seeder {
             self.seeder_uploads -= 1;
+            self.seeder_next();
         }
         let len = self.chunk_bytes(blob, chunk);
         let now = self.instant(self.now);

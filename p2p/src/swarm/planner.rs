@@ -299,13 +299,18 @@ impl Planner {
             if self.reqs.len() >= self.config.in_flight {
                 break;
             }
-            if let Some(&at) = self.refused.get(&i) {
-                if now.saturating_duration_since(at) < SEEDER_REFUSAL_WAIT {
-                    continue;
-                }
-                self.refused.remove(&i);
-            }
             let (nodes, seeders) = (self.holders.nodes.count(i), self.holders.seeders.count(i));
+            if let Some(&at) = self.refused.get(&i) {
+                // The seeder sent it to another node a moment ago: wait for that node's
+                // word, unless a node is known to hold it already.
+                if now.saturating_duration_since(at) < SEEDER_REFUSAL_WAIT {
+                    if nodes == 0 {
+                        continue;
+                    }
+                } else {
+                    self.refused.remove(&i);
+                }
+            }
             if nodes == 0 && self.holders.fetchers.count(i) > 0 {
                 // Another node fetches it: leave it to that node (the registry side sends it
                 // once), but no longer than a chunk may take.

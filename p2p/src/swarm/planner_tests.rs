@@ -456,6 +456,24 @@ fn a_chunk_the_seeder_refuses_goes_to_nobody_else_for_a_while_then_to_it_again()
 }
 
 #[test]
+fn a_chunk_the_seeder_refused_goes_at_once_to_a_node_that_holds_it() {
+    let t0 = Instant::now();
+    let n = 1;
+    let (mut p, mut rng) = planner(n, 4, t0);
+    p.peers(vec![seeder(n)]);
+    let mut budget = Budget::new(1);
+    let first = peer_fetches(&p.plan(t0, &mut rng, &mut budget));
+    p.ended(t0, first[0].2, Some(Failure::NotHeld)).unwrap();
+    budget.release(addr(100));
+    // The node the seeder sent it to says it holds it: no need to wait for the refusal.
+    let soon = t0 + Duration::from_millis(50);
+    p.peers(vec![seeder(n), node(2, n, [0])]);
+    let fetches = peer_fetches(&p.plan(soon, &mut rng, &mut budget));
+    assert_eq!(fetches.len(), 1, "{fetches:?}");
+    assert_eq!(fetches[0].0, "node-2");
+}
+
+#[test]
 fn a_chunk_only_slow_nodes_hold_waits_for_a_fast_node_fetching_it() {
     let t0 = Instant::now();
     let n = 2;

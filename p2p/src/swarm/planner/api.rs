@@ -22,7 +22,8 @@ pub const MAX_REGISTRY_FAILURES: u32 = 6;
 /// Registry chunks failing their hash after which the manifest is taken to be wrong.
 pub const MAX_REGISTRY_HASH_FAILURES: u32 = 2;
 /// A chunk a seeder refused ("not held": it just sent it to another node) is not asked of
-/// anyone for this long; by then that node's announce says it fetches or holds it.
+/// anyone for this long, unless a node is known to hold it; by then that node's announce
+/// says it fetches or holds it.
 pub const SEEDER_REFUSAL_WAIT: Duration = Duration::from_secs(1);
 
 /// The planner's limits (from [`super::SwarmConfig`]).

@@ -150,39 +150,54 @@ fn holders_of_nothing_and_the_asker_are_left_out_and_lists_are_capped() {
 }
 
 #[test]
-fn the_seeder_competes_like_a_peer() {
+fn the_seeder_is_always_listed_first_however_busy() {
     let d = Digest::of(b"blob");
     let mut t = Tracker::new(&cfg());
     let now = Instant::now();
-    t.announce(
-        announce("node", 1, stats(100, 0, 0), &[(&d, ChunkSet::full(3))]),
-        now,
-    )
-    .unwrap();
+    // 40 idle holders of the whole blob, each far more attractive than a busy seeder.
+    for i in 0..40 {
+        t.announce(
+            announce(
+                &format!("node-{i}"),
+                1000 + i,
+                stats(100, 0, 0),
+                &[(&d, ChunkSet::full(3))],
+            ),
+            now,
+        )
+        .unwrap();
+    }
     let seeder = PeerEntry {
         peer_id: format!("{SEEDER_ID_PREFIX}10.0.0.9:7080"),
         addr: "10.0.0.9:7080".parse().unwrap(),
         chunks: 3,
         have: ChunkSet::full(3).encode(),
-        upload: stats(100, 0, 0),
+        upload: stats(100, 100, 16),
         fetching: None,
     };
     let mut rng = fastrand::Rng::with_seed(5);
-    let seeder_first = (0..2000)
-        .filter(|_| {
-            let list = t.peers(&d, "me", 30, Some(seeder.clone()), now, &mut rng);
-            assert_eq!(list.len(), 2);
-            list[0].peer_id.starts_with(SEEDER_ID_PREFIX)
-        })
-        .count();
-    assert!((800..1200).contains(&seeder_first), "{seeder_first}");
+    for _ in 0..200 {
+        let list = t.peers(&d, "me", 30, Some(seeder.clone()), now, &mut rng);
+        // It takes one of the 30 places.
+        assert_eq!(list.len(), 30);
+        assert_eq!(list[0].peer_id, seeder.peer_id);
+        assert!(list[1..].iter().all(|p| p.peer_id.starts_with("node-")));
+    }
+    // A list of one is the seeder alone; the seeder asking is not listed to itself.
+    let one = t.peers(&d, "me", 1, Some(seeder.clone()), now, &mut rng);
+    assert_eq!(ids(&one), vec![seeder.peer_id.as_str()]);
+    let own = t.peers(&d, &seeder.peer_id, 30, Some(seeder.clone()), now, &mut rng);
+    assert_eq!(own.len(), 30);
+    assert!(own.iter().all(|p| p.peer_id.starts_with("node-")));
     // A seeder entry for an empty blob is not listed.
     let empty = PeerEntry {
         chunks: 0,
         have: ChunkSet::full(0).encode(),
         ..seeder
     };
-    assert_eq!(t.peers(&d, "me", 30, Some(empty), now, &mut rng).len(), 1);
+    let list = t.peers(&d, "me", 30, Some(empty), now, &mut rng);
+    assert_eq!(list.len(), 30);
+    assert!(list.iter().all(|p| p.peer_id.starts_with("node-")));
 }
 
 #[test]

@@ -301,7 +301,7 @@ impl<'a> Sim<'a> {
             now: 0.0,
             queue: BinaryHeap::new(),
             seq: 0,
-            net: Net::new(up, down),
+            net: Net::new(up, down).with_sharing(sc.sharing),
             reg: n,
             tags: Vec::new(),
             nodes,

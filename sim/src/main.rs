@@ -65,6 +65,10 @@ enum Command {
         /// The seeder's upload slots (`seed.max_uploads`; default 16).
         #[arg(long)]
         seeder_max_uploads: Option<usize>,
+        /// What-if, small runs only: how links are shared: equal (the default), maxmin,
+        /// oldest (uploaders send to their oldest flow first; downloads max-min).
+        #[arg(long)]
+        sharing: Option<String>,
         /// What-if: chunk requests that wait for a seeder slot (the seeder has no queue:
         /// default 0); past them, busy.
         #[arg(long)]
@@ -137,6 +141,7 @@ fn main() -> Result<()> {
             seeder_defer_ms,
             seeder_max_uploads,
             seeder_queue,
+            sharing,
             sample_ms,
             peer_refresh_ms,
             in_flight,
@@ -184,6 +189,12 @@ fn main() -> Result<()> {
                         if let Some(k) = seeder_max_uploads {
                             sc.registry.seeder_max_uploads = k;
                         }
+                        sc.sharing = match sharing.as_deref() {
+                            None | Some("equal") => shoal_sim::net::Sharing::Equal,
+                            Some("maxmin") => shoal_sim::net::Sharing::MaxMin,
+                            Some("oldest") => shoal_sim::net::Sharing::OldestFirst,
+                            Some(other) => bail!("--sharing {other}: equal, maxmin or oldest"),
+                        };
                         if let Some(k) = seeder_queue {
                             sc.registry.seeder_queue = k;
                         }

@@ -7,7 +7,9 @@
 //! are recomputed whenever a flow starts or ends there, so the cost of an event is the number
 //! of flows at those two endpoints, never the whole network. Capacity a flow cannot use
 //! because its other end is slower is not given to the others (the model errs on the slow
-//! side; see docs/simulator.md).
+//! side; see docs/simulator.md). Two what-ifs for small runs ([`Sharing`]) recompute every
+//! flow's rate at every event: max-min fair sharing, and uploaders that send to their
+//! oldest flow first.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -29,9 +31,42 @@ struct Flow {
     live: bool,
 }
 
+/// How links are shared among their flows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sharing {
+    /// Each link equally among its flows, a flow at the smaller of its two shares (the
+    /// model of the module documentation).
+    #[default]
+    Equal,
+    /// A what-if, for small runs (every flow's rate recomputed at every event): max-min
+    /// fair, capacity a flow cannot use at one end given to the others there.
+    MaxMin,
+    /// A what-if, for small runs: uploaders send to their oldest flow first and give what
+    /// it cannot take to the next oldest (work-conserving priority by start); downloads
+    /// max-min fair.
+    OldestFirst,
+}
+
+/// Water-filling of `cap` among `demands`: the level each demand is cut to (infinite when
+/// all fit).
+fn level(cap: f64, demands: &mut [f64]) -> f64 {
+    demands.sort_unstable_by(f64::total_cmp);
+    let mut left = cap;
+    let n = demands.len();
+    for (k, &d) in demands.iter().enumerate() {
+        let fair = left / (n - k) as f64;
+        if d >= fair {
+            return fair;
+        }
+        left -= d;
+    }
+    f64::INFINITY
+}
+
 /// The network (see the module documentation). Times are seconds from the simulation's
 /// start.
 pub struct Net {
+    sharing: Sharing,
     up: Vec<f64>,
     down: Vec<f64>,
     ups: Vec<Vec<FlowId>>,
@@ -57,6 +92,7 @@ impl Net {
         );
         let n = up.len();
         Self {
+            sharing: Sharing::Equal,
             up,
             down,
             ups: vec![Vec::new(); n],
@@ -66,6 +102,12 @@ impl Net {
             done: BinaryHeap::new(),
             sent: vec![0.0; n],
         }
+    }
+
+    /// Shares links as `sharing` says (before any flow starts).
+    pub fn with_sharing(mut self, sharing: Sharing) -> Self {
+        self.sharing = sharing;
+        self
     }
 
     /// Starts a flow of `bytes` from `src` to `dst` at `now`.
@@ -181,6 +223,9 @@ impl Net {
     /// New rates for every flow at `src`'s upload and `dst`'s download: only these links'
     /// flow counts changed.
     fn reshare(&mut self, now: f64, src: usize, dst: usize) {
+        if self.sharing != Sharing::Equal {
+            return self.reshare_all(now);
+        }
         let mut touched: Vec<FlowId> =
             Vec::with_capacity(self.ups[src].len() + self.downs[dst].len());
         touched.extend_from_slice(&self.ups[src]);
@@ -194,12 +239,84 @@ impl Net {
                 // which would leave a stale one behind).
                 continue;
             }
-            self.advance(now, id);
-            let f = &mut self.flows[id];
-            f.rate = rate;
-            f.version += 1;
+            self.set_rate(now, id, rate);
+        }
+    }
+
+    fn set_rate(&mut self, now: f64, id: FlowId, rate: f64) {
+        self.advance(now, id);
+        let f = &mut self.flows[id];
+        f.rate = rate;
+        f.version += 1;
+        // A flow given nothing (behind older ones under `OldestFirst`) waits for a rate.
+        if rate > 0.0 {
             let at = now + f.left / rate;
             self.done.push(Reverse((ns(at), id, f.version)));
+        }
+    }
+
+    /// Every flow's rate under [`Sharing::MaxMin`] or [`Sharing::OldestFirst`], by rounds
+    /// until nothing moves: each upload link offers its flows what it would give them
+    /// (`offer`: the water level, or by age what the older flows leave) given what their
+    /// download links allow (`allow`), and each download link water-fills its capacity
+    /// among those offers. A flow goes at the smaller of the two.
+    fn reshare_all(&mut self, now: f64) {
+        let n = self.flows.len();
+        let mut allow = vec![f64::INFINITY; n];
+        let mut offer = vec![0.0; n];
+        let mut rate = vec![0.0; n];
+        let mut scratch = Vec::new();
+        for _ in 0..50 {
+            for u in 0..self.up.len() {
+                let flows = &self.ups[u];
+                match self.sharing {
+                    Sharing::OldestFirst => {
+                        let mut left = self.up[u];
+                        for &f in flows {
+                            offer[f] = left;
+                            let r = left.min(allow[f]);
+                            rate[f] = r;
+                            left = (left - r).max(0.0);
+                        }
+                    }
+                    _ => {
+                        scratch.clear();
+                        scratch.extend(flows.iter().map(|&f| allow[f]));
+                        let l = level(self.up[u], &mut scratch);
+                        for &f in flows {
+                            offer[f] = l;
+                            rate[f] = l.min(allow[f]);
+                        }
+                    }
+                }
+            }
+            let mut moved = false;
+            for d in 0..self.down.len() {
+                let flows = &self.downs[d];
+                scratch.clear();
+                scratch.extend(flows.iter().map(|&f| offer[f]));
+                let l = level(self.down[d], &mut scratch);
+                for &f in flows {
+                    if (allow[f] - l).abs() > 1e-6 * self.down[d]
+                        && !(allow[f].is_infinite() && l.is_infinite())
+                    {
+                        moved = true;
+                    }
+                    allow[f] = l;
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        for id in 0..n {
+            if !self.flows[id].live {
+                continue;
+            }
+            let r = rate[id].min(allow[id]);
+            if (r - self.flows[id].rate).abs() > 1e-9 * r.max(1.0) {
+                self.set_rate(now, id, r);
+            }
         }
     }
 }
@@ -269,6 +386,58 @@ mod tests {
         assert!(close(done[0].0, 1.0), "{done:?}");
         assert!(close(done[1].0, 1.5), "{done:?}");
         assert!(close(net.sent(0, 2.0), 15.0 * MB));
+    }
+
+    #[test]
+    fn max_min_gives_what_a_slow_receiver_cannot_take_to_the_other_flow() {
+        // An uploader of 10 MB/s to a receiver of 2 MB/s and one of 100 MB/s.
+        let caps = || {
+            (
+                vec![10.0 * MB, 100.0 * MB, 100.0 * MB],
+                vec![100.0 * MB, 2.0 * MB, 100.0 * MB],
+            )
+        };
+        let (up, down) = caps();
+        let mut equal = Net::new(up, down);
+        equal.start(0.0, 0, 1, 2_000_000);
+        equal.start(0.0, 0, 2, 10_000_000);
+        assert!(
+            close(equal.upload_rate(0), 7.0 * MB),
+            "{}",
+            equal.upload_rate(0)
+        );
+        let (up, down) = caps();
+        let mut fair = Net::new(up, down).with_sharing(Sharing::MaxMin);
+        fair.start(0.0, 0, 1, 2_000_000);
+        let fast = fair.start(0.0, 0, 2, 10_000_000);
+        assert!(close(fair.upload_rate(0), 10.0 * MB));
+        // 2 MB at 2 MB/s and 8 MB/s beside it: both end at 1 s (8 MB), then 2 MB alone at 10.
+        let done = run_to_end(&mut fair);
+        assert!(close(done[0].0, 1.0), "{done:?}");
+        assert_eq!(done[1].1, fast);
+        assert!(close(done[1].0, 1.2), "{done:?}");
+    }
+
+    #[test]
+    fn oldest_first_sends_one_flow_at_the_full_rate_then_the_next() {
+        let mut net =
+            Net::new(vec![10.0 * MB; 3], vec![100.0 * MB; 3]).with_sharing(Sharing::OldestFirst);
+        let first = net.start(0.0, 0, 1, 10_000_000);
+        let second = net.start(0.0, 0, 2, 10_000_000);
+        let done = run_to_end(&mut net);
+        assert_eq!(
+            done.iter().map(|d| d.1).collect::<Vec<_>>(),
+            vec![first, second]
+        );
+        assert!(close(done[0].0, 1.0) && close(done[1].0, 2.0), "{done:?}");
+        // Work-conserving: what the oldest flow's receiver cannot take goes to the next.
+        let mut net = Net::new(vec![10.0 * MB; 3], vec![100.0 * MB, 4.0 * MB, 100.0 * MB])
+            .with_sharing(Sharing::OldestFirst);
+        net.start(0.0, 0, 1, 4_000_000);
+        net.start(0.0, 0, 2, 6_000_000);
+        assert!(close(net.upload_rate(0), 10.0 * MB));
+        let done = run_to_end(&mut net);
+        assert!(close(done[0].0, 1.0) && close(done[1].0, 1.0), "{done:?}");
     }
 
     #[test]

@@ -109,6 +109,8 @@ pub struct Scenario {
     pub settings: NodeSettings,
     /// One-way latency between any two endpoints (s), for chunk requests and tracker calls.
     pub latency: f64,
+    /// How links are shared among their flows (equally: the default).
+    pub sharing: crate::net::Sharing,
     /// Time a pull spends outside the blob downloads (resolving the image, the chunk
     /// manifest, the tail of the unpack), added to every pull (s).
     pub pull_overhead: f64,
@@ -140,6 +142,7 @@ impl Scenario {
             registry: RegistrySide::new(cap),
             settings: NodeSettings::default(),
             latency: 0.001,
+            sharing: crate::net::Sharing::Equal,
             pull_overhead: 0.0,
             seed: 1,
             horizon: 3600.0,

@@ -23,6 +23,10 @@
 //! - `SHOAL_BENCH_SWARM` (default none): more `[swarm]` keys of every node, `;`-separated
 //!   (e.g. `max_uploads = 16; chunks_per_peer = 2`, shoald's defaults before they were
 //!   measured again with have streams).
+//! - `SHOAL_BENCH_SEED` (default none): more `[seed]` keys of the registry extension,
+//!   `;`-separated (e.g. `upload_bytes_per_sec = 3562500`: the seeder's uploads paced at
+//!   that rate and served oldest first; with `SHOAL_BENCH_SWARM="upload_bytes_per_sec = ..."`
+//!   the nodes' too).
 //! - `SHOAL_BENCH_KEEP_LOGS` (default 0): 1 keeps every daemon's log and metrics after each
 //!   run (the directory is printed); with `SHOAL_LOG=info,shoal_p2p::swarm=debug` shoald logs
 //!   each chunk's arrival (`chunk arrived`: chunk, from whom, ms since the download began).
@@ -153,6 +157,15 @@ fn main() -> Result<()> {
     {
         config.swarm_config.push_str(line);
         config.swarm_config.push('\n');
+    }
+    let seed_extra = std::env::var("SHOAL_BENCH_SEED").unwrap_or_default();
+    for line in seed_extra
+        .split(';')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
+        config.seed_config.push_str(line);
+        config.seed_config.push('\n');
     }
     config.registry_ext = modes.iter().any(|m| m.node_mode().uses_swarm());
     if !cluster::available() {
@@ -352,6 +365,7 @@ fn main() -> Result<()> {
         "mbit": mbit,
         "have_peers": have_peers,
         "swarm_config": swarm_extra,
+        "seed_config": seed_extra,
         "image_bytes": image.bytes,
         "image_layers": image.layers.len(),
         "f_over_b_secs": f_over_b,

@@ -75,6 +75,8 @@ pub struct ClusterConfig {
     pub extra_shoald_config: String,
     /// Lines added to every swarm node's `[swarm]` section (TOML keys).
     pub swarm_config: String,
+    /// Lines added to the registry extension's `[seed]` section (TOML keys).
+    pub seed_config: String,
     /// Nodes started at once by [`Cluster::add_nodes`].
     pub start_parallelism: usize,
     /// The registry extension's preheat coordinator on, its admin listener accepting this
@@ -98,6 +100,7 @@ impl ClusterConfig {
             unpack_concurrency: 4,
             extra_shoald_config: String::new(),
             swarm_config: String::new(),
+            seed_config: String::new(),
             start_parallelism: 4,
             preheat_token: None,
             fetch_buffer: None,
@@ -178,6 +181,7 @@ impl Cluster {
                     &registry.addr(),
                     &tls,
                     config.chunk_size,
+                    &config.seed_config,
                     config.preheat_token.as_deref(),
                     &dir.path.join("registry-ext"),
                 )

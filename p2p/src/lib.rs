@@ -37,6 +37,7 @@ pub mod registry;
 pub mod single_flight;
 pub mod source;
 pub mod swarm;
+mod sys;
 pub mod tls;
 pub mod tracker;
 

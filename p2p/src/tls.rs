@@ -394,6 +394,13 @@ impl Transport {
     }
 }
 
+/// Unsent bytes a connection's socket holds before it stops taking more (TCP_NOTSENT_LOWAT).
+/// The chunk server's uploads take the token bucket's turns oldest first (`peer::limit`,
+/// with `upload_bytes_per_sec`); an upload whose receiver is slow must stop asking soon,
+/// not after filling a send buffer of megabytes, so that the next one gets the link. Bytes
+/// in flight are not limited by this.
+const UNSENT_LIMIT: u32 = 128 << 10;
+
 /// Serves `router` on `listener`, through `acceptor` when TLS, until `shutdown`. With
 /// `callers`, each request gets the client's [`Caller`] in its extensions.
 async fn serve_with(
@@ -419,6 +426,9 @@ async fn serve_with(
             },
         };
         let _ = tcp.set_nodelay(true);
+        if let Err(e) = crate::sys::limit_unsent(&tcp, UNSENT_LIMIT) {
+            tracing::debug!("TCP_NOTSENT_LOWAT on a connection from {remote}: {e}");
+        }
         let router = router.clone();
         let acceptor = acceptor.clone();
         let mut stop = stop_rx.clone();

@@ -62,13 +62,16 @@ pub struct RegistryExt {
 
 impl RegistryExt {
     /// Writes its config under `dir` (TLS from `tls`; chunk manifests and seed data under
-    /// `dir`), starts it in `netns` on `ip`, and waits until it accepts connections.
+    /// `dir`; `seed_extra`, TOML keys, added to `[seed]`), starts it in `netns` on `ip`, and
+    /// waits until it accepts connections.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         netns: &str,
         ip: &str,
         registry_host: &str,
         tls: &TlsPaths,
         chunk_size: u64,
+        seed_extra: &str,
         preheat_token: Option<&str>,
         dir: &Path,
     ) -> Result<Self> {
@@ -82,7 +85,7 @@ impl RegistryExt {
              [tls]\n{tls}\
              [registry.hosts.{registry_host:?}]\nplain_http = true\n\
              [manifests]\ndir = {manifests:?}\nchunk_size = {chunk_size}\n\
-             [seed]\ndir = {seed:?}\n",
+             [seed]\ndir = {seed:?}\n{seed_extra}",
             tls = tls.toml(),
             manifests = dir.join("manifests").display().to_string(),
             seed = dir.join("seed").display().to_string(),

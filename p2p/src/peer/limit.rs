@@ -2,6 +2,7 @@
 //! slots, and the measured upload rate and capacity ([`UploadMeter`]) that the node announces
 //! to the tracker.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -18,19 +19,31 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// A token bucket shared by every upload of one server, so its rate is the node's total.
-/// Tokens may go negative: a caller takes what it needs at once and waits out the debt, so
-/// callers are served in the order they asked.
+/// Tokens may go negative: the upload served takes what it needs at once and the next one
+/// waits out the debt.
+///
+/// Uploads are served oldest first ([`TokenBucket::take`]'s `upload`: a number that grows
+/// with each upload): of the uploads asking for tokens, the oldest gets them, and a younger
+/// one only while no older one asks. An upload whose receiver cannot take more stops asking
+/// (its socket is full), so the younger ones get what it leaves: the link is never idle while
+/// an upload is ready, and the oldest upload goes at the link's rate when its receiver can
+/// take it. When the rate is the link's, a chunk then leaves whole after one chunk time
+/// instead of all of them at once after many (docs/simulator.md "Two what-ifs").
 #[derive(Debug)]
 pub(crate) struct TokenBucket {
     rate: f64,
     burst: f64,
     state: Mutex<BucketState>,
+    /// Woken when the oldest asking upload changes.
+    turn: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
 struct BucketState {
     tokens: f64,
     last: Instant,
+    /// The uploads asking for tokens now.
+    asking: BTreeSet<u64>,
 }
 
 impl TokenBucket {
@@ -44,25 +57,76 @@ impl TokenBucket {
             state: Mutex::new(BucketState {
                 tokens: burst,
                 last: Instant::now(),
+                asking: BTreeSet::new(),
             }),
+            turn: tokio::sync::Notify::new(),
         }
     }
 
-    /// Waits until `n` bytes may be sent.
-    pub(crate) async fn take(&self, n: u64) {
-        let wait = {
-            let mut s = lock(&self.state);
-            let now = Instant::now();
-            let refill = now.duration_since(s.last).as_secs_f64() * self.rate;
-            s.tokens = (s.tokens + refill).min(self.burst);
-            s.last = now;
-            s.tokens -= n as f64;
-            if s.tokens >= 0.0 {
-                return;
+    /// Waits until `n` bytes of upload number `upload` may be sent: until it is the oldest
+    /// upload asking and the bucket is out of debt.
+    pub(crate) async fn take(&self, n: u64, upload: u64) {
+        let _asking = Asking::new(self, upload);
+        loop {
+            let turn = self.turn.notified();
+            tokio::pin!(turn);
+            // Registered before the state is read, so no wake-up in between is lost.
+            turn.as_mut().enable();
+            let wait = {
+                let mut s = lock(&self.state);
+                let now = Instant::now();
+                let refill = now.duration_since(s.last).as_secs_f64() * self.rate;
+                s.tokens = (s.tokens + refill).min(self.burst);
+                s.last = now;
+                if s.asking.first() != Some(&upload) {
+                    None
+                } else if s.tokens >= 0.0 {
+                    s.tokens -= n as f64;
+                    return; // `_asking` leaves the set and wakes the next oldest
+                } else {
+                    Some(Duration::from_secs_f64(-s.tokens / self.rate))
+                }
+            };
+            match wait {
+                // The oldest: out of debt after `wait` (or an older one arrived).
+                Some(wait) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = turn => {}
+                    }
+                }
+                None => turn.await,
             }
-            Duration::from_secs_f64(-s.tokens / self.rate)
+        }
+    }
+}
+
+/// An upload asking a [`TokenBucket`] for tokens; leaves the set when dropped (served, or the
+/// upload went away) and wakes the others, one of which is now the oldest.
+struct Asking<'a> {
+    bucket: &'a TokenBucket,
+    upload: u64,
+}
+
+impl<'a> Asking<'a> {
+    fn new(bucket: &'a TokenBucket, upload: u64) -> Self {
+        let oldest = {
+            let mut s = lock(&bucket.state);
+            s.asking.insert(upload);
+            s.asking.first() == Some(&upload)
         };
-        tokio::time::sleep(wait).await;
+        if oldest {
+            // It may have overtaken one waiting out the debt.
+            bucket.turn.notify_waiters();
+        }
+        Self { bucket, upload }
+    }
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        lock(&self.bucket.state).asking.remove(&self.upload);
+        self.bucket.turn.notify_waiters();
     }
 }
 
@@ -287,12 +351,67 @@ mod tests {
         let bucket = TokenBucket::new(1 << 20);
         let start = Instant::now();
         for _ in 0..8 {
-            bucket.take(64 << 10).await;
+            bucket.take(64 << 10, 0).await;
         }
         assert!(
             start.elapsed() >= Duration::from_millis(250),
             "{:?}",
             start.elapsed()
         );
+    }
+
+    /// Bytes upload `number` takes from `bucket` in 64 KiB steps until `until`, sleeping
+    /// `pause` after each step (a receiver that cannot take more).
+    async fn drain(bucket: Arc<TokenBucket>, number: u64, until: Instant, pause: Duration) -> u64 {
+        let mut got = 0;
+        while Instant::now() < until {
+            bucket.take(64 << 10, number).await;
+            got += 64 << 10;
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+        got
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_oldest_upload_asking_gets_the_tokens() {
+        // 4 MiB/s: in 0.5 s, about 1.4 MiB past the debt between an older and a younger
+        // upload that both always ask. The older gets nearly all of it.
+        let bucket = Arc::new(TokenBucket::new(4 << 20));
+        // The burst spent (spare tokens go to whoever asks: nothing older is waiting).
+        bucket.take(1 << 20, 0).await;
+        let until = Instant::now() + Duration::from_millis(500);
+        let young = tokio::spawn(drain(bucket.clone(), 8, until, Duration::ZERO));
+        let old = tokio::spawn(drain(bucket.clone(), 7, until, Duration::ZERO));
+        let (old, young) = (old.await.unwrap(), young.await.unwrap());
+        assert!(old >= 4 * young, "older {old} B, younger {young} B");
+        assert!(old + young <= 2 << 20, "paced: {} B", old + young);
+        assert!(lock(&bucket.state).asking.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_the_oldest_cannot_take_goes_to_the_younger() {
+        // The older upload's receiver takes 64 KiB per 50 ms (1.25 MiB/s of 4 MiB/s): the
+        // younger gets the rest, and the two together keep the rate.
+        let bucket = Arc::new(TokenBucket::new(4 << 20));
+        let until = Instant::now() + Duration::from_millis(600);
+        let old = tokio::spawn(drain(bucket.clone(), 1, until, Duration::from_millis(50)));
+        let young = tokio::spawn(drain(bucket.clone(), 2, until, Duration::ZERO));
+        let (old, young) = (old.await.unwrap(), young.await.unwrap());
+        assert!(young >= old, "older {old} B, younger {young} B");
+        // 0.6 s at 4 MiB/s plus the burst: about 2.8 MiB in all; well over what the older
+        // alone took.
+        assert!(old + young >= 2 << 20, "{} B", old + young);
+    }
+
+    #[tokio::test]
+    async fn an_upload_that_goes_away_while_asking_leaves_no_trace() {
+        let bucket = Arc::new(TokenBucket::new(1 << 20));
+        // Into debt, so the next asker waits.
+        bucket.take(1 << 20, 1).await;
+        let waiting = tokio::time::timeout(Duration::from_millis(50), bucket.take(64, 2)).await;
+        assert!(waiting.is_err(), "in debt: it waits");
+        assert!(lock(&bucket.state).asking.is_empty());
     }
 }

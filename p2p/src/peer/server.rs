@@ -42,6 +42,8 @@ struct Server {
     provider: Arc<dyn ChunkProvider>,
     meter: UploadMeter,
     bucket: Option<Arc<TokenBucket>>,
+    /// Numbers uploads in the order they start (the token bucket serves the oldest first).
+    uploads: std::sync::atomic::AtomicU64,
     metrics: UploadMetrics,
     have_slots: HaveSlots,
 }
@@ -64,6 +66,7 @@ pub fn router(
         provider,
         meter: meter.clone(),
         bucket,
+        uploads: std::sync::atomic::AtomicU64::new(0),
         have_slots: HaveSlots::new(limits.max_have_streams, metrics.have_streams.clone()),
         metrics,
     });
@@ -266,6 +269,9 @@ async fn serve(
         sent: 0,
         len,
         bucket: server.bucket.clone(),
+        number: server
+            .uploads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         meter: server.meter.clone(),
         metrics: server.metrics.clone(),
         digest: digest.clone(),
@@ -363,6 +369,8 @@ struct Upload {
     sent: u64,
     len: u64,
     bucket: Option<Arc<TokenBucket>>,
+    /// Its place in the order uploads started.
+    number: u64,
     meter: UploadMeter,
     metrics: UploadMetrics,
     digest: Digest,
@@ -379,7 +387,7 @@ impl Upload {
         }
         let n = (self.len - self.sent).min(READ_SIZE);
         if let Some(bucket) = &self.bucket {
-            bucket.take(n).await;
+            bucket.take(n, self.number).await;
         }
         let piece = match &self.source {
             Source::Bytes(b) => {

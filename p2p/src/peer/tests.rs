@@ -227,6 +227,40 @@ async fn busy_when_every_slot_is_taken() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_rate_the_older_upload_goes_first_at_the_whole_rate() {
+    // 8 MiB/s and two 4 MiB chunks asked 50 ms apart, over mutual TLS on loopback: the
+    // older upload gets the rate and ends after about half a second, the younger one after
+    // it (shared equally, both would end together after about a second).
+    let limits = UploadLimits {
+        max_uploads: 4,
+        bytes_per_sec: 8 << 20,
+        max_have_streams: 8,
+    };
+    let c = cluster(8 << 20, limits).await;
+    let start = Instant::now();
+    let fetch = |range: std::ops::Range<u64>| {
+        let (client, addr, digest) = (c.client.clone(), c.server.addr, c.digest.clone());
+        tokio::spawn(async move {
+            let bytes = client.fetch(addr, &digest, range).await.unwrap();
+            (bytes, start.elapsed())
+        })
+    };
+    let older = fetch(0..4 << 20);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let younger = fetch(4 << 20..8 << 20);
+    let (a, a_took) = older.await.unwrap();
+    let (b, b_took) = younger.await.unwrap();
+    assert_eq!(&a[..], &c.data[..4 << 20]);
+    assert_eq!(&b[..], &c.data[4 << 20..]);
+    assert!(
+        a_took.as_secs_f64() < 0.7 * b_took.as_secs_f64(),
+        "older {a_took:?}, younger {b_took:?}"
+    );
+    // Paced: 8 MiB at 8 MiB/s, less the burst.
+    assert!(b_took >= Duration::from_millis(800), "{b_took:?}");
+}
+
 #[tokio::test]
 async fn a_client_of_another_ca_is_refused_before_any_request() {
     let c = cluster(1000, OPEN).await;

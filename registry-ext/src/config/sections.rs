@@ -140,7 +140,8 @@ pub struct SeedConfig {
     pub max_bytes: u64,
     /// Chunk uploads served at once. Default 16, at least 1.
     pub max_uploads: usize,
-    /// Upload rate limit in bytes/s. Default 0 = unlimited.
+    /// Upload rate limit in bytes/s. Default 0 = unlimited. Set, uploads are paced at it and
+    /// served oldest first (the chunk server's token bucket).
     pub upload_bytes_per_sec: u64,
 }
 

@@ -27,6 +27,11 @@
 //!   `;`-separated (e.g. `upload_bytes_per_sec = 3562500`: the seeder's uploads paced at
 //!   that rate and served oldest first; with `SHOAL_BENCH_SWARM="upload_bytes_per_sec = ..."`
 //!   the nodes' too).
+//! - `SHOAL_BENCH_PERF` (default none): a directory; each run's pull is profiled there with
+//!   `perf record -F 299 --call-graph fp` of the nodes' shoalds (`MODE.perf.data`; read it
+//!   with `perf report -i DIR/MODE.perf.data --sort dso,sym`); `SHOAL_BENCH_PERF_CALL_GRAPH`
+//!   (default `fp`) is perf's `--call-graph` (`dwarf` unwinds release builds, which have no
+//!   frame pointers, at the cost of a larger file).
 //! - `SHOAL_BENCH_KEEP_LOGS` (default 0): 1 keeps every daemon's log and metrics after each
 //!   run (the directory is printed); with `SHOAL_LOG=info,shoal_p2p::swarm=debug` shoald logs
 //!   each chunk's arrival (`chunk arrived`: chunk, from whom, ms since the download began).
@@ -37,14 +42,17 @@
 //! `hetero` reports its fast and slow groups separately, each against its own B), what the
 //! registry served (from its access log), and all the bytes that left the registry
 //! namespace as data (access log less the registry extension's own reads inside the
-//! namespace, plus its seeder), as multiples of F.
+//! namespace, plus its seeder), as multiples of F; and the CPU time (user + system, from
+//! `/proc/PID/stat`) all the nodes' shoalds used during the pull, per MB the swarm received
+//! (`shoald_cpu_ms_per_received_mb`; the pulls of one run all overlap, so idle time counts
+//! little), with the load average when the pull began.
 //! The native run's bound is N*F/B: the registry's link carries every node's copy.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use shoal_integration::bench::{env_or, json_path};
+use shoal_integration::bench::{cpu_seconds, env_or, json_path, load_average};
 use shoal_integration::cluster::{
     self, percentile, random_layers, Cluster, ClusterConfig, NodeMode,
 };
@@ -113,6 +121,11 @@ struct Run {
     link_bytes: u64,
     peer_bytes: f64,
     registry_chunk_bytes: f64,
+    /// CPU time (user + system) the nodes' shoalds used from the start of the pull to its
+    /// end, all nodes together.
+    shoald_cpu_secs: f64,
+    /// The load average when the pull began.
+    load_before: String,
 }
 
 impl Run {
@@ -122,8 +135,68 @@ impl Run {
         self.served.total() - self.served_inside + self.seeder_bytes
     }
 
+    /// shoald's CPU per MB the swarm received (from peers and the registry), in ms.
+    fn cpu_ms_per_mb(&self) -> f64 {
+        let mb = (self.peer_bytes + self.registry_chunk_bytes) / 1e6;
+        if mb > 0.0 {
+            self.shoald_cpu_secs * 1e3 / mb
+        } else {
+            0.0
+        }
+    }
+
     fn all_times(&self) -> Vec<Duration> {
         self.groups.iter().flat_map(|g| g.times.clone()).collect()
+    }
+}
+
+/// `perf record` (with call graphs) of some processes (all their threads, new ones included), until stopped.
+struct Perf {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+}
+
+impl Perf {
+    fn record(out: &std::path::Path, pids: &[u32]) -> Result<Self> {
+        if let Some(dir) = out.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {dir:?}"))?;
+        }
+        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+        let call_graph =
+            std::env::var("SHOAL_BENCH_PERF_CALL_GRAPH").unwrap_or_else(|_| "fp".into());
+        let child = std::process::Command::new("perf")
+            .args([
+                "record",
+                "-q",
+                "-F",
+                "299",
+                "--call-graph",
+                &call_graph,
+                "-o",
+            ])
+            .arg(out)
+            .args(["-p", &pids.join(",")])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("SHOAL_BENCH_PERF: running perf (linux-perf)")?;
+        // perf attaches to every thread before it samples.
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(Self {
+            child,
+            out: out.to_path_buf(),
+        })
+    }
+
+    /// Stops the recording (SIGINT, as ^C) and waits until perf has written its file.
+    fn stop(mut self) -> Result<std::path::PathBuf> {
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("could not stop perf ({status})");
+        }
+        self.child.wait()?;
+        Ok(self.out)
     }
 }
 
@@ -133,6 +206,7 @@ fn main() -> Result<()> {
     let image_mib: usize = env_or("SHOAL_BENCH_IMAGE_MIB", 64);
     let verify: u32 = env_or("SHOAL_BENCH_VERIFY", 1);
     let keep_logs: u32 = env_or("SHOAL_BENCH_KEEP_LOGS", 0);
+    let perf_dir = std::env::var_os("SHOAL_BENCH_PERF").map(std::path::PathBuf::from);
     let modes: Vec<Mode> = std::env::var("SHOAL_BENCH_MODES")
         .unwrap_or_else(|_| "swarm,hetero,mirror,native".into())
         .split(',')
@@ -220,8 +294,37 @@ fn main() -> Result<()> {
         let before = cluster.registry_served();
         let seeder_before = cluster.seeder_sent();
         let link_before = cluster.registry_link_sent()?;
+        let shoald_cpu = |cluster: &Cluster| -> Result<f64> {
+            which
+                .iter()
+                .map(|&i| cpu_seconds(cluster.node(i).shoald_pid()))
+                .sum()
+        };
+        let load_before = load_average();
+        let cpu_before = shoald_cpu(&cluster)?;
+        let perf = match &perf_dir {
+            Some(dir) => {
+                let pids: Vec<u32> = which
+                    .iter()
+                    .map(|&i| cluster.node(i).shoald_pid())
+                    .collect();
+                Some(Perf::record(
+                    &dir.join(format!("{}.perf.data", mode.name())),
+                    &pids,
+                )?)
+            }
+            None => None,
+        };
         eprintln!("{}: {} nodes pulling at once...", mode.name(), which.len());
         let results = cluster.pull_all(&image.reference, &which, Duration::from_secs(3600));
+        let shoald_cpu_secs = shoald_cpu(&cluster)? - cpu_before;
+        if let Some(perf) = perf {
+            eprintln!(
+                "{}: perf profile in {}",
+                mode.name(),
+                perf.stop()?.display()
+            );
+        }
         let served = cluster.registry_served().since(&before);
         let seeder_bytes = cluster.seeder_sent().saturating_sub(seeder_before);
         let link_bytes = cluster.registry_link_sent()? - link_before;
@@ -260,13 +363,19 @@ fn main() -> Result<()> {
             link_bytes,
             peer_bytes,
             registry_chunk_bytes,
+            shoald_cpu_secs,
+            load_before,
         };
         eprintln!(
-            "{}: max {:.2} s, registry served {:.1} MB, left the registry namespace {:.1} MB",
+            "{}: max {:.2} s, registry served {:.1} MB, left the registry namespace {:.1} MB; \
+             shoald CPU {:.1} s ({:.2} ms per MB received); load average before {}",
             mode.name(),
             percentile(&run.all_times(), 100.0).as_secs_f64(),
             run.served.total() as f64 / 1e6,
             run.left_registry() as f64 / 1e6,
+            run.shoald_cpu_secs,
+            run.cpu_ms_per_mb(),
+            run.load_before,
         );
         runs.push(run);
         if keep_logs != 0 {
@@ -345,6 +454,9 @@ fn main() -> Result<()> {
             "registry_link_sent_bytes": r.link_bytes,
             "swarm_peer_bytes": r.peer_bytes,
             "swarm_registry_bytes": r.registry_chunk_bytes,
+            "shoald_cpu_secs": r.shoald_cpu_secs,
+            "shoald_cpu_ms_per_received_mb": r.cpu_ms_per_mb(),
+            "load_average_before": r.load_before,
         }));
     }
     let native = runs.iter().find(|r| r.mode == Mode::Native);

@@ -13,6 +13,12 @@
 //! when it was committed), a swarm download (every chunk verified against the chunk
 //! manifest before it is read), else the registry (HTTP Range, unverified). [`ByteRange`]
 //! parses the `Range` header clients send.
+//!
+//! A whole blob comes unverified from [`BlobSource::fetch_as`] (whoever consumes it checks
+//! the digest) or checked from [`BlobSource::fetch_verified_as`], as a [`VerifiedStream`]:
+//! by default the source's stream hashed on the way; a source that checks the digest
+//! anyway (the cache hashes a cached blob as it reads it, a swarm download hashes the blob
+//! before committing it) hands over that check instead of a second hash.
 
 mod range;
 
@@ -27,7 +33,7 @@ use futures::stream;
 
 use crate::digest::Digest;
 use crate::reference::ImageReference;
-use crate::registry::{BlobStream, OciError, RegistryClient, RegistryError};
+use crate::registry::{verify_stream, BlobStream, OciError, RegistryClient, RegistryError};
 use crate::Error;
 pub use range::{BadRange, ByteRange};
 
@@ -108,9 +114,44 @@ impl Reader {
     }
 }
 
-/// A source of whole blobs. The stream is unverified: whoever consumes it checks the digest
-/// (the unpacker does), and a source that keeps bytes ([`crate::cache::CachingSource`])
-/// checks it before keeping them.
+/// A whole blob's bytes as they arrive, checked against the digest they were fetched for:
+/// the stream's last item is an error, instead of its end, unless all its bytes hash to that
+/// digest. Only this module and the sources that check the digest themselves make one.
+pub struct VerifiedStream(BlobStream);
+
+impl VerifiedStream {
+    /// `stream` (a whole blob's bytes) hashed on the way and checked against `digest` at its
+    /// end ([`verify_stream`]; the error names `repository`).
+    pub fn hashing(stream: BlobStream, digest: Digest, repository: String) -> Self {
+        Self(verify_stream(stream, digest, repository))
+    }
+
+    /// A stream its source already checks as a [`VerifiedStream`] must be checked.
+    pub(crate) fn checked(stream: BlobStream) -> Self {
+        Self(stream)
+    }
+
+    /// The same stream passed through `wrap`, which must yield the stream's items unchanged
+    /// and end when it ends (counting, metering).
+    pub fn wrap(self, wrap: impl FnOnce(BlobStream) -> BlobStream) -> Self {
+        Self(wrap(self.0))
+    }
+
+    /// The stream.
+    pub fn into_stream(self) -> BlobStream {
+        self.0
+    }
+}
+
+impl fmt::Debug for VerifiedStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("VerifiedStream")
+    }
+}
+
+/// A source of whole blobs. The stream of [`Self::fetch_as`] is unverified: whoever consumes
+/// it checks the digest, and a source that keeps bytes ([`crate::cache::CachingSource`])
+/// checks it before keeping them; [`Self::fetch_verified_as`] checks it.
 pub trait BlobSource: Send + Sync {
     /// The bytes of blob `digest` of `image`'s repository, as they arrive, fetched for
     /// `reader`: a client's registry requests carry its own credentials, and it gets only
@@ -135,6 +176,34 @@ pub trait BlobSource: Send + Sync {
         range: Range<u64>,
         reader: &'a Reader,
     ) -> BoxFuture<'a, Result<BlobStream, Error>>;
+
+    /// [`Self::fetch_as`], checked against `digest` ([`VerifiedStream`]). By default the
+    /// stream is hashed on the way; a source that checks the digest anyway overrides this to
+    /// hand over its own check, and a wrapper forwards it.
+    fn fetch_verified_as<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        reader: &'a Reader,
+    ) -> BoxFuture<'a, Result<VerifiedStream, Error>> {
+        Box::pin(async move {
+            let stream = self.fetch_as(image, digest, reader).await?;
+            Ok(VerifiedStream::hashing(
+                stream,
+                digest.clone(),
+                image.repository.clone(),
+            ))
+        })
+    }
+
+    /// [`Self::fetch_verified_as`] for the node itself.
+    fn fetch_verified<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<VerifiedStream, Error>> {
+        self.fetch_verified_as(image, digest, &NODE)
+    }
 
     /// [`Self::fetch_as`] for the node itself.
     fn fetch<'a>(
@@ -185,6 +254,15 @@ impl<T: BlobSource + ?Sized> BlobSource for std::sync::Arc<T> {
         reader: &'a Reader,
     ) -> BoxFuture<'a, Result<BlobStream, Error>> {
         (**self).fetch_as(image, digest, reader)
+    }
+
+    fn fetch_verified_as<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        reader: &'a Reader,
+    ) -> BoxFuture<'a, Result<VerifiedStream, Error>> {
+        (**self).fetch_verified_as(image, digest, reader)
     }
 
     fn fetch_range_as<'a>(

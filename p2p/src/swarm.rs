@@ -49,6 +49,8 @@ mod scheduler;
 mod subscribe;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod verified_tests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -69,7 +71,7 @@ use crate::peer::{ChunkProvider, Held, PeerFetcher};
 use crate::reference::ImageReference;
 use crate::registry::BlobStream;
 use crate::single_flight::{Entry, InFlight, Joined};
-use crate::source::{BlobSource, Reader};
+use crate::source::{BlobSource, Reader, VerifiedStream};
 use crate::tracker::{Announce, BlobHave, ChunkSet, Tracker, UploadStats};
 use crate::Error;
 use download::Download;
@@ -447,7 +449,7 @@ impl Swarm {
     ) -> Result<BlobStream, Error> {
         if !self.inner.cache.contains(digest) {
             if let Some(download) = self.download(image, digest, reader).await? {
-                return download.reader(range.unwrap_or(0..download.manifest().size));
+                return download.reader(range.unwrap_or(0..download.manifest().size), false);
             }
             self.inner.metrics.registry_fallbacks.inc();
         }
@@ -470,6 +472,30 @@ impl BlobSource for Swarm {
         reader: &'a Reader,
     ) -> BoxFuture<'a, Result<BlobStream, Error>> {
         Box::pin(self.fetch_part(image, digest, None, reader))
+    }
+
+    /// A blob downloaded through the swarm is hashed once, by its download (which checks it
+    /// before committing it to the cache): the stream ends only once that check passed.
+    /// Otherwise as [`Self::fetch_as`], from the cache or the registry, checked there.
+    fn fetch_verified_as<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        reader: &'a Reader,
+    ) -> BoxFuture<'a, Result<VerifiedStream, Error>> {
+        Box::pin(async move {
+            if !self.inner.cache.contains(digest) {
+                if let Some(download) = self.download(image, digest, reader).await? {
+                    let whole = 0..download.manifest().size;
+                    return Ok(VerifiedStream::checked(download.reader(whole, true)?));
+                }
+                self.inner.metrics.registry_fallbacks.inc();
+            }
+            self.inner
+                .fallback
+                .fetch_verified_as(image, digest, reader)
+                .await
+        })
     }
 
     fn fetch_range_as<'a>(

@@ -24,7 +24,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use shoal_p2p::metrics::Registry;
 use shoal_p2p::reference::ImageReference;
 use shoal_p2p::registry::BlobStream;
-use shoal_p2p::source::{BlobSource, Reader};
+use shoal_p2p::source::{BlobSource, Reader, VerifiedStream};
 use shoal_p2p::Digest;
 use shoal_p2p::Error;
 
@@ -159,25 +159,31 @@ impl MeteredSource {
         &self,
         fetch: BoxFuture<'_, Result<BlobStream, Error>>,
     ) -> Result<BlobStream, Error> {
-        let tally = Tally {
+        let tally = self.tally();
+        match fetch.await {
+            Ok(inner) => Ok(tally.stream(inner)),
+            Err(e) => Err(tally.failed(e)),
+        }
+    }
+
+    /// [`Self::metered`] for a checked fetch.
+    async fn metered_verified(
+        &self,
+        fetch: BoxFuture<'_, Result<VerifiedStream, Error>>,
+    ) -> Result<VerifiedStream, Error> {
+        let tally = self.tally();
+        match fetch.await {
+            Ok(inner) => Ok(inner.wrap(|s| tally.stream(s))),
+            Err(e) => Err(tally.failed(e)),
+        }
+    }
+
+    fn tally(&self) -> Tally {
+        Tally {
             metrics: self.metrics.clone(),
             path: self.path,
             start: Instant::now(),
             ended: None,
-        };
-        match fetch.await {
-            Ok(inner) => Ok(Box::pin(Metered {
-                inner,
-                tally: Some(tally),
-            })),
-            Err(e @ Error::OtherOrigin { .. }) => {
-                tally.forget();
-                Err(e)
-            }
-            Err(e) => {
-                tally.end("error");
-                Err(e)
-            }
         }
     }
 }
@@ -190,6 +196,16 @@ impl BlobSource for MeteredSource {
         reader: &'a Reader,
     ) -> BoxFuture<'a, Result<BlobStream, Error>> {
         Box::pin(self.metered(self.inner.fetch_as(image, digest, reader)))
+    }
+
+    fn fetch_verified_as<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        reader: &'a Reader,
+    ) -> BoxFuture<'a, Result<VerifiedStream, Error>> {
+        let fetch = self.inner.fetch_verified_as(image, digest, reader);
+        Box::pin(self.metered_verified(fetch))
     }
 
     fn fetch_range_as<'a>(
@@ -214,6 +230,23 @@ struct Tally {
 }
 
 impl Tally {
+    /// `inner`, counted by this tally.
+    fn stream(self, inner: BlobStream) -> BlobStream {
+        Box::pin(Metered {
+            inner,
+            tally: Some(self),
+        })
+    }
+
+    /// Counts the failed fetch (not one a mirror client may not have) and returns `e`.
+    fn failed(self, e: Error) -> Error {
+        match e {
+            Error::OtherOrigin { .. } => self.forget(),
+            _ => self.end("error"),
+        }
+        e
+    }
+
     fn end(mut self, result: &'static str) {
         self.finish(result);
     }
@@ -321,6 +354,18 @@ impl BlobSource for RegistryMeter {
         Box::pin(async move {
             let stream = self.inner.fetch_as(image, digest, reader).await?;
             Ok(self.counted(stream))
+        })
+    }
+
+    fn fetch_verified_as<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        reader: &'a Reader,
+    ) -> BoxFuture<'a, Result<VerifiedStream, Error>> {
+        Box::pin(async move {
+            let stream = self.inner.fetch_verified_as(image, digest, reader).await?;
+            Ok(stream.wrap(|s| self.counted(s)))
         })
     }
 

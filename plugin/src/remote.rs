@@ -54,7 +54,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use containerd_snapshots::tonic;
-use futures::TryStreamExt;
 use shoal_p2p::reference::ImageReference;
 use shoal_p2p::registry::{Platform, RegistryClient, ResolvedImage};
 use shoal_p2p::single_flight::{InFlight, Joined};
@@ -65,7 +64,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::config::Config;
 use crate::pulls::PullMetrics;
 use crate::snapshot::{Kind, OverlaySnapshotter, PrepareInterceptor, SnapshotError};
-use crate::unpack::{inherit_parent_attrs, unpack_stream, LayerSpec, UnpackOptions};
+use crate::unpack::{inherit_parent_attrs, unpack_verified, LayerSpec, UnpackOptions};
 use crate::Error;
 
 /// CRI label: digest of the layer being prepared.
@@ -291,11 +290,10 @@ impl RemoteLayers {
             let unpacked = async {
                 let _permit = limit.acquire_owned().await.expect("never closed");
                 let start = Instant::now();
-                let stream = blobs
-                    .fetch(&reference, &spec.digest)
-                    .await?
-                    .map_err(std::io::Error::other);
-                let stats = unpack_stream(stream, &spec, &dir, &UnpackOptions::default()).await?;
+                // Checked by its source (hashed once: by a swarm download for its commit, by
+                // the cache as it reads, else on the way from the registry).
+                let stream = blobs.fetch_verified(&reference, &spec.digest).await?;
+                let stats = unpack_verified(stream, &spec, &dir, &UnpackOptions::default()).await?;
                 tracing::debug!(
                     layer = %spec.digest,
                     bytes = stats.compressed_bytes,

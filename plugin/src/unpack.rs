@@ -1,6 +1,7 @@
 //! Streaming layer unpacker: compressed blob in, overlayfs upper directory out, in one pass.
 //!
-//! While the bytes arrive, one thread hashes the compressed blob, detects the compression
+//! While the bytes arrive, one thread hashes the compressed blob (unless its source checks
+//! the digest itself: [`unpack_verified`]), detects the compression
 //! by its magic bytes as containerd does (gzip `1f 8b 08`, multi-member; zstd
 //! `28 b5 2f fd`, multi-frame; anything else is a plain tar) and decompresses; a second
 //! thread hashes the uncompressed stream (the diff ID), parses the tar and writes the files.
@@ -71,9 +72,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use rustix::fs::{self as rfs, Mode, OFlags};
 use rustix::io::Errno;
+use shoal_p2p::source::VerifiedStream;
 use shoal_p2p::{Digest, Hasher};
 
 use input::{Chunk, Input, CHUNK};
@@ -198,14 +200,52 @@ impl UnpackError {
     }
 }
 
+/// Who checks the compressed blob against [`LayerSpec::digest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlobCheck {
+    /// The unpacker hashes it.
+    Hash,
+    /// Its source ([`VerifiedStream`]): the stream's last item is an error unless the bytes
+    /// matched, and the stream is read to its end before the layer is committed.
+    Source,
+}
+
 /// Unpacks a layer blob arriving as an async byte stream into `target` (which must not
 /// exist). The blocking work runs on `spawn_blocking` threads; the stream is pulled here
 /// and handed over through a bounded channel, so a slow disk slows the download.
 pub async fn unpack_stream<S>(
+    stream: S,
+    layer: &LayerSpec,
+    target: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackStats, UnpackError>
+where
+    S: Stream<Item = io::Result<Bytes>> + Send + Unpin + 'static,
+{
+    unpack_stream_checked(stream, layer, target, opts, BlobCheck::Hash).await
+}
+
+/// [`unpack_stream`] of a blob its source checks against `layer.digest` (a
+/// [`VerifiedStream`], e.g. a swarm download that hashed the blob for its own commit): the
+/// compressed bytes are not hashed again. The stream is still read to its end, so a blob
+/// that did not match (the stream's last item is then an error) fails the unpack and leaves
+/// nothing at `target`; the diff ID is checked as always.
+pub async fn unpack_verified(
+    stream: VerifiedStream,
+    layer: &LayerSpec,
+    target: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackStats, UnpackError> {
+    let stream = stream.into_stream().map_err(io::Error::other);
+    unpack_stream_checked(stream, layer, target, opts, BlobCheck::Source).await
+}
+
+async fn unpack_stream_checked<S>(
     mut stream: S,
     layer: &LayerSpec,
     target: &Path,
     opts: &UnpackOptions,
+    check: BlobCheck,
 ) -> Result<UnpackStats, UnpackError>
 where
     S: Stream<Item = io::Result<Bytes>> + Send + Unpin + 'static,
@@ -217,7 +257,7 @@ where
             rx,
             cur: Bytes::new(),
         };
-        unpack_reader(reader, &l, &t, &o)
+        unpack_reader_checked(reader, &l, &t, &o, check)
     });
     while let Some(item) = stream.next().await {
         let failed = item.is_err();
@@ -293,8 +333,18 @@ pub fn unpack_reader<R: Read + Send>(
     target: &Path,
     opts: &UnpackOptions,
 ) -> Result<UnpackStats, UnpackError> {
+    unpack_reader_checked(reader, layer, target, opts, BlobCheck::Hash)
+}
+
+fn unpack_reader_checked<R: Read + Send>(
+    reader: R,
+    layer: &LayerSpec,
+    target: &Path,
+    opts: &UnpackOptions,
+    check: BlobCheck,
+) -> Result<UnpackStats, UnpackError> {
     let staging = Staging::create(layer, target)?;
-    let result = run(reader, layer, &staging, opts);
+    let result = run(reader, layer, &staging, opts, check);
     match result {
         Ok(stats) => match staging.commit() {
             Ok(()) => Ok(stats),
@@ -315,6 +365,7 @@ fn run<R: Read + Send>(
     layer: &LayerSpec,
     staging: &Staging,
     opts: &UnpackOptions,
+    check: BlobCheck,
 ) -> Result<UnpackStats, UnpackError> {
     let d = &layer.digest;
     let root = staging.open_root()?;
@@ -343,7 +394,8 @@ fn run<R: Read + Send>(
     let (tx, rx) = sync_channel(CHANNEL_DEPTH);
     let (recycle_tx, recycle_rx) = sync_channel(CHANNEL_DEPTH + 2);
     let (produced, applied) = std::thread::scope(|s| {
-        let producer = s.spawn(move || produce(reader, tx, recycle_rx));
+        let hash = check == BlobCheck::Hash;
+        let producer = s.spawn(move || produce(reader, hash, tx, recycle_rx));
         let mut tr = header::TarReader::new(Input::new(rx, recycle_tx));
         let applied = apply::Applier::new(d, root, parents)
             .run(&mut tr)
@@ -378,11 +430,14 @@ fn run<R: Read + Send>(
         (Ok(p), Ok(a)) => (p, a),
     };
     let (p, (a, (diff_id, uncompressed_bytes))) = applied;
-    if p.digest != layer.digest {
-        return Err(UnpackError::DigestMismatch {
-            layer: d.clone(),
-            actual: p.digest,
-        });
+    // `None`: the source checked it (a mismatch ended the stream with an error, above).
+    if let Some(actual) = p.digest {
+        if actual != layer.digest {
+            return Err(UnpackError::DigestMismatch {
+                layer: d.clone(),
+                actual,
+            });
+        }
     }
     if let Some(expected) = &layer.diff_id {
         if *expected != diff_id {
@@ -525,7 +580,8 @@ impl Staging {
 
 /// What the decompression side measured.
 struct Produced {
-    digest: Digest,
+    /// The compressed blob's digest, when it was hashed ([`BlobCheck::Hash`]).
+    digest: Option<Digest>,
     compressed_bytes: u64,
 }
 
@@ -540,10 +596,11 @@ impl From<io::Error> for Produce {
     }
 }
 
-/// Counts and hashes the compressed bytes as the decoder pulls them.
+/// Counts and hashes (unless `hasher` is `None`) the compressed bytes as the decoder pulls
+/// them.
 struct Hashing<R> {
     inner: R,
-    hasher: Hasher,
+    hasher: Option<Hasher>,
     n: u64,
     /// Bytes read ahead to detect the compression, served first.
     peek: Vec<u8>,
@@ -564,7 +621,9 @@ impl<R: Read> Read for Hashing<R> {
                 r => break r?,
             }
         };
-        self.hasher.update(&buf[..n]);
+        if let Some(hasher) = self.hasher.as_mut() {
+            hasher.update(&buf[..n]);
+        }
         self.n += n as u64;
         Ok(n)
     }
@@ -588,16 +647,17 @@ fn detect(magic: &[u8]) -> Compression {
     }
 }
 
-/// The decompression thread: hash, detect, decompress, hash, hand over; then read the
-/// compressed stream to its end.
+/// The decompression thread: hash (when `hash`), detect, decompress, hand over; then read
+/// the compressed stream to its end.
 fn produce<R: Read>(
     reader: R,
+    hash: bool,
     tx: SyncSender<io::Result<Chunk>>,
     recycle: Receiver<Vec<u8>>,
 ) -> Result<Produced, Produce> {
     let mut src = Hashing {
         inner: reader,
-        hasher: Hasher::new(),
+        hasher: hash.then(Hasher::new),
         n: 0,
         peek: Vec::new(),
         peek_pos: 0,
@@ -640,7 +700,7 @@ fn produce<R: Read>(
         Err(e) => return Err(e),
     };
     Ok(Produced {
-        digest: src.hasher.finish(),
+        digest: src.hasher.map(Hasher::finish),
         compressed_bytes: src.n,
     })
 }

@@ -263,6 +263,11 @@ impl Node {
         Ok(start.elapsed())
     }
 
+    /// The process ID of the node's shoald.
+    pub fn shoald_pid(&self) -> u32 {
+        self.cri.shoald().pid()
+    }
+
     /// Kills the node's shoald with SIGKILL (from any thread, while others pull).
     pub fn kill_shoald(&self) -> Result<()> {
         super::sigkill(self.cri.shoald().pid())

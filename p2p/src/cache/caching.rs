@@ -21,7 +21,7 @@ use super::{BlobCache, CachedBlob};
 use crate::digest::{Digest, Hasher};
 use crate::reference::ImageReference;
 use crate::registry::{BlobStream, RegistryError};
-use crate::source::{BlobSource, Reader};
+use crate::source::{BlobSource, Reader, VerifiedStream};
 use crate::Error;
 
 /// Bytes read from a cached file per stream item.
@@ -155,6 +155,27 @@ impl<S: BlobSource> BlobSource for CachingSource<S> {
             }
             let stream = self.inner.fetch_as(image, digest, reader).await?;
             Ok(self.tee(stream, digest.clone(), image.registry.clone()))
+        })
+    }
+
+    /// A cached blob is checked as it is read (see [`serve_cached`]); otherwise `inner`'s
+    /// checked stream is passed on (and copied into the cache).
+    fn fetch_verified_as<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        reader: &'a Reader,
+    ) -> BoxFuture<'a, Result<VerifiedStream, Error>> {
+        Box::pin(async move {
+            if let Some(blob) = self.cached(image, digest, reader).await? {
+                tracing::debug!(%digest, bytes = blob.size, "blob served from the cache");
+                let whole = 0..blob.size;
+                let stream = serve_cached(self.cache.clone(), digest.clone(), blob, whole);
+                return Ok(VerifiedStream::checked(stream));
+            }
+            let stream = self.inner.fetch_verified_as(image, digest, reader).await?;
+            let (digest, origin) = (digest.clone(), image.registry.clone());
+            Ok(stream.wrap(|s| self.tee(s, digest, origin)))
         })
     }
 

@@ -89,13 +89,32 @@ impl PartialFile {
     /// Extends the in-order hash over bytes `..upto`, which the caller has written (blocking;
     /// reads them back, normally from the page cache). Returns how far the hash now reaches.
     pub fn hash_upto(&self, upto: u64) -> Result<u64, Error> {
+        self.hash_upto_with(upto, 0, &[])
+    }
+
+    /// [`Self::hash_upto`] where bytes `offset..offset + data.len()` are `data`, just written
+    /// by the caller: those are hashed from `data` instead of read back.
+    pub fn hash_upto_with(&self, upto: u64, offset: u64, data: &[u8]) -> Result<u64, Error> {
         let upto = upto.min(self.size);
         let mut hashed = self.hashed.lock().expect("lock");
-        let mut buf = vec![0u8; HASH_READ];
+        let mut buf = Vec::new();
         while hashed.1 < upto {
-            let n = ((upto - hashed.1) as usize).min(HASH_READ);
+            let at = hashed.1;
+            let in_data = at
+                .checked_sub(offset)
+                .filter(|&skip| skip < data.len() as u64);
+            if let Some(skip) = in_data {
+                let n = ((upto - at) as usize).min(data.len() - skip as usize);
+                hashed.0.update(&data[skip as usize..skip as usize + n]);
+                hashed.1 += n as u64;
+                continue;
+            }
+            // Read up to `data` (if it lies ahead), at most HASH_READ at once.
+            let stop = if offset > at { upto.min(offset) } else { upto };
+            let n = ((stop - at) as usize).min(HASH_READ);
+            buf.resize(HASH_READ, 0);
             self.file
-                .read_exact_at(&mut buf[..n], hashed.1)
+                .read_exact_at(&mut buf[..n], at)
                 .map_err(cache_err(&self.tmp))?;
             hashed.0.update(&buf[..n]);
             hashed.1 += n as u64;
@@ -103,10 +122,8 @@ impl PartialFile {
         Ok(hashed.1)
     }
 
-    /// Hashes whatever is left, then keeps the blob under `expected`, known from registry
-    /// `origin`, if the whole hashes to it; otherwise removes it and fails. Open descriptors
-    /// of the file stay valid.
-    pub fn commit(mut self, expected: &Digest, origin: &str) -> Result<(), Error> {
+    /// Hashes whatever is left and checks that the whole hashes to `expected` (blocking).
+    pub fn check(&self, expected: &Digest) -> Result<(), Error> {
         self.hash_upto(self.size)?;
         let actual = self.hashed.lock().expect("lock").0.clone().finish();
         if actual != *expected {
@@ -116,6 +133,14 @@ impl PartialFile {
                 actual,
             });
         }
+        Ok(())
+    }
+
+    /// Hashes whatever is left, then keeps the blob under `expected`, known from registry
+    /// `origin`, if the whole hashes to it ([`Self::check`]); otherwise removes it and fails.
+    /// Open descriptors of the file stay valid.
+    pub fn commit(mut self, expected: &Digest, origin: &str) -> Result<(), Error> {
+        self.check(expected)?;
         self.file.sync_all().map_err(cache_err(&self.tmp))?;
         self.committed = true;
         self.cache
@@ -157,6 +182,51 @@ mod tests {
             std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
             0
         );
+    }
+
+    #[test]
+    fn hashing_from_the_written_bytes_matches_reading_them_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::open(dir.path(), 16 << 20).unwrap();
+        let data: Vec<u8> = (0..(3 * HASH_READ as u32 + 1234))
+            .map(|i| (i * 31 + i / 7) as u8)
+            .collect();
+        let digest = Digest::of(&data);
+        let len = data.len() as u64;
+        let cut = [0u64, 1000, HASH_READ as u64 + 5, 2 * HASH_READ as u64, len];
+        // Pieces written out of order, each hashed (as far as the prefix goes) from the
+        // bytes just written; a piece ahead of the hash is read back later.
+        let p = cache.partial(len).unwrap();
+        for i in [1usize, 3, 0, 2] {
+            let (a, b) = (cut[i], cut[i + 1]);
+            let piece = &data[a as usize..b as usize];
+            p.write_at(a, piece).unwrap();
+            let upto = if i == 2 {
+                len
+            } else if i == 0 {
+                cut[2]
+            } else {
+                0
+            };
+            p.hash_upto_with(upto, a, piece).unwrap();
+        }
+        p.commit(&digest, "r.example").unwrap();
+        assert_eq!(std::fs::read(cache.path_of(&digest)).unwrap(), data);
+
+        // A wrong byte in a piece hashed from memory is refused at the check and the commit.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::open(dir.path(), 16 << 20).unwrap();
+        let p = cache.partial(len).unwrap();
+        p.write_at(0, &data).unwrap();
+        let mut wrong = data[cut[1] as usize..cut[2] as usize].to_vec();
+        wrong[7] ^= 1;
+        p.write_at(cut[1], &wrong).unwrap();
+        p.hash_upto_with(len, cut[1], &wrong).unwrap();
+        let e = p.check(&digest).unwrap_err();
+        assert!(matches!(e, Error::CacheDigest { .. }), "{e}");
+        let e = p.commit(&digest, "r.example").unwrap_err();
+        assert!(matches!(e, Error::CacheDigest { .. }), "{e}");
+        assert!(!cache.contains(&digest));
     }
 
     #[test]

@@ -330,3 +330,44 @@ fn a_blob_knows_the_registries_it_came_from_across_restarts() {
     assert!(cache.origins(&a).is_empty());
     assert_eq!(std::fs::read_dir(&origins).unwrap().count(), 0);
 }
+
+async fn collect_checked(
+    s: &CachingSource<RecordingSource>,
+    d: &Digest,
+) -> Result<Vec<u8>, String> {
+    let stream = s
+        .fetch_verified(&image(), d)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut stream = stream.into_stream();
+    let mut out = Vec::new();
+    while let Some(item) = stream.next().await {
+        let chunk: Bytes = item.map_err(|e| e.to_string())?;
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn checked_fetches_end_with_an_error_unless_the_blob_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = caching(dir.path());
+    // From the inner source (hashed on the way): wrong bytes end with the mismatch.
+    let d = Digest::of(b"the real blob");
+    src.inner().add_as(d.clone(), b"a corrupt blob");
+    let e = collect_checked(&src, &d).await.unwrap_err();
+    assert!(e.contains("sha256"), "{e}");
+    src.flush().await;
+    assert!(!src.cache().contains(&d));
+    // Right bytes pass and are cached; from the cache they are checked as they are read.
+    let good = src.inner().add(b"good bytes");
+    assert_eq!(collect_checked(&src, &good).await.unwrap(), b"good bytes");
+    src.flush().await;
+    assert!(src.cache().contains(&good));
+    assert_eq!(collect_checked(&src, &good).await.unwrap(), b"good bytes");
+    assert_eq!(src.inner().fetches_of(&good), 1);
+    std::fs::write(src.cache().path_of(&good), b"bad  bytes").unwrap();
+    let e = collect_checked(&src, &good).await.unwrap_err();
+    assert!(e.contains("removed"), "{e}");
+    assert!(!src.cache().contains(&good));
+}

@@ -62,6 +62,9 @@ struct State {
     fetching: ChunkSet,
     /// `Some(Err(reason))` once the download failed; `Some(Ok)` once committed.
     ended: Option<Result<(), SwarmError>>,
+    /// Set once every byte is held and the whole hashed to the blob's digest (before the
+    /// blob is synced and committed to the cache).
+    verified: bool,
 }
 
 impl Download {
@@ -84,6 +87,7 @@ impl Download {
                 held: ChunkSet::empty(chunks),
                 fetching: ChunkSet::empty(chunks),
                 ended: None,
+                verified: false,
             }),
             changed: watch::Sender::new(0),
             started: Instant::now(),
@@ -221,19 +225,26 @@ impl Download {
             }
         };
         self.changed.send_modify(|v| *v += 1);
-        // Hash the in-order prefix as it grows, so the final check costs little.
+        // Hash the in-order prefix as it grows, so the final check costs little; this chunk's
+        // bytes from `data` rather than read back.
         let partial = self.partial.lock().expect("lock");
         if let Some(partial) = partial.as_ref() {
-            partial.hash_upto(prefix_end)?;
+            partial.hash_upto_with(prefix_end, offset, data)?;
         }
         Ok(true)
     }
 
     /// Checks the whole blob against its digest and commits it to the cache (blocking).
+    /// Readers waiting for the check ([`Self::reader`]) learn it passed before the blob is
+    /// synced to disk.
     pub(crate) fn commit(&self) -> Result<(), SwarmError> {
         let partial = self.partial.lock().expect("lock").take();
         let result = match partial {
-            Some(p) => p.commit(self.digest(), self.origin()),
+            Some(p) => p.check(self.digest()).and_then(|()| {
+                self.state.lock().expect("lock").verified = true;
+                self.changed.send_modify(|v| *v += 1);
+                p.commit(self.digest(), self.origin())
+            }),
             None => Ok(()),
         }
         .map_err(|e| SwarmError::Commit(Arc::new(e)));
@@ -253,6 +264,31 @@ impl Download {
             self.partial.lock().expect("lock").take();
         }
         self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Waits until the whole blob hashed to its digest; the download's error if it failed
+    /// first (or did not match).
+    async fn checked(&self, rx: &mut watch::Receiver<u64>) -> Result<(), Error> {
+        loop {
+            let ended = {
+                let state = self.state.lock().expect("lock");
+                if state.verified {
+                    return Ok(());
+                }
+                state.ended.clone()
+            };
+            let source = match ended {
+                Some(Err(e)) => e,
+                // Committed without a check: only when the file was already gone.
+                Some(Ok(())) => SwarmError::Abandoned,
+                None if rx.changed().await.is_ok() => continue,
+                None => SwarmError::Abandoned,
+            };
+            return Err(Error::Swarm {
+                digest: self.digest().clone(),
+                source,
+            });
+        }
     }
 
     /// The bytes `range` if every chunk covering it is held.
@@ -281,7 +317,19 @@ impl Download {
     /// Each piece is read back from the file once its chunk is held (verified against the
     /// chunk manifest). If the download fails, the stream ends with the error after the
     /// pieces that did arrive; a range past the blob's end is an error at once.
-    pub(crate) fn reader(self: &Arc<Self>, range: Range<u64>) -> Result<BlobStream, Error> {
+    ///
+    /// With `checked` (the whole blob only), the stream ends after its last piece only once
+    /// the whole blob hashed to its digest ([`Self::commit`]); if it did not, or the
+    /// download failed before, its last item is the error: a [`VerifiedStream`] of the
+    /// download's own check.
+    ///
+    /// [`VerifiedStream`]: crate::source::VerifiedStream
+    pub(crate) fn reader(
+        self: &Arc<Self>,
+        range: Range<u64>,
+        checked: bool,
+    ) -> Result<BlobStream, Error> {
+        debug_assert!(!checked || range == (0..self.manifest.size));
         if range.start > range.end || range.end > self.manifest.size {
             return Err(RegistryError::Range {
                 repository: self.image.repository.clone(),
@@ -299,7 +347,13 @@ impl Download {
             start,
             move |(download, mut rx, offset)| async move {
                 if offset >= end {
-                    return None;
+                    if !checked || offset > end {
+                        return None;
+                    }
+                    // The whole blob was read: wait for the download's digest check.
+                    let failed = download.checked(&mut rx).await.err();
+                    // `end + 1`: ended either way.
+                    return failed.map(|e| (Err(e), (download, rx, end + 1)));
                 }
                 let index = (offset / download.manifest.chunk_size) as u32;
                 loop {

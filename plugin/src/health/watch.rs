@@ -12,7 +12,7 @@ use futures::StreamExt;
 use shoal_p2p::chunk::ChunkManifest;
 use shoal_p2p::reference::ImageReference;
 use shoal_p2p::registry::BlobStream;
-use shoal_p2p::source::{BlobSource, Reader};
+use shoal_p2p::source::{BlobSource, Reader, VerifiedStream};
 use shoal_p2p::tracker::{Announce, HttpTrackers, PeerEntry, Tracker, TrackerError};
 use shoal_p2p::Digest;
 
@@ -113,15 +113,16 @@ impl LiveSource {
     ) -> BoxFuture<'a, Result<BlobStream, shoal_p2p::Error>> {
         let guard = self.in_flight.enter();
         let source = self.current();
-        Box::pin(async move {
-            let stream = fetch(source).await?;
-            let counted = stream.map(move |item| {
-                let _counted = &guard;
-                item
-            });
-            Ok(Box::pin(counted) as BlobStream)
-        })
+        Box::pin(async move { Ok(held_while(fetch(source).await?, guard)) })
     }
+}
+
+/// `stream`, holding `guard` until it is dropped.
+fn held_while<G: Send + 'static>(stream: BlobStream, guard: G) -> BlobStream {
+    Box::pin(stream.map(move |item| {
+        let _held = &guard;
+        item
+    }))
 }
 
 impl BlobSource for LiveSource {
@@ -133,6 +134,20 @@ impl BlobSource for LiveSource {
     ) -> BoxFuture<'a, Result<BlobStream, shoal_p2p::Error>> {
         self.counted(move |source| {
             Box::pin(async move { source.fetch_as(image, digest, reader).await })
+        })
+    }
+
+    fn fetch_verified_as<'a>(
+        &'a self,
+        image: &'a ImageReference,
+        digest: &'a Digest,
+        reader: &'a Reader,
+    ) -> BoxFuture<'a, Result<VerifiedStream, shoal_p2p::Error>> {
+        let guard = self.in_flight.enter();
+        let source = self.current();
+        Box::pin(async move {
+            let stream = source.fetch_verified_as(image, digest, reader).await?;
+            Ok(stream.wrap(|s| held_while(s, guard)))
         })
     }
 

@@ -217,9 +217,23 @@ fn image_builds_reproducibly_and_each_binary_runs_in_containerd() -> Result<()> 
             .arg(format!("docker://{reference}")))
         .with_context(|| format!("skopeo copy {name}"))?;
         containerd.ctr(&["images", "pull", "--plain-http", &reference])?;
-        let id = format!("shoal-image-{name}-{}", std::process::id());
         let bin = format!("/usr/local/bin/{name}");
-        let out = containerd.ctr(&["run", "--rm", &reference, &id, &bin, "--version"])?;
+        // `ctr run` of a task that prints and exits at once can lose its output (a known
+        // race of ctr's stdout FIFO, containerd/containerd#770; seen once here with 2.1:
+        // exit 0 and nothing printed). Empty output is run again, up to three times in
+        // all; anything else printed is checked at once.
+        let mut out = String::new();
+        for attempt in 0..3 {
+            let id = format!("shoal-image-{name}-{}-{attempt}", std::process::id());
+            out = containerd.ctr(&["run", "--rm", &reference, &id, &bin, "--version"])?;
+            if !out.trim().is_empty() {
+                break;
+            }
+            eprintln!(
+                "{name} --version printed nothing (attempt {}): again",
+                attempt + 1
+            );
+        }
         let version = format!("{want}{}", env!("CARGO_PKG_VERSION"));
         ensure!(
             out.trim() == version,

@@ -223,24 +223,8 @@ fn main() -> Result<()> {
         }
         Err(_) => None,
     };
-    let swarm_extra = std::env::var("SHOAL_BENCH_SWARM").unwrap_or_default();
-    for line in swarm_extra
-        .split(';')
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-    {
-        config.swarm_config.push_str(line);
-        config.swarm_config.push('\n');
-    }
-    let seed_extra = std::env::var("SHOAL_BENCH_SEED").unwrap_or_default();
-    for line in seed_extra
-        .split(';')
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-    {
-        config.seed_config.push_str(line);
-        config.seed_config.push('\n');
-    }
+    let swarm_extra = extra_keys("SHOAL_BENCH_SWARM", &mut config.swarm_config);
+    let seed_extra = extra_keys("SHOAL_BENCH_SEED", &mut config.seed_config);
     config.registry_ext = modes.iter().any(|m| m.node_mode().uses_swarm());
     if !cluster::available() {
         bail!("needs root, iproute2, docker-registry, skopeo, containerd and the workspace's release binaries: run scripts/install-deps.sh as root and `cargo build --release --workspace`");
@@ -489,4 +473,15 @@ fn main() -> Result<()> {
     println!("results: {}", path.display());
     cluster.passed();
     Ok(())
+}
+
+/// The `;`-separated TOML keys of environment variable `var` (none when unset), appended to
+/// `section` one per line; returns the variable's value as given (for the JSON).
+fn extra_keys(var: &str, section: &mut String) -> String {
+    let value = std::env::var(var).unwrap_or_default();
+    for line in value.split(';').map(str::trim).filter(|l| !l.is_empty()) {
+        section.push_str(line);
+        section.push('\n');
+    }
+    value
 }

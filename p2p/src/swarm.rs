@@ -435,6 +435,25 @@ impl Swarm {
 }
 
 impl Swarm {
+    /// The blob's download, joined or started, when the cache does not hold it and the
+    /// swarm can have it; `None` (counted as a registry fallback when the cache does not
+    /// hold it) for the cache or the registry.
+    async fn swarm_download(
+        &self,
+        image: &ImageReference,
+        digest: &Digest,
+        reader: &Reader,
+    ) -> Result<Option<Arc<Download>>, Error> {
+        if self.inner.cache.contains(digest) {
+            return Ok(None);
+        }
+        let download = self.download(image, digest, reader).await?;
+        if download.is_none() {
+            self.inner.metrics.registry_fallbacks.inc();
+        }
+        Ok(download)
+    }
+
     /// The blob (`range` `None`) or a range of it, for `reader`: from the cache when it
     /// holds the blob; otherwise from the blob's download, joined or started (so concurrent
     /// readers, whole or ranges, share one download, which goes on to the whole blob); else
@@ -447,11 +466,8 @@ impl Swarm {
         range: Option<Range<u64>>,
         reader: &Reader,
     ) -> Result<BlobStream, Error> {
-        if !self.inner.cache.contains(digest) {
-            if let Some(download) = self.download(image, digest, reader).await? {
-                return download.reader(range.unwrap_or(0..download.manifest().size), false);
-            }
-            self.inner.metrics.registry_fallbacks.inc();
+        if let Some(download) = self.swarm_download(image, digest, reader).await? {
+            return download.reader(range.unwrap_or(0..download.manifest().size), false);
         }
         let fallback = &self.inner.fallback;
         match range {
@@ -484,12 +500,9 @@ impl BlobSource for Swarm {
         reader: &'a Reader,
     ) -> BoxFuture<'a, Result<VerifiedStream, Error>> {
         Box::pin(async move {
-            if !self.inner.cache.contains(digest) {
-                if let Some(download) = self.download(image, digest, reader).await? {
-                    let whole = 0..download.manifest().size;
-                    return Ok(VerifiedStream::checked(download.reader(whole, true)?));
-                }
-                self.inner.metrics.registry_fallbacks.inc();
+            if let Some(download) = self.swarm_download(image, digest, reader).await? {
+                let whole = 0..download.manifest().size;
+                return Ok(VerifiedStream::checked(download.reader(whole, true)?));
             }
             self.inner
                 .fallback

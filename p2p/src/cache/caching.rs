@@ -82,6 +82,27 @@ impl<S> CachingSource<S> {
         Ok(Some(blob))
     }
 
+    /// The whole cached blob `digest` for `reader` ([`Self::cached`]), read from its file and
+    /// hashed as it is read ([`serve_cached`]); `None` when the cache does not hold it.
+    async fn cached_whole(
+        &self,
+        image: &ImageReference,
+        digest: &Digest,
+        reader: &Reader,
+    ) -> Result<Option<BlobStream>, Error> {
+        let Some(blob) = self.cached(image, digest, reader).await? else {
+            return Ok(None);
+        };
+        tracing::debug!(%digest, bytes = blob.size, "blob served from the cache");
+        let whole = 0..blob.size;
+        Ok(Some(serve_cached(
+            self.cache.clone(),
+            digest.clone(),
+            blob,
+            whole,
+        )))
+    }
+
     /// Waits until every cache write started so far has committed or given up.
     pub async fn flush(&self) {
         let mut rx = self.writes.subscribe();
@@ -143,15 +164,8 @@ impl<S: BlobSource> BlobSource for CachingSource<S> {
         reader: &'a Reader,
     ) -> BoxFuture<'a, Result<BlobStream, Error>> {
         Box::pin(async move {
-            if let Some(blob) = self.cached(image, digest, reader).await? {
-                tracing::debug!(%digest, bytes = blob.size, "blob served from the cache");
-                let whole = 0..blob.size;
-                return Ok(serve_cached(
-                    self.cache.clone(),
-                    digest.clone(),
-                    blob,
-                    whole,
-                ));
+            if let Some(stream) = self.cached_whole(image, digest, reader).await? {
+                return Ok(stream);
             }
             let stream = self.inner.fetch_as(image, digest, reader).await?;
             Ok(self.tee(stream, digest.clone(), image.registry.clone()))
@@ -167,10 +181,7 @@ impl<S: BlobSource> BlobSource for CachingSource<S> {
         reader: &'a Reader,
     ) -> BoxFuture<'a, Result<VerifiedStream, Error>> {
         Box::pin(async move {
-            if let Some(blob) = self.cached(image, digest, reader).await? {
-                tracing::debug!(%digest, bytes = blob.size, "blob served from the cache");
-                let whole = 0..blob.size;
-                let stream = serve_cached(self.cache.clone(), digest.clone(), blob, whole);
+            if let Some(stream) = self.cached_whole(image, digest, reader).await? {
                 return Ok(VerifiedStream::checked(stream));
             }
             let stream = self.inner.fetch_verified_as(image, digest, reader).await?;

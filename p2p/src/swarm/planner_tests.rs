@@ -436,9 +436,9 @@ fn chunks_a_busy_node_holds_wait_for_it_rather_than_go_to_the_seeder() {
     assert!(later.is_empty(), "{later:?}");
 }
 
-#[test]
-fn a_chunk_the_seeder_refuses_goes_to_nobody_else_for_a_while_then_to_it_again() {
-    let t0 = Instant::now();
+/// A planner of a one-chunk blob whose seeder refused the chunk ("not held") at `t0`; the
+/// seeder's budget given back.
+fn refused_by_the_seeder(t0: Instant) -> (Planner, fastrand::Rng, Budget) {
     let n = 1;
     let (mut p, mut rng) = planner(n, 4, t0);
     p.peers(vec![seeder(n)]);
@@ -447,6 +447,13 @@ fn a_chunk_the_seeder_refuses_goes_to_nobody_else_for_a_while_then_to_it_again()
     assert_eq!(first.len(), 1);
     p.ended(t0, first[0].2, Some(Failure::NotHeld)).unwrap();
     budget.release(addr(100));
+    (p, rng, budget)
+}
+
+#[test]
+fn a_chunk_the_seeder_refuses_goes_to_nobody_else_for_a_while_then_to_it_again() {
+    let t0 = Instant::now();
+    let (mut p, mut rng, mut budget) = refused_by_the_seeder(t0);
     // Not the registry, not the seeder again at once.
     let soon = t0 + SEEDER_REFUSAL_WAIT - Duration::from_millis(1);
     assert!(p.plan(soon, &mut rng, &mut budget).is_empty());
@@ -458,16 +465,10 @@ fn a_chunk_the_seeder_refuses_goes_to_nobody_else_for_a_while_then_to_it_again()
 #[test]
 fn a_chunk_the_seeder_refused_goes_at_once_to_a_node_that_holds_it() {
     let t0 = Instant::now();
-    let n = 1;
-    let (mut p, mut rng) = planner(n, 4, t0);
-    p.peers(vec![seeder(n)]);
-    let mut budget = Budget::new(1);
-    let first = peer_fetches(&p.plan(t0, &mut rng, &mut budget));
-    p.ended(t0, first[0].2, Some(Failure::NotHeld)).unwrap();
-    budget.release(addr(100));
+    let (mut p, mut rng, mut budget) = refused_by_the_seeder(t0);
     // The node the seeder sent it to says it holds it: no need to wait for the refusal.
     let soon = t0 + Duration::from_millis(50);
-    p.peers(vec![seeder(n), node(2, n, [0])]);
+    p.peers(vec![seeder(1), node(2, 1, [0])]);
     let fetches = peer_fetches(&p.plan(soon, &mut rng, &mut budget));
     assert_eq!(fetches.len(), 1, "{fetches:?}");
     assert_eq!(fetches[0].0, "node-2");

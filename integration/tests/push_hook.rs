@@ -218,7 +218,10 @@ async fn check(
         let m = ChunkManifest::from_json(&resp.bytes().await?)?;
         assert!(m.chunks.len() >= 2, "{} chunks", m.chunks.len());
         for i in 0..m.chunks.len() {
-            let chunk = client.fetch(api_addr, d, m.chunk_range(i)).await?;
+            let progress = std::sync::atomic::AtomicU64::default();
+            let chunk = client
+                .fetch(api_addr, d, m.chunk_range(i), &progress)
+                .await?;
             assert_eq!(Digest::of(&chunk), m.chunks[i]);
         }
     }

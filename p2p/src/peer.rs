@@ -43,6 +43,7 @@ pub use server::{router, UploadLimits};
 
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -114,12 +115,14 @@ pub enum PeerError {
 /// Fetches byte ranges of blobs from peers.
 pub trait PeerFetcher: Send + Sync {
     /// Exactly the bytes `range` of blob `digest` from the peer at `peer` (unverified: the
-    /// caller checks them against the chunk manifest).
+    /// caller checks them against the chunk manifest). `progress` holds the bytes received so
+    /// far while they arrive (the scheduler's overdue rule reads it).
     fn fetch<'a>(
         &'a self,
         peer: SocketAddr,
         digest: &'a Digest,
         range: Range<u64>,
+        progress: &'a AtomicU64,
     ) -> BoxFuture<'a, Result<Bytes, PeerError>>;
 
     /// [`Self::fetch`] from a registry side's seeder (a peer listed as
@@ -130,8 +133,9 @@ pub trait PeerFetcher: Send + Sync {
         peer: SocketAddr,
         digest: &'a Digest,
         range: Range<u64>,
+        progress: &'a AtomicU64,
     ) -> BoxFuture<'a, Result<Bytes, PeerError>> {
-        self.fetch(peer, digest, range)
+        self.fetch(peer, digest, range, progress)
     }
 
     /// Opens the have stream of blob `digest` (of `chunks` chunks) at the node at `peer`.

@@ -548,7 +548,12 @@ async fn the_seeder_is_listed_and_serves_chunks_and_metrics_count() {
     .unwrap();
     let range = manifest.chunk_range(1);
     let chunk = client
-        .fetch(seeder.addr, &digest, range.clone())
+        .fetch(
+            seeder.addr,
+            &digest,
+            range.clone(),
+            &std::sync::atomic::AtomicU64::default(),
+        )
         .await
         .unwrap();
     assert_eq!(&chunk[..], &data[range.start as usize..range.end as usize]);

@@ -520,6 +520,14 @@ impl<'a> Sim<'a> {
         let Some(planner) = d.planner.as_mut() else {
             return Ok(());
         };
+        // The bytes each chunk flowing from a peer has moved (shoald's executor reports
+        // what each peer request has received).
+        for (&req, task) in &d.tasks {
+            if let (Some(flow), false) = (task.flow, matches!(task.src, Src::Registry)) {
+                let (got, len) = self.net.progress(self.now, flow);
+                planner.progress(req, got, len);
+            }
+        }
         let mut budget = Budget {
             used: &mut node.seeder_slots,
             max,

@@ -158,6 +158,17 @@ impl Net {
         moved
     }
 
+    /// Flow `id`'s bytes moved by `now`, of its size (0 of 0 when it is not live).
+    pub fn progress(&self, now: f64, id: FlowId) -> (u64, u64) {
+        match self.flows.get(id) {
+            Some(f) if f.live => {
+                let left = (f.left - f.rate * (now - f.updated).max(0.0)).max(0.0);
+                ((f.size - left) as u64, f.size as u64)
+            }
+            _ => (0, 0),
+        }
+    }
+
     /// The earliest flow completion, if any: (time, flow).
     pub fn next_done(&mut self) -> Option<(f64, FlowId)> {
         while let Some(&Reverse((t, id, version))) = self.done.peek() {

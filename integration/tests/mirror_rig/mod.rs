@@ -158,6 +158,7 @@ impl PeerFetcher for NoPeers {
         peer: std::net::SocketAddr,
         digest: &'a Digest,
         range: Range<u64>,
+        _progress: &'a std::sync::atomic::AtomicU64,
     ) -> BoxFuture<'a, Result<Bytes, PeerError>> {
         Box::pin(async move {
             Err(PeerError::Transport {

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -79,6 +80,7 @@ impl PeerClient {
         peer: SocketAddr,
         digest: &Digest,
         range: Range<u64>,
+        progress: &AtomicU64,
     ) -> Result<Bytes, PeerError> {
         if range.start >= range.end {
             return Ok(Bytes::new());
@@ -139,6 +141,7 @@ impl PeerClient {
                 return Err(bad(format!("more than the {len} bytes asked")));
             }
             body.extend_from_slice(&piece);
+            progress.store(body.len() as u64, Ordering::Relaxed);
         }
         if body.len() as u64 != len {
             return Err(bad(format!("{} bytes, {len} asked", body.len())));
@@ -239,8 +242,9 @@ impl PeerFetcher for PeerClient {
         peer: SocketAddr,
         digest: &'a Digest,
         range: Range<u64>,
+        progress: &'a AtomicU64,
     ) -> BoxFuture<'a, Result<Bytes, PeerError>> {
-        Box::pin(self.fetch_range(&self.http, peer, digest, range))
+        Box::pin(self.fetch_range(&self.http, peer, digest, range, progress))
     }
 
     fn fetch_from_seeder<'a>(
@@ -248,8 +252,9 @@ impl PeerFetcher for PeerClient {
         peer: SocketAddr,
         digest: &'a Digest,
         range: Range<u64>,
+        progress: &'a AtomicU64,
     ) -> BoxFuture<'a, Result<Bytes, PeerError>> {
-        Box::pin(self.fetch_range(&self.seeder_http, peer, digest, range))
+        Box::pin(self.fetch_range(&self.seeder_http, peer, digest, range, progress))
     }
 
     fn have_stream<'a>(

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -123,7 +124,12 @@ async fn serves_exact_ranges_over_mutual_tls() {
     for range in [0..1, 100..200, 65_530..200_000, 0..len, len - 1..len] {
         let got = c
             .client
-            .fetch(c.server.addr, &c.digest, range.clone())
+            .fetch(
+                c.server.addr,
+                &c.digest,
+                range.clone(),
+                &AtomicU64::default(),
+            )
             .await
             .unwrap();
         let want = &c.data[range.start as usize..range.end as usize];
@@ -139,7 +145,11 @@ async fn serves_exact_ranges_over_mutual_tls() {
 async fn a_blob_not_held_is_not_found() {
     let c = cluster(1000, OPEN).await;
     let other = Digest::of(b"not here");
-    match c.client.fetch(c.server.addr, &other, 0..10).await {
+    match c
+        .client
+        .fetch(c.server.addr, &other, 0..10, &AtomicU64::default())
+        .await
+    {
         Err(PeerError::NotHeld {
             digest, start, end, ..
         }) => assert_eq!((digest, start, end), (other, 0, 10)),
@@ -151,7 +161,11 @@ async fn a_blob_not_held_is_not_found() {
 #[tokio::test]
 async fn ranges_past_the_end_and_bad_requests_are_refused() {
     let c = cluster(1000, OPEN).await;
-    match c.client.fetch(c.server.addr, &c.digest, 990..1001).await {
+    match c
+        .client
+        .fetch(c.server.addr, &c.digest, 990..1001, &AtomicU64::default())
+        .await
+    {
         Err(PeerError::BadResponse { reason, .. }) => assert!(reason.contains("416"), "{reason}"),
         other => panic!("{other:?}"),
     }
@@ -203,7 +217,11 @@ async fn busy_when_every_slot_is_taken() {
         .await
         .unwrap();
     assert_eq!(slow.status().as_u16(), 206);
-    match c.client.fetch(c.server.addr, &c.digest, 0..10).await {
+    match c
+        .client
+        .fetch(c.server.addr, &c.digest, 0..10, &AtomicU64::default())
+        .await
+    {
         Err(PeerError::Busy { peer }) => assert_eq!(peer, c.server.addr),
         other => panic!("{other:?}"),
     }
@@ -214,7 +232,11 @@ async fn busy_when_every_slot_is_taken() {
     drop(http);
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        match c.client.fetch(c.server.addr, &c.digest, 0..10).await {
+        match c
+            .client
+            .fetch(c.server.addr, &c.digest, 0..10, &AtomicU64::default())
+            .await
+        {
             Ok(b) => {
                 assert_eq!(&b[..], &c.data[..10]);
                 break;
@@ -242,7 +264,10 @@ async fn with_a_rate_the_older_upload_goes_first_at_the_whole_rate() {
     let fetch = |range: std::ops::Range<u64>| {
         let (client, addr, digest) = (c.client.clone(), c.server.addr, c.digest.clone());
         tokio::spawn(async move {
-            let bytes = client.fetch(addr, &digest, range).await.unwrap();
+            let bytes = client
+                .fetch(addr, &digest, range, &AtomicU64::default())
+                .await
+                .unwrap();
             (bytes, start.elapsed())
         })
     };
@@ -272,7 +297,10 @@ async fn a_client_of_another_ca_is_refused_before_any_request() {
     let distrusting = foreign.transport(&c.dir, "stranger");
     for transport in [trusting, distrusting] {
         let intruder = PeerClient::new(&transport, TIMEOUT, TIMEOUT).unwrap();
-        match intruder.fetch(c.server.addr, &c.digest, 0..10).await {
+        match intruder
+            .fetch(c.server.addr, &c.digest, 0..10, &AtomicU64::default())
+            .await
+        {
             Err(PeerError::Transport { peer, .. }) => assert_eq!(peer, c.server.addr),
             other => panic!("{other:?}"),
         }
@@ -285,7 +313,10 @@ async fn a_client_of_another_ca_is_refused_before_any_request() {
 async fn a_plaintext_client_fails_against_tls() {
     let c = cluster(1000, OPEN).await;
     let plain = PeerClient::new(&Transport::Plaintext, TIMEOUT, TIMEOUT).unwrap();
-    match plain.fetch(c.server.addr, &c.digest, 0..10).await {
+    match plain
+        .fetch(c.server.addr, &c.digest, 0..10, &AtomicU64::default())
+        .await
+    {
         Err(PeerError::Transport { .. }) => {}
         other => panic!("{other:?}"),
     }
@@ -302,13 +333,30 @@ async fn the_bandwidth_limit_paces_uploads_and_stats_measure_them() {
     let c = cluster(1 << 20, limits).await;
     assert_eq!(c.server.meter.stats().capacity_bytes_per_sec, 2 << 20);
     let start = Instant::now();
-    let got = c
+    let progress = AtomicU64::default();
+    let fetch = c
         .client
-        .fetch(c.server.addr, &c.digest, 0..1 << 20)
-        .await
-        .unwrap();
+        .fetch(c.server.addr, &c.digest, 0..1 << 20, &progress);
+    tokio::pin!(fetch);
+    // The bytes received so far show while the paced body arrives (at least 0.4 s).
+    let mut seen_part = false;
+    let got = loop {
+        tokio::select! {
+            got = &mut fetch => break got.unwrap(),
+            _ = tokio::time::sleep(Duration::from_millis(5)) => {
+                let so_far = progress.load(Ordering::Relaxed);
+                seen_part |= so_far > 0 && so_far < 1 << 20;
+            }
+        }
+    };
     let took = start.elapsed();
     assert_eq!(got.len(), 1 << 20);
+    assert!(
+        seen_part,
+        "no partial progress seen in {:?}",
+        start.elapsed()
+    );
+    assert_eq!(progress.load(Ordering::Relaxed), 1 << 20);
     // 1 MiB at 2 MiB/s with a 0.2 MiB burst: at least ~0.4 s.
     assert!(took >= Duration::from_millis(350), "{took:?}");
     let stats = c.server.meter.stats();
@@ -323,7 +371,7 @@ async fn unlimited_uploads_are_measured() {
     let c = cluster(1 << 20, OPEN).await;
     for _ in 0..3 {
         c.client
-            .fetch(c.server.addr, &c.digest, 0..1 << 20)
+            .fetch(c.server.addr, &c.digest, 0..1 << 20, &AtomicU64::default())
             .await
             .unwrap();
     }
@@ -364,17 +412,31 @@ async fn partial_blobs_in_memory_over_plaintext() {
     let server = serve(&Transport::Plaintext, Arc::new(provider), OPEN).await;
     let client = PeerClient::new(&Transport::Plaintext, TIMEOUT, TIMEOUT).unwrap();
     let got = client
-        .fetch(server.addr, &digest, 120_000..190_000)
+        .fetch(
+            server.addr,
+            &digest,
+            120_000..190_000,
+            &AtomicU64::default(),
+        )
         .await
         .unwrap();
     assert_eq!(got, data.slice(120_000..190_000));
     // In bounds but not held: 404; past the end: 416.
     assert!(matches!(
-        client.fetch(server.addr, &digest, 0..10).await,
+        client
+            .fetch(server.addr, &digest, 0..10, &AtomicU64::default())
+            .await,
         Err(PeerError::NotHeld { .. })
     ));
     assert!(matches!(
-        client.fetch(server.addr, &digest, 199_000..200_001).await,
+        client
+            .fetch(
+                server.addr,
+                &digest,
+                199_000..200_001,
+                &AtomicU64::default()
+            )
+            .await,
         Err(PeerError::BadResponse { .. })
     ));
     assert_eq!(count(&server.metrics, "ok"), 1);
@@ -388,7 +450,10 @@ async fn an_unreachable_peer_is_a_transport_error() {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let client = PeerClient::new(&Transport::Plaintext, TIMEOUT, TIMEOUT).unwrap();
-    match client.fetch(addr, &Digest::of(b"x"), 0..1).await {
+    match client
+        .fetch(addr, &Digest::of(b"x"), 0..1, &AtomicU64::default())
+        .await
+    {
         Err(e @ PeerError::Transport { peer, .. }) => {
             assert_eq!(peer, addr);
             let text = e.to_string();
@@ -462,7 +527,10 @@ async fn lying_peers_are_bad_responses() {
     let digest = Digest::of(b"x");
     for (answer, why) in answers {
         let peer = liar(answer).await;
-        match client.fetch(peer.addr, &digest, 0..10).await {
+        match client
+            .fetch(peer.addr, &digest, 0..10, &AtomicU64::default())
+            .await
+        {
             Err(PeerError::BadResponse { peer: p, reason }) => {
                 assert_eq!(p, peer.addr);
                 assert!(reason.contains(why), "{why}: {reason}");
@@ -474,7 +542,11 @@ async fn lying_peers_are_bad_responses() {
     // The honest answer, for contrast.
     let peer = liar(|| partial(Some("bytes 0-9/*"), 10)).await;
     assert_eq!(
-        client.fetch(peer.addr, &digest, 0..10).await.unwrap().len(),
+        client
+            .fetch(peer.addr, &digest, 0..10, &AtomicU64::default())
+            .await
+            .unwrap()
+            .len(),
         10
     );
 }

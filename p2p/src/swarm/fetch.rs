@@ -3,6 +3,7 @@
 //! executor ([`super::scheduler`]) as an [`Event`].
 
 use std::ops::Range;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -19,26 +20,41 @@ use crate::peer::PeerError;
 use crate::reference::ImageReference;
 use crate::Error;
 
-/// Fetches chunk `index` from the peer at `addr` as request `req`; from a registry side's
-/// `seeder`, whose certificate must then be registry-side.
+/// One chunk request to a peer.
+pub(super) struct PeerRequest {
+    pub(super) req: ReqId,
+    /// The chunk.
+    pub(super) index: u32,
+    pub(super) addr: std::net::SocketAddr,
+    /// A registry side's seeder, whose certificate must then be registry-side.
+    pub(super) seeder: bool,
+    /// The bytes received so far (the scheduler reads it for the planner's overdue rule).
+    pub(super) progress: Arc<AtomicU64>,
+}
+
+/// Fetches the chunk of `request` from its peer.
 pub(super) async fn from_peer(
     swarm: Swarm,
     download: Arc<Download>,
-    addr: std::net::SocketAddr,
-    seeder: bool,
-    req: ReqId,
-    index: u32,
+    request: PeerRequest,
     tx: mpsc::UnboundedSender<Event>,
 ) {
+    let PeerRequest {
+        req,
+        index,
+        addr,
+        seeder,
+        progress,
+    } = request;
     let range = download.manifest().chunk_range(index as usize);
     let peers = &swarm.inner().peers;
     let fetched = match seeder {
         true => {
             peers
-                .fetch_from_seeder(addr, download.digest(), range)
+                .fetch_from_seeder(addr, download.digest(), range, &progress)
                 .await
         }
-        false => peers.fetch(addr, download.digest(), range).await,
+        false => peers.fetch(addr, download.digest(), range, &progress).await,
     };
     let ended = match fetched {
         Ok(bytes) => match verify_and_store(&swarm, "peer", &download, index, bytes).await {

@@ -27,7 +27,12 @@
 //! - Overdue: a single-chunk peer request older than [`Planner::overdue_after`] (3x the median
 //!   chunk time, at least 1 s; 8 s before three are measured) is asked of another node; of a
 //!   seeder when it is twice that; of the registry when four times that. The first verified
-//!   copy wins and the others are cancelled.
+//!   copy wins and the others are cancelled. A request whose bytes are arriving
+//!   ([`Planner::progress`]) is not overdue while, at the rate they came so far, the rest is
+//!   due within a median chunk time: a second copy would then arrive later and take a share
+//!   of both links meanwhile (on the emulated cluster at 30 Mbit/s, where TCP flows through
+//!   one `tbf` get unequal shares, 69% of the chunks asked again by age alone still came first
+//!   from the peer asked first).
 //! - Failures: a chunk failing its hash drops its peer for this blob; a busy peer is left
 //!   alone for 500 ms; a peer that says it does not hold a chunk is not asked for it again
 //!   until the next peer list; three transport failures in a row (no chunk from it between
@@ -355,8 +360,9 @@ impl Planner {
         out: &mut Vec<Action>,
     ) {
         let limit = self.overdue_after();
+        let median = self.median_chunk_time();
         // A request to a slow peer is due elsewhere once it took a fast peer's chunk time.
-        let slow_limit = self.median_chunk_time().map_or(limit, |m| m.min(limit));
+        let slow_limit = median.map_or(limit, |m| m.min(limit));
         let mut overdue: Vec<(Duration, u32, PeerIdx, bool)> = self
             .reqs
             .values()
@@ -364,6 +370,10 @@ impl Planner {
             .filter_map(|r| {
                 let p = r.peer?;
                 let elapsed = now.saturating_duration_since(r.started);
+                if r.coming_within(elapsed, median) {
+                    // Its bytes are arriving and the rest is due sooner than a new request's.
+                    return None;
+                }
                 let slow = self.is_slow(&self.peers[p as usize]);
                 if elapsed > limit {
                     Some((elapsed, r.chunks.start, p, false))
@@ -557,6 +567,8 @@ impl Planner {
                 chunks,
                 started: now,
                 last_chunk: now,
+                got: 0,
+                len: 0,
             },
         );
         id

@@ -280,6 +280,76 @@ fn an_overdue_chunk_is_asked_of_another_node_and_the_late_copy_cancelled() {
 }
 
 #[test]
+fn an_overdue_request_whose_bytes_are_arriving_is_left_alone_until_they_stall() {
+    let t0 = Instant::now();
+    let n = 4;
+    let (mut p, mut rng) = planner(n, 3, t0);
+    p.peers(vec![node(2, n, 0..n), node(3, n, 0..n)]);
+    let mut budget = Budget::new(1);
+    let first = peer_fetches(&p.plan(t0, &mut rng, &mut budget));
+    assert_eq!(first.len(), 4);
+    let (_, slow_chunk, slow_req) = first[3].clone();
+    for f in &first[..3] {
+        deliver(&mut p, t0, f.2, f.1, 100);
+    }
+    // A median of 100 ms: overdue after 1 s. 95% of the chunk is in after 1.001 s: the rest
+    // is due in 53 ms, sooner than a new request's 100 ms.
+    let asked_again = |p: &mut Planner, at: Instant, rng: &mut fastrand::Rng, b: &mut Budget| {
+        peer_fetches(&p.plan(at, rng, b))
+            .iter()
+            .any(|f| f.1 == slow_chunk)
+    };
+    let len = 1 << 20;
+    p.progress(slow_req, len * 95 / 100, len);
+    let at = t0 + Duration::from_millis(1001);
+    assert!(!asked_again(&mut p, at, &mut rng, &mut budget));
+    // The bytes stop at 95%: by 3 s the rest would take 158 ms at the rate so far.
+    let at = t0 + Duration::from_millis(3000);
+    assert!(asked_again(&mut p, at, &mut rng, &mut budget));
+}
+
+#[test]
+fn a_request_with_every_byte_in_is_not_asked_again_while_it_is_verified() {
+    let t0 = Instant::now();
+    let n = 4;
+    let (mut p, mut rng) = planner(n, 3, t0);
+    p.peers(vec![node(2, n, 0..n), node(3, n, 0..n)]);
+    let mut budget = Budget::new(1);
+    let first = peer_fetches(&p.plan(t0, &mut rng, &mut budget));
+    let (_, slow_chunk, slow_req) = first[3].clone();
+    for f in &first[..3] {
+        deliver(&mut p, t0, f.2, f.1, 100);
+    }
+    p.progress(slow_req, 1 << 20, 1 << 20);
+    let actions = p.plan(t0 + Duration::from_secs(30), &mut rng, &mut budget);
+    assert!(!peer_fetches(&actions).iter().any(|f| f.1 == slow_chunk));
+    assert!(registry_fetches(&actions).is_empty(), "{actions:?}");
+}
+
+#[test]
+fn an_overdue_request_at_half_its_bytes_is_asked_again() {
+    let t0 = Instant::now();
+    let n = 4;
+    let (mut p, mut rng) = planner(n, 3, t0);
+    p.peers(vec![node(2, n, 0..n), node(3, n, 0..n)]);
+    let mut budget = Budget::new(1);
+    let first = peer_fetches(&p.plan(t0, &mut rng, &mut budget));
+    let (slow_peer, slow_chunk, slow_req) = first[3].clone();
+    for f in &first[..3] {
+        deliver(&mut p, t0, f.2, f.1, 100);
+    }
+    // Half in after 1.001 s: the rest would take another second, a new request 100 ms.
+    p.progress(slow_req, 1 << 19, 1 << 20);
+    let actions = p.plan(t0 + Duration::from_millis(1001), &mut rng, &mut budget);
+    let again: Vec<_> = peer_fetches(&actions)
+        .into_iter()
+        .filter(|f| f.1 == slow_chunk)
+        .collect();
+    assert_eq!(again.len(), 1, "{actions:?}");
+    assert_ne!(again[0].0, slow_peer);
+}
+
+#[test]
 fn an_overdue_chunk_nobody_else_holds_goes_to_the_registry_at_four_times_the_limit() {
     let t0 = Instant::now();
     let n = 1;

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,6 +72,8 @@ struct Task {
     peer: Option<String>,
     /// When it was started (for the debug log of each chunk).
     started: Instant,
+    /// A peer request's bytes received so far, of `len` (the planner's overdue rule).
+    progress: Option<(Arc<AtomicU64>, u64)>,
 }
 
 /// Runs the download of `download` (`entry` among the swarm's downloads) to its end:
@@ -194,6 +197,12 @@ impl Scheduler {
             }
             let now = Instant::now();
             self.planner.check(now)?;
+            for (&req, task) in &self.tasks {
+                if let Some((got, len)) = &task.progress {
+                    self.planner
+                        .progress(req, got.load(Ordering::Relaxed), *len);
+                }
+            }
             let actions = self
                 .planner
                 .plan(now, &mut self.rng, &mut NodeBudget(&self.swarm));
@@ -431,13 +440,19 @@ impl Scheduler {
                         tracing::debug!(chunk, other = %peer, "chunk overdue; asked elsewhere");
                         self.swarm.inner().metrics.chunk_failed("overdue");
                     }
+                    let progress = Arc::new(AtomicU64::new(0));
+                    let range = self.download.manifest().chunk_range(chunk as usize);
+                    let request = super::fetch::PeerRequest {
+                        req,
+                        index: chunk,
+                        addr,
+                        seeder,
+                        progress: progress.clone(),
+                    };
                     let task = tokio::spawn(super::fetch::from_peer(
                         self.swarm.clone(),
                         self.download.clone(),
-                        addr,
-                        seeder,
-                        req,
-                        chunk,
+                        request,
                         self.events_tx.clone(),
                     ));
                     let task = Task {
@@ -445,6 +460,7 @@ impl Scheduler {
                         seeder: seeder.then_some(addr),
                         peer: Some(peer),
                         started: Instant::now(),
+                        progress: Some((progress, range.end - range.start)),
                     };
                     self.tasks.insert(req, task);
                 }
@@ -469,6 +485,7 @@ impl Scheduler {
                         seeder: None,
                         peer: None,
                         started: Instant::now(),
+                        progress: None,
                     };
                     self.tasks.insert(req, task);
                 }

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -110,6 +111,7 @@ impl PeerFetcher for FakePeers {
         peer: SocketAddr,
         digest: &'a Digest,
         range: Range<u64>,
+        _progress: &'a AtomicU64,
     ) -> BoxFuture<'a, Result<Bytes, PeerError>> {
         Box::pin(async move {
             let found = {

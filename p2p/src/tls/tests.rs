@@ -2,6 +2,7 @@
 //! going through with the right certificate.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -219,7 +220,8 @@ async fn only_a_registry_side_certificate_is_fetched_from_as_seeder() {
     let digest = Digest::of(b"blob");
     let node = whoami_server(s.ca.transport(&s.dir, "node-2")).await;
     let reg = whoami_server(s.ca.registry_side_transport(&s.dir, "reg")).await;
-    match client.fetch_from_seeder(node, &digest, 0..10).await {
+    let got = AtomicU64::default();
+    match client.fetch_from_seeder(node, &digest, 0..10, &got).await {
         Err(e @ PeerError::Transport { .. }) => {
             let reason = e.to_string();
             assert!(reason.contains("registry-side"), "{reason}")
@@ -229,8 +231,8 @@ async fn only_a_registry_side_certificate_is_fetched_from_as_seeder() {
     // Past the handshake: this server has no chunk route (404 = not held).
     for addr in [reg, node] {
         let fetched = match addr == reg {
-            true => client.fetch_from_seeder(addr, &digest, 0..10).await,
-            false => client.fetch(addr, &digest, 0..10).await,
+            true => client.fetch_from_seeder(addr, &digest, 0..10, &got).await,
+            false => client.fetch(addr, &digest, 0..10, &got).await,
         };
         assert!(
             matches!(fetched, Err(PeerError::NotHeld { .. })),
@@ -264,7 +266,10 @@ async fn a_role_less_server_is_refused_by_every_client() {
         std::future::pending(),
     ));
     let client = PeerClient::new(&s.ca.transport(&s.dir, "node-1"), TIMEOUT, TIMEOUT).unwrap();
-    match client.fetch(addr, &Digest::of(b"x"), 0..10).await {
+    match client
+        .fetch(addr, &Digest::of(b"x"), 0..10, &AtomicU64::default())
+        .await
+    {
         Err(e @ PeerError::Transport { .. }) => {
             let reason = e.to_string();
             assert!(reason.contains("names no shoal role"), "{reason}")
@@ -297,7 +302,7 @@ async fn a_registry_side_certificate_is_not_served_chunks_by_a_node() {
         TIMEOUT,
     )
     .unwrap();
-    match reg.fetch(addr, &digest, 0..10).await {
+    match reg.fetch(addr, &digest, 0..10, &AtomicU64::default()).await {
         Err(PeerError::BadResponse { reason, .. }) => {
             assert!(
                 reason.contains("403") && reason.contains("role node"),
@@ -307,7 +312,9 @@ async fn a_registry_side_certificate_is_not_served_chunks_by_a_node() {
         other => panic!("{other:?}"),
     }
     let node = PeerClient::new(&s.ca.transport(&s.dir, "node-1"), TIMEOUT, TIMEOUT).unwrap();
-    let fetched = node.fetch(addr, &digest, 0..10).await;
+    let fetched = node
+        .fetch(addr, &digest, 0..10, &AtomicU64::default())
+        .await;
     assert!(
         matches!(fetched, Err(PeerError::NotHeld { .. })),
         "{fetched:?}"

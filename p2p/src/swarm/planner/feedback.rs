@@ -12,6 +12,16 @@ use super::{
 use crate::tracker::ChunkSet;
 
 impl Planner {
+    /// Request `req` (a single chunk of `len` bytes from a peer) has received `got` bytes so
+    /// far. An overdue request whose bytes are arriving fast enough is left alone
+    /// ([`Planner::overdue_after`]); one never reported is judged by its age alone.
+    pub fn progress(&mut self, req: ReqId, got: u64, len: u64) {
+        if let Some(r) = self.reqs.get_mut(&req) {
+            r.got = got.min(len);
+            r.len = len;
+        }
+    }
+
     /// Chunk `index` (`len` bytes) of request `req` arrived at `now`: `verified` against the
     /// manifest (and stored) or not. Returns the requests to cancel and the peers dropped.
     pub fn chunk(

@@ -69,6 +69,13 @@ pub trait ChunkProvider: Send + Sync {
     /// `None`. Blocking (small file-system calls): called from a blocking thread.
     fn open(&self, digest: &Digest, range: Range<u64>) -> Option<Held>;
 
+    /// An upload of `range` of blob `digest` that [`Self::open`] opened has ended: with every
+    /// byte handed to the connection (`whole`) or not (the client went away, or reading
+    /// failed). Not blocking. By default nothing.
+    fn ended(&self, digest: &Digest, range: Range<u64>, whole: bool) {
+        let _ = (digest, range, whole);
+    }
+
     /// The have stream's feed of blob `digest` ([`have`]): `None` when the provider neither
     /// holds it (with a known chunk count) nor downloads it. Not blocking. By default
     /// `None` (a plain cache does not know chunk counts).

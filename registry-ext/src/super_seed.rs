@@ -4,8 +4,15 @@
 //! start together may still ask for the same chunk. [`SuperSeed`] answers "not held" for a
 //! chunk it began sending less than `defer` ago: the node asking picks another chunk, and by
 //! the time the deferral ends the first node's announce says it fetches or holds that chunk,
-//! so the others get it from there. After `defer` the chunk is served again (the first node
-//! may be slow or gone; a node's own overdue rule decides when to come back).
+//! so the others get it from there. While that first send is still going (up to
+//! [`IN_FLIGHT_HOLD`] times `defer`), and for [`AFTER_END`] (plus half the send's time)
+//! once it has ended whole (its last bytes and the first node's have line and
+//! announce on their way), it is refused too: a send takes longer than
+//! `defer` when many share the seeder's link (16 chunks at once on a 30 Mbit/s link: 4.7 s
+//! for 1 MiB), and sending the chunk again then is what made the seeder send 1.12 times the
+//! image on the emulated cluster. After that the chunk is served again (the first node may
+//! be slow or gone; a node's own overdue rule decides when to come back), and at once when
+//! the first send failed (after `defer`).
 //!
 //! The rule is [`RecentSends`], pure (the time is an argument); [`SuperSeed`] is the
 //! [`ChunkProvider`] in front of the seed cache that applies it.
@@ -21,66 +28,151 @@ use shoal_p2p::Digest;
 /// How long a chunk just sent is refused to other nodes: an announce interval (1 s; a node
 /// announces a chunk it starts fetching within 50 ms), a peer refresh (0.2 s) and slack.
 pub const DEFAULT_DEFER: Duration = Duration::from_secs(3);
-/// Most sends remembered (the oldest are forgotten first).
+/// A send still going holds its chunk for at most this many deferrals from its start.
+pub const IN_FLIGHT_HOLD: u32 = 5;
+/// How long a chunk sent whole is still refused after its last byte was handed to the
+/// connection: the receiver's have line (at once) and announce (within 200 ms) reach the
+/// others within a peer refresh. Plus [`AFTER_END_SHARE`] of the send's own time: the last
+/// bytes handed over were still in the kernel's buffers (up to TCP_NOTSENT_LOWAT unsent plus
+/// what hyper, TLS and the link's queue hold: a third of a 1 MiB chunk or more), and arrive
+/// that much later on a slow flow (on the emulated cluster at 30 Mbit/s, with a quarter of
+/// the send's time, second copies were still asked for 3-4 s after the seeder's last byte
+/// and before the first copy had arrived).
+pub const AFTER_END: Duration = Duration::from_secs(1);
+/// The share of a send's time added to [`AFTER_END`].
+pub const AFTER_END_SHARE: f64 = 0.5;
+/// Most chunks remembered (the oldest are forgotten first).
 const MAX_REMEMBERED: usize = 1 << 16;
 
-/// The chunks sent in the last `defer`.
+/// What is remembered of a chunk's sends.
+#[derive(Clone, Copy, Debug)]
+struct Sends {
+    /// When the last send began.
+    began: Instant,
+    /// Sends still going.
+    going: u32,
+    /// Until when the last send that ended whole holds the chunk.
+    held_until: Option<Instant>,
+    /// When this was last touched (its place in the order).
+    touched: Instant,
+}
+
+/// The chunks sent lately and the sends still going.
 pub struct RecentSends {
     defer: Duration,
-    sent: HashMap<(Digest, u64), Instant>,
-    /// (sent at, chunk), oldest first.
+    sends: HashMap<(Digest, u64), Sends>,
+    /// (touched at, chunk), oldest first; an entry is forgotten once its last touch is
+    /// older than the longest hold and no send of it is going.
     order: VecDeque<(Instant, (Digest, u64))>,
 }
 
 impl RecentSends {
-    /// Remembers sends for `defer`.
+    /// Refuses chunks for `defer` after each send begins (and see the module documentation).
     pub fn new(defer: Duration) -> Self {
         Self {
             defer,
-            sent: HashMap::new(),
+            sends: HashMap::new(),
             order: VecDeque::new(),
         }
     }
 
-    /// Whether the chunk of `digest` at `offset` may be sent at `now`: not when it was sent
-    /// less than `defer` ago. Call [`RecentSends::sent`] when it is.
+    /// Whether the chunk of `digest` at `offset` may be sent at `now`: not when a send of it
+    /// began less than `defer` ago, nor while one is going (less than [`IN_FLIGHT_HOLD`]
+    /// deferrals from its start), nor within [`AFTER_END`] plus [`AFTER_END_SHARE`] of its
+    /// time after one ended whole. Call
+    /// [`RecentSends::sent`] when it is.
     pub fn may_send(&mut self, digest: &Digest, offset: u64, now: Instant) -> bool {
         self.expire(now);
-        !self.sent.contains_key(&(digest.clone(), offset))
+        let Some(s) = self.sends.get(&(digest.clone(), offset)) else {
+            return true;
+        };
+        let since = now.saturating_duration_since(s.began);
+        if since < self.defer {
+            return false;
+        }
+        if s.going > 0 && since < self.defer * IN_FLIGHT_HOLD {
+            return false;
+        }
+        s.held_until.is_none_or(|until| now >= until)
     }
 
-    /// The chunk of `digest` at `offset` is being sent at `now`.
+    /// The chunk of `digest` at `offset` is being sent from `now`. Call
+    /// [`RecentSends::ended`] when that send ends.
     pub fn sent(&mut self, digest: &Digest, offset: u64, now: Instant) {
         let key = (digest.clone(), offset);
-        self.sent.insert(key.clone(), now);
+        let s = self.sends.entry(key.clone()).or_insert(Sends {
+            began: now,
+            going: 0,
+            held_until: None,
+            touched: now,
+        });
+        s.began = now;
+        s.going += 1;
+        s.touched = now;
+        self.touch(now, key);
+    }
+
+    /// A send of the chunk of `digest` at `offset` ended at `now`: `whole` (every byte
+    /// handed to the connection) or not.
+    pub fn ended(&mut self, digest: &Digest, offset: u64, now: Instant, whole: bool) {
+        let key = (digest.clone(), offset);
+        let Some(s) = self.sends.get_mut(&key) else {
+            return;
+        };
+        s.going = s.going.saturating_sub(1);
+        if whole {
+            let took = now.saturating_duration_since(s.began);
+            s.held_until = Some(now + AFTER_END + took.mul_f64(AFTER_END_SHARE));
+        }
+        s.touched = now;
+        self.touch(now, key);
+    }
+
+    fn touch(&mut self, now: Instant, key: (Digest, u64)) {
         self.order.push_back((now, key));
         while self.order.len() > MAX_REMEMBERED {
             if let Some((at, key)) = self.order.pop_front() {
-                self.forget(at, &key);
+                if self.sends.get(&key).is_some_and(|s| s.touched == at) {
+                    self.sends.remove(&key);
+                }
             }
         }
     }
 
     fn expire(&mut self, now: Instant) {
+        // Past a hold after an end too: AFTER_END plus a share of a send of at most the
+        // in-flight hold.
+        let keep = (self.defer * IN_FLIGHT_HOLD).max(AFTER_END) * 2;
         while let Some((at, _)) = self.order.front() {
-            if now.saturating_duration_since(*at) < self.defer {
+            if now.saturating_duration_since(*at) < keep {
                 break;
             }
             if let Some((at, key)) = self.order.pop_front() {
-                self.forget(at, &key);
+                // Forgotten only at its last touch; one still going is touched again when
+                // it ends.
+                if self
+                    .sends
+                    .get(&key)
+                    .is_some_and(|s| s.touched == at && s.going == 0)
+                {
+                    self.sends.remove(&key);
+                }
             }
         }
     }
 
-    /// Forgets `key`'s send at `at` (not a later one of the same chunk).
-    fn forget(&mut self, at: Instant, key: &(Digest, u64)) {
-        if self.sent.get(key) == Some(&at) {
-            self.sent.remove(key);
-        }
+    /// Chunks remembered.
+    pub fn len(&self) -> usize {
+        self.sends.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.sends.is_empty()
     }
 }
 
-/// A [`ChunkProvider`] that refuses chunks sent less than `defer` ago (see the module
+/// A [`ChunkProvider`] that refuses chunks sent lately or being sent (see the module
 /// documentation). Empty ranges (the chunk server's probes) pass through.
 pub struct SuperSeed {
     inner: Arc<dyn ChunkProvider>,
@@ -88,12 +180,17 @@ pub struct SuperSeed {
 }
 
 impl SuperSeed {
-    /// `inner`, with chunks refused for `defer` after each send.
+    /// `inner`, with chunks refused for `defer` after each send begins, while it goes on,
+    /// and a moment after it ended.
     pub fn new(inner: Arc<dyn ChunkProvider>, defer: Duration) -> Self {
         Self {
             inner,
             recent: Mutex::new(RecentSends::new(defer)),
         }
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, RecentSends> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -103,16 +200,20 @@ impl ChunkProvider for SuperSeed {
             return self.inner.open(digest, range);
         }
         let now = Instant::now();
-        {
-            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-            if !recent.may_send(digest, range.start, now) {
-                return None;
-            }
+        if !self.recent().may_send(digest, range.start, now) {
+            return None;
         }
         let held = self.inner.open(digest, range.clone())?;
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        recent.sent(digest, range.start, now);
+        self.recent().sent(digest, range.start, now);
         Some(held)
+    }
+
+    fn ended(&self, digest: &Digest, range: Range<u64>, whole: bool) {
+        if !range.is_empty() {
+            self.recent()
+                .ended(digest, range.start, Instant::now(), whole);
+        }
+        self.inner.ended(digest, range, whole);
     }
 }
 
@@ -134,7 +235,69 @@ mod tests {
         // Other chunks and other blobs are not affected.
         assert!(r.may_send(&digest(1), 1 << 20, t0));
         assert!(r.may_send(&digest(2), 0, t0));
+        r.ended(&digest(1), 0, t0 + Duration::from_millis(500), true);
         assert!(r.may_send(&digest(1), 0, t0 + Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn a_send_still_going_holds_its_chunk_past_the_deferral_up_to_the_hold() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut r = RecentSends::new(Duration::from_secs(3));
+        r.sent(&digest(1), 0, t0);
+        assert!(!r.may_send(&digest(1), 0, at(3_000)));
+        assert!(!r.may_send(&digest(1), 0, at(14_999)));
+        // Five deferrals: served again though the first send is still going (stalled).
+        assert!(r.may_send(&digest(1), 0, at(15_000)));
+    }
+
+    #[test]
+    fn a_chunk_sent_whole_is_held_a_moment_after_its_end_and_a_failed_send_not() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut r = RecentSends::new(Duration::from_secs(3));
+        // A send of 4 s (16 at once on a 30 Mbit/s link) ends whole: refused until 1 s plus
+        // half of 4 s after its end.
+        r.sent(&digest(1), 0, t0);
+        r.ended(&digest(1), 0, at(4_000), true);
+        assert!(!r.may_send(&digest(1), 0, at(6_999)));
+        assert!(r.may_send(&digest(1), 0, at(7_000)));
+        // A send that fails after 4 s: served again at once (its deferral is over).
+        r.sent(&digest(2), 0, t0);
+        r.ended(&digest(2), 0, at(4_000), false);
+        assert!(r.may_send(&digest(2), 0, at(4_000)));
+        // Two sends at once: held while either goes.
+        r.sent(&digest(3), 0, t0);
+        r.sent(&digest(3), 0, at(3_000));
+        r.ended(&digest(3), 0, at(6_500), false);
+        assert!(!r.may_send(&digest(3), 0, at(7_000)));
+        r.ended(&digest(3), 0, at(7_000), false);
+        assert!(r.may_send(&digest(3), 0, at(7_000)));
+    }
+
+    #[test]
+    fn a_send_going_longer_than_the_memory_is_not_forgotten() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut r = RecentSends::new(Duration::from_secs(1));
+        r.sent(&digest(1), 0, t0);
+        // Other chunks come and go; the first one's entry outlives its place in the order.
+        for i in 1..20u64 {
+            assert!(r.may_send(&digest(1), i << 20, at(i * 500)));
+            r.sent(&digest(1), i << 20, at(i * 500));
+            r.ended(&digest(1), i << 20, at(i * 500 + 100), true);
+        }
+        assert!(!r.may_send(&digest(1), 0, at(4_999)));
+        // Still going after its hold (5 deferrals): served again, and still remembered, so
+        // its end holds it a moment.
+        assert!(r.may_send(&digest(1), 0, at(9_999)));
+        // Ended whole after 10 s: held 1 s + 5 s.
+        r.ended(&digest(1), 0, at(10_000), true);
+        assert!(!r.may_send(&digest(1), 0, at(15_999)));
+        assert!(r.may_send(&digest(1), 0, at(16_000)));
+        // Everything old is forgotten.
+        assert!(r.may_send(&digest(1), 0, at(60_000)));
+        assert_eq!(r.len(), 0);
     }
 
     #[test]
@@ -143,6 +306,8 @@ mod tests {
         let mut r = RecentSends::new(Duration::from_secs(3));
         r.sent(&digest(1), 0, t0);
         r.sent(&digest(1), 0, t0 + Duration::from_secs(2));
+        r.ended(&digest(1), 0, t0 + Duration::from_millis(2100), false);
+        r.ended(&digest(1), 0, t0 + Duration::from_millis(2200), false);
         assert!(!r.may_send(&digest(1), 0, t0 + Duration::from_secs(4)));
         assert!(r.may_send(&digest(1), 0, t0 + Duration::from_secs(5)));
     }
@@ -155,7 +320,7 @@ mod tests {
             r.sent(&digest(1), i, t0);
         }
         assert_eq!(r.order.len(), MAX_REMEMBERED);
-        assert_eq!(r.sent.len(), MAX_REMEMBERED);
+        assert_eq!(r.len(), MAX_REMEMBERED);
         assert!(r.may_send(&digest(1), 0, t0));
     }
 }

@@ -315,7 +315,7 @@ impl SeederPolicy {
     }
 
     /// Whether the seeder sends chunk `index` (at byte `offset`) of `blob` at `now`; if it
-    /// does, the send is remembered.
+    /// does, the send is remembered (call [`SeederPolicy::ended`] when it ends).
     pub fn serve(&mut self, blob: usize, offset: u64, now: Instant) -> bool {
         let digest = &self.digests[blob];
         if !self.recent.may_send(digest, offset, now) {
@@ -323,6 +323,12 @@ impl SeederPolicy {
         }
         self.recent.sent(digest, offset, now);
         true
+    }
+
+    /// The seeder's send of the chunk at `offset` of `blob` ended at `now`: `whole` or cut
+    /// short.
+    pub fn ended(&mut self, blob: usize, offset: u64, now: Instant, whole: bool) {
+        self.recent.ended(&self.digests[blob], offset, now, whole);
     }
 }
 
@@ -432,12 +438,21 @@ mod tests {
     }
 
     #[test]
-    fn the_seeder_refuses_a_chunk_it_just_sent() {
+    fn the_seeder_refuses_a_chunk_it_just_sent_or_is_sending() {
         let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
         let mut s = SeederPolicy::new(Duration::from_secs(3), 1);
         assert!(s.serve(0, 0, t0));
-        assert!(!s.serve(0, 0, t0 + Duration::from_secs(1)));
+        assert!(!s.serve(0, 0, at(1_000)));
         assert!(s.serve(0, 1 << 20, t0));
-        assert!(s.serve(0, 0, t0 + Duration::from_secs(3)));
+        // Still being sent after its deferral: held.
+        assert!(!s.serve(0, 0, at(3_000)));
+        // Cut short: served again.
+        s.ended(0, 0, at(3_000), false);
+        assert!(s.serve(0, 0, at(3_000)));
+        // Sent whole in 2 s: held 1 s plus half of that after.
+        s.ended(0, 1 << 20, at(2_000), true);
+        assert!(!s.serve(0, 1 << 20, at(3_999)));
+        assert!(s.serve(0, 1 << 20, at(4_000)));
     }
 }

@@ -181,6 +181,8 @@ struct Task {
     chunks: Range<u32>,
     /// The chunk flowing now, if any.
     flow: Option<FlowId>,
+    /// A seeder request the seeder took (its send goes on until the flow ends).
+    seeded: bool,
 }
 
 /// A flow's purpose.
@@ -600,7 +602,7 @@ impl<'a> Sim<'a> {
         d.fetching = None;
         let tasks: Vec<Task> = d.tasks.drain().map(|(_, t)| t).collect();
         for task in tasks {
-            self.release(i, &task);
+            self.release(i, blob, &task);
         }
         self.have_close_all(i, blob);
     }
@@ -624,7 +626,7 @@ impl<'a> Sim<'a> {
             d.planner = None;
             let tasks: Vec<Task> = d.tasks.drain().map(|(_, t)| t).collect();
             for task in tasks {
-                self.release(i, &task);
+                self.release(i, blob, &task);
             }
             self.have_close_all(i, blob);
             self.have_abort(i, blob);

@@ -262,6 +262,7 @@ async fn serve(
     };
     if held_len != len {
         tracing::warn!(%digest, held_len, len, "chunk provider gave the wrong length");
+        server.provider.ended(&digest, range, false);
         return Err(Refusal::Internal { digest });
     }
     let upload = Upload {
@@ -275,6 +276,8 @@ async fn serve(
         meter: server.meter.clone(),
         metrics: server.metrics.clone(),
         digest: digest.clone(),
+        range: range.clone(),
+        provider: server.provider.clone(),
         done: false,
         _slot: slot,
     };
@@ -374,6 +377,9 @@ struct Upload {
     meter: UploadMeter,
     metrics: UploadMetrics,
     digest: Digest,
+    /// The range served, and whom to tell when the upload ends ([`ChunkProvider::ended`]).
+    range: Range<u64>,
+    provider: Arc<dyn ChunkProvider>,
     /// The request was counted (sent whole, or failed).
     done: bool,
     _slot: SlotGuard,
@@ -412,6 +418,7 @@ impl Upload {
                 if self.sent == self.len {
                     self.done = true;
                     self.metrics.request("ok");
+                    self.provider.ended(&self.digest, self.range.clone(), true);
                 }
                 Some((Ok(bytes), self))
             }
@@ -419,6 +426,7 @@ impl Upload {
                 tracing::warn!(digest = %self.digest, at = self.sent, "reading a chunk to serve: {e}");
                 self.done = true;
                 self.metrics.request("error");
+                self.provider.ended(&self.digest, self.range.clone(), false);
                 Some((Err(e), self))
             }
         }
@@ -430,6 +438,7 @@ impl Drop for Upload {
         if !self.done {
             // The client went away before the whole range was sent.
             self.metrics.request("error");
+            self.provider.ended(&self.digest, self.range.clone(), false);
         }
     }
 }

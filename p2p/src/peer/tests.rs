@@ -444,6 +444,69 @@ async fn partial_blobs_in_memory_over_plaintext() {
     assert_eq!(count(&server.metrics, "bad_request"), 1);
 }
 
+/// [`Partial`], recording each upload's end.
+struct Recording {
+    inner: Partial,
+    ended: std::sync::Mutex<Vec<(Range<u64>, bool)>>,
+}
+
+impl ChunkProvider for Recording {
+    fn open(&self, digest: &Digest, range: Range<u64>) -> Option<Held> {
+        self.inner.open(digest, range)
+    }
+
+    fn ended(&self, _digest: &Digest, range: Range<u64>, whole: bool) {
+        self.ended.lock().unwrap().push((range, whole));
+    }
+}
+
+#[tokio::test]
+async fn the_provider_hears_when_each_upload_ends_and_whether_whole() {
+    let data = Bytes::from(blob_bytes(1 << 20));
+    let digest = Digest::of(&data);
+    let provider = Arc::new(Recording {
+        inner: Partial {
+            digest: digest.clone(),
+            data: data.clone(),
+            held: 0..1 << 20,
+        },
+        ended: Default::default(),
+    });
+    let paced = UploadLimits {
+        bytes_per_sec: 1 << 20,
+        ..OPEN
+    };
+    let server = serve(&Transport::Plaintext, provider.clone(), paced).await;
+    let client = PeerClient::new(&Transport::Plaintext, TIMEOUT, TIMEOUT).unwrap();
+    client
+        .fetch(server.addr, &digest, 0..1000, &AtomicU64::default())
+        .await
+        .unwrap();
+    assert_eq!(*provider.ended.lock().unwrap(), vec![(0..1000, true)]);
+    // A client that goes away half-way (1 MiB at 1 MiB/s): ended, not whole.
+    let progress = AtomicU64::default();
+    {
+        let fetch = client.fetch(server.addr, &digest, 0..1 << 20, &progress);
+        tokio::pin!(fetch);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while progress.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            tokio::select! {
+                _ = &mut fetch => panic!("the paced fetch ended at once"),
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+        assert!(progress.load(Ordering::Relaxed) > 0);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while provider.ended.lock().unwrap().len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        *provider.ended.lock().unwrap(),
+        vec![(0..1000, true), (0..1 << 20, false)]
+    );
+}
+
 #[tokio::test]
 async fn an_unreachable_peer_is_a_transport_error() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

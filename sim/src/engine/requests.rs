@@ -41,6 +41,7 @@ impl Sim<'_> {
                             src,
                             chunks: chunk..chunk + 1,
                             flow: None,
+                            seeded: false,
                         },
                     );
                     self.at(self.now + rtt, Event::Arrive(i, blob, req));
@@ -59,6 +60,7 @@ impl Sim<'_> {
                             src: Src::Registry,
                             chunks,
                             flow: None,
+                            seeded: false,
                         },
                     );
                     self.at(self.now + rtt, Event::Arrive(i, blob, req));
@@ -79,14 +81,20 @@ impl Sim<'_> {
         let Some(task) = self.nodes[i].downloads[blob].tasks.remove(&req) else {
             return;
         };
-        self.release(i, &task);
+        self.release(i, blob, &task);
     }
 
-    pub(super) fn release(&mut self, i: usize, task: &Task) {
+    pub(super) fn release(&mut self, i: usize, blob: usize, task: &Task) {
         if let Some(flow) = task.flow {
             let moved = self.net.end(self.now, flow);
             self.tags[flow] = None;
             self.count_bytes(task.src, moved);
+        }
+        if task.seeded {
+            // Cut short (cancelled, or its node stopped): the seeder's send ends unfinished.
+            let offset = task.chunks.start as u64 * self.sc.chunk_size;
+            let now = self.instant(self.now);
+            self.seeder.ended(blob, offset, now, false);
         }
         match task.src {
             Src::Seeder => {
@@ -156,12 +164,18 @@ impl Sim<'_> {
                     Some(Failure::Busy)
                 } else if !self.seeder.serve(blob, offset, now) {
                     Some(Failure::NotHeld)
-                } else if full {
-                    // Taken (the super-seeding rule counts it as sent): it waits for a slot.
-                    self.seeder_waiting.push_back((i, blob, req));
-                    self.out.seeder_waited += 1;
-                    return Ok(());
                 } else {
+                    // Taken: the super-seeding rule counts it as being sent until its flow
+                    // ends (`flow_done`) or is cut short (`release`).
+                    if let Some(task) = self.nodes[i].downloads[blob].tasks.get_mut(&req) {
+                        task.seeded = true;
+                    }
+                    if full {
+                        // It waits for a slot.
+                        self.seeder_waiting.push_back((i, blob, req));
+                        self.out.seeder_waited += 1;
+                        return Ok(());
+                    }
                     None
                 }
             }
@@ -255,7 +269,7 @@ impl Sim<'_> {
         let Some(task) = self.nodes[i].downloads[blob].tasks.remove(&req) else {
             return Ok(());
         };
-        self.release(i, &task);
+        self.release(i, blob, &task);
         let now = self.instant(self.now);
         let Some(planner) = self.nodes[i].downloads[blob].planner.as_mut() else {
             return Ok(());
@@ -288,11 +302,14 @@ impl Sim<'_> {
                 return Ok(());
             };
             task.flow = None;
+            task.seeded = false;
             task.src
         };
         self.count_bytes(src, moved);
         if src == Src::Seeder {
             self.seeder_uploads -= 1;
+            let (offset, now) = (chunk as u64 * self.sc.chunk_size, self.instant(self.now));
+            self.seeder.ended(blob, offset, now, true);
             self.seeder_next();
         }
         let len = self.chunk_bytes(blob, chunk);

@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use shoal_p2p::swarm::planner::{Failure, Planner, ReqId, SeederBudget};
+use shoal_p2p::swarm::planner::{Failure, PeerRefresh, Planner, ReqId, SeederBudget};
 use shoal_p2p::tracker::proto::{ChunkSet, PeerEntry, UploadStats};
 
 use crate::adapter::{self, BlobState, SeederPolicy, TrackerSim};
@@ -205,6 +205,8 @@ struct Download {
     listed: bool,
     refreshing: bool,
     last_refresh: f64,
+    /// The interval between peer lists (shoald's rule).
+    refresh: Option<PeerRefresh>,
     tasks: HashMap<ReqId, Task>,
     /// Its have-stream subscriptions, and its own stream's subscribers.
     subs: have::Subs,
@@ -432,7 +434,12 @@ impl<'a> Sim<'a> {
                         }
                     }
                 }
-                planner.peers(infos);
+                let unstreamed = infos.iter().any(|p| !p.seeder);
+                let added = planner.peers(infos);
+                let base = self.sc.settings.peer_refresh;
+                d.refresh
+                    .get_or_insert_with(|| PeerRefresh::new(base))
+                    .listed(unstreamed || added > 0);
                 d.listed = true;
                 self.subscribe_more(i, blob);
                 self.plan(i, blob)?;
@@ -489,10 +496,11 @@ impl<'a> Sim<'a> {
         if !self.nodes[i].alive || self.nodes[i].finished {
             return Ok(());
         }
-        let refresh = self.sc.settings.peer_refresh.as_secs_f64();
+        let base = self.sc.settings.peer_refresh;
         let now = self.instant(self.now);
         for blob in 0..self.chunks.len() {
             let d = &self.nodes[i].downloads[blob];
+            let refresh = d.refresh.as_ref().map_or(base, |r| r.every()).as_secs_f64();
             let Some(planner) = d.planner.as_ref() else {
                 continue;
             };

@@ -62,6 +62,45 @@ async fn a_peers_new_chunks_come_through_its_have_stream_without_a_new_peer_list
 }
 
 #[tokio::test]
+async fn peer_lists_that_tell_nothing_the_streams_do_not_are_asked_for_less_often() {
+    let rig = rig();
+    let data = blob(8 * CHUNK as usize, 33);
+    let digest = rig.registry.add(&data);
+    rig.tracker.add_manifest(manifest_of(&data));
+    // The only peer list ever given: node 2 holds chunk 0 and fetches the others; its
+    // stream says it holds everything 1.5 s later.
+    let mut entry = peer_entry(2, &data);
+    entry.have = set(8, [0]).encode();
+    entry.fetching = Some(set(8, 1..8).encode());
+    rig.tracker.add_peer(digest.clone(), entry);
+    rig.peers.add(addr(2), Behaviour::Good, &data);
+    let (tx, rx) = watch::channel(HaveUpdate {
+        have: set(8, [0]),
+        fetching: set(8, 1..8),
+        done: false,
+    });
+    rig.peers.set_have(addr(2), FakeHave::Lines(rx));
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let _ = tx.send(HaveUpdate {
+            have: ChunkSet::full(8),
+            fetching: ChunkSet::empty(8),
+            done: false,
+        });
+        tx.closed().await;
+    });
+    let started = Instant::now();
+    assert_eq!(pull(&rig, &digest).await, data);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1500), "took {took:?}");
+    // Every 50 ms (on the executor's 100 ms tick) that is 15 lists or more; backing off (50
+    // ms doubling up to 400 ms once the stream is live) 6.
+    let lists = rig.tracker.lists();
+    assert!(lists <= 10, "{lists} peer lists in {took:?}");
+    assert!(lists >= 2, "{lists} peer lists");
+}
+
+#[tokio::test]
 async fn a_done_line_leaves_the_peer_a_full_holder() {
     let rig = rig();
     let data = blob(6 * CHUNK as usize, 32);

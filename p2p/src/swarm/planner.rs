@@ -66,10 +66,12 @@ use crate::tracker::ChunkSet;
 mod api;
 mod feedback;
 mod index;
+pub mod refresh;
 mod state;
 
 pub use api::*;
 use index::{Holders, PeerIdx, Speeds};
+pub use refresh::PeerRefresh;
 use state::{Peer, Req};
 
 /// An overdue chunk goes to a seeder at this many times the overdue limit.

@@ -1,7 +1,9 @@
 //! The executor of one blob download: it runs the [`Planner`] (pure policy, see
 //! [`super::planner`]) against the real world. It asks the trackers for peers (waiting for
 //! the first list before the first chunk, so a blob the swarm holds is not fetched from the
-//! registry just because the list was late, then every `peer_refresh`), carries out the
+//! registry just because the list was late, then every `peer_refresh`, or up to eight times
+//! as late while the lists tell nothing its have streams do not: [`PeerRefresh`]), carries
+//! out the
 //! planner's [`Action`]s as tasks ([`super::fetch`]), feeds every chunk and every request's
 //! end back to it, publishes the chunks in flight for the announce, keeps the node-wide
 //! seeder slots and peer speeds, and counts it all in the metrics. It also keeps the
@@ -20,7 +22,7 @@ use tokio::task::AbortHandle;
 use super::download::Download;
 use super::error::RequestError;
 use super::planner::{
-    Action, DropReason, Failure, PeerInfo, Planner, PlannerConfig, ReqId, SeederBudget,
+    Action, DropReason, Failure, PeerInfo, PeerRefresh, Planner, PlannerConfig, ReqId, SeederBudget,
 };
 use super::subscribe::{self, Subscriptions};
 use super::{Swarm, SwarmError};
@@ -145,6 +147,8 @@ struct Scheduler {
     events_rx: mpsc::UnboundedReceiver<Event>,
     refreshing: bool,
     last_refresh: Instant,
+    /// The interval between peer lists (longer while they tell nothing the streams do not).
+    refresh: PeerRefresh,
     subscriptions: Subscriptions,
 }
 
@@ -166,6 +170,7 @@ impl Scheduler {
         let mut rng = fastrand::Rng::new();
         let planner = Planner::new(planner_config, n, now, &mut rng);
         let subscriptions = Subscriptions::new(config.have_peers);
+        let refresh = PeerRefresh::new(config.peer_refresh);
         Self {
             swarm,
             download,
@@ -178,6 +183,7 @@ impl Scheduler {
             events_rx,
             refreshing: false,
             last_refresh: now,
+            refresh,
             subscriptions,
         }
     }
@@ -219,8 +225,7 @@ impl Scheduler {
                     }
                 }
                 _ = tick.tick() => {
-                    let refresh = self.swarm.inner().config.peer_refresh;
-                    if !self.refreshing && self.last_refresh.elapsed() >= refresh {
+                    if !self.refreshing && self.last_refresh.elapsed() >= self.refresh.every() {
                         self.refresh_peers();
                     }
                 }
@@ -247,7 +252,10 @@ impl Scheduler {
             Event::Peers(result) => {
                 self.refreshing = false;
                 match result {
-                    Ok(list) => self.update_peers(list),
+                    Ok(list) => {
+                        let news = self.update_peers(list);
+                        self.refresh.listed(news);
+                    }
                     Err(e) => tracing::debug!(blob = %self.download.digest(), "peer list: {e}"),
                 }
                 self.subscribe_more();
@@ -261,6 +269,7 @@ impl Scheduler {
                 if self.subscriptions.ended(&peer, done, now) {
                     self.swarm.inner().metrics.have_streams.dec();
                 }
+                self.refresh.stream_ended();
                 self.subscribe_more();
                 return Ok(());
             }
@@ -339,7 +348,9 @@ impl Scheduler {
         }
     }
 
-    fn update_peers(&mut self, list: Vec<PeerEntry>) {
+    /// Gives a peer list to the planner. Returns whether it told anything the have streams
+    /// do not (a node not followed by a stream, or a peer not known before).
+    fn update_peers(&mut self, list: Vec<PeerEntry>) -> bool {
         let me = &self.swarm.inner().config.node_name;
         let speeds = self.swarm.inner().peer_speed.lock().expect("lock").clone();
         let mut infos = Vec::with_capacity(list.len());
@@ -377,9 +388,11 @@ impl Scheduler {
                 fetching,
             });
         }
+        let unstreamed = infos.iter().any(|p| !p.seeder);
         let added = self.planner.peers(infos);
         self.peer_count += added;
         self.swarm.inner().metrics.peers.inc_by(added as i64);
+        unstreamed || added > 0
     }
 
     /// Opens have streams to fill the free subscription slots.

@@ -24,6 +24,8 @@ struct State {
     /// Static entries, by blob, in the order added.
     static_peers: Vec<(Digest, PeerEntry)>,
     announces: Vec<Announce>,
+    /// Peer lists asked for.
+    lists: usize,
 }
 
 fn down() -> TrackerError {
@@ -57,6 +59,11 @@ impl MemoryTracker {
     /// with the same id announced it).
     pub fn add_peer(&self, digest: Digest, e: PeerEntry) {
         self.lock().static_peers.push((digest, e));
+    }
+
+    /// Peer lists asked for (while up or down).
+    pub fn lists(&self) -> usize {
+        self.lock().lists
     }
 
     /// Every announce received while up, in order.
@@ -124,7 +131,10 @@ impl Tracker for MemoryTracker {
         digest: &'a Digest,
         self_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<PeerEntry>, TrackerError>> {
-        Box::pin(async move { self.list(digest, self_id) })
+        Box::pin(async move {
+            self.lock().lists += 1;
+            self.list(digest, self_id)
+        })
     }
 
     fn chunk_manifest<'a>(

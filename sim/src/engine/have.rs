@@ -237,6 +237,9 @@ impl Sim<'_> {
             if line.done {
                 d.subs.open.remove(&j);
                 d.subs.done.insert(j);
+                if let Some(r) = d.refresh.as_mut() {
+                    r.stream_ended();
+                }
             }
             let (have, fetching) = &*line.state;
             planner.peers(vec![PeerInfo {
@@ -264,9 +267,12 @@ impl Sim<'_> {
     /// Node `j`'s stream of `blob` to node `i` ended without `done` (refused, failed, or the
     /// server died).
     pub(super) fn have_end(&mut self, i: usize, blob: usize, j: usize) {
-        let s = &mut self.nodes[i].downloads[blob].subs;
-        if s.open.remove(&j).is_some() {
-            s.refused.insert(j, self.now);
+        let d = &mut self.nodes[i].downloads[blob];
+        if d.subs.open.remove(&j).is_some() {
+            d.subs.refused.insert(j, self.now);
+            if let Some(r) = d.refresh.as_mut() {
+                r.stream_ended();
+            }
             self.subscribe_more(i, blob);
         }
     }

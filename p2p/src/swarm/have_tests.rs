@@ -19,14 +19,17 @@ fn set(n: u32, held: impl IntoIterator<Item = u32>) -> ChunkSet {
     s
 }
 
-#[tokio::test]
-async fn a_peers_new_chunks_come_through_its_have_stream_without_a_new_peer_list() {
-    let rig = rig();
-    let data = blob(8 * CHUNK as usize, 31);
+/// A blob of 8 chunks whose only peer list ever given names node 2, holding chunk 0 and
+/// fetching the others (so they are left to it for the overdue limit, 8 s before any chunk
+/// time is known); node 2 gets the rest `after` the start, and only its have stream says so.
+fn node_two_done_after(
+    rig: &super::tests::Rig,
+    seed: u32,
+    after: Duration,
+) -> (crate::Digest, Vec<u8>) {
+    let data = blob(8 * CHUNK as usize, seed);
     let digest = rig.registry.add(&data);
     rig.tracker.add_manifest(manifest_of(&data));
-    // The only peer list ever given: node 2 holds chunk 0 and fetches the others (so they
-    // are left to it for the overdue limit, 8 s before any chunk time is known).
     let mut entry = peer_entry(2, &data);
     entry.have = set(8, [0]).encode();
     entry.fetching = Some(set(8, 1..8).encode());
@@ -38,9 +41,8 @@ async fn a_peers_new_chunks_come_through_its_have_stream_without_a_new_peer_list
         done: false,
     });
     rig.peers.set_have(addr(2), FakeHave::Lines(rx));
-    // Node 2 gets the rest 300 ms later; only its stream says so.
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(after).await;
         let _ = tx.send(HaveUpdate {
             have: ChunkSet::full(8),
             fetching: ChunkSet::empty(8),
@@ -49,6 +51,13 @@ async fn a_peers_new_chunks_come_through_its_have_stream_without_a_new_peer_list
         // Kept open until the subscriber goes.
         tx.closed().await;
     });
+    (digest, data)
+}
+
+#[tokio::test]
+async fn a_peers_new_chunks_come_through_its_have_stream_without_a_new_peer_list() {
+    let rig = rig();
+    let (digest, data) = node_two_done_after(&rig, 31, Duration::from_millis(300));
     let started = Instant::now();
     assert_eq!(pull(&rig, &digest).await, data);
     let took = started.elapsed();
@@ -64,31 +73,7 @@ async fn a_peers_new_chunks_come_through_its_have_stream_without_a_new_peer_list
 #[tokio::test]
 async fn peer_lists_that_tell_nothing_the_streams_do_not_are_asked_for_less_often() {
     let rig = rig();
-    let data = blob(8 * CHUNK as usize, 33);
-    let digest = rig.registry.add(&data);
-    rig.tracker.add_manifest(manifest_of(&data));
-    // The only peer list ever given: node 2 holds chunk 0 and fetches the others; its
-    // stream says it holds everything 1.5 s later.
-    let mut entry = peer_entry(2, &data);
-    entry.have = set(8, [0]).encode();
-    entry.fetching = Some(set(8, 1..8).encode());
-    rig.tracker.add_peer(digest.clone(), entry);
-    rig.peers.add(addr(2), Behaviour::Good, &data);
-    let (tx, rx) = watch::channel(HaveUpdate {
-        have: set(8, [0]),
-        fetching: set(8, 1..8),
-        done: false,
-    });
-    rig.peers.set_have(addr(2), FakeHave::Lines(rx));
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let _ = tx.send(HaveUpdate {
-            have: ChunkSet::full(8),
-            fetching: ChunkSet::empty(8),
-            done: false,
-        });
-        tx.closed().await;
-    });
+    let (digest, data) = node_two_done_after(&rig, 33, Duration::from_millis(1500));
     let started = Instant::now();
     assert_eq!(pull(&rig, &digest).await, data);
     let took = started.elapsed();

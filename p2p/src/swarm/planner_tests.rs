@@ -234,22 +234,29 @@ fn deliver(p: &mut Planner, t: Instant, req: ReqId, i: u32, ms: u64) -> Vec<Acti
     out
 }
 
-#[test]
-fn an_overdue_chunk_is_asked_of_another_node_and_the_late_copy_cancelled() {
-    let t0 = Instant::now();
-    // As many chunks as the two nodes' slots, so no new chunk takes a freed slot.
+/// Four chunks asked of two nodes at `t0` (as many as their slots, so no new chunk takes a
+/// freed one); three arrive in 100 ms (a median of 100 ms: overdue after 1 s, the floor).
+/// Returns the planner, its random source and budget, and the fourth request (peer, chunk,
+/// id), still in flight.
+fn one_request_left(t0: Instant) -> (Planner, fastrand::Rng, Budget, (String, u32, ReqId)) {
     let n = 4;
     let (mut p, mut rng) = planner(n, 3, t0);
     p.peers(vec![node(2, n, 0..n), node(3, n, 0..n)]);
     let mut budget = Budget::new(1);
     let first = peer_fetches(&p.plan(t0, &mut rng, &mut budget));
     assert_eq!(first.len(), 4);
-    // Three of them arrive in 100 ms (a median of 100 ms: overdue after 1 s, the floor).
-    let (slow_peer, slow_chunk, slow_req) = first[3].clone();
     for f in &first[..3] {
         deliver(&mut p, t0, f.2, f.1, 100);
     }
     assert_eq!(p.overdue_after(), Duration::from_secs(1));
+    let left = first[3].clone();
+    (p, rng, budget, left)
+}
+
+#[test]
+fn an_overdue_chunk_is_asked_of_another_node_and_the_late_copy_cancelled() {
+    let t0 = Instant::now();
+    let (mut p, mut rng, mut budget, (slow_peer, slow_chunk, slow_req)) = one_request_left(t0);
     // Not yet overdue at 1 s.
     let at = t0 + Duration::from_millis(1000);
     let actions = p.plan(at, &mut rng, &mut budget);
@@ -282,17 +289,8 @@ fn an_overdue_chunk_is_asked_of_another_node_and_the_late_copy_cancelled() {
 #[test]
 fn an_overdue_request_whose_bytes_are_arriving_is_left_alone_until_they_stall() {
     let t0 = Instant::now();
-    let n = 4;
-    let (mut p, mut rng) = planner(n, 3, t0);
-    p.peers(vec![node(2, n, 0..n), node(3, n, 0..n)]);
-    let mut budget = Budget::new(1);
-    let first = peer_fetches(&p.plan(t0, &mut rng, &mut budget));
-    assert_eq!(first.len(), 4);
-    let (_, slow_chunk, slow_req) = first[3].clone();
-    for f in &first[..3] {
-        deliver(&mut p, t0, f.2, f.1, 100);
-    }
-    // A median of 100 ms: overdue after 1 s. 95% of the chunk is in after 1.001 s: the rest
+    let (mut p, mut rng, mut budget, (_, slow_chunk, slow_req)) = one_request_left(t0);
+    // Overdue after 1 s. 95% of the chunk is in after 1.001 s: the rest
     // is due in 53 ms, sooner than a new request's 100 ms.
     let asked_again = |p: &mut Planner, at: Instant, rng: &mut fastrand::Rng, b: &mut Budget| {
         peer_fetches(&p.plan(at, rng, b))
@@ -311,15 +309,7 @@ fn an_overdue_request_whose_bytes_are_arriving_is_left_alone_until_they_stall() 
 #[test]
 fn a_request_with_every_byte_in_is_not_asked_again_while_it_is_verified() {
     let t0 = Instant::now();
-    let n = 4;
-    let (mut p, mut rng) = planner(n, 3, t0);
-    p.peers(vec![node(2, n, 0..n), node(3, n, 0..n)]);
-    let mut budget = Budget::new(1);
-    let first = peer_fetches(&p.plan(t0, &mut rng, &mut budget));
-    let (_, slow_chunk, slow_req) = first[3].clone();
-    for f in &first[..3] {
-        deliver(&mut p, t0, f.2, f.1, 100);
-    }
+    let (mut p, mut rng, mut budget, (_, slow_chunk, slow_req)) = one_request_left(t0);
     p.progress(slow_req, 1 << 20, 1 << 20);
     let actions = p.plan(t0 + Duration::from_secs(30), &mut rng, &mut budget);
     assert!(!peer_fetches(&actions).iter().any(|f| f.1 == slow_chunk));
@@ -329,15 +319,7 @@ fn a_request_with_every_byte_in_is_not_asked_again_while_it_is_verified() {
 #[test]
 fn an_overdue_request_at_half_its_bytes_is_asked_again() {
     let t0 = Instant::now();
-    let n = 4;
-    let (mut p, mut rng) = planner(n, 3, t0);
-    p.peers(vec![node(2, n, 0..n), node(3, n, 0..n)]);
-    let mut budget = Budget::new(1);
-    let first = peer_fetches(&p.plan(t0, &mut rng, &mut budget));
-    let (slow_peer, slow_chunk, slow_req) = first[3].clone();
-    for f in &first[..3] {
-        deliver(&mut p, t0, f.2, f.1, 100);
-    }
+    let (mut p, mut rng, mut budget, (slow_peer, slow_chunk, slow_req)) = one_request_left(t0);
     // Half in after 1.001 s: the rest would take another second, a new request 100 ms.
     p.progress(slow_req, 1 << 19, 1 << 20);
     let actions = p.plan(t0 + Duration::from_millis(1001), &mut rng, &mut budget);

@@ -3,12 +3,12 @@
 //! the first list before the first chunk, so a blob the swarm holds is not fetched from the
 //! registry just because the list was late, then every `peer_refresh`, or up to eight times
 //! as late while the lists tell nothing its have streams do not: [`PeerRefresh`]), carries
-//! out the
-//! planner's [`Action`]s as tasks ([`super::fetch`]), feeds every chunk and every request's
-//! end back to it, publishes the chunks in flight for the announce, keeps the node-wide
-//! seeder slots and peer speeds, and counts it all in the metrics. It also keeps the
-//! download's have-stream subscriptions ([`super::subscribe`]): each line is given to the
-//! planner as that peer's state at once (and the planner plans again).
+//! out the planner's [`Action`]s as tasks ([`super::fetch`]), feeds every chunk, every
+//! request's bytes so far and every request's end back to it, publishes the chunks in flight
+//! for the announce, keeps the node-wide seeder slots and peer speeds, and counts it all in
+//! the metrics. It also keeps the download's have-stream subscriptions
+//! ([`super::subscribe`]): each line is given to the planner as that peer's state at once
+//! (and the planner plans again).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -5,14 +5,14 @@
 //! chunk it began sending less than `defer` ago: the node asking picks another chunk, and by
 //! the time the deferral ends the first node's announce says it fetches or holds that chunk,
 //! so the others get it from there. While that first send is still going (up to
-//! [`IN_FLIGHT_HOLD`] times `defer`), and for [`AFTER_END`] (plus half the send's time)
-//! once it has ended whole (its last bytes and the first node's have line and
-//! announce on their way), it is refused too: a send takes longer than
-//! `defer` when many share the seeder's link (16 chunks at once on a 30 Mbit/s link: 4.7 s
-//! for 1 MiB), and sending the chunk again then is what made the seeder send 1.12 times the
-//! image on the emulated cluster. After that the chunk is served again (the first node may
-//! be slow or gone; a node's own overdue rule decides when to come back), and at once when
-//! the first send failed (after `defer`).
+//! [`IN_FLIGHT_HOLD`] times `defer`), and for [`AFTER_END`] plus half the send's time once
+//! it has ended whole (its last bytes and the first node's have line and announce on their
+//! way), it is refused too: a send takes longer than `defer` when many share the seeder's
+//! link (16 chunks at once on a 30 Mbit/s link: 4.7 s for 1 MiB), and sending the chunk
+//! again then is what made the seeder send 1.12 times the image on the emulated cluster.
+//! After that the chunk is served again (the first node may be slow or gone; a node's own
+//! overdue rule decides when to come back), and at once when the first send failed (after
+//! `defer`).
 //!
 //! The rule is [`RecentSends`], pure (the time is an argument); [`SuperSeed`] is the
 //! [`ChunkProvider`] in front of the seed cache that applies it.
@@ -79,8 +79,7 @@ impl RecentSends {
     /// Whether the chunk of `digest` at `offset` may be sent at `now`: not when a send of it
     /// began less than `defer` ago, nor while one is going (less than [`IN_FLIGHT_HOLD`]
     /// deferrals from its start), nor within [`AFTER_END`] plus [`AFTER_END_SHARE`] of its
-    /// time after one ended whole. Call
-    /// [`RecentSends::sent`] when it is.
+    /// time after one ended whole. Call [`RecentSends::sent`] when it is.
     pub fn may_send(&mut self, digest: &Digest, offset: u64, now: Instant) -> bool {
         self.expire(now);
         let Some(s) = self.sends.get(&(digest.clone(), offset)) else {

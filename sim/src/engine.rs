@@ -205,7 +205,7 @@ struct Download {
     listed: bool,
     refreshing: bool,
     last_refresh: f64,
-    /// The interval between peer lists (shoald's rule).
+    /// The interval between peer lists (shoald's rule; set with the planner).
     refresh: Option<PeerRefresh>,
     tasks: HashMap<ReqId, Task>,
     /// Its have-stream subscriptions, and its own stream's subscribers.
@@ -436,10 +436,9 @@ impl<'a> Sim<'a> {
                 }
                 let unstreamed = infos.iter().any(|p| !p.seeder);
                 let added = planner.peers(infos);
-                let base = self.sc.settings.peer_refresh;
-                d.refresh
-                    .get_or_insert_with(|| PeerRefresh::new(base))
-                    .listed(unstreamed || added > 0);
+                if let Some(r) = d.refresh.as_mut() {
+                    r.listed(unstreamed || added > 0);
+                }
                 d.listed = true;
                 self.subscribe_more(i, blob);
                 self.plan(i, blob)?;
@@ -476,6 +475,7 @@ impl<'a> Sim<'a> {
         let planner = Planner::new(config, n, now, &mut node.rng);
         let d = &mut node.downloads[blob];
         d.planner = Some(planner);
+        d.refresh = Some(PeerRefresh::new(self.sc.settings.peer_refresh));
         d.have = Some(ChunkSet::empty(n));
         d.fetching = Some(ChunkSet::empty(n));
         self.refresh(i, blob);

@@ -31,6 +31,13 @@ struct Flow {
     live: bool,
 }
 
+impl Flow {
+    /// Bytes moved since `updated`, by `now` (at most what is left).
+    fn moved_by(&self, now: f64) -> f64 {
+        (self.rate * (now - self.updated).max(0.0)).min(self.left)
+    }
+}
+
 /// How links are shared among their flows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Sharing {
@@ -162,7 +169,7 @@ impl Net {
     pub fn progress(&self, now: f64, id: FlowId) -> (u64, u64) {
         match self.flows.get(id) {
             Some(f) if f.live => {
-                let left = (f.left - f.rate * (now - f.updated).max(0.0)).max(0.0);
+                let left = f.left - f.moved_by(now);
                 ((f.size - left) as u64, f.size as u64)
             }
             _ => (0, 0),
@@ -225,7 +232,7 @@ impl Net {
 
     fn advance(&mut self, now: f64, id: FlowId) {
         let f = &mut self.flows[id];
-        let moved = (f.rate * (now - f.updated).max(0.0)).min(f.left);
+        let moved = f.moved_by(now);
         f.left -= moved;
         f.updated = now;
         self.sent[f.src] += moved;

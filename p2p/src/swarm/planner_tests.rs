@@ -103,6 +103,14 @@ fn peer_fetches(actions: &[Action]) -> Vec<(String, u32, ReqId)> {
         .collect()
 }
 
+/// The peer fetches of chunk `i` in `actions`.
+fn fetches_of(actions: &[Action], i: u32) -> Vec<(String, u32, ReqId)> {
+    peer_fetches(actions)
+        .into_iter()
+        .filter(|f| f.1 == i)
+        .collect()
+}
+
 fn registry_fetches(actions: &[Action]) -> Vec<std::ops::Range<u32>> {
     actions
         .iter()
@@ -260,14 +268,11 @@ fn an_overdue_chunk_is_asked_of_another_node_and_the_late_copy_cancelled() {
     // Not yet overdue at 1 s.
     let at = t0 + Duration::from_millis(1000);
     let actions = p.plan(at, &mut rng, &mut budget);
-    assert!(!peer_fetches(&actions).iter().any(|f| f.1 == slow_chunk));
+    assert!(fetches_of(&actions, slow_chunk).is_empty());
     // Overdue after: asked of the other node.
     let at = t0 + Duration::from_millis(1001);
     let actions = p.plan(at, &mut rng, &mut budget);
-    let again: Vec<_> = peer_fetches(&actions)
-        .into_iter()
-        .filter(|f| f.1 == slow_chunk)
-        .collect();
+    let again = fetches_of(&actions, slow_chunk);
     assert_eq!(again.len(), 1, "{actions:?}");
     assert_ne!(again[0].0, slow_peer);
     assert!(actions
@@ -290,20 +295,15 @@ fn an_overdue_chunk_is_asked_of_another_node_and_the_late_copy_cancelled() {
 fn an_overdue_request_whose_bytes_are_arriving_is_left_alone_until_they_stall() {
     let t0 = Instant::now();
     let (mut p, mut rng, mut budget, (_, slow_chunk, slow_req)) = one_request_left(t0);
-    // Overdue after 1 s. 95% of the chunk is in after 1.001 s: the rest
-    // is due in 53 ms, sooner than a new request's 100 ms.
-    let asked_again = |p: &mut Planner, at: Instant, rng: &mut fastrand::Rng, b: &mut Budget| {
-        peer_fetches(&p.plan(at, rng, b))
-            .iter()
-            .any(|f| f.1 == slow_chunk)
-    };
+    // Overdue after 1 s. 95% of the chunk is in after 1.001 s: the rest is due in 53 ms,
+    // sooner than a new request's 100 ms.
     let len = 1 << 20;
     p.progress(slow_req, len * 95 / 100, len);
-    let at = t0 + Duration::from_millis(1001);
-    assert!(!asked_again(&mut p, at, &mut rng, &mut budget));
+    let actions = p.plan(t0 + Duration::from_millis(1001), &mut rng, &mut budget);
+    assert!(fetches_of(&actions, slow_chunk).is_empty());
     // The bytes stop at 95%: by 3 s the rest would take 158 ms at the rate so far.
-    let at = t0 + Duration::from_millis(3000);
-    assert!(asked_again(&mut p, at, &mut rng, &mut budget));
+    let actions = p.plan(t0 + Duration::from_millis(3000), &mut rng, &mut budget);
+    assert!(!fetches_of(&actions, slow_chunk).is_empty());
 }
 
 #[test]
@@ -312,7 +312,7 @@ fn a_request_with_every_byte_in_is_not_asked_again_while_it_is_verified() {
     let (mut p, mut rng, mut budget, (_, slow_chunk, slow_req)) = one_request_left(t0);
     p.progress(slow_req, 1 << 20, 1 << 20);
     let actions = p.plan(t0 + Duration::from_secs(30), &mut rng, &mut budget);
-    assert!(!peer_fetches(&actions).iter().any(|f| f.1 == slow_chunk));
+    assert!(fetches_of(&actions, slow_chunk).is_empty());
     assert!(registry_fetches(&actions).is_empty(), "{actions:?}");
 }
 
@@ -323,10 +323,7 @@ fn an_overdue_request_at_half_its_bytes_is_asked_again() {
     // Half in after 1.001 s: the rest would take another second, a new request 100 ms.
     p.progress(slow_req, 1 << 19, 1 << 20);
     let actions = p.plan(t0 + Duration::from_millis(1001), &mut rng, &mut budget);
-    let again: Vec<_> = peer_fetches(&actions)
-        .into_iter()
-        .filter(|f| f.1 == slow_chunk)
-        .collect();
+    let again = fetches_of(&actions, slow_chunk);
     assert_eq!(again.len(), 1, "{actions:?}");
     assert_ne!(again[0].0, slow_peer);
 }

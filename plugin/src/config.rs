@@ -34,7 +34,8 @@
 //! max_uploads = 8             # default 8: chunks served at once (more get "busy")
 //! upload_bytes_per_sec = 0    # default 0 = unlimited: this node's total upload rate
 //!                             # (set: uploads paced at it, the oldest served first)
-//! chunks_in_flight = 8        # default 8: chunk requests in flight per blob
+//! chunks_in_flight = 8        # default 8: chunk requests in flight on this node, shared
+//!                             # by its blobs (each sure of its share)
 //! chunks_per_peer = 1         # default 1: chunk requests in flight per peer, per blob
 //! have_peers = 16             # default 16: have streams a download keeps open to peers
 //!                             # (their chunks as they arrive); 0 = off (peer lists only)

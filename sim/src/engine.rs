@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use shoal_p2p::swarm::planner::{Failure, PeerRefresh, Planner, ReqId, SeederBudget};
+use shoal_p2p::swarm::planner::{Failure, NodeBudget, PeerRefresh, Planner, ReqId};
 use shoal_p2p::tracker::proto::{ChunkSet, PeerEntry, UploadStats};
 
 use crate::adapter::{self, BlobState, SeederPolicy, TrackerSim};
@@ -236,8 +236,10 @@ struct Budget<'a> {
     max: usize,
 }
 
-impl SeederBudget for Budget<'_> {
-    fn take(&mut self, _addr: SocketAddr) -> bool {
+/// A simulated node downloads one blob, so the node's limit on chunk requests is the
+/// download's own (`in_flight`): no room is ever refused here.
+impl NodeBudget for Budget<'_> {
+    fn take_seeder(&mut self, _addr: SocketAddr) -> bool {
         if *self.used < self.max {
             *self.used += 1;
             true
@@ -245,6 +247,12 @@ impl SeederBudget for Budget<'_> {
             false
         }
     }
+
+    fn request_room(&self, _own: usize) -> bool {
+        true
+    }
+
+    fn count_request(&mut self) {}
 }
 
 /// Runs `scenario` to its end (every node finished, died or failed) or its horizon.

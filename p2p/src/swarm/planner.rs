@@ -13,9 +13,15 @@
 //!   holds or fetches; a chunk some node holds waits for a free slot at a node (never goes to
 //!   the seeder because the nodes are busy), and a chunk another node fetches is left to it
 //!   for as long as a chunk may take ([`Planner::overdue_after`]). Requests to seeders go
-//!   through a node-wide [`SeederBudget`] (one at a time by default), so nodes that start
+//!   through a node-wide [`NodeBudget`] (one at a time by default), so nodes that start
 //!   together ask the seeder for different chunks and trade them. The registry (HTTP Range,
 //!   consecutive chunks merged) gets chunks nobody holds.
+//! - Node-wide: a node's blobs share one limit on chunk requests to peers in flight
+//!   ([`NodeBudget::request_room`]; shoald's `chunks_in_flight`), each sure of its share of
+//!   it, so an image of many layers asks no more of the swarm's upload slots than one of a
+//!   single layer. (On the emulated cluster with half the nodes at a quarter of the rate,
+//!   per-blob limits let each slow node keep 32 requests in flight: each of its chunks took
+//!   7.5 s on average, holding the fast nodes' upload slots, and the fast nodes waited.)
 //! - Peer choice: among the usable holders (not dropped, not busy, a free slot), the best
 //!   measured throughput (smoothed; untried peers optimistically) divided by (1 + requests in
 //!   flight), with a little randomness. A peer measured at less than a third of the fastest
@@ -178,6 +184,11 @@ impl Planner {
         self.reqs.len()
     }
 
+    /// Requests to peers in flight (those the node's budget counts).
+    fn peer_requests(&self) -> usize {
+        self.reqs.len().saturating_sub(self.registry_in_flight)
+    }
+
     /// Peer `id`'s address and measured throughput (bytes/s), if measured.
     pub fn peer_speed(&self, id: &str) -> Option<(SocketAddr, f64)> {
         let peer = &self.peers[*self.by_id.get(id)? as usize];
@@ -272,7 +283,7 @@ impl Planner {
         &mut self,
         now: Instant,
         rng: &mut fastrand::Rng,
-        budget: &mut dyn SeederBudget,
+        budget: &mut dyn NodeBudget,
     ) -> Vec<Action> {
         let mut out = Vec::new();
         self.reissue_overdue(now, rng, budget, &mut out);
@@ -326,6 +337,11 @@ impl Planner {
                     continue;
                 }
             }
+            if (nodes > 0 || seeders > 0) && !budget.request_room(self.peer_requests()) {
+                // The node's chunk requests are taken (by this blob and its others): what a
+                // peer holds waits; only the registry's chunks go on.
+                continue;
+            }
             if nodes > 0 {
                 // A node holds it: from a node, when one has a free slot; never from the
                 // seeder just because the nodes are busy.
@@ -338,13 +354,13 @@ impl Planner {
                     }
                 }
                 if let Some(id) = self.pick(i, now, rng, None, Pick::Nodes, budget) {
-                    self.fetch_peer(id, i, now, false, &mut out);
+                    self.fetch_peer(id, i, now, false, budget, &mut out);
                 }
                 continue;
             }
             if seeders > 0 {
                 if let Some(id) = self.pick(i, now, rng, None, Pick::Seeders, budget) {
-                    self.fetch_peer(id, i, now, false, &mut out);
+                    self.fetch_peer(id, i, now, false, budget, &mut out);
                 }
                 continue;
             }
@@ -358,7 +374,7 @@ impl Planner {
         &mut self,
         now: Instant,
         rng: &mut fastrand::Rng,
-        budget: &mut dyn SeederBudget,
+        budget: &mut dyn NodeBudget,
         out: &mut Vec<Action>,
     ) {
         let limit = self.overdue_after();
@@ -393,7 +409,7 @@ impl Planner {
                 // until the ordinary limit.
                 if let Some(p) = self.pick(i, now, rng, Some(slow), Pick::Nodes, budget) {
                     if !self.is_slow(&self.peers[p as usize]) {
-                        self.fetch_peer(p, i, now, true, out);
+                        self.fetch_peer(p, i, now, true, budget, out);
                     }
                 }
                 continue;
@@ -406,7 +422,7 @@ impl Planner {
                         .flatten()
                 });
             if let Some(id) = other {
-                self.fetch_peer(id, i, now, true, out);
+                self.fetch_peer(id, i, now, true, budget, out);
             } else if elapsed > limit * REGISTRY_OVERDUE_FACTOR && self.registry_ready(now) {
                 self.fetch_registry_range(i..i + 1, now, true, out);
             }
@@ -453,7 +469,7 @@ impl Planner {
         rng: &mut fastrand::Rng,
         not: Option<PeerIdx>,
         which: Pick,
-        budget: &mut dyn SeederBudget,
+        budget: &mut dyn NodeBudget,
     ) -> Option<PeerIdx> {
         let optimistic = if self.fastest > 0.0 {
             self.fastest * 1.5
@@ -486,7 +502,7 @@ impl Planner {
         }
         let (_, idx) = best?;
         let peer = &self.peers[idx as usize];
-        if peer.seeder && !budget.take(peer.addr) {
+        if peer.seeder && !budget.take_seeder(peer.addr) {
             return None;
         }
         Some(idx)
@@ -498,8 +514,10 @@ impl Planner {
         i: u32,
         now: Instant,
         overdue: bool,
+        budget: &mut dyn NodeBudget,
         out: &mut Vec<Action>,
     ) {
+        budget.count_request();
         let peer = &mut self.peers[p as usize];
         peer.in_flight += 1;
         let (id, addr, seeder) = (peer.id.to_string(), peer.addr, peer.seeder);

@@ -8,10 +8,13 @@ use std::time::{Duration, Instant};
 use super::planner::*;
 use crate::tracker::ChunkSet;
 
-/// A seeder budget of `per_seeder` requests per seeder, given back by hand.
+/// A node budget of `per_seeder` requests per seeder and, if `requests` is set, that many
+/// peer requests for the node; given back by hand.
 struct Budget {
     per_seeder: usize,
     taken: HashMap<SocketAddr, usize>,
+    requests: Option<usize>,
+    counted: usize,
 }
 
 impl Budget {
@@ -19,6 +22,8 @@ impl Budget {
         Self {
             per_seeder,
             taken: HashMap::new(),
+            requests: None,
+            counted: 0,
         }
     }
 
@@ -29,8 +34,8 @@ impl Budget {
     }
 }
 
-impl SeederBudget for Budget {
-    fn take(&mut self, addr: SocketAddr) -> bool {
+impl NodeBudget for Budget {
+    fn take_seeder(&mut self, addr: SocketAddr) -> bool {
         let n = self.taken.entry(addr).or_default();
         if *n < self.per_seeder {
             *n += 1;
@@ -38,6 +43,14 @@ impl SeederBudget for Budget {
         } else {
             false
         }
+    }
+
+    fn request_room(&self, _own: usize) -> bool {
+        self.requests.is_none_or(|max| self.counted < max)
+    }
+
+    fn count_request(&mut self) {
+        self.counted += 1;
     }
 }
 
@@ -634,4 +647,42 @@ fn transport_failures_drop_a_peer_only_in_a_row() {
         )),
         "{out:?}"
     );
+}
+
+#[test]
+fn peers_are_asked_only_within_the_node_budget_and_the_registry_still_gets_its_chunks() {
+    let t0 = Instant::now();
+    let n = 12;
+    let (mut p, mut rng) = planner(n, 5, t0);
+    // Four nodes hold chunks 0..8, nobody holds 8..12.
+    p.peers((1..=4).map(|i| node(i, n, 0..8)).collect());
+    let mut budget = Budget::new(1);
+    budget.requests = Some(3);
+    let actions = p.plan(t0, &mut rng, &mut budget);
+    // Three peer requests (the node's room), not the blob's eight.
+    assert_eq!(peer_fetches(&actions).len(), 3, "{actions:?}");
+    assert_eq!(budget.counted, 3);
+    // The registry's chunks do not wait on the peers' room.
+    assert_eq!(registry_fetches(&actions), vec![8..12]);
+    // No room, nothing more from peers; the room given back, the next ones go.
+    let at = t0 + Duration::from_millis(100);
+    assert!(peer_fetches(&p.plan(at, &mut rng, &mut budget)).is_empty());
+    budget.counted = 1;
+    assert_eq!(peer_fetches(&p.plan(at, &mut rng, &mut budget)).len(), 2);
+    assert_eq!(budget.counted, 3);
+}
+
+#[test]
+fn an_overdue_chunk_is_asked_again_without_node_room_and_counted() {
+    let t0 = Instant::now();
+    let (mut p, mut rng, mut budget, (slow_peer, slow_chunk, _)) = one_request_left(t0);
+    // The node's other blobs took every request: only the overdue copy goes, counted.
+    budget.requests = Some(0);
+    let counted = budget.counted;
+    let actions = p.plan(t0 + Duration::from_millis(1001), &mut rng, &mut budget);
+    let again = fetches_of(&actions, slow_chunk);
+    assert_eq!(again.len(), 1, "{actions:?}");
+    assert_ne!(again[0].0, slow_peer);
+    assert_eq!(peer_fetches(&actions).len(), 1);
+    assert_eq!(budget.counted, counted + 1);
 }

@@ -22,7 +22,7 @@ use tokio::task::AbortHandle;
 use super::download::Download;
 use super::error::RequestError;
 use super::planner::{
-    Action, DropReason, Failure, PeerInfo, PeerRefresh, Planner, PlannerConfig, ReqId, SeederBudget,
+    Action, DropReason, Failure, NodeBudget, PeerInfo, PeerRefresh, Planner, PlannerConfig, ReqId,
 };
 use super::subscribe::{self, Subscriptions};
 use super::{Swarm, SwarmError};
@@ -82,8 +82,10 @@ struct Task {
 /// committed to the cache, or failed.
 pub(crate) async fn run(swarm: Swarm, download: Arc<Download>, entry: Entry<Digest>) {
     let mut scheduler = Scheduler::new(swarm.clone(), download.clone());
+    let planning = swarm.planning();
     let result = scheduler.run().await;
     scheduler.cancel_all();
+    drop(planning);
     let metrics = &swarm.inner().metrics;
     metrics
         .have_streams
@@ -126,12 +128,20 @@ fn label(reason: &'static str) -> crate::metrics::ReasonLabel {
     crate::metrics::ReasonLabel { reason }
 }
 
-/// The node-wide seeder slots, as the planner's [`SeederBudget`].
-struct NodeBudget<'a>(&'a Swarm);
+/// The node-wide seeder slots and chunk requests, as the planner's [`NodeBudget`].
+struct SwarmBudget<'a>(&'a Swarm);
 
-impl SeederBudget for NodeBudget<'_> {
-    fn take(&mut self, addr: SocketAddr) -> bool {
+impl NodeBudget for SwarmBudget<'_> {
+    fn take_seeder(&mut self, addr: SocketAddr) -> bool {
         self.0.take_seeder_slot(addr)
+    }
+
+    fn request_room(&self, own: usize) -> bool {
+        self.0.request_room(own)
+    }
+
+    fn count_request(&mut self) {
+        self.0.count_request();
     }
 }
 
@@ -211,7 +221,7 @@ impl Scheduler {
             }
             let actions = self
                 .planner
-                .plan(now, &mut self.rng, &mut NodeBudget(&self.swarm));
+                .plan(now, &mut self.rng, &mut SwarmBudget(&self.swarm));
             self.execute(actions);
             self.publish_fetching();
             tokio::select! {
@@ -305,8 +315,8 @@ impl Scheduler {
             }
             Event::End { req, ended } => {
                 let task = self.tasks.remove(&req);
-                if let Some(addr) = task.as_ref().and_then(|t| t.seeder) {
-                    self.swarm.release_seeder_slot(addr);
+                if let Some(task) = &task {
+                    self.released(task);
                 }
                 let failure = match ended {
                     Ended::Ok => None,
@@ -525,9 +535,18 @@ impl Scheduler {
     fn cancel(&mut self, req: ReqId) {
         if let Some(task) = self.tasks.remove(&req) {
             task.abort.abort();
-            if let Some(addr) = task.seeder {
-                self.swarm.release_seeder_slot(addr);
-            }
+            self.released(&task);
+        }
+    }
+
+    /// Gives back the node-wide allowances an ended request took: its seeder slot, its place
+    /// among the node's peer requests.
+    fn released(&self, task: &Task) {
+        if let Some(addr) = task.seeder {
+            self.swarm.release_seeder_slot(addr);
+        }
+        if task.peer.is_some() {
+            self.swarm.request_ended();
         }
     }
 

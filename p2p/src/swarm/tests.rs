@@ -68,6 +68,8 @@ pub(super) struct FakePeers {
     served: Mutex<HashMap<SocketAddr, u64>>,
     /// Requests in progress and the most seen at once, per peer.
     concurrent: Mutex<HashMap<SocketAddr, (usize, usize)>>,
+    /// Requests in progress and the most seen at once, to all peers.
+    all: Mutex<(usize, usize)>,
 }
 
 impl FakePeers {
@@ -93,14 +95,20 @@ impl FakePeers {
             .map_or(0, |c| c.1)
     }
 
+    fn most_at_once_to_all(&self) -> usize {
+        self.all.lock().unwrap().1
+    }
+
     fn enter(&self, addr: SocketAddr, start: bool) {
         let mut c = self.concurrent.lock().unwrap();
-        let e = c.entry(addr).or_default();
-        if start {
-            e.0 += 1;
-            e.1 = e.1.max(e.0);
-        } else {
-            e.0 -= 1;
+        let mut all = self.all.lock().unwrap();
+        for e in [c.entry(addr).or_default(), &mut *all] {
+            if start {
+                e.0 += 1;
+                e.1 = e.1.max(e.0);
+            } else {
+                e.0 -= 1;
+            }
         }
     }
 }
@@ -502,6 +510,47 @@ async fn a_node_asks_a_registry_side_seeder_for_one_chunk_at_a_time() {
         rig.registry.range_bytes_of(&da) + rig.registry.range_bytes_of(&db),
         0
     );
+}
+
+#[tokio::test]
+async fn a_nodes_blobs_share_its_chunk_requests() {
+    // Four blobs at once, four nodes holding each, room for four requests per node: per-blob
+    // limits would have sixteen in flight at the start.
+    let rig = rig_in(tempfile::tempdir().unwrap(), |c| c.in_flight = 4);
+    let blobs: Vec<Vec<u8>> = (0..4).map(|k| blob(12 * CHUNK as usize, 40 + k)).collect();
+    let mut digests = Vec::new();
+    for data in &blobs {
+        let digest = rig.registry.add(data);
+        rig.tracker.add_manifest(manifest_of(data));
+        for i in 20..24 {
+            rig.peers
+                .add(addr(i), Behaviour::Slow(Duration::from_millis(20)), data);
+            rig.tracker.add_peer(digest.clone(), peer_entry(i, data));
+        }
+        digests.push(digest);
+    }
+    let got = futures::future::join_all(digests.iter().map(|d| pull(&rig, d))).await;
+    assert!(got == blobs);
+    // At most the limit, plus what the blobs crowded out take of their shares (one each).
+    let most = rig.peers.most_at_once_to_all();
+    assert!((4..=7).contains(&most), "{most} requests at once");
+    assert!(digests.iter().all(|d| rig.registry.range_bytes_of(d) == 0));
+    assert_eq!(rig.swarm.inner().peer_requests.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_blob_crowded_out_of_the_nodes_requests_still_has_its_share() {
+    // Under the limit: room for anyone.
+    assert!(request_room(8, 4, 7, 7));
+    // At the limit: only a blob under its share (8 / 4 = 2) may go on.
+    assert!(!request_room(8, 4, 8, 2));
+    assert!(request_room(8, 4, 8, 1));
+    assert!(request_room(8, 4, 9, 0));
+    // Alone, a blob may use the whole limit; shares round up.
+    assert!(request_room(8, 1, 7, 7) && !request_room(8, 1, 8, 8));
+    assert!(request_room(8, 3, 10, 2) && !request_room(8, 3, 10, 3));
+    // No download counted yet (the rule is asked as one starts): the whole limit.
+    assert!(request_room(8, 0, 8, 7));
 }
 
 #[tokio::test]

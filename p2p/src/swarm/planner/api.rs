@@ -130,9 +130,16 @@ pub enum PlanError {
     RegistryFailing { failures: u32 },
 }
 
-/// The node-wide allowance of requests to registry-side seeders (across blobs); the executor
-/// gives a slot back when the request ends.
-pub trait SeederBudget {
+/// The node-wide allowances a download's requests draw on, across the node's blobs: requests
+/// to registry-side seeders, and chunk requests to peers in flight. The executor gives back
+/// what a request took when it ends.
+pub trait NodeBudget {
     /// Takes a slot for one request to the seeder at `addr`, if one is free.
-    fn take(&mut self, addr: SocketAddr) -> bool;
+    fn take_seeder(&mut self, addr: SocketAddr) -> bool;
+    /// Whether this download, with `own` peer requests in flight, may ask a peer for one more
+    /// chunk (the node's limit on chunk requests is shared by its blobs; a second copy of an
+    /// overdue chunk does not ask).
+    fn request_room(&self, own: usize) -> bool;
+    /// Counts a peer request started (a second copy of an overdue chunk too).
+    fn count_request(&mut self);
 }

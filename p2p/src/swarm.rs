@@ -92,9 +92,9 @@ pub struct SwarmConfig {
     /// Chunks asked of one peer at once, per blob. Default 1.
     pub per_peer_in_flight: usize,
     /// Chunk requests to peers in flight on this node, across its blobs; one blob may use
-    /// them all (peers and registry together), and each of several is sure of its share
-    /// (the limit divided by the blobs downloading). Default 8, the node's upload slots:
-    /// a node asks as much of the swarm as it serves.
+    /// them all (peers and registry together), and each blob downloading is sure of one
+    /// (so at most this plus one per other blob at once). Default 8, the node's upload
+    /// slots: a node asks as much of the swarm as it serves.
     pub in_flight: usize,
     /// Registry range requests in flight per blob. Default 2.
     pub registry_in_flight: usize,
@@ -184,8 +184,6 @@ pub(crate) struct Inner {
     seeder_requests: Mutex<HashMap<SocketAddr, usize>>,
     /// Chunk requests to peers in flight, across blobs ([`SwarmConfig::in_flight`]).
     peer_requests: AtomicUsize,
-    /// Downloads planning (sharing `peer_requests`).
-    planning: AtomicUsize,
 }
 
 impl Swarm {
@@ -216,7 +214,6 @@ impl Swarm {
                 peer_speed: Mutex::new(HashMap::new()),
                 seeder_requests: Mutex::new(HashMap::new()),
                 peer_requests: AtomicUsize::new(0),
-                planning: AtomicUsize::new(0),
             }),
         }
     }
@@ -437,13 +434,11 @@ impl Swarm {
     }
 
     /// Whether a download with `own` peer requests in flight may start another: while the
-    /// node's are under [`SwarmConfig::in_flight`], or while its own are under its share of
-    /// them (the limit divided by the downloads planning, rounded up), so a blob that the
-    /// others' requests crowd out still has its share.
+    /// node's are under [`SwarmConfig::in_flight`], or when it has none, so a blob the
+    /// others crowd out still goes on (it is never stalled by them).
     pub(crate) fn request_room(&self, own: usize) -> bool {
         request_room(
             self.inner.config.in_flight,
-            self.inner.planning.load(Ordering::Relaxed),
             self.inner.peer_requests.load(Ordering::Relaxed),
             own,
         )
@@ -464,12 +459,6 @@ impl Swarm {
             });
     }
 
-    /// Counts a download planning (sharing the node's chunk requests) while the guard lives.
-    pub(crate) fn planning(&self) -> PlanningGuard {
-        self.inner.planning.fetch_add(1, Ordering::Relaxed);
-        PlanningGuard(self.clone())
-    }
-
     /// Gives back a slot taken with [`Swarm::take_seeder_slot`].
     pub(crate) fn release_seeder_slot(&self, addr: SocketAddr) {
         let mut requests = self.inner.seeder_requests.lock().expect("lock");
@@ -479,18 +468,9 @@ impl Swarm {
 }
 
 /// [`Swarm::request_room`]'s rule: with `total` of the node's `limit` peer requests in
-/// flight and `planning` downloads sharing them, one with `own` may start another.
-fn request_room(limit: usize, planning: usize, total: usize, own: usize) -> bool {
-    own < limit.div_ceil(planning.max(1)) || total < limit
-}
-
-/// A download planning, counted while it lives ([`Swarm::planning`]).
-pub(crate) struct PlanningGuard(Swarm);
-
-impl Drop for PlanningGuard {
-    fn drop(&mut self) {
-        self.0.inner.planning.fetch_sub(1, Ordering::Relaxed);
-    }
+/// flight, a download with `own` may start another.
+fn request_room(limit: usize, total: usize, own: usize) -> bool {
+    own == 0 || total < limit
 }
 
 impl Swarm {

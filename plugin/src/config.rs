@@ -35,7 +35,7 @@
 //! upload_bytes_per_sec = 0    # default 0 = unlimited: this node's total upload rate
 //!                             # (set: uploads paced at it, the oldest served first)
 //! chunks_in_flight = 8        # default 8: chunk requests in flight on this node, shared
-//!                             # by its blobs (each sure of its share)
+//!                             # by its blobs (each sure of one)
 //! chunks_per_peer = 1         # default 1: chunk requests in flight per peer, per blob
 //! have_peers = 16             # default 16: have streams a download keeps open to peers
 //!                             # (their chunks as they arrive); 0 = off (peer lists only)

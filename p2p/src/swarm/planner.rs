@@ -17,9 +17,9 @@
 //!   together ask the seeder for different chunks and trade them. The registry (HTTP Range,
 //!   consecutive chunks merged) gets chunks nobody holds.
 //! - Node-wide: a node's blobs share one limit on chunk requests to peers in flight
-//!   ([`NodeBudget::request_room`]; shoald's `chunks_in_flight`), each sure of its share of
-//!   it, so an image of many layers asks no more of the swarm's upload slots than one of a
-//!   single layer. (On the emulated cluster with half the nodes at a quarter of the rate,
+//!   ([`NodeBudget::request_room`]; shoald's `chunks_in_flight`), each sure of one, so an
+//!   image of many layers asks little more of the swarm's upload slots than one of a single
+//!   layer. (On the emulated cluster with half the nodes at a quarter of the rate,
 //!   per-blob limits let each slow node keep 32 requests in flight: each of its chunks took
 //!   7.5 s on average, holding the fast nodes' upload slots, and the fast nodes waited.)
 //! - Peer choice: among the usable holders (not dropped, not busy, a free slot), the best

@@ -82,10 +82,8 @@ struct Task {
 /// committed to the cache, or failed.
 pub(crate) async fn run(swarm: Swarm, download: Arc<Download>, entry: Entry<Digest>) {
     let mut scheduler = Scheduler::new(swarm.clone(), download.clone());
-    let planning = swarm.planning();
     let result = scheduler.run().await;
     scheduler.cancel_all();
-    drop(planning);
     let metrics = &swarm.inner().metrics;
     metrics
         .have_streams

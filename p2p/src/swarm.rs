@@ -91,10 +91,11 @@ pub struct SwarmConfig {
     pub advertise: SocketAddr,
     /// Chunks asked of one peer at once, per blob. Default 1.
     pub per_peer_in_flight: usize,
-    /// Chunk requests to peers in flight on this node, across its blobs; one blob may use
-    /// them all (peers and registry together), and each blob downloading is sure of one
-    /// (so at most this plus one per other blob at once). Default 8, the node's upload
-    /// slots: a node asks as much of the swarm as it serves.
+    /// Chunk requests to peers in flight on this node, across its blobs, and one blob's
+    /// limit on its requests (peers and registry together): one blob alone may use them
+    /// all, and each blob downloading is sure of one (so at most this plus one per other
+    /// blob at once). Default 8, the node's upload slots: a node asks as much of the swarm
+    /// as it serves.
     pub in_flight: usize,
     /// Registry range requests in flight per blob. Default 2.
     pub registry_in_flight: usize,

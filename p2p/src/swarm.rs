@@ -469,8 +469,8 @@ impl Swarm {
 }
 
 /// [`Swarm::request_room`]'s rule: with `total` of the node's `limit` peer requests in
-/// flight, a download with `own` may start another.
-fn request_room(limit: usize, total: usize, own: usize) -> bool {
+/// flight, a download with `own` may start another (the simulator's executor uses it too).
+pub fn request_room(limit: usize, total: usize, own: usize) -> bool {
     own == 0 || total < limit
 }
 

@@ -69,6 +69,9 @@ pub struct Outcome {
     /// (`RegistrySide::seeder_queue`).
     pub seeder_busy: u64,
     pub seeder_waited: u64,
+    /// The most chunk requests to peers and seeders one node had in flight at once, all its
+    /// blobs together (shoald's node-wide `chunks_in_flight`).
+    pub max_peer_requests: usize,
     /// Have streams opened (asked), refused (busy or no such download), and lines
     /// delivered (one per subscriber).
     pub have_opened: u64,
@@ -221,6 +224,8 @@ struct NodeRt {
     rng: fastrand::Rng,
     speeds: HashMap<SocketAddr, f64>,
     seeder_slots: usize,
+    /// Chunk requests to peers and seeders in flight, all blobs ([`Budget`]).
+    peer_requests: usize,
     /// Have streams it serves (all blobs).
     served_streams: usize,
     upload_peak: f64,
@@ -231,13 +236,15 @@ struct NodeRt {
     announce_gen: u64,
 }
 
+/// The node's budget as shoald's executor keeps it (`Swarm`): its seeder slots and its chunk
+/// requests to peers (seeders included), shared by the blobs it downloads.
 struct Budget<'a> {
     used: &'a mut usize,
     max: usize,
+    requests: &'a mut usize,
+    limit: usize,
 }
 
-/// A simulated node downloads one blob, so the node's limit on chunk requests is the
-/// download's own (`in_flight`): no room is ever refused here.
 impl NodeBudget for Budget<'_> {
     fn take_seeder(&mut self, _addr: SocketAddr) -> bool {
         if *self.used < self.max {
@@ -248,11 +255,13 @@ impl NodeBudget for Budget<'_> {
         }
     }
 
-    fn request_room(&self, _own: usize) -> bool {
-        true
+    fn request_room(&self, own: usize) -> bool {
+        shoal_p2p::swarm::request_room(self.limit, *self.requests, own)
     }
 
-    fn count_request(&mut self) {}
+    fn count_request(&mut self) {
+        *self.requests += 1;
+    }
 }
 
 /// Runs `scenario` to its end (every node finished, died or failed) or its horizon.
@@ -300,6 +309,7 @@ impl<'a> Sim<'a> {
                 rng: fastrand::Rng::with_seed(seeds.u64(..)),
                 speeds: HashMap::new(),
                 seeder_slots: 0,
+                peer_requests: 0,
                 served_streams: 0,
                 upload_peak: 0.0,
                 notified: false,
@@ -549,8 +559,11 @@ impl<'a> Sim<'a> {
         let mut budget = Budget {
             used: &mut node.seeder_slots,
             max,
+            requests: &mut node.peer_requests,
+            limit: self.sc.settings.in_flight,
         };
         let actions = planner.plan(now, &mut node.rng, &mut budget);
+        self.out.max_peer_requests = self.out.max_peer_requests.max(node.peer_requests);
         let fetching = planner.fetching();
         self.execute(i, blob, actions)?;
         let d = &mut self.nodes[i].downloads[blob];

@@ -143,3 +143,25 @@ fn nodes_joining_with_short_peer_lists_take_no_chunk_from_the_registry_itself() 
     let (p50, fluid) = (percentile(&t, 50.0), sc.fluid_bound());
     assert!(p50 <= 1.5 * fluid, "p50 {p50:.2}s against F/u {fluid:.2}s");
 }
+
+#[test]
+fn a_nodes_layers_share_its_chunk_requests() {
+    // 20 nodes pulling an image of four layers, all at once (shoald's `unpack.concurrency`):
+    // the node's 8 requests are shared by its layers, each sure of one (at most 8 + 3); with
+    // a limit per layer a node kept up to 32 in flight.
+    let mut sc = report::scenario(Kind::Equal, 20, 64 * MIB, MIB, report::mbit(100.0), 3);
+    sc.blobs = vec![16 * MIB; 4];
+    let limit = sc.settings.in_flight;
+    assert_eq!(
+        (limit, sc.settings.layer_concurrency),
+        (8, 4),
+        "shoald's defaults"
+    );
+    let out = run(&sc).expect("simulation");
+    assert_eq!(out.sorted_times().len(), 20, "every node finishes: {out:?}");
+    assert!(
+        (limit..=limit + 3).contains(&out.max_peer_requests),
+        "a node had {} requests in flight at once, limit {limit}",
+        out.max_peer_requests
+    );
+}

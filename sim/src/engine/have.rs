@@ -250,11 +250,15 @@ impl Sim<'_> {
                 fetching: fetching.clone(),
                 speed,
             }]);
-            // The executor plans again after a line. With every request slot taken that plan
-            // can only ask overdue chunks again, which the next tick (at most 100 ms later)
-            // and the next chunk do as well; it is skipped here, as the lines are most of the
-            // simulator's events.
-            if planner.requests() < self.sc.settings.in_flight {
+            // The executor plans again after a line. With every request slot taken (the
+            // blob's or the node's) that plan can only ask overdue chunks again, which the
+            // next tick (at most 100 ms later) and the next chunk do as well; it is skipped
+            // here, as the lines are most of the simulator's events.
+            let limit = self.sc.settings.in_flight;
+            let own = planner.requests();
+            if own < limit
+                && shoal_p2p::swarm::request_room(limit, self.nodes[i].peer_requests, own)
+            {
                 self.plan(i, blob)?;
             }
             if line.done {

@@ -96,6 +96,10 @@ impl Sim<'_> {
             let now = self.instant(self.now);
             self.seeder.ended(blob, offset, now, false);
         }
+        if !matches!(task.src, Src::Registry) {
+            let n = &mut self.nodes[i].peer_requests;
+            *n = n.saturating_sub(1);
+        }
         match task.src {
             Src::Seeder => {
                 let slots = &mut self.nodes[i].seeder_slots;

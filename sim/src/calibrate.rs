@@ -71,11 +71,6 @@ impl Bench {
         Ok(bench)
     }
 
-    /// Its `swarm` run (all nodes at B).
-    pub fn swarm(&self) -> Option<&BenchRun> {
-        self.runs.iter().find(|r| r.mode == "swarm")
-    }
-
     /// The simulated twin of the cluster: `nodes` nodes and the registry side at `mbit` (the
     /// payload it carries, [`TBF_PAYLOAD`]), the image as `image_layers` equal layers, 1 MiB
     /// chunks, shoal's defaults.
@@ -96,6 +91,8 @@ impl Bench {
 /// One line of the comparison.
 #[derive(Clone, Debug)]
 pub struct Comparison {
+    /// The run and group compared (`swarm`, or a group of the `hetero` run).
+    pub what: String,
     pub nodes: usize,
     pub mbit: u64,
     pub image_bytes: u64,
@@ -126,47 +123,119 @@ impl Comparison {
     }
 }
 
-/// Simulates `bench`'s swarm run (`seeds` seeds, figures averaged) and compares.
-pub fn compare(
-    bench: &Bench,
-    latency: f64,
-    overhead: f64,
-    seeds: u64,
-    have_peers: usize,
-) -> Result<Comparison, SimError> {
-    let run = bench.swarm().ok_or_else(|| SimError::BenchNoSwarm {
-        path: bench.path.clone(),
-    })?;
-    let mut measured: Vec<f64> = run
-        .groups
+/// How the twin is simulated.
+#[derive(Clone, Copy, Debug)]
+pub struct Twin {
+    /// One-way latency (s).
+    pub latency: f64,
+    /// Time a pull spends outside the blob downloads (s; [`BENCH_START`]).
+    pub overhead: f64,
+    /// Seeds simulated, figures averaged.
+    pub seeds: u64,
+    /// shoald's `have_peers`.
+    pub have_peers: usize,
+    /// How links are shared (the simulator's equal shares, or a what-if).
+    pub sharing: crate::net::Sharing,
+}
+
+/// Simulates each of `bench`'s runs the simulator can twin (`swarm`: all nodes at B;
+/// `hetero`: each group at its own cap, the registry side at B) and compares them: one row
+/// for the swarm run, one per group of the hetero run. Runs of other modes (the mirror
+/// path, the native baseline) are left out. Fails when there is none.
+pub fn compare_all(bench: &Bench, twin: &Twin) -> Result<Vec<Comparison>, SimError> {
+    let mut rows = Vec::new();
+    for run in bench
+        .runs
         .iter()
-        .flat_map(|g| g.times_secs.iter().copied())
-        .collect();
-    measured.sort_by(f64::total_cmp);
+        .filter(|r| r.mode == "swarm" || r.mode == "hetero")
+    {
+        rows.extend(compare_run(bench, run, twin)?);
+    }
+    if rows.is_empty() {
+        return Err(SimError::BenchNoSwarm {
+            path: bench.path.clone(),
+        });
+    }
+    Ok(rows)
+}
+
+/// One run of `bench` simulated: its groups' nodes at their caps (the payload of each
+/// group's `tbf` cap), in the order of the groups; a row for the whole run when it has one
+/// group, else one per group (each group's nodes' times, the whole run's registry bytes).
+fn compare_run(bench: &Bench, run: &BenchRun, twin: &Twin) -> Result<Vec<Comparison>, SimError> {
     let f = bench.image_bytes as f64;
-    let (mut p50, mut max, mut reg) = (0.0, 0.0, 0.0);
-    let seeds = seeds.max(1);
+    let seeds = twin.seeds.max(1);
+    // Each group's nodes: their indices in the scenario.
+    let mut groups = Vec::new();
+    let mut caps = Vec::new();
+    for g in &run.groups {
+        let start = caps.len();
+        caps.extend(std::iter::repeat_n(
+            mbit(g.mbit as f64) * TBF_PAYLOAD,
+            g.times_secs.len(),
+        ));
+        groups.push((g, start..caps.len()));
+    }
+    if caps.is_empty() {
+        return Err(SimError::BenchNoSwarm {
+            path: bench.path.clone(),
+        });
+    }
+    // Per group: the simulated times of each seed, and the registry bytes.
+    let mut sim: Vec<(f64, f64)> = vec![(0.0, 0.0); groups.len()];
+    let mut reg = 0.0;
     for seed in 1..=seeds {
-        let mut sc = bench.scenario(latency, overhead, seed);
-        sc.settings.have_peers = have_peers;
+        let mut sc = bench.scenario(twin.latency, twin.overhead, seed);
+        sc.sharing = twin.sharing;
+        sc.nodes = caps
+            .iter()
+            .map(|&c| crate::scenario::NodeSpec {
+                up: c,
+                down: c,
+                start: 0.0,
+                dies: None,
+            })
+            .collect();
+        sc.settings.have_peers = twin.have_peers;
         let out = crate::run(&sc)?;
-        let t = out.sorted_times();
-        p50 += percentile(&t, 50.0);
-        max += percentile(&t, 100.0);
         reg += out.registry_bytes();
+        for (k, (_, idx)) in groups.iter().enumerate() {
+            let mut t: Vec<f64> = out.pulls[idx.clone()].iter().flatten().copied().collect();
+            t.sort_by(f64::total_cmp);
+            sim[k].0 += percentile(&t, 50.0);
+            sim[k].1 += percentile(&t, 100.0);
+        }
     }
     let k = seeds as f64;
-    Ok(Comparison {
-        nodes: bench.nodes,
-        mbit: bench.mbit,
-        image_bytes: bench.image_bytes,
-        measured_p50: percentile(&measured, 50.0),
-        measured_max: percentile(&measured, 100.0),
-        measured_registry: run.left_registry_bytes as f64 / f,
-        simulated_p50: p50 / k,
-        simulated_max: max / k,
-        simulated_registry: reg / k / f,
-    })
+    let row = |what: String, mbit: u64, measured: &mut Vec<f64>, (p50, max): (f64, f64)| {
+        measured.sort_by(f64::total_cmp);
+        Comparison {
+            what,
+            nodes: caps.len(),
+            mbit,
+            image_bytes: bench.image_bytes,
+            measured_p50: percentile(measured, 50.0),
+            measured_max: percentile(measured, 100.0),
+            measured_registry: run.left_registry_bytes as f64 / f,
+            simulated_p50: p50 / k,
+            simulated_max: max / k,
+            simulated_registry: reg / k / f,
+        }
+    };
+    if groups.len() == 1 {
+        let (g, _) = &groups[0];
+        return Ok(vec![row(
+            run.mode.clone(),
+            g.mbit,
+            &mut g.times_secs.clone(),
+            sim[0],
+        )]);
+    }
+    Ok(groups
+        .iter()
+        .zip(&sim)
+        .map(|((g, _), &s)| row(g.group.clone(), g.mbit, &mut g.times_secs.clone(), s))
+        .collect())
 }
 
 /// The side-by-side table.
@@ -174,7 +243,8 @@ pub fn table(rows: &[Comparison]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:>3} {:>5} {:>7} | {:>8} {:>8} {:>7} | {:>8} {:>8} {:>7} | {:>7} {:>7} {:>7} {:>6}",
+        "{:<12} {:>3} {:>5} {:>7} | {:>8} {:>8} {:>7} | {:>8} {:>8} {:>7} | {:>7} {:>7} {:>7} {:>6}",
+        "run",
         "N",
         "Mbit",
         "F MB",
@@ -192,7 +262,8 @@ pub fn table(rows: &[Comparison]) -> String {
     for c in rows {
         let _ = writeln!(
             s,
-            "{:>3} {:>5} {:>7.1} | {:>7.2}s {:>7.2}s {:>7.3} | {:>7.2}s {:>7.2}s {:>7.3} | {:>7.3} {:>7.3} {:>7.3} {:>6}",
+            "{:<12} {:>3} {:>5} {:>7.1} | {:>7.2}s {:>7.2}s {:>7.3} | {:>7.2}s {:>7.2}s {:>7.3} | {:>7.3} {:>7.3} {:>7.3} {:>6}",
+            c.what,
             c.nodes,
             c.mbit,
             c.image_bytes as f64 / 1e6,
@@ -209,4 +280,85 @@ pub fn table(rows: &[Comparison]) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWIN: Twin = Twin {
+        latency: 0.0005,
+        overhead: BENCH_START,
+        seeds: 1,
+        have_peers: 16,
+        sharing: crate::net::Sharing::Equal,
+    };
+
+    fn group(name: &str, mbit: u64, times: &[f64]) -> BenchGroup {
+        BenchGroup {
+            group: name.into(),
+            mbit,
+            times_secs: times.to_vec(),
+        }
+    }
+
+    fn bench(runs: Vec<BenchRun>) -> Bench {
+        Bench {
+            path: "bench.json".into(),
+            nodes: 8,
+            mbit: 80,
+            image_bytes: 32 << 20,
+            image_layers: 2,
+            runs,
+        }
+    }
+
+    #[test]
+    fn the_hetero_run_is_compared_group_by_group_at_each_groups_cap() {
+        let b = bench(vec![
+            BenchRun {
+                mode: "mirror".into(),
+                groups: vec![group("mirror", 80, &[1.0; 8])],
+                left_registry_bytes: 32 << 20,
+            },
+            BenchRun {
+                mode: "hetero".into(),
+                groups: vec![
+                    group("hetero fast", 80, &[2.0, 3.0, 2.5, 2.0]),
+                    group("hetero slow", 20, &[5.0, 7.0, 6.0, 5.5]),
+                ],
+                left_registry_bytes: 36 << 20,
+            },
+        ]);
+        let rows = compare_all(&b, &TWIN).unwrap();
+        let what: Vec<&str> = rows.iter().map(|r| r.what.as_str()).collect();
+        assert_eq!(what, ["hetero fast", "hetero slow"]);
+        let (fast, slow) = (&rows[0], &rows[1]);
+        assert_eq!((fast.mbit, slow.mbit), (80, 20));
+        assert_eq!((fast.measured_p50, fast.measured_max), (2.0, 3.0));
+        assert_eq!((slow.measured_p50, slow.measured_max), (5.5, 7.0));
+        assert_eq!(fast.measured_registry, 36.0 / 32.0);
+        // Each group at its own cap: the slow nodes take at least F over their payload rate,
+        // the fast ones much less.
+        let f = (32u64 << 20) as f64;
+        assert!(
+            slow.simulated_p50 >= f / (mbit(20.0) * TBF_PAYLOAD),
+            "{rows:?}"
+        );
+        assert!(fast.simulated_p50 < 0.75 * slow.simulated_p50, "{rows:?}");
+        assert_eq!(fast.simulated_registry, slow.simulated_registry);
+    }
+
+    #[test]
+    fn a_bench_without_a_swarm_or_hetero_run_is_refused() {
+        let b = bench(vec![BenchRun {
+            mode: "native".into(),
+            groups: vec![group("native", 80, &[1.0; 8])],
+            left_registry_bytes: 32 << 23,
+        }]);
+        assert!(matches!(
+            compare_all(&b, &TWIN),
+            Err(SimError::BenchNoSwarm { .. })
+        ));
+    }
 }

@@ -51,8 +51,10 @@ pub enum SimError {
         path: PathBuf,
         source: serde_json::Error,
     },
-    /// The benchmark's JSON has no `swarm` run.
-    #[error("benchmark results {path}: no swarm run (SHOAL_BENCH_MODES must include swarm)")]
+    /// The benchmark's JSON has no `swarm` or `hetero` run (with nodes).
+    #[error(
+        "benchmark results {path}: no swarm or hetero run with nodes (SHOAL_BENCH_MODES must include swarm or hetero)"
+    )]
     BenchNoSwarm { path: PathBuf },
     /// No font for the plot's text.
     #[error("no font at {tried:?}: install fonts-dejavu-core (scripts/install-deps.sh)")]

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use shoal_sim::calibrate::{self, Bench};
+use shoal_sim::net::Sharing;
 use shoal_sim::report::{self, Kind, Row};
 
 #[derive(Parser)]
@@ -67,8 +68,8 @@ enum Command {
         seeder_max_uploads: Option<usize>,
         /// What-if, small runs only: how links are shared: equal (the default), maxmin,
         /// oldest (uploaders send to their oldest flow first; downloads max-min).
-        #[arg(long)]
-        sharing: Option<String>,
+        #[arg(long, value_parser = parse_sharing, default_value = "equal")]
+        sharing: Sharing,
         /// What-if: chunk requests that wait for a seeder slot (the seeder has no queue:
         /// default 0); past them, busy.
         #[arg(long)]
@@ -123,7 +124,15 @@ enum Command {
         /// shoald's `have_peers` (0: none, as shoald before have streams).
         #[arg(long, default_value_t = 16)]
         have_peers: usize,
+        /// How links are shared: equal (the simulator's model), maxmin (what TCP tends
+        /// to), oldest.
+        #[arg(long, value_parser = parse_sharing, default_value = "equal")]
+        sharing: Sharing,
     },
+}
+
+fn parse_sharing(s: &str) -> Result<Sharing, String> {
+    Sharing::parse(s).ok_or_else(|| format!("{s}: equal, maxmin or oldest"))
 }
 
 fn main() -> Result<()> {
@@ -189,12 +198,7 @@ fn main() -> Result<()> {
                         if let Some(k) = seeder_max_uploads {
                             sc.registry.seeder_max_uploads = k;
                         }
-                        sc.sharing = match sharing.as_deref() {
-                            None | Some("equal") => shoal_sim::net::Sharing::Equal,
-                            Some("maxmin") => shoal_sim::net::Sharing::MaxMin,
-                            Some("oldest") => shoal_sim::net::Sharing::OldestFirst,
-                            Some(other) => bail!("--sharing {other}: equal, maxmin or oldest"),
-                        };
+                        sc.sharing = sharing;
                         if let Some(k) = seeder_queue {
                             sc.registry.seeder_queue = k;
                         }
@@ -278,20 +282,22 @@ fn main() -> Result<()> {
             overhead,
             seeds,
             have_peers,
+            sharing,
         } => {
+            let twin = calibrate::Twin {
+                latency: latency_ms / 1e3,
+                overhead,
+                seeds,
+                have_peers,
+                sharing,
+            };
             let mut rows = Vec::new();
             for path in &bench {
                 let b = Bench::read(path)?;
-                rows.push(calibrate::compare(
-                    &b,
-                    latency_ms / 1e3,
-                    overhead,
-                    seeds,
-                    have_peers,
-                )?);
+                rows.extend(calibrate::compare_all(&b, &twin)?);
             }
             println!(
-                "measured (emulated cluster) against simulated; latency {latency_ms} ms, pull overhead {overhead} s, {seeds} seeds, have_peers {have_peers}"
+                "measured (emulated cluster) against simulated; latency {latency_ms} ms, pull overhead {overhead} s, {seeds} seeds, have_peers {have_peers}, sharing {sharing:?}"
             );
             print!("{}", calibrate::table(&rows));
         }

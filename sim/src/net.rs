@@ -54,6 +54,18 @@ pub enum Sharing {
     OldestFirst,
 }
 
+impl Sharing {
+    /// `equal`, `maxmin` or `oldest`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "equal" => Some(Sharing::Equal),
+            "maxmin" => Some(Sharing::MaxMin),
+            "oldest" => Some(Sharing::OldestFirst),
+            _ => None,
+        }
+    }
+}
+
 /// Water-filling of `cap` among `demands`: the level each demand is cut to (infinite when
 /// all fit).
 fn level(cap: f64, demands: &mut [f64]) -> f64 {

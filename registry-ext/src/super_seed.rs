@@ -5,7 +5,7 @@
 //! chunk it began sending less than `defer` ago: the node asking picks another chunk, and by
 //! the time the deferral ends the first node's announce says it fetches or holds that chunk,
 //! so the others get it from there. While that first send is still going (up to
-//! [`IN_FLIGHT_HOLD`] times `defer`), and for [`AFTER_END`] plus half the send's time once
+//! [`IN_FLIGHT_HOLD`] from its start), and for [`AFTER_END`] plus half the send's time once
 //! it has ended whole (its last bytes and the first node's have line and announce on their
 //! way), it is refused too: a send takes longer than `defer` when many share the seeder's
 //! link (16 chunks at once on a 30 Mbit/s link: 4.7 s for 1 MiB), and sending the chunk
@@ -25,11 +25,18 @@ use std::time::{Duration, Instant};
 use shoal_p2p::peer::{ChunkProvider, Held};
 use shoal_p2p::Digest;
 
-/// How long a chunk just sent is refused to other nodes: an announce interval (1 s; a node
-/// announces a chunk it starts fetching within 50 ms), a peer refresh (0.2 s) and slack.
-pub const DEFAULT_DEFER: Duration = Duration::from_secs(3);
-/// A send still going holds its chunk for at most this many deferrals from its start.
-pub const IN_FLIGHT_HOLD: u32 = 5;
+/// How long a chunk just sent is refused to other nodes: long enough for the others to
+/// learn who has it. In a small swarm that is an announce interval (1 s; a node announces a
+/// chunk it starts fetching within 50 ms) and a peer refresh; in a large one a node follows
+/// at most 16 others' have streams and sees a sample of the holders in its peer lists
+/// (paced by the tracker past 1,000 nodes), and a chunk stays rare for longer where some
+/// nodes are slow. At 3 s the simulator's 1,000 nodes of three speeds (1 Gbit/s, a half, a
+/// quarter) had the seeder send 1.26 times the image (chunks asked again by nodes that knew
+/// no holder yet); at 6 s, 1.00 times, with the same pull times (docs/simulator.md).
+pub const DEFAULT_DEFER: Duration = Duration::from_secs(6);
+/// A send still going holds its chunk for at most this long from its start (or the
+/// deferral, if longer): past it the first receiver may have stalled.
+pub const IN_FLIGHT_HOLD: Duration = Duration::from_secs(15);
 /// How long a chunk sent whole is still refused after its last byte was handed to the
 /// connection: the receiver's have line (at once) and announce (within 200 ms) reach the
 /// others within a peer refresh. Plus [`AFTER_END_SHARE`] of the send's own time: the last
@@ -78,7 +85,7 @@ impl RecentSends {
 
     /// Whether the chunk of `digest` at `offset` may be sent at `now`: not when a send of it
     /// began less than `defer` ago, nor while one is going (less than [`IN_FLIGHT_HOLD`]
-    /// deferrals from its start), nor within [`AFTER_END`] plus [`AFTER_END_SHARE`] of its
+    /// from its start), nor within [`AFTER_END`] plus [`AFTER_END_SHARE`] of its
     /// time after one ended whole. Call [`RecentSends::sent`] when it is.
     pub fn may_send(&mut self, digest: &Digest, offset: u64, now: Instant) -> bool {
         self.expire(now);
@@ -89,7 +96,7 @@ impl RecentSends {
         if since < self.defer {
             return false;
         }
-        if s.going > 0 && since < self.defer * IN_FLIGHT_HOLD {
+        if s.going > 0 && since < IN_FLIGHT_HOLD.max(self.defer) {
             return false;
         }
         s.held_until.is_none_or(|until| now >= until)
@@ -141,7 +148,7 @@ impl RecentSends {
     fn expire(&mut self, now: Instant) {
         // Past a hold after an end too: AFTER_END plus a share of a send of at most the
         // in-flight hold.
-        let keep = (self.defer * IN_FLIGHT_HOLD).max(AFTER_END) * 2;
+        let keep = IN_FLIGHT_HOLD.max(self.defer).max(AFTER_END) * 2;
         while let Some((at, _)) = self.order.front() {
             if now.saturating_duration_since(*at) < keep {
                 break;
@@ -246,8 +253,21 @@ mod tests {
         r.sent(&digest(1), 0, t0);
         assert!(!r.may_send(&digest(1), 0, at(3_000)));
         assert!(!r.may_send(&digest(1), 0, at(14_999)));
-        // Five deferrals: served again though the first send is still going (stalled).
+        // IN_FLIGHT_HOLD (15 s): served again though the first send is still going
+        // (stalled).
         assert!(r.may_send(&digest(1), 0, at(15_000)));
+        // The default deferral, 6 s, and the same hold.
+        let mut r = RecentSends::new(DEFAULT_DEFER);
+        r.sent(&digest(1), 0, t0);
+        r.ended(&digest(1), 1 << 20, at(1), true);
+        assert!(!r.may_send(&digest(1), 0, at(5_999)));
+        assert!(!r.may_send(&digest(1), 0, at(14_999)));
+        assert!(r.may_send(&digest(1), 0, at(15_000)));
+        // A short send that ended whole: held for the deferral from its start.
+        r.sent(&digest(2), 0, t0);
+        r.ended(&digest(2), 0, at(500), true);
+        assert!(!r.may_send(&digest(2), 0, at(5_999)));
+        assert!(r.may_send(&digest(2), 0, at(6_000)));
     }
 
     #[test]
@@ -280,22 +300,23 @@ mod tests {
         let at = |ms| t0 + Duration::from_millis(ms);
         let mut r = RecentSends::new(Duration::from_secs(1));
         r.sent(&digest(1), 0, t0);
-        // Other chunks come and go; the first one's entry outlives its place in the order.
-        for i in 1..20u64 {
+        // Other chunks come and go for 40 s, longer than the memory (twice the in-flight
+        // hold); the first one's entry outlives its place in the order.
+        for i in 1..80u64 {
             assert!(r.may_send(&digest(1), i << 20, at(i * 500)));
             r.sent(&digest(1), i << 20, at(i * 500));
             r.ended(&digest(1), i << 20, at(i * 500 + 100), true);
         }
-        assert!(!r.may_send(&digest(1), 0, at(4_999)));
-        // Still going after its hold (5 deferrals): served again, and still remembered, so
-        // its end holds it a moment.
-        assert!(r.may_send(&digest(1), 0, at(9_999)));
-        // Ended whole after 10 s: held 1 s + 5 s.
-        r.ended(&digest(1), 0, at(10_000), true);
-        assert!(!r.may_send(&digest(1), 0, at(15_999)));
-        assert!(r.may_send(&digest(1), 0, at(16_000)));
+        assert!(!r.may_send(&digest(1), 0, at(14_999)));
+        // Still going after its hold (15 s): served again, and still remembered, so its end
+        // holds it a moment.
+        assert!(r.may_send(&digest(1), 0, at(39_999)));
+        // Ended whole after 40 s: held 1 s + 20 s.
+        r.ended(&digest(1), 0, at(40_000), true);
+        assert!(!r.may_send(&digest(1), 0, at(60_999)));
+        assert!(r.may_send(&digest(1), 0, at(61_000)));
         // Everything old is forgotten.
-        assert!(r.may_send(&digest(1), 0, at(60_000)));
+        assert!(r.may_send(&digest(1), 0, at(200_000)));
         assert_eq!(r.len(), 0);
     }
 

@@ -207,34 +207,31 @@ fn compare_run(bench: &Bench, run: &BenchRun, twin: &Twin) -> Result<Vec<Compari
         }
     }
     let k = seeds as f64;
-    let row = |what: String, mbit: u64, measured: &mut Vec<f64>, (p50, max): (f64, f64)| {
-        measured.sort_by(f64::total_cmp);
-        Comparison {
-            what,
-            nodes: caps.len(),
-            mbit,
-            image_bytes: bench.image_bytes,
-            measured_p50: percentile(measured, 50.0),
-            measured_max: percentile(measured, 100.0),
-            measured_registry: run.left_registry_bytes as f64 / f,
-            simulated_p50: p50 / k,
-            simulated_max: max / k,
-            simulated_registry: reg / k / f,
-        }
-    };
-    if groups.len() == 1 {
-        let (g, _) = &groups[0];
-        return Ok(vec![row(
-            run.mode.clone(),
-            g.mbit,
-            &mut g.times_secs.clone(),
-            sim[0],
-        )]);
-    }
+    // A run of one group is named by its mode (`swarm`), the groups of others by theirs.
+    let one = groups.len() == 1;
     Ok(groups
         .iter()
         .zip(&sim)
-        .map(|((g, _), &s)| row(g.group.clone(), g.mbit, &mut g.times_secs.clone(), s))
+        .map(|((g, _), &(p50, max))| {
+            let mut measured = g.times_secs.clone();
+            measured.sort_by(f64::total_cmp);
+            Comparison {
+                what: if one {
+                    run.mode.clone()
+                } else {
+                    g.group.clone()
+                },
+                nodes: caps.len(),
+                mbit: g.mbit,
+                image_bytes: bench.image_bytes,
+                measured_p50: percentile(&measured, 50.0),
+                measured_max: percentile(&measured, 100.0),
+                measured_registry: run.left_registry_bytes as f64 / f,
+                simulated_p50: p50 / k,
+                simulated_max: max / k,
+                simulated_registry: reg / k / f,
+            }
+        })
         .collect())
 }
 

@@ -27,6 +27,9 @@
 //!   `;`-separated (e.g. `upload_bytes_per_sec = 3562500`: the seeder's uploads paced at
 //!   that rate and served oldest first; with `SHOAL_BENCH_SWARM="upload_bytes_per_sec = ..."`
 //!   the nodes' too).
+//! - `SHOAL_BENCH_CRI_DOWNLOADS` (default: containerd's, 3): CRI's `max_concurrent_downloads`
+//!   on every node, the layers containerd fetches at once (the `mirror` and `native` runs;
+//!   shoal's snapshotter fetches every layer itself).
 //! - `SHOAL_BENCH_PERF` (default none): a directory; each run's pull is profiled there with
 //!   `perf record -F 299 --call-graph fp` of the nodes' shoalds (`MODE.perf.data`; read it
 //!   with `perf report -i DIR/MODE.perf.data --sort dso,sym`); `SHOAL_BENCH_PERF_CALL_GRAPH`
@@ -224,12 +227,20 @@ fn main() -> Result<()> {
         Err(_) => None,
     };
     let swarm_extra = extra_keys("SHOAL_BENCH_SWARM", &mut config.swarm_config);
+    config.max_concurrent_downloads = match std::env::var("SHOAL_BENCH_CRI_DOWNLOADS") {
+        Ok(v) => Some(
+            v.parse()
+                .context("SHOAL_BENCH_CRI_DOWNLOADS: a number of layers")?,
+        ),
+        Err(_) => None,
+    };
     let seed_extra = extra_keys("SHOAL_BENCH_SEED", &mut config.seed_config);
     config.registry_ext = modes.iter().any(|m| m.node_mode().uses_swarm());
     if !cluster::available() {
         bail!("needs root, iproute2, docker-registry, skopeo, containerd and the workspace's release binaries: run scripts/install-deps.sh as root and `cargo build --release --workspace`");
     }
 
+    let config_downloads = config.max_concurrent_downloads;
     let mut cluster = Cluster::start(config)?;
     let image = cluster.push_image("bench/swarm", "v1", random_layers(4, image_mib << 20, 3)?)?;
     cluster.cap_registry()?;
@@ -460,6 +471,7 @@ fn main() -> Result<()> {
         "nodes": nodes,
         "mbit": mbit,
         "have_peers": have_peers,
+        "cri_max_concurrent_downloads": config_downloads,
         "swarm_config": swarm_extra,
         "seed_config": seed_extra,
         "image_bytes": image.bytes,

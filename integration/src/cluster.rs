@@ -85,6 +85,8 @@ pub struct ClusterConfig {
     /// containerd's `concurrent_layer_fetch_buffer` on every node (2.1+: each blob fetched as
     /// parallel Range requests).
     pub fetch_buffer: Option<u64>,
+    /// CRI's `max_concurrent_downloads` on every node (containerd's default, 3, when `None`).
+    pub max_concurrent_downloads: Option<u32>,
     /// The nodes' containerd, instead of the process's (`SHOAL_CONTAINERD`).
     pub containerd: Option<crate::containerd::Flavor>,
 }
@@ -104,6 +106,7 @@ impl ClusterConfig {
             start_parallelism: 4,
             preheat_token: None,
             fetch_buffer: None,
+            max_concurrent_downloads: None,
             containerd: None,
         }
     }
@@ -360,6 +363,7 @@ impl Cluster {
                         extra_shoald_config: &self.config.extra_shoald_config,
                         swarm_config: &self.config.swarm_config,
                         fetch_buffer: self.config.fetch_buffer,
+                        max_concurrent_downloads: self.config.max_concurrent_downloads,
                         containerd: self.config.containerd.clone(),
                     }
                 })

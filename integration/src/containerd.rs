@@ -53,6 +53,9 @@ pub struct CriConfig {
     /// `concurrent_layer_fetch_buffer` (2.1+: blobs fetched as parallel Range requests), set
     /// for CRI's local path and the transfer service alike.
     pub fetch_buffer: Option<u64>,
+    /// CRI's `max_concurrent_downloads` (layers containerd fetches at once; its default is
+    /// 3, and on 2.1+ any other value moves CRI to the local pull path).
+    pub max_concurrent_downloads: Option<u32>,
 }
 
 pub struct TestContainerd {
@@ -318,6 +321,14 @@ fn config_text(flavor: &Flavor, dir: &Path, cri: Option<&CriConfig>) -> Result<S
                 value(buffer as i64);
         }
     }
+    if let Some(n) = cri.max_concurrent_downloads {
+        // Schema 2 keeps it in CRI's own table, schema 3 with the image settings.
+        let table: &[&str] = match schema {
+            Schema::V2 => &["plugins", "io.containerd.grpc.v1.cri"],
+            Schema::V3 => schema.cri_images_table(),
+        };
+        table_at(&mut doc, table)["max_concurrent_downloads"] = value(i64::from(n));
+    }
     let hosts = cri.hosts_dir.to_string_lossy().into_owned();
     table_at(&mut doc, schema.cri_registry_table())["config_path"] = value(hosts);
     let (bin, conf) = (cri.cni_dir.join("bin"), cri.cni_dir.join("net.d"));
@@ -411,6 +422,48 @@ mod tests {
             ]
             .map(PathBuf::from)
         );
+    }
+
+    /// `max_concurrent_downloads` lands where each containerd reads it: schema 2 in CRI's
+    /// own table (not its `containerd` table with the snapshotter), schema 3 with the image
+    /// settings; read back as `shoald doctor` reads a config file.
+    #[test]
+    fn max_concurrent_downloads_is_written_where_containerd_reads_it() {
+        use shoal_plugin::containerd::config::PullPath;
+        use shoal_plugin::containerd::doctor::ContainerdFile;
+        use shoal_plugin::containerd::ContainerdVersion;
+        let dir = tempfile::tempdir().unwrap();
+        for (version, pull_path) in [
+            (ContainerdVersion::new(1, 6, 20), PullPath::Local),
+            (ContainerdVersion::new(1, 7, 24), PullPath::Local),
+            (ContainerdVersion::new(2, 1, 9), PullPath::Local),
+        ] {
+            let flavor = Flavor {
+                name: version.to_string(),
+                bin_dir: PathBuf::from("/nonexistent"),
+                version,
+                pull_path,
+            };
+            let read = |downloads: Option<u32>| {
+                let cri = CriConfig {
+                    shoald_socket: dir.path().join("shoald.sock"),
+                    snapshotter: "overlayfs".into(),
+                    discard_unpacked_layers: false,
+                    hosts_dir: dir.path().join("certs.d"),
+                    cni_dir: dir.path().join("cni"),
+                    fetch_buffer: None,
+                    max_concurrent_downloads: downloads,
+                };
+                let text = config_text(&flavor, dir.path(), Some(&cri)).unwrap();
+                let file = ContainerdFile::parse(&text, Path::new("config.toml")).unwrap();
+                match version.schema() {
+                    Schema::V2 => file.cri_v2.max_concurrent_downloads,
+                    Schema::V3 => file.images_v3.max_concurrent_downloads,
+                }
+            };
+            assert_eq!(read(Some(4)), Some(4), "containerd {version}");
+            assert_eq!(read(None), None, "containerd {version}");
+        }
     }
 
     #[test]

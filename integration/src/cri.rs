@@ -62,6 +62,8 @@ pub struct CriSettings {
     pub discard_unpacked_layers: bool,
     /// `concurrent_layer_fetch_buffer` (containerd 2.1+: blobs as parallel Range requests).
     pub fetch_buffer: Option<u64>,
+    /// CRI's `max_concurrent_downloads` (containerd's default, 3, when `None`).
+    pub max_concurrent_downloads: Option<u32>,
 }
 
 /// `shoald snapshotter` on a temporary root and socket, killed on drop.
@@ -354,6 +356,7 @@ impl CriContainerd {
             hosts_dir: hosts.path().to_path_buf(),
             cni_dir: hosts.path().join("cni"),
             fetch_buffer: settings.fetch_buffer,
+            max_concurrent_downloads: settings.max_concurrent_downloads,
         };
         let containerd = TestContainerd::start_in_netns(
             ContainerdConfig {

@@ -42,7 +42,8 @@ enum Command {
         /// The tracker's `max_peers` (longest peer list; default 30).
         #[arg(long)]
         max_peers: Option<usize>,
-        /// shoald's `in_flight` (chunk requests per blob; default 8).
+        /// shoald's `chunks_in_flight` (chunk requests to peers in flight per node, shared by
+        /// its blobs; default 8).
         #[arg(long)]
         in_flight: Option<usize>,
         /// The nodes' download cap, Mbit/s (default: --mbit).
@@ -60,7 +61,7 @@ enum Command {
         /// shoald's `max_uploads` (chunk server upload slots; default 8).
         #[arg(long)]
         max_uploads: Option<usize>,
-        /// The seeder's super-seeding deferral (ms; default 3000).
+        /// The seeder's super-seeding deferral (ms; default 6000, `super_seed::DEFAULT_DEFER`).
         #[arg(long)]
         seeder_defer_ms: Option<u64>,
         /// The seeder's upload slots (`seed.max_uploads`; default 16).

@@ -67,6 +67,8 @@ pub(crate) struct NodeSetup<'a> {
     pub containerd_link: Option<PathBuf>,
     /// containerd's `concurrent_layer_fetch_buffer`.
     pub fetch_buffer: Option<u64>,
+    /// CRI's `max_concurrent_downloads`.
+    pub max_concurrent_downloads: Option<u32>,
     /// This node's containerd, instead of the process's.
     pub containerd: Option<crate::containerd::Flavor>,
 }
@@ -143,6 +145,7 @@ impl Node {
                 }
             ),
             fetch_buffer: setup.fetch_buffer,
+            max_concurrent_downloads: setup.max_concurrent_downloads,
             flavor: setup.containerd.clone(),
         };
         let cri = CriContainerd::start_in_netns_with(

@@ -323,7 +323,9 @@ impl<'a> Sim<'a> {
             now: 0.0,
             queue: BinaryHeap::new(),
             seq: 0,
-            net: Net::new(up, down).with_sharing(sc.sharing),
+            net: Net::new(up, down)
+                .with_sharing(sc.sharing)
+                .with_oldest_uploader(n),
             reg: n,
             tags: Vec::new(),
             nodes,

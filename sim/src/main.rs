@@ -67,8 +67,9 @@ enum Command {
         /// The seeder's upload slots (`seed.max_uploads`; default 16).
         #[arg(long)]
         seeder_max_uploads: Option<usize>,
-        /// What-if, small runs only: how links are shared: equal (the default), maxmin,
-        /// oldest (uploaders send to their oldest flow first; downloads max-min).
+        /// What-if: how links are shared: equal (the default), maxmin, oldest (uploaders
+        /// send to their oldest flow first; downloads max-min), seeder-oldest (max-min, the
+        /// registry side's uploads oldest first). Slower than equal.
         #[arg(long, value_parser = parse_sharing, default_value = "equal")]
         sharing: Sharing,
         /// What-if: chunk requests that wait for a seeder slot (the seeder has no queue:
@@ -126,14 +127,14 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         have_peers: usize,
         /// How links are shared: equal (the simulator's model), maxmin (what TCP tends
-        /// to), oldest.
+        /// to), oldest, seeder-oldest.
         #[arg(long, value_parser = parse_sharing, default_value = "equal")]
         sharing: Sharing,
     },
 }
 
 fn parse_sharing(s: &str) -> Result<Sharing, String> {
-    Sharing::parse(s).ok_or_else(|| format!("{s}: equal, maxmin or oldest"))
+    Sharing::parse(s).ok_or_else(|| format!("{s}: equal, maxmin, oldest or seeder-oldest"))
 }
 
 fn main() -> Result<()> {

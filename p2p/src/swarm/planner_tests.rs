@@ -469,6 +469,28 @@ fn a_busy_peer_is_left_alone_and_not_held_chunks_are_not_asked_again() {
 }
 
 #[test]
+fn a_busy_seeder_is_left_alone_longer_than_a_busy_node() {
+    let t0 = Instant::now();
+    let n = 4;
+    let (mut p, mut rng) = planner(n, 2, t0);
+    p.peers(vec![seeder(n)]);
+    let mut budget = Budget::new(1);
+    let first = peer_fetches(&p.plan(t0, &mut rng, &mut budget));
+    assert_eq!(first.len(), 1, "{first:?}");
+    p.ended(t0, first[0].2, Some(Failure::Busy)).unwrap();
+    budget.release(addr(100));
+    assert!(BUSY_BACKOFF < SEEDER_BUSY_BACKOFF);
+    let soon = p.plan(t0 + BUSY_BACKOFF, &mut rng, &mut budget);
+    assert!(peer_fetches(&soon).is_empty(), "{soon:?}");
+    let before = t0 + SEEDER_BUSY_BACKOFF - Duration::from_millis(1);
+    let still = p.plan(before, &mut rng, &mut budget);
+    assert!(peer_fetches(&still).is_empty(), "{still:?}");
+    let after = peer_fetches(&p.plan(t0 + SEEDER_BUSY_BACKOFF, &mut rng, &mut budget));
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].0, first[0].0);
+}
+
+#[test]
 fn nothing_for_two_minutes_fails_the_download() {
     let t0 = Instant::now();
     let (p, _) = planner(3, 1, t0);

@@ -7,7 +7,7 @@ use super::index::PeerIdx;
 use super::state::Req;
 use super::{
     Action, DropReason, Failure, PlanError, Planner, ReqId, BUSY_BACKOFF, DURATIONS_KEPT,
-    MAX_PEER_FAILURES, MAX_REGISTRY_FAILURES, MAX_REGISTRY_HASH_FAILURES,
+    MAX_PEER_FAILURES, MAX_REGISTRY_FAILURES, MAX_REGISTRY_HASH_FAILURES, SEEDER_BUSY_BACKOFF,
 };
 use crate::tracker::ChunkSet;
 
@@ -120,7 +120,14 @@ impl Planner {
             Some(p) => {
                 let peer = &mut self.peers[p as usize];
                 match failure {
-                    Failure::Busy => peer.busy_until = Some(now + BUSY_BACKOFF),
+                    Failure::Busy => {
+                        let backoff = if peer.seeder {
+                            SEEDER_BUSY_BACKOFF
+                        } else {
+                            BUSY_BACKOFF
+                        };
+                        peer.busy_until = Some(now + backoff);
+                    }
                     Failure::NotHeld if peer.seeder => {
                         // Sent to another node a moment ago: leave it to that node (not to
                         // the registry) until its announce arrives.

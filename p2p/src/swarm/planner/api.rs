@@ -17,7 +17,7 @@ pub type ReqId = u64;
 pub const BUSY_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a busy registry-side seeder is left alone. Longer than for nodes: the whole
 /// swarm's busy answers land on it, and in the simulator 100 ms for it too gained 2% at 50
-/// nodes and nothing at 100 or 1,000, for 3.5-4 times its busy answers (docs/simulator.md
+/// nodes and under 1% at 100 or 1,000, for 3.5-4 times its busy answers (docs/simulator.md
 /// "The busy back-off").
 pub const SEEDER_BUSY_BACKOFF: Duration = Duration::from_millis(500);
 /// A download that receives nothing for this long fails.

@@ -104,9 +104,9 @@ pub struct Net {
     /// per flow, moved when its rate changes.
     done: BTreeSet<(u64, FlowId)>,
     sent: Vec<f64>,
-    /// [`Self::reshare_from`]'s links waiting to be recomputed (upload links, then download
-    /// links): all false between events.
-    queued: Vec<bool>,
+    /// [`Self::reshare_from`]'s links to recompute: empty between events (kept for its
+    /// buffers).
+    work: Work,
     /// Upload links that send to their oldest flow first (every one under
     /// [`Sharing::OldestFirst`]).
     oldest_up: Vec<bool>,
@@ -117,16 +117,31 @@ pub struct Net {
     tolerance: f64,
 }
 
-/// [`Net::reshare_from`]'s links to recompute: upload links (`< n`) before download links.
-#[derive(Default)]
+/// [`Net::reshare_from`]'s links to recompute, each at most once at a time: upload links
+/// (`0..n`) before download links (`n..2n`), since a download link shares what the uploads
+/// offer now.
+#[derive(Clone, Default)]
 struct Work {
     ups: std::collections::VecDeque<usize>,
     downs: std::collections::VecDeque<usize>,
+    /// Whether each link is waiting.
+    queued: Vec<bool>,
 }
 
 impl Work {
-    fn push(&mut self, link: usize, n: usize) {
-        if link < n {
+    fn new(n: usize) -> Self {
+        Self {
+            queued: vec![false; 2 * n],
+            ..Self::default()
+        }
+    }
+
+    /// Queues `link` unless it is waiting already.
+    fn push(&mut self, link: usize) {
+        if std::mem::replace(&mut self.queued[link], true) {
+            return;
+        }
+        if link < self.queued.len() / 2 {
             self.ups.push_back(link);
         } else {
             self.downs.push_back(link);
@@ -134,7 +149,9 @@ impl Work {
     }
 
     fn pop(&mut self) -> Option<usize> {
-        self.ups.pop_front().or_else(|| self.downs.pop_front())
+        let link = self.ups.pop_front().or_else(|| self.downs.pop_front())?;
+        self.queued[link] = false;
+        Some(link)
     }
 }
 
@@ -173,7 +190,7 @@ impl Net {
             free: Vec::new(),
             done: BTreeSet::new(),
             sent: vec![0.0; n],
-            queued: vec![false; 2 * n],
+            work: Work::new(n),
             oldest_up: vec![false; n],
             tolerance: 1e-2,
         }
@@ -366,14 +383,9 @@ impl Net {
     /// something it reads grew, or shrank by more than `tolerance` of its cap ([`moved`]).
     fn reshare_from(&mut self, now: f64, src: usize, dst: usize) {
         let n = self.up.len();
-        // Links to recompute: upload links 0..n, download links n..2n.
-        let mut queued = std::mem::take(&mut self.queued);
-        // Upload links first: a download link shares what the uploads offer now.
-        let mut work = Work::default();
-        for link in [src, n + dst] {
-            queued[link] = true;
-            work.push(link, n);
-        }
+        let mut work = std::mem::take(&mut self.work);
+        work.push(src);
+        work.push(n + dst);
         if self.sharing != Sharing::MaxMin {
             // Priorities can hold more than one fixed point (two flows from one uploader
             // to one receiver splitting it, the older one held by the younger's share):
@@ -382,22 +394,17 @@ impl Net {
             for (flows, far) in [(&self.ups[src], true), (&self.downs[dst], false)] {
                 for &f in flows {
                     self.flows[f].allow = f64::INFINITY;
-                    let link = if far {
+                    work.push(if far {
                         n + self.flows[f].dst
                     } else {
                         self.flows[f].src
-                    };
-                    if !queued[link] {
-                        queued[link] = true;
-                        work.push(link, n);
-                    }
+                    });
                 }
             }
         }
         let mut touched = Vec::new();
         let mut scratch = Vec::new();
         while let Some(link) = work.pop() {
-            queued[link] = false;
             if link < n {
                 let u = link;
                 let eps = self.tolerance * self.up[u];
@@ -421,11 +428,7 @@ impl Net {
                     touched.push(f);
                     let old = std::mem::replace(&mut self.flows[f].offer, offer);
                     if moved(old, offer, eps) {
-                        let d = n + self.flows[f].dst;
-                        if !queued[d] {
-                            queued[d] = true;
-                            work.push(d, n);
-                        }
+                        work.push(n + self.flows[f].dst);
                     }
                 }
             } else {
@@ -438,16 +441,12 @@ impl Net {
                     touched.push(f);
                     let old = std::mem::replace(&mut self.flows[f].allow, l);
                     if moved(old, l, eps) {
-                        let u = self.flows[f].src;
-                        if !queued[u] {
-                            queued[u] = true;
-                            work.push(u, n);
-                        }
+                        work.push(self.flows[f].src);
                     }
                 }
             }
         }
-        self.queued = queued;
+        self.work = work;
         touched.sort_unstable();
         touched.dedup();
         for id in touched {

@@ -100,6 +100,66 @@ impl ChunkSet {
         (0..self.len).filter(|&i| self.contains(i))
     }
 
+    /// Adds the chunks `other` holds (a set of another length adds nothing).
+    pub fn union_with(&mut self, other: &ChunkSet) {
+        if other.len == self.len {
+            for (a, b) in self.bits.iter_mut().zip(&other.bits) {
+                *a |= b;
+            }
+        }
+    }
+
+    /// Drops the chunks `other` holds (a set of another length drops nothing).
+    pub fn difference_with(&mut self, other: &ChunkSet) {
+        if other.len == self.len {
+            for (a, b) in self.bits.iter_mut().zip(&other.bits) {
+                *a &= !b;
+            }
+        }
+    }
+
+    /// Adds 1 to `counts[i]` for each chunk `i` held both here and in `mask` (nothing when
+    /// their lengths differ; `counts` has an entry per chunk).
+    pub fn count_into(&self, mask: &ChunkSet, counts: &mut [u32]) {
+        if mask.len != self.len {
+            return;
+        }
+        for (byte, (a, m)) in self.bits.iter().zip(&mask.bits).enumerate() {
+            let mut both = a & m;
+            while both != 0 {
+                let bit = both.trailing_zeros() as usize;
+                if let Some(c) = counts.get_mut(byte * 8 + bit) {
+                    *c += 1;
+                }
+                both &= both - 1;
+            }
+        }
+    }
+
+    /// How many chunks both it and `other` hold (0 when their lengths differ).
+    pub fn count_common(&self, other: &ChunkSet) -> u32 {
+        if other.len != self.len {
+            return 0;
+        }
+        self.bits
+            .iter()
+            .zip(&other.bits)
+            .map(|(a, b)| (a & b).count_ones())
+            .sum()
+    }
+
+    /// Whether no chunk is held.
+    pub fn holds_none(&self) -> bool {
+        self.bits.iter().all(|&b| b == 0)
+    }
+
+    /// Marks chunk `i` not held; out-of-range indexes are ignored.
+    pub fn remove(&mut self, i: u32) {
+        if i < self.len {
+            self.bits[(i / 8) as usize] &= !(1 << (i % 8));
+        }
+    }
+
     /// The wire form: `"all"` when full, else base64 of the bitmap.
     pub fn encode(&self) -> String {
         if self.is_full() {
@@ -396,6 +456,44 @@ mod tests {
             assert_eq!(full.encode(), "all");
             assert!(ChunkSet::decode("all", len).unwrap().is_full());
         }
+    }
+
+    #[test]
+    fn chunk_sets_unite_subtract_and_count() {
+        let mut a = ChunkSet::empty(20);
+        let mut b = ChunkSet::empty(20);
+        for i in [0, 3, 9, 19] {
+            a.insert(i);
+        }
+        for i in [3, 4, 19] {
+            b.insert(i);
+        }
+        assert_eq!(a.count_common(&b), 2);
+        assert!(!a.holds_none() && ChunkSet::empty(20).holds_none());
+        a.union_with(&b);
+        assert_eq!(a.iter().collect::<Vec<_>>(), vec![0, 3, 4, 9, 19]);
+        assert_eq!(b.count_common(&a), 3);
+        let mut c = a.clone();
+        c.difference_with(&b);
+        assert_eq!(c.iter().collect::<Vec<_>>(), vec![0, 9]);
+        let mut counts = vec![0; 20];
+        a.count_into(&c, &mut counts);
+        b.count_into(&a, &mut counts);
+        let counted: Vec<(usize, u32)> = counts
+            .into_iter()
+            .enumerate()
+            .filter(|&(_, n)| n > 0)
+            .collect();
+        assert_eq!(counted, vec![(0, 1), (3, 1), (4, 1), (9, 1), (19, 1)]);
+        c.remove(9);
+        c.remove(99);
+        assert_eq!(c.iter().collect::<Vec<_>>(), vec![0]);
+        // Another length: nothing added, nothing counted.
+        let other = ChunkSet::full(21);
+        a.union_with(&other);
+        a.difference_with(&other);
+        assert_eq!(a.count(), 5);
+        assert_eq!(other.count_common(&a), 0);
     }
 
     #[test]

@@ -335,3 +335,71 @@ fn malformed_announces_are_refused_and_change_nothing() {
     assert_eq!(ids(&list), ["a"]);
     assert_eq!(list[0].addr.port(), 1);
 }
+
+#[test]
+fn a_peer_list_names_a_holder_of_every_chunk_a_third_of_its_sample_holds() {
+    let d = Digest::of(b"blob");
+    let mut t = Tracker::new(&cfg());
+    let now = Instant::now();
+    let holding = |chunks: std::ops::Range<u32>| {
+        let mut set = ChunkSet::empty(8);
+        chunks.for_each(|i| set.insert(i));
+        set
+    };
+    // 20 idle nodes that just joined and hold only chunk 0; 12 busy ones holding chunks
+    // 0-6 (a busy holder weighs about 1/70 of an idle one: the weighted order alone lists
+    // one about every other time); one busy node alone in holding chunk 7.
+    for i in 0..20 {
+        let id = format!("new-{i}");
+        t.announce(
+            announce(
+                &id,
+                100 + i,
+                stats(100_000_000, 0, 0),
+                &[(&d, holding(0..1))],
+            ),
+            now,
+        )
+        .unwrap();
+    }
+    let busy = stats(100_000_000, 100_000_000, 8);
+    for i in 0..12 {
+        let id = format!("most-{i}");
+        t.announce(announce(&id, 10 + i, busy, &[(&d, holding(0..7))]), now)
+            .unwrap();
+    }
+    t.announce(announce("rare", 2, busy, &[(&d, holding(7..8))]), now)
+        .unwrap();
+    let mut rng = fastrand::Rng::with_seed(5);
+    let count = |list: &[PeerEntry], prefix: &str| {
+        ids(list).iter().filter(|id| id.starts_with(prefix)).count()
+    };
+    let mut rare = 0;
+    for _ in 0..100 {
+        // 20 places; every holder sampled, the first 32 of them weighed. One holder of
+        // chunks 1-6 (12 of 33 hold them) is listed, one place is enough; chunk 7 (1 of 33)
+        // is left to rarity.
+        let list = t.peers(&d, "other", 20, None, now, &mut rng);
+        assert_eq!(list.len(), 20);
+        assert!(count(&list, "most-") >= 1, "{:?}", ids(&list));
+        rare += count(&list, "rare");
+        // 10 places: never longer.
+        assert_eq!(t.peers(&d, "other", 10, None, now, &mut rng).len(), 10);
+    }
+    // By the weighted order alone: about one list in 20.
+    assert!(rare < 15, "the rare holder listed {rare} times in 100");
+    // An asker holding chunks 0-6 itself needs none of those holders: they are listed by
+    // the weighted order alone.
+    t.announce(
+        announce("me", 1, stats(100_000_000, 0, 0), &[(&d, holding(0..7))]),
+        now,
+    )
+    .unwrap();
+    let without = (0..100)
+        .filter(|_| count(&t.peers(&d, "me", 20, None, now, &mut rng), "most-") == 0)
+        .count();
+    assert!(
+        (25..=75).contains(&without),
+        "{without} of 100 lists without a holder of chunks 1-6"
+    );
+}

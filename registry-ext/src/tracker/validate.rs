@@ -33,8 +33,11 @@ pub(super) fn validate_peer(id: &str, addr: SocketAddr) -> Result<(), Error> {
     Ok(())
 }
 
-/// Checks an announce's blobs and returns them, decoded.
-pub(super) fn validate_blobs(id: &str, list: &[BlobHave]) -> Result<HashMap<Digest, Held>, Error> {
+/// Checks an announce's blobs and returns them, decoded, each with its chunk set.
+pub(super) fn validate_blobs(
+    id: &str,
+    list: &[BlobHave],
+) -> Result<HashMap<Digest, (Held, ChunkSet)>, Error> {
     if list.len() > MAX_BLOBS_PER_PEER {
         return bad(format!(
             "peer {id}: {} blobs listed, at most {MAX_BLOBS_PER_PEER}",
@@ -65,7 +68,7 @@ pub(super) fn validate_blobs(id: &str, list: &[BlobHave]) -> Result<HashMap<Dige
             fetching,
             listed: None,
         };
-        if blobs.insert(b.digest.clone(), held).is_some() {
+        if blobs.insert(b.digest.clone(), (held, set)).is_some() {
             return bad(format!("peer {id}: blob {} listed twice", b.digest));
         }
     }

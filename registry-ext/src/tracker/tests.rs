@@ -376,9 +376,8 @@ fn a_peer_list_names_a_holder_of_every_chunk_a_third_of_its_sample_holds() {
     };
     let mut rare = 0;
     for _ in 0..100 {
-        // 20 places; every holder sampled, the first 32 of them weighed. One holder of
-        // chunks 1-6 (12 of 33 hold them) is listed, one place is enough; chunk 7 (1 of 33)
-        // is left to rarity.
+        // 20 places; every holder sampled, 32 of them drawn and weighed. A holder of chunks
+        // 1-6 (12 of 33 hold them) is listed; chunk 7 (1 of 33) is left to rarity.
         let list = t.peers(&d, "other", 20, None, now, &mut rng);
         assert_eq!(list.len(), 20);
         assert!(count(&list, "most-") >= 1, "{:?}", ids(&list));

@@ -19,9 +19,9 @@
 //! 1,000 nodes of which 5% die mid-pull finished 9% later than with every node alive, the
 //! registry side's last byte 1.8 s after the bound (docs/simulator.md "The busy back-off").
 //! A receiver that dies after a whole send, before any node took the chunk from it, is not
-//! seen: the chunk waits out the deferral (in one simulated run of 5,000 nodes of which 5%
-//! die, every node waited for one such chunk: docs/simulator.md "Since the peer list's
-//! cover").
+//! seen: the chunk waits out the deferral (in two of three simulated runs of 5,000 nodes of
+//! which 5% die, every node waited for one such chunk: docs/simulator.md "Since the peer
+//! list's cover").
 //!
 //! The rule is [`RecentSends`], pure (the time is an argument); [`SuperSeed`] is the
 //! [`ChunkProvider`] in front of the seed cache that applies it.

@@ -138,11 +138,9 @@ struct PeerState {
 #[derive(Debug, Clone)]
 struct Holder {
     slot: Slot,
-    /// Chunks held.
+    /// Chunks held (`set.count()`, kept: every list weighs it for each sampled holder).
     count: u32,
-    /// Chunks of the blob.
-    chunks: u32,
-    /// The chunks held.
+    /// The chunks held, of the blob's (`set.len()`).
     set: ChunkSet,
 }
 
@@ -390,7 +388,6 @@ impl Tracker {
         let holder = Holder {
             slot,
             count: held.count,
-            chunks: held.chunks,
             set,
         };
         held.listed = match (before, kind) {
@@ -527,7 +524,7 @@ impl Tracker {
                     let c = Candidate {
                         upload: peer.upload,
                         held: h.count,
-                        chunks: h.chunks,
+                        chunks: h.set.len(),
                     };
                     candidates.push((i, c));
                 }
@@ -632,7 +629,7 @@ fn cover(
     }
     let head = list.len().saturating_sub(COVER_PLACES);
     for s in list[..head].iter().filter_map(|&i| set(i)) {
-        if lacking.holds_none() {
+        if lacking.count() == 0 {
             return list;
         }
         lacking.difference_with(s);
@@ -648,11 +645,11 @@ fn cover(
             lacking.remove(i as u32);
         }
     }
-    if lacking.holds_none() {
+    if lacking.count() == 0 {
         return list;
     }
     let mut out = list[..head].to_vec();
-    while out.len() < list.len() && !lacking.holds_none() {
+    while out.len() < list.len() && lacking.count() > 0 {
         let mut best: Option<(u32, usize, &ChunkSet)> = None;
         for &(i, s) in &pool {
             let adds = s.count_common(&lacking);

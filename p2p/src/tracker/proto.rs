@@ -148,11 +148,6 @@ impl ChunkSet {
             .sum()
     }
 
-    /// Whether no chunk is held.
-    pub fn holds_none(&self) -> bool {
-        self.bits.iter().all(|&b| b == 0)
-    }
-
     /// Marks chunk `i` not held; out-of-range indexes are ignored.
     pub fn remove(&mut self, i: u32) {
         if i < self.len {
@@ -469,7 +464,6 @@ mod tests {
             b.insert(i);
         }
         assert_eq!(a.count_common(&b), 2);
-        assert!(!a.holds_none() && ChunkSet::empty(20).holds_none());
         a.union_with(&b);
         assert_eq!(a.iter().collect::<Vec<_>>(), vec![0, 3, 4, 9, 19]);
         assert_eq!(b.count_common(&a), 3);

@@ -365,7 +365,7 @@ fn check_index(t: &Tracker) {
                 let peer = t.slots[h.slot as usize].as_ref().expect("a live slot");
                 let held = &peer.blobs[digest];
                 assert_eq!(held.listed, Some(kind(i as u32)));
-                assert_eq!((held.count, held.chunks), (h.count, h.chunks));
+                assert_eq!((held.count, held.chunks), (h.count, h.set.len()));
                 listed += 1;
             }
         }

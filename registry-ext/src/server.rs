@@ -76,7 +76,7 @@ pub struct Listeners {
 
 /// Shared state of the API handlers.
 struct App {
-    tracker: Mutex<Tracker>,
+    tracker: Arc<Mutex<Tracker>>,
     tracker_metrics: TrackerMetrics,
     rng: Mutex<fastrand::Rng>,
     manifests: ManifestService,
@@ -86,6 +86,21 @@ struct App {
 }
 
 type AppState = State<Arc<App>>;
+
+/// The seeder's question to the tracker (`Tracker::lost`) for chunks of `chunk_size` (every
+/// chunk manifest this registry extension makes is cut at it): an offset not at a chunk's
+/// start is never lost.
+fn lost_check(tracker: Arc<Mutex<Tracker>>, chunk_size: u64) -> crate::super_seed::LostCheck {
+    Box::new(move |digest, offset, since, now| {
+        if chunk_size == 0 || offset % chunk_size != 0 {
+            return false;
+        }
+        let Ok(chunk) = u32::try_from(offset / chunk_size) else {
+            return false;
+        };
+        lock(&tracker).lost(digest, chunk, since, now)
+    })
+}
 
 /// Runs shoal-registry-ext on `listeners` until `shutdown` completes: opens the seed cache
 /// and the manifest directory, loads TLS, then serves. Fails at once on unusable TLS files,
@@ -141,9 +156,12 @@ pub async fn serve(
             hot_metrics,
         )),
     };
-    // Each chunk about once per swarm: a chunk just sent is left to the node that has it.
+    let tracker = Arc::new(Mutex::new(Tracker::new(&config.tracker)));
+    // Each chunk about once per swarm: a chunk just sent is left to the node that has it,
+    // unless the tracker knows no live holder of it once that node should have announced it.
     let provider: Arc<dyn shoal_p2p::peer::ChunkProvider> = Arc::new(
-        crate::super_seed::SuperSeed::new(provider, crate::super_seed::DEFAULT_DEFER),
+        crate::super_seed::SuperSeed::new(provider, crate::super_seed::DEFAULT_DEFER)
+            .with_lost_check(lost_check(tracker.clone(), config.manifests.chunk_size)),
     );
     let n = &config.notifications;
     let hook = (n.enabled && listeners.notify.is_some()).then(|| {
@@ -166,7 +184,7 @@ pub async fn serve(
         upload_metrics,
     );
     let app = Arc::new(App {
-        tracker: Mutex::new(Tracker::new(&config.tracker)),
+        tracker,
         tracker_metrics,
         rng: Mutex::new(fastrand::Rng::new()),
         manifests,

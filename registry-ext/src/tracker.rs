@@ -84,6 +84,10 @@ pub const MIN_PEER_LIST_MS: u64 = 500;
 /// Longest interval between peer lists the pacing asks for (ms).
 pub const MAX_PEER_LIST_MS: u64 = 5000;
 
+/// Announce intervals after which a chunk the seeder sent whole and no peer heard from
+/// within as long holds counts as lost ([`Tracker::lost`]).
+pub const LOST_AFTER_INTERVALS: u64 = 2;
+
 /// A peer's place in the tracker's tables.
 type Slot = u32;
 
@@ -313,6 +317,29 @@ impl Tracker {
             (MIN_ANNOUNCE_MS * steps).min(self.interval_ms),
             (MIN_PEER_LIST_MS * steps).min(MAX_PEER_LIST_MS),
         )
+    }
+
+    /// Whether chunk `chunk` of `digest`, which the seeder handed whole to a node whose
+    /// announce of it was due by `since`, is held by no node heard from lately: at `now`,
+    /// [`LOST_AFTER_INTERVALS`] announce intervals have passed since `since` and no peer
+    /// heard from within as long announced it. A node announces at least once an interval
+    /// (sooner while it fetches), so a live holder has announced it by then; a holder gone
+    /// silent that long is likely dead, though the TTL has not dropped it yet. False before
+    /// that time. Costs one pass over the blob's holders, ending at the first live one.
+    pub fn lost(&self, digest: &Digest, chunk: u32, since: Instant, now: Instant) -> bool {
+        let live = Duration::from_millis(self.interval_ms.saturating_mul(LOST_AFTER_INTERVALS));
+        if now.saturating_duration_since(since) < live {
+            return false;
+        }
+        let Some(holders) = self.by_blob.get(digest) else {
+            return true;
+        };
+        !holders.holding.iter().any(|h| {
+            h.set.contains(chunk)
+                && self.slots[h.slot as usize]
+                    .as_ref()
+                    .is_some_and(|p| now.saturating_duration_since(p.seen) < live)
+        })
     }
 
     /// Drops every peer not heard from for the TTL at `now`.

@@ -12,7 +12,7 @@ use axum::response::IntoResponse;
 use bytes::Bytes;
 use shoal_p2p::chunk::{ChunkManifest, ChunkManifestBuilder};
 use shoal_p2p::peer::test_pki::TestCa;
-use shoal_p2p::peer::{PeerClient, PeerFetcher};
+use shoal_p2p::peer::{PeerClient, PeerError, PeerFetcher};
 use shoal_p2p::tls::{TlsFiles, Transport};
 use shoal_p2p::tracker::proto::{
     Announce, AnnounceReply, BlobHave, ChunkSet, ErrorBody, PeerList, UploadStats,
@@ -90,6 +90,11 @@ impl Server {
     /// Starts one on `dir`'s `manifests/` and `blobs/`, for `registry`, with TLS files if
     /// given (else plaintext).
     async fn start(dir: &Path, registry: &str, tls: Option<&TlsFiles>) -> Self {
+        Self::start_with(dir, registry, tls, "").await
+    }
+
+    /// The same, with `extra` (TOML sections) after the configuration's others.
+    async fn start_with(dir: &Path, registry: &str, tls: Option<&TlsFiles>, extra: &str) -> Self {
         let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = api.local_addr().unwrap();
@@ -106,7 +111,7 @@ impl Server {
              registry_host = \"{registry}\"\n{security}\
              [registry]\nretries = 0\n[registry.hosts.\"{registry}\"]\nplain_http = true\n\
              [manifests]\ndir = {:?}\nchunk_size = {CHUNK}\n\
-             [seed]\ndir = {:?}\n",
+             [seed]\ndir = {:?}\n{extra}",
             dir.join("manifests"),
             dir.join("blobs"),
         );
@@ -578,6 +583,109 @@ async fn the_seeder_is_listed_and_serves_chunks_and_metrics_count() {
     ] {
         assert!(text.contains(needle), "{needle} not in\n{text}");
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_seeder_sends_a_chunk_again_within_its_deferral_when_no_live_node_holds_it() {
+    let data = blob(200_000, 5);
+    let digest = Digest::of(&data);
+    let registry = FakeRegistry::start(HashMap::from([(digest.clone(), data.clone())])).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Announces due every 500 ms: a chunk is lost 1 s after the hold that follows its send,
+    // when no peer heard from within 1 s announced it (the deferral is 6 s).
+    let server = Server::start_with(
+        dir.path(),
+        &registry.host(),
+        None,
+        "[tracker]\nannounce_interval_ms = 500\n",
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let manifest = ChunkManifest::from_json(
+        &http
+            .get(server.manifest_url(&registry.host(), "a/b", &digest))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let client = PeerClient::new(
+        &Transport::Plaintext,
+        Duration::from_secs(5),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let fetch = |chunk: usize| {
+        let (client, digest, range) = (&client, &digest, manifest.chunk_range(chunk));
+        async move {
+            client
+                .fetch(
+                    server.addr,
+                    digest,
+                    range,
+                    &std::sync::atomic::AtomicU64::default(),
+                )
+                .await
+        }
+    };
+    // Chunks 1 and 2 sent whole, to a node that keeps announcing chunk 1 and to one that
+    // never announces chunk 2 (gone).
+    let sent = std::time::Instant::now();
+    fetch(1).await.unwrap();
+    fetch(2).await.unwrap();
+    for chunk in [1, 2] {
+        let e = fetch(chunk).await.unwrap_err();
+        assert!(matches!(e, PeerError::NotHeld { .. }), "{e}");
+    }
+    let mut held = ChunkSet::empty(manifest.chunks.len() as u32);
+    held.insert(1);
+    let announcer = {
+        let (http, url, a) = (
+            http.clone(),
+            server.url("/v1/announce"),
+            announce("node-a", 7070, &digest, &held),
+        );
+        tokio::spawn(async move {
+            loop {
+                http.post(&url)
+                    .json(&a)
+                    .send()
+                    .await
+                    .unwrap()
+                    .error_for_status()
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(bytes) = fetch(1).await {
+            panic!(
+                "chunk 1, held by a node heard from lately, sent again after {:?} ({} bytes)",
+                sent.elapsed(),
+                bytes.len()
+            );
+        }
+        if fetch(2).await.is_ok() {
+            break;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_millis(5_500),
+            "chunk 2 not sent again within 5.5 s of its first send: only after the deferral"
+        );
+    }
+    // Not before its hold (1 s) and two announce intervals.
+    assert!(
+        sent.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        sent.elapsed()
+    );
+    announcer.abort();
     server.stop().await;
 }
 

@@ -132,6 +132,12 @@ impl TrackerSim {
         }
     }
 
+    /// Whether chunk `chunk` of `blob`, sent whole by the seeder with its hold ending at
+    /// `since`, is held by no live node at `now` ([`Tracker::lost`]).
+    pub fn lost(&self, blob: usize, chunk: u32, since: Instant, now: Instant) -> bool {
+        self.tracker.lost(&self.digests[blob], chunk, since, now)
+    }
+
     /// Whether node `node`'s announce round at `now` (s) skips the tracker: it took an
     /// announce and its pacing has not passed (the changes go with the next round).
     pub fn paced(&mut self, node: usize, now: f64) -> bool {
@@ -314,11 +320,19 @@ impl SeederPolicy {
         }
     }
 
-    /// Whether the seeder sends chunk `index` (at byte `offset`) of `blob` at `now`; if it
-    /// does, the send is remembered (call [`SeederPolicy::ended`] when it ends).
-    pub fn serve(&mut self, blob: usize, offset: u64, now: Instant) -> bool {
+    /// Whether the seeder sends the chunk at byte `offset` of `blob` at `now`; if it does,
+    /// the send is remembered (call [`SeederPolicy::ended`] when it ends). `lost` is the
+    /// tracker's answer whether a chunk sent whole is held by no live node
+    /// ([`TrackerSim::lost`]), as the registry extension asks it.
+    pub fn serve(
+        &mut self,
+        blob: usize,
+        offset: u64,
+        now: Instant,
+        lost: impl FnOnce(Instant) -> bool,
+    ) -> bool {
         let digest = &self.digests[blob];
-        if !self.recent.may_send(digest, offset, now) {
+        if !self.recent.may_send(digest, offset, now, lost) {
             return false;
         }
         self.recent.sent(digest, offset, now);
@@ -437,22 +451,56 @@ mod tests {
         assert_eq!(t.recent_list(0, 0, 0.6), None);
     }
 
+    /// No chunk is ever lost.
+    fn never(_: Instant) -> bool {
+        false
+    }
+
+    #[test]
+    fn the_seeder_sends_again_a_chunk_whose_holders_the_tracker_lost() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut t = TrackerSim::new(&RegistrySide::new(1e6), vec![4], 1, 7);
+        let mut s = SeederPolicy::new(Duration::from_secs(6), 1);
+        // Chunks 0 and 1 sent whole by 0.5 s: held until 1.75 s, then the tracker is asked
+        // (it answers from 2 s after that).
+        for chunk in [0u32, 1] {
+            assert!(s.serve(0, u64::from(chunk) << 22, t0, never));
+            s.ended(0, u64::from(chunk) << 22, at(500), true);
+        }
+        // Chunk 1's receiver announced it at 3 s; chunk 0's never did.
+        let mut have = ChunkSet::empty(4);
+        have.insert(1);
+        let state = [BlobState {
+            blob: 0,
+            have: &have,
+            fetching: None,
+        }];
+        t.announce(0, UploadStats::default(), &state, 3.0, at(3_000))
+            .unwrap();
+        let now = at(3_749);
+        assert!(!s.serve(0, 0, now, |since| t.lost(0, 0, since, now)));
+        let now = at(3_750);
+        assert!(!s.serve(0, 1 << 22, now, |since| t.lost(0, 1, since, now)));
+        assert!(s.serve(0, 0, now, |since| t.lost(0, 0, since, now)));
+    }
+
     #[test]
     fn the_seeder_refuses_a_chunk_it_just_sent_or_is_sending() {
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
         let mut s = SeederPolicy::new(Duration::from_secs(3), 1);
-        assert!(s.serve(0, 0, t0));
-        assert!(!s.serve(0, 0, at(1_000)));
-        assert!(s.serve(0, 1 << 20, t0));
+        assert!(s.serve(0, 0, t0, never));
+        assert!(!s.serve(0, 0, at(1_000), never));
+        assert!(s.serve(0, 1 << 20, t0, never));
         // Still being sent after its deferral: held.
-        assert!(!s.serve(0, 0, at(3_000)));
+        assert!(!s.serve(0, 0, at(3_000), never));
         // Cut short: served again.
         s.ended(0, 0, at(3_000), false);
-        assert!(s.serve(0, 0, at(3_000)));
+        assert!(s.serve(0, 0, at(3_000), never));
         // Sent whole in 2 s: held 1 s plus half of that after.
         s.ended(0, 1 << 20, at(2_000), true);
-        assert!(!s.serve(0, 1 << 20, at(3_999)));
-        assert!(s.serve(0, 1 << 20, at(4_000)));
+        assert!(!s.serve(0, 1 << 20, at(3_999), never));
+        assert!(s.serve(0, 1 << 20, at(4_000), never));
     }
 }

@@ -69,6 +69,9 @@ pub struct Outcome {
     /// (`RegistrySide::seeder_queue`).
     pub seeder_busy: u64,
     pub seeder_waited: u64,
+    /// Chunks the seeder sent again within their deferral because the tracker knew no live
+    /// node holding them (`Tracker::lost`).
+    pub seeder_lost: u64,
     /// The most chunk requests to peers and seeders one node had in flight at once, all its
     /// blobs together (shoald's node-wide `chunks_in_flight`).
     pub max_peer_requests: usize,

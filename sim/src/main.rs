@@ -219,7 +219,7 @@ fn main() -> Result<()> {
                             eprintln!("{}", report::samples(&out.samples));
                         }
                         eprintln!(
-                            "{} N={n} F={f}: p50 {:.2}s p99 {:.2}s max {:.2}s ({} done, {} died, {} failed; {} events, busy {} (seeder {}, {} waited), not held {}, transport {}, overdue {}; registry side's last byte at {:.2}s, the seeder sent {:.3} F and the registry by Range {:.3} F; have streams {} opened, {} refused, {} lines; {} announces, {} paced, {} lists reused; {:.1}s)",
+                            "{} N={n} F={f}: p50 {:.2}s p99 {:.2}s max {:.2}s ({} done, {} died, {} failed; {} events, busy {} (seeder {}, {} waited), not held {}, transport {}, overdue {}; registry side's last byte at {:.2}s, the seeder sent {:.3} F ({} lost chunks again) and the registry by Range {:.3} F; have streams {} opened, {} refused, {} lines; {} announces, {} paced, {} lists reused; {:.1}s)",
                             kind.name(),
                             row.p(50.0),
                             row.p(99.0),
@@ -236,6 +236,7 @@ fn main() -> Result<()> {
                             out.overdue,
                             out.registry_last,
                             out.seeder_bytes / sc.image_bytes() as f64,
+                            out.seeder_lost,
                             out.range_bytes / sc.image_bytes() as f64,
                             out.have_opened,
                             out.have_refused,

@@ -262,6 +262,53 @@ fn peers_expire_after_the_ttl_unless_they_announce_again() {
 }
 
 #[test]
+fn a_chunk_is_lost_once_no_peer_heard_from_lately_holds_it() {
+    let d = Digest::of(b"blob");
+    let other = Digest::of(b"other");
+    let mut t = Tracker::new(&cfg());
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let mut one = ChunkSet::empty(4);
+    one.insert(1);
+    let mut fetching = ChunkSet::empty(4);
+    fetching.insert(2);
+    t.announce(
+        Announce {
+            blobs: vec![BlobHave::new(d.clone(), &ChunkSet::empty(4)).with_fetching(&fetching)],
+            ..announce("b", 2, stats(0, 0, 0), &[])
+        },
+        t0,
+    )
+    .unwrap();
+    t.announce(
+        announce("a", 1, stats(0, 0, 0), &[(&d, one.clone())]),
+        at(1_000),
+    )
+    .unwrap();
+    // Not before two announce intervals (2 s) after `since`: its receiver may not have
+    // announced it yet.
+    assert!(!t.lost(&d, 0, t0, at(1_999)));
+    assert!(t.lost(&d, 0, t0, at(2_000)));
+    // Chunk 1 is held by a peer heard from within two intervals; a chunk only fetched is not
+    // held; a blob nobody announced is lost.
+    assert!(!t.lost(&d, 1, t0, at(2_000)));
+    assert!(!t.lost(&d, 1, t0, at(2_999)));
+    assert!(t.lost(&d, 2, t0, at(2_000)));
+    assert!(t.lost(&other, 1, t0, at(2_000)));
+    // Its holder silent for two intervals: lost, though the TTL (5 s) keeps the peer.
+    assert!(t.lost(&d, 1, t0, at(3_000)));
+    assert_eq!(t.peer_count(), 2);
+    // It announces again: held, until it is silent for two intervals again.
+    t.announce(
+        announce("a", 1, stats(0, 0, 0), &[(&d, one.clone())]),
+        at(3_500),
+    )
+    .unwrap();
+    assert!(!t.lost(&d, 1, t0, at(5_499)));
+    assert!(t.lost(&d, 1, t0, at(5_500)));
+}
+
+#[test]
 fn an_announce_replaces_the_peers_state() {
     let d1 = Digest::of(b"one");
     let d2 = Digest::of(b"two");

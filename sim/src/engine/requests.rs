@@ -160,15 +160,23 @@ impl Sim<'_> {
                 let offset = chunk as u64 * self.sc.chunk_size;
                 let now = self.instant(self.now);
                 let full = self.seeder_uploads >= self.sc.registry.seeder_max_uploads;
+                // Sent again within its deferral: no live node holds it.
+                let mut lost = false;
                 if full {
                     self.seeder_forget_gone();
                 }
                 if full && self.seeder_waiting.len() >= self.sc.registry.seeder_queue {
                     self.out.seeder_busy += 1;
                     Some(Failure::Busy)
-                } else if !self.seeder.serve(blob, offset, now) {
+                } else if !self.seeder.serve(blob, offset, now, |since| {
+                    lost = self.tracker.lost(blob, chunk, since, now);
+                    lost
+                }) {
                     Some(Failure::NotHeld)
                 } else {
+                    if lost {
+                        self.out.seeder_lost += 1;
+                    }
                     // Taken: the super-seeding rule counts it as being sent until its flow
                     // ends (`flow_done`) or is cut short (`release`).
                     if let Some(task) = self.nodes[i].downloads[blob].tasks.get_mut(&req) {

@@ -144,6 +144,21 @@ impl Server {
         ))
     }
 
+    /// The chunk manifest of `digest` in repository `a/b` of `registry`, made on request.
+    async fn manifest(
+        &self,
+        http: &reqwest::Client,
+        registry: &str,
+        digest: &Digest,
+    ) -> ChunkManifest {
+        let resp = http
+            .get(self.manifest_url(registry, "a/b", digest))
+            .send()
+            .await
+            .unwrap();
+        ChunkManifest::from_json(&resp.bytes().await.unwrap()).unwrap()
+    }
+
     async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -154,6 +169,16 @@ impl Server {
             .unwrap()
             .unwrap();
     }
+}
+
+/// A plaintext chunk client, as a node's.
+fn plain_client() -> PeerClient {
+    PeerClient::new(
+        &Transport::Plaintext,
+        Duration::from_secs(5),
+        Duration::from_secs(10),
+    )
+    .unwrap()
 }
 
 fn blob(len: usize, seed: u32) -> Bytes {
@@ -512,17 +537,7 @@ async fn the_seeder_is_listed_and_serves_chunks_and_metrics_count() {
         .unwrap();
     assert!(list.peers.is_empty());
 
-    let manifest = ChunkManifest::from_json(
-        &http
-            .get(server.manifest_url(&registry.host(), "a/b", &digest))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let manifest = server.manifest(&http, &registry.host(), &digest).await;
     http.post(server.url("/v1/announce"))
         .json(&announce("node-a", 7070, &digest, &ChunkSet::empty(4)))
         .send()
@@ -545,12 +560,7 @@ async fn the_seeder_is_listed_and_serves_chunks_and_metrics_count() {
     assert_eq!(seeder.chunks, 4);
     assert!(seeder.set().unwrap().is_full());
 
-    let client = PeerClient::new(
-        &Transport::Plaintext,
-        Duration::from_secs(5),
-        Duration::from_secs(10),
-    )
-    .unwrap();
+    let client = plain_client();
     let range = manifest.chunk_range(1);
     let chunk = client
         .fetch(
@@ -602,23 +612,8 @@ async fn the_seeder_sends_a_chunk_again_within_its_deferral_when_no_live_node_ho
     )
     .await;
     let http = reqwest::Client::new();
-    let manifest = ChunkManifest::from_json(
-        &http
-            .get(server.manifest_url(&registry.host(), "a/b", &digest))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
-    let client = PeerClient::new(
-        &Transport::Plaintext,
-        Duration::from_secs(5),
-        Duration::from_secs(10),
-    )
-    .unwrap();
+    let manifest = server.manifest(&http, &registry.host(), &digest).await;
+    let client = plain_client();
     let fetch = |chunk: usize| {
         let (client, digest, range) = (&client, &digest, manifest.chunk_range(chunk));
         async move {

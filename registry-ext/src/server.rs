@@ -159,10 +159,12 @@ pub async fn serve(
     let tracker = Arc::new(Mutex::new(Tracker::new(&config.tracker)));
     // Each chunk about once per swarm: a chunk just sent is left to the node that has it,
     // unless the tracker knows no live holder of it once that node should have announced it.
-    let provider: Arc<dyn shoal_p2p::peer::ChunkProvider> = Arc::new(
-        crate::super_seed::SuperSeed::new(provider, crate::super_seed::DEFAULT_DEFER)
-            .with_lost_check(lost_check(tracker.clone(), config.manifests.chunk_size)),
-    );
+    let provider: Arc<dyn shoal_p2p::peer::ChunkProvider> =
+        Arc::new(crate::super_seed::SuperSeed::new(
+            provider,
+            crate::super_seed::DEFAULT_DEFER,
+            lost_check(tracker.clone(), config.manifests.chunk_size),
+        ));
     let n = &config.notifications;
     let hook = (n.enabled && listeners.notify.is_some()).then(|| {
         Hook::start(

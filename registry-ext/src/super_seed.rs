@@ -20,13 +20,13 @@
 //! registry side's last byte 1.8 s after the bound (docs/simulator.md "The busy back-off").
 //! A receiver can also die after a whole send, before any node took the chunk from it. So
 //! within the deferral, once the hold after a whole send is over, the seeder asks its
-//! tracker ([`SuperSeed::with_lost_check`], `Tracker::lost`) and, from two announce
-//! intervals after the hold, serves the chunk again when no peer heard from within the last
-//! two intervals has announced it: a live receiver has announced it by then, a dead one has
-//! stopped announcing (the tracker drops it only 5 s after its last announce). Without this, in two of three simulated runs
-//! of 5,000 nodes of which 5% die, every node waited out the deferral for one such chunk:
-//! 1.25x and 1.24x the chunked bound at the median instead of 1.18x (docs/simulator.md
-//! "The seeder's lost chunks").
+//! tracker ([`LostCheck`], `Tracker::lost`) and, from two announce intervals after the
+//! hold, serves the chunk again when no peer heard from within the last two intervals has
+//! announced it: a live receiver has announced it by then, a dead one has stopped
+//! announcing (the tracker drops it only 5 s after its last announce). Without this, in two
+//! of three simulated runs of 5,000 nodes of which 5% die, every node waited out the
+//! deferral for one such chunk: 1.25x and 1.24x the chunked bound at the median instead of
+//! 1.18x (docs/simulator.md "The seeder's lost chunks").
 //!
 //! The rule is [`RecentSends`], pure (the time is an argument); [`SuperSeed`] is the
 //! [`ChunkProvider`] in front of the seed cache that applies it.
@@ -215,7 +215,7 @@ impl RecentSends {
 pub struct SuperSeed {
     inner: Arc<dyn ChunkProvider>,
     recent: Mutex<RecentSends>,
-    lost: Option<LostCheck>,
+    lost: LostCheck,
 }
 
 /// Whether the chunk of a blob at a byte offset, sent whole, is held by no live node any
@@ -226,20 +226,15 @@ pub type LostCheck = Box<dyn Fn(&Digest, u64, Instant, Instant) -> bool + Send +
 
 impl SuperSeed {
     /// `inner`, with chunks refused for `defer` after each send begins, while it goes on,
-    /// and a moment after it ended.
-    pub fn new(inner: Arc<dyn ChunkProvider>, defer: Duration) -> Self {
+    /// and a moment after it ended; but a chunk sent whole is served again within the
+    /// deferral when `lost` says no live node holds it (its receiver died before passing it
+    /// on).
+    pub fn new(inner: Arc<dyn ChunkProvider>, defer: Duration, lost: LostCheck) -> Self {
         Self {
             inner,
             recent: Mutex::new(RecentSends::new(defer)),
-            lost: None,
+            lost,
         }
-    }
-
-    /// The same, but a chunk sent whole is served again within the deferral when `lost`
-    /// says no live node holds it (its receiver died before passing it on).
-    pub fn with_lost_check(mut self, lost: LostCheck) -> Self {
-        self.lost = Some(lost);
-        self
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, RecentSends> {
@@ -253,11 +248,7 @@ impl ChunkProvider for SuperSeed {
             return self.inner.open(digest, range);
         }
         let now = Instant::now();
-        let lost = |since| {
-            self.lost
-                .as_ref()
-                .is_some_and(|lost| lost(digest, range.start, since, now))
-        };
+        let lost = |since| (self.lost)(digest, range.start, since, now);
         if !self.recent().may_send(digest, range.start, now, lost) {
             return None;
         }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use shoal_p2p::tracker::proto::{BlobHave, ChunkSet};
 use shoal_p2p::Digest;
 
-use super::{Held, MAX_BLOBS_PER_PEER, MAX_CHUNKS_PER_BLOB, MAX_PEER_ID_LEN, SEEDER_ID_PREFIX};
+use super::{MAX_BLOBS_PER_PEER, MAX_CHUNKS_PER_BLOB, MAX_PEER_ID_LEN, SEEDER_ID_PREFIX};
 use crate::Error;
 
 pub(super) fn bad<T>(reason: String) -> Result<T, Error> {
@@ -33,11 +33,20 @@ pub(super) fn validate_peer(id: &str, addr: SocketAddr) -> Result<(), Error> {
     Ok(())
 }
 
-/// Checks an announce's blobs and returns them, decoded, each with its chunk set.
+/// What a peer announced of one blob, decoded.
+#[derive(Debug)]
+pub(super) struct Announced {
+    /// The chunks held.
+    pub set: ChunkSet,
+    /// The chunks being fetched, when any.
+    pub fetching: Option<ChunkSet>,
+}
+
+/// Checks an announce's blobs and returns them, decoded.
 pub(super) fn validate_blobs(
     id: &str,
     list: &[BlobHave],
-) -> Result<HashMap<Digest, (Held, ChunkSet)>, Error> {
+) -> Result<HashMap<Digest, Announced>, Error> {
     if list.len() > MAX_BLOBS_PER_PEER {
         return bad(format!(
             "peer {id}: {} blobs listed, at most {MAX_BLOBS_PER_PEER}",
@@ -57,18 +66,14 @@ pub(super) fn validate_blobs(
             Err(e) => return bad(format!("peer {id}: blob {}: {e}", b.digest)),
         };
         let fetching = match b.fetching_set() {
-            Ok(s) if s.count() > 0 => Some(s.encode()),
+            Ok(s) if s.count() > 0 => Some(s),
             Ok(_) => None,
             Err(e) => return bad(format!("peer {id}: blob {} fetching: {e}", b.digest)),
         };
-        let held = Held {
-            chunks: set.len(),
-            count: set.count(),
-            have: set.encode(),
-            fetching,
-            listed: None,
-        };
-        if blobs.insert(b.digest.clone(), (held, set)).is_some() {
+        if blobs
+            .insert(b.digest.clone(), Announced { set, fetching })
+            .is_some()
+        {
             return bad(format!("peer {id}: blob {} listed twice", b.digest));
         }
     }

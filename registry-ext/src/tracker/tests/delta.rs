@@ -351,9 +351,11 @@ fn pacing_grows_with_the_peers_tracked() {
     assert_eq!((r.min_interval_ms, r.peer_list_interval_ms), (1000, 5000));
 }
 
-/// Every holder list entry points at a peer whose blob says it is there, with its counts;
-/// every blob a peer holds or fetches is listed once; nothing else is.
-fn check_index(t: &Tracker) {
+/// Every holder list entry points at a peer whose blob says it is there, with its count, in
+/// the list its sets call for; each live peer knows exactly the blobs of its last announce
+/// taken (`acked`), and every one it holds or fetches chunks of is listed once; nothing else
+/// is.
+fn check_index(t: &Tracker, acked: &HashMap<String, (u64, Announce)>) {
     let mut listed = 0;
     for (digest, holders) in &t.by_blob {
         assert!(!holders.holding.is_empty() || !holders.fetching.is_empty());
@@ -363,9 +365,9 @@ fn check_index(t: &Tracker) {
         ] {
             for (i, h) in list.iter().enumerate() {
                 let peer = t.slots[h.slot as usize].as_ref().expect("a live slot");
-                let held = &peer.blobs[digest];
-                assert_eq!(held.listed, Some(kind(i as u32)));
-                assert_eq!((held.count, held.chunks), (h.count, h.set.len()));
+                assert_eq!(peer.blobs[digest], Some(kind(i as u32)));
+                assert_eq!(h.count, h.set.count());
+                assert_eq!(h.list_kind().map(|k| k(0)), Some(kind(0)));
                 listed += 1;
             }
         }
@@ -378,9 +380,12 @@ fn check_index(t: &Tracker) {
                 .position(|s| s.as_ref().is_some_and(|p| p.id == peer.id))
                 .unwrap()
         });
-        for held in peer.blobs.values() {
-            assert_eq!(held.listed.is_some(), held.list_kind().is_some());
-            should += usize::from(held.listed.is_some());
+        let (_, state) = &acked[&peer.id];
+        assert_eq!(peer.blobs.len(), state.blobs.len());
+        for b in &state.blobs {
+            let wanted = b.set().unwrap().count() > 0 || b.fetching_set().unwrap().count() > 0;
+            assert_eq!(peer.blobs[&b.digest].is_some(), wanted, "{}", b.digest);
+            should += usize::from(wanted);
         }
     }
     assert_eq!(listed, should);
@@ -445,10 +450,10 @@ fn the_holder_index_stays_consistent_through_random_deltas_and_expiry() {
                 }
             }
         }
-        check_index(&t);
+        check_index(&t, &acked);
     }
     // All silent: everything expires and the index empties.
     t.expire(t0 + Duration::from_secs(3600));
-    check_index(&t);
+    check_index(&t, &acked);
     assert!(t.by_blob.is_empty() && t.by_id.is_empty());
 }

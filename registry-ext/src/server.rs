@@ -44,7 +44,7 @@ use shoal_p2p::peer::{UploadLimits, UploadMeter};
 use shoal_p2p::registry::RegistryClient;
 use shoal_p2p::tls::{require_roles, Caller, Role, Transport};
 use shoal_p2p::tracker::proto::{
-    Announce, AnnounceReply, ChunkSet, DeltaAnnounce, DeltaReply, PeerEntry, PeerList,
+    Announce, AnnounceReply, ChunkSet, DeltaAnnounce, DeltaReply, PeerEntry,
 };
 use shoal_p2p::Digest;
 use tokio::net::TcpListener;
@@ -481,7 +481,7 @@ async fn peers(
     State(app): AppState,
     Path(digest): Path<String>,
     query: Params,
-) -> Result<Json<PeerList>, Error> {
+) -> Result<Response, Error> {
     let query = params(query)?;
     let digest: Digest = digest.parse().map_err(Error::BadDigest)?;
     let asking = query
@@ -502,15 +502,13 @@ async fn peers(
     let list = {
         let mut rng = lock(&app.rng);
         let mut tracker = lock(&app.tracker);
-        let list = tracker.peers(&digest, asking, limit, seeder, Instant::now(), &mut rng);
+        let list = tracker.peers_json(&digest, asking, limit, seeder, Instant::now(), &mut rng);
         app.tracker_metrics.peers.set(gauge(tracker.peer_count()));
         list
     };
     app.tracker_metrics.peer_lists.inc();
-    Ok(Json(PeerList {
-        digest,
-        peers: list,
-    }))
+    // A `PeerList` in JSON.
+    Ok(([(header::CONTENT_TYPE, "application/json")], list).into_response())
 }
 
 /// This extension as a peer of `digest`, when the seed cache holds the blob and its

@@ -125,6 +125,10 @@ struct Holder {
     set: ChunkSet,
     /// The chunks being fetched, when any.
     fetching: Option<ChunkSet>,
+    /// Its peer-list entry as JSON, made when a list last named it, with the peer's
+    /// [`Tracker::stamps`] then: valid while the stamp is the same (a new holder entry, made
+    /// when its chunk sets change, has none).
+    json: Option<(u64, Box<[u8]>)>,
 }
 
 impl Holder {
@@ -159,6 +163,9 @@ pub struct Tracker {
     /// for each of its ~120 sampled holders, and this array (24 bytes a peer) stays in the
     /// cache where the peers' states do not.
     uploads: Vec<UploadStats>,
+    /// Each slot's count of changes to its address or upload stats: a holder's cached list
+    /// entry made at another count is stale.
+    stamps: Vec<u64>,
     free: Vec<Slot>,
     by_id: HashMap<String, Slot>,
     /// Peers holding or fetching chunks of each blob.
@@ -176,6 +183,7 @@ impl Tracker {
             max_peers: config.max_peers,
             slots: Vec::new(),
             uploads: Vec::new(),
+            stamps: Vec::new(),
             free: Vec::new(),
             by_id: HashMap::new(),
             by_blob: HashMap::new(),
@@ -284,9 +292,12 @@ impl Tracker {
             self.set_blob(slot, digest, announced);
         }
         let peer = self.peer_mut(slot);
-        peer.addr = delta.addr;
+        let moved = std::mem::replace(&mut peer.addr, delta.addr) != delta.addr;
         peer.seq = Some(delta.seq);
-        self.uploads[slot as usize] = delta.upload;
+        let upload = std::mem::replace(&mut self.uploads[slot as usize], delta.upload);
+        if moved || upload != delta.upload {
+            self.stamps[slot as usize] += 1;
+        }
         self.touch(slot, now);
         Ok(self.delta_reply(false))
     }
@@ -376,6 +387,7 @@ impl Tracker {
             None => {
                 self.slots.push(None);
                 self.uploads.push(UploadStats::default());
+                self.stamps.push(0);
                 Slot::try_from(self.slots.len() - 1).expect("fewer than 2^32 peers")
             }
         };
@@ -387,6 +399,7 @@ impl Tracker {
             seq,
         });
         self.uploads[slot as usize] = upload;
+        self.stamps[slot as usize] += 1;
         self.by_id.insert(id, slot);
         self.deadlines.insert((now, slot));
         for (digest, announced) in blobs {
@@ -411,6 +424,7 @@ impl Tracker {
             count: announced.set.count(),
             set: announced.set,
             fetching: announced.fetching,
+            json: None,
         };
         let kind = holder.list_kind();
         let listed = match (before, kind) {
@@ -526,6 +540,101 @@ impl Tracker {
         now: Instant,
         rng: &mut fastrand::Rng,
     ) -> Vec<PeerEntry> {
+        let chosen = self.choose(digest, asking, limit, seeder, now, rng);
+        let mut out = Vec::with_capacity(1 + chosen.holding.len() + chosen.fetching.len());
+        out.extend(chosen.seeder);
+        if let Some(holders) = self.by_blob.get(digest) {
+            let entry = |h: &Holder| entry(&self.slots, &self.uploads, h);
+            out.extend(
+                chosen
+                    .holding
+                    .iter()
+                    .filter_map(|&i| entry(&holders.holding[i])),
+            );
+            out.extend(
+                chosen
+                    .fetching
+                    .iter()
+                    .filter_map(|&i| entry(&holders.fetching[i])),
+            );
+        }
+        out
+    }
+
+    /// [`Tracker::peers`] as the body of the answer, a [`shoal_p2p::tracker::proto::PeerList`] in JSON: the same list for
+    /// the same arguments and randomness. Each holder's entry is kept as JSON until its peer's
+    /// address, upload stats or chunk sets change (at 5,000 nodes in a rollout most entries
+    /// listed are unchanged since they were last listed, and building them was most of a
+    /// list's cost).
+    pub fn peers_json(
+        &mut self,
+        digest: &Digest,
+        asking: &str,
+        limit: usize,
+        seeder: Option<PeerEntry>,
+        now: Instant,
+        rng: &mut fastrand::Rng,
+    ) -> Vec<u8> {
+        let chosen = self.choose(digest, asking, limit, seeder, now, rng);
+        let mut out = Vec::with_capacity(256 * (1 + chosen.holding.len() + chosen.fetching.len()));
+        out.extend_from_slice(b"{\"digest\":");
+        serde_json::to_writer(&mut out, digest).expect("a digest serialises");
+        out.extend_from_slice(b",\"peers\":[");
+        let mut first = true;
+        let mut sep = |out: &mut Vec<u8>| {
+            if !std::mem::take(&mut first) {
+                out.push(b',');
+            }
+        };
+        if let Some(s) = &chosen.seeder {
+            sep(&mut out);
+            serde_json::to_writer(&mut out, s).expect("a peer entry serialises");
+        }
+        let Self {
+            by_blob,
+            slots,
+            uploads,
+            stamps,
+            ..
+        } = self;
+        if let Some(holders) = by_blob.get_mut(digest) {
+            for (list, chosen) in [
+                (&mut holders.holding, chosen.holding),
+                (&mut holders.fetching, chosen.fetching),
+            ] {
+                for i in chosen {
+                    let h = &mut list[i];
+                    let stamp = stamps[h.slot as usize];
+                    if h.json.as_ref().map(|(s, _)| *s) != Some(stamp) {
+                        let Some(e) = entry(slots, uploads, h) else {
+                            continue;
+                        };
+                        let json = serde_json::to_vec(&e).expect("a peer entry serialises");
+                        h.json = Some((stamp, json.into_boxed_slice()));
+                    }
+                    if let Some((_, json)) = &h.json {
+                        sep(&mut out);
+                        out.extend_from_slice(json);
+                    }
+                }
+            }
+        }
+        out.extend_from_slice(b"]}");
+        out
+    }
+
+    /// What a peer list names: the seeder (when given and holding chunks, not the asker),
+    /// then positions in the blob's holding list, then in its fetching list. See
+    /// [`Tracker::peers`].
+    fn choose(
+        &mut self,
+        digest: &Digest,
+        asking: &str,
+        limit: usize,
+        seeder: Option<PeerEntry>,
+        now: Instant,
+        rng: &mut fastrand::Rng,
+    ) -> Chosen {
         self.expire(now);
         let max = limit.min(self.max_peers);
         // One more, in case the asker is drawn.
@@ -562,10 +671,12 @@ impl Tracker {
         let others = max.saturating_sub(usize::from(seeder.is_some()));
         let sampled: Vec<usize> = candidates.iter().map(|&(i, _)| i).collect();
         let ordered = select::order(candidates, others, rng);
-        let mut out = Vec::new();
-        out.extend(seeder);
         let Some(holders) = holders else {
-            return out;
+            return Chosen {
+                seeder,
+                holding: Vec::new(),
+                fetching: Vec::new(),
+            };
         };
         let mine = asker
             .and_then(|slot| self.slots.get(slot as usize)?.as_ref()?.blobs.get(digest))
@@ -578,32 +689,38 @@ impl Tracker {
         // Peers holding nothing yet come last, only so that askers count what they fetch.
         rng.shuffle(&mut fetching_only);
         fetching_only.truncate(max);
-        out.reserve(ordered.len() + fetching_only.len());
-        out.extend(
-            ordered
-                .into_iter()
-                .filter_map(|i| self.entry(&holders.holding[i])),
-        );
-        out.extend(
-            fetching_only
-                .into_iter()
-                .filter_map(|i| self.entry(&holders.fetching[i])),
-        );
-        out
+        Chosen {
+            seeder,
+            holding: ordered,
+            fetching: fetching_only,
+        }
     }
+}
 
-    /// `holder`'s entry in a peer list.
-    fn entry(&self, holder: &Holder) -> Option<PeerEntry> {
-        let peer = self.slots.get(holder.slot as usize)?.as_ref()?;
-        Some(PeerEntry {
-            peer_id: peer.id.clone(),
-            addr: peer.addr,
-            chunks: holder.set.len(),
-            have: holder.set.encode(),
-            upload: self.uploads[holder.slot as usize],
-            fetching: holder.fetching.as_ref().map(ChunkSet::encode),
-        })
-    }
+/// What [`Tracker::choose`] picked for a peer list.
+struct Chosen {
+    seeder: Option<PeerEntry>,
+    /// Positions in the blob's holding list, best first.
+    holding: Vec<usize>,
+    /// Positions in the blob's fetching list.
+    fetching: Vec<usize>,
+}
+
+/// `holder`'s entry in a peer list.
+fn entry(
+    slots: &[Option<PeerState>],
+    uploads: &[UploadStats],
+    holder: &Holder,
+) -> Option<PeerEntry> {
+    let peer = slots.get(holder.slot as usize)?.as_ref()?;
+    Some(PeerEntry {
+        peer_id: peer.id.clone(),
+        addr: peer.addr,
+        chunks: holder.set.len(),
+        have: holder.set.encode(),
+        upload: *uploads.get(holder.slot as usize)?,
+        fetching: holder.fetching.as_ref().map(ChunkSet::encode),
+    })
 }
 
 /// The cover: `list` (positions in a blob's `holding` list, best first) with up to

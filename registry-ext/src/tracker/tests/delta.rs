@@ -1,6 +1,7 @@
 //! Delta announces and pacing.
 
 use super::*;
+use shoal_p2p::tracker::proto::PeerList;
 use std::collections::HashMap;
 
 fn delta(id: &str, seq: u64, base: Option<u64>, blobs: &[(&Digest, ChunkSet)]) -> DeltaAnnounce {
@@ -417,7 +418,9 @@ fn the_holder_index_stays_consistent_through_random_deltas_and_expiry() {
                 (d, set)
             })
             .collect();
-        let mut state = announce(&id, 1, stats(0, 0, 0), &blobs);
+        // Upload stats and address change now and then (a cached list entry must follow).
+        let port = 1 + u16::from(rng.u8(0..8) == 0);
+        let mut state = announce(&id, port, stats(rng.u64(0..3), 0, 0), &blobs);
         for b in &mut state.blobs {
             if rng.bool() {
                 let mut f = ChunkSet::empty(8);
@@ -435,6 +438,30 @@ fn the_holder_index_stays_consistent_through_random_deltas_and_expiry() {
         } else {
             acked.insert(id.clone(), (seq, state.clone()));
         }
+        // The JSON answer is the same list as the entries, whatever changed since an entry
+        // was last listed.
+        let d = &digests[rng.usize(..digests.len())];
+        let asker = format!("p{}", rng.u32(0..40));
+        let seed = rng.u64(..);
+        let entries = t.peers(
+            d,
+            &asker,
+            30,
+            None,
+            now,
+            &mut fastrand::Rng::with_seed(seed),
+        );
+        let json = t.peers_json(
+            d,
+            &asker,
+            30,
+            None,
+            now,
+            &mut fastrand::Rng::with_seed(seed),
+        );
+        let parsed: PeerList = serde_json::from_slice(&json).unwrap();
+        assert_eq!(parsed.digest, *d);
+        assert_eq!(parsed.peers, entries);
         if step % 50 == 0 {
             let mut r = fastrand::Rng::with_seed(step);
             for d in &digests {

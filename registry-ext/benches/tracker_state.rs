@@ -31,9 +31,8 @@ use shoal_registry_ext::config::TrackerConfig;
 use shoal_registry_ext::tracker::Tracker;
 
 #[path = "tracker_load/node.rs"]
-#[allow(dead_code)]
 mod node;
-use node::{image, Layer, Node};
+use node::Node;
 
 pub(crate) const MIB: u64 = 1 << 20;
 const STEP: Duration = Duration::from_millis(200);
@@ -50,15 +49,7 @@ fn main() {
         .unwrap_or(5000);
     assert!((1..=20_000).contains(&n), "bounded: 1 to 20,000 nodes");
     let mut rng = fastrand::Rng::with_seed(7);
-    let images: Vec<Vec<Layer>> = (0..12)
-        .map(|i| {
-            let bytes = rng.u64(256..=2048) * MIB;
-            let chunk = if i % 2 == 0 { MIB } else { 4 * MIB };
-            let layers = rng.usize(4..=10);
-            image(&mut rng, &format!("image-{i}"), bytes, chunk, layers)
-        })
-        .collect();
-    let rollout = image(&mut rng, "rollout", 1024 * MIB, MIB, 8);
+    let (images, rollout) = node::catalog(&mut rng);
     let t0 = Instant::now();
     let mut nodes: Vec<Node> = (0..n)
         .map(|i| {
@@ -114,25 +105,13 @@ fn main() {
                 continue;
             };
             let seed = pick.u64(..);
-            let as_json = |t: &mut Tracker| {
-                t.peers_json(
-                    &digest,
-                    &node.id,
-                    30,
-                    None,
-                    now,
-                    &mut fastrand::Rng::with_seed(seed),
-                )
-            };
-            let whole = |t: &mut Tracker| {
-                let peers = t.peers(
-                    &digest,
-                    &node.id,
-                    30,
-                    None,
-                    now,
-                    &mut fastrand::Rng::with_seed(seed),
-                );
+            // As the server answers it, or (the baseline) built and serialised whole.
+            let list = |t: &mut Tracker, as_json: bool| {
+                let rng = &mut fastrand::Rng::with_seed(seed);
+                if as_json {
+                    return t.peers_json(&digest, &node.id, 30, None, now, rng);
+                }
+                let peers = t.peers(&digest, &node.id, 30, None, now, rng);
                 serde_json::to_vec(&PeerList {
                     digest: digest.clone(),
                     peers,
@@ -143,17 +122,9 @@ fn main() {
             // other, untimed, to check they agree.
             let timed_json = pick.bool();
             let start = Instant::now();
-            let first = if timed_json {
-                as_json(&mut tracker)
-            } else {
-                whole(&mut tracker)
-            };
+            let first = list(&mut tracker, timed_json);
             let took = start.elapsed();
-            let second = if timed_json {
-                whole(&mut tracker)
-            } else {
-                as_json(&mut tracker)
-            };
+            let second = list(&mut tracker, !timed_json);
             let first: PeerList = serde_json::from_slice(&first).expect("a peer list");
             let second: PeerList = serde_json::from_slice(&second).expect("a peer list");
             assert_eq!(first, second, "the two ways give the same list");

@@ -53,7 +53,7 @@ use shoal_p2p::tracker::proto::{Announce, DeltaAnnounce, DeltaReply};
 use shoal_p2p::Digest;
 
 use conn::{get, post, Conn};
-use node::{image, Layer, Node};
+use node::Node;
 use server::{cpu_seconds, load_average, measure_tls, nice, prioritise, Server};
 
 const WARMUP: Duration = Duration::from_secs(3);
@@ -351,15 +351,7 @@ fn run(binary: &Path, label: &str, protocol: Protocol, settings: Settings, rows:
         .build()
         .expect("runtime");
     let mut rng = fastrand::Rng::with_seed(42);
-    let catalog: Vec<Vec<Layer>> = (0..12)
-        .map(|i| {
-            let bytes = rng.u64(256..=2048) * MIB;
-            let chunk = if i % 2 == 0 { MIB } else { 4 * MIB };
-            let layers = rng.usize(4..=10);
-            image(&mut rng, &format!("image-{i}"), bytes, chunk, layers)
-        })
-        .collect();
-    let rollout_image = image(&mut rng, "rollout", 1024 * MIB, MIB, 8);
+    let (catalog, rollout_image) = node::catalog(&mut rng);
     let node_list: Vec<Arc<std::sync::Mutex<Node>>> = (0..nodes)
         .map(|i| {
             let mut held = Vec::new();

@@ -36,6 +36,21 @@ pub fn image(
         .collect()
 }
 
+/// The 12 images nodes hold (256 MiB to 2 GiB, 4 to 10 layers, half in 1 MiB chunks and half
+/// in 4 MiB chunks) and the new 1 GiB image of 8 layers in 1 MiB chunks they all pull.
+pub fn catalog(rng: &mut fastrand::Rng) -> (Vec<Vec<Layer>>, Vec<Layer>) {
+    let held = (0..12)
+        .map(|i| {
+            let bytes = rng.u64(256..=2048) * MIB;
+            let chunk = if i % 2 == 0 { MIB } else { 4 * MIB };
+            let layers = rng.usize(4..=10);
+            image(rng, &format!("image-{i}"), bytes, chunk, layers)
+        })
+        .collect();
+    let rollout = image(rng, "rollout", 1024 * MIB, MIB, 8);
+    (held, rollout)
+}
+
 /// A layer being pulled: chunks arrive in a random order.
 pub struct Pulling {
     pub layer: Layer,

@@ -32,7 +32,9 @@
 //!
 //! Then what TLS adds (`SHOAL_BENCH_TLS_HANDSHAKES`, default 2000; 0 skips it): the
 //! server's CPU per new mutual-TLS connection and per request on a kept-alive connection,
-//! against plaintext, with the node's own HTTP client.
+//! against plaintext, with the node's own HTTP client; and the server's resident memory per
+//! connection kept open, over TLS and in plaintext (`SHOAL_BENCH_TLS_CONNECTIONS` clients,
+//! default 2000, each with its own connection and one small request).
 //!
 //! Reported per protocol and phase: announces/s and peer lists/s served, request bytes/s
 //! (headers and bodies), p50/p99 latency of each, the server's CPU (utime + stime of the
@@ -537,6 +539,13 @@ fn main() {
     print_rows(nodes, &mut rows);
     let handshakes: usize = env("SHOAL_BENCH_TLS_HANDSHAKES", 2000);
     if handshakes > 0 {
-        measure_tls(&binary, server_core, handshakes.min(20_000), 10_000);
+        let connections: usize = env("SHOAL_BENCH_TLS_CONNECTIONS", 2000);
+        measure_tls(
+            &binary,
+            server_core,
+            handshakes.min(20_000),
+            10_000,
+            connections.clamp(1, 20_000),
+        );
     }
 }

@@ -98,6 +98,21 @@ impl Server {
     pub fn cpu_seconds(&self) -> f64 {
         cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
     }
+
+    /// The child's resident memory (bytes) and open file descriptors.
+    pub fn rss_and_fds(&self) -> (u64, usize) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the server's /proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status");
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .expect("the server's /proc fd")
+            .count();
+        (kib * 1024, fds)
+    }
 }
 
 impl Drop for Server {
@@ -160,7 +175,13 @@ pub fn prioritise(pid: u32) {
 /// `HttpTrackers`): the server's CPU per new connection (full mutual-TLS handshake, ECDSA
 /// P-256, plus one small request), and per request on a kept-alive connection, over TLS and
 /// plaintext.
-pub fn measure_tls(binary: &Path, core: usize, handshakes: usize, requests: usize) {
+pub fn measure_tls(
+    binary: &Path,
+    core: usize,
+    handshakes: usize,
+    requests: usize,
+    connections: usize,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = TestCa::new("bench-ca");
     let server_files = ca.registry_side_files(dir.path(), "registry-ext");
@@ -217,6 +238,13 @@ pub fn measure_tls(binary: &Path, core: usize, handshakes: usize, requests: usiz
             ));
         }
     });
+    let memory = rt.block_on(memory_per_connection(
+        &tls,
+        &plain,
+        &node,
+        &path,
+        connections,
+    ));
     println!();
     println!("TLS: the server's CPU per request (a small peer list), the node's client");
     println!(
@@ -230,4 +258,75 @@ pub fn measure_tls(binary: &Path, core: usize, handshakes: usize, requests: usiz
             wall.as_secs_f64() / n as f64 * 1e6
         );
     }
+    println!();
+    println!(
+        "Memory: the server's resident memory per connection kept open (one small peer list each)"
+    );
+    println!(
+        "{:<26} {:>11} {:>12} {:>12}",
+        "", "connections", "RSS MB", "KB/conn"
+    );
+    for (label, n, rss) in memory {
+        println!(
+            "{label:<26} {n:>11} {:>12.1} {:>12.1}",
+            rss as f64 / 1e6,
+            rss as f64 / n.max(1) as f64 / 1e3
+        );
+    }
+}
+
+/// The server's resident memory per open connection, over TLS and in plaintext: `connections`
+/// clients (each its own pool) make one small request each and keep their connection, and
+/// the growth of the server's RSS is divided by the connections it then holds (counted
+/// from its open file descriptors).
+async fn memory_per_connection(
+    tls: &Server,
+    plain: &Server,
+    node: &Transport,
+    path: &str,
+    connections: usize,
+) -> Vec<(&'static str, usize, u64)> {
+    let timeout = Duration::from_secs(30);
+    let mut rows = Vec::new();
+    for (label, server, scheme, transport) in [
+        ("TLS", tls, "https", node.clone()),
+        ("plaintext", plain, "http", Transport::Plaintext),
+    ] {
+        let (rss0, fds0) = server.rss_and_fds();
+        let url = format!("{scheme}://{}{path}", server.addr);
+        let mut clients = Vec::with_capacity(connections);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..connections {
+            let client = transport
+                .http_client_for(Expect::RegistrySide, timeout, timeout)
+                .expect("client");
+            clients.push(client.clone());
+            let url = url.clone();
+            tasks.spawn(async move {
+                let r = client.get(&url).send().await.expect("request");
+                assert!(r.status().is_success(), "{}", r.status());
+                r.bytes().await.expect("body");
+            });
+            // A few hundred handshakes in flight at most.
+            while tasks.len() >= 256 {
+                tasks
+                    .join_next()
+                    .await
+                    .expect("a task")
+                    .expect("request task");
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.expect("request task");
+        }
+        let (rss1, fds1) = server.rss_and_fds();
+        let held = fds1.saturating_sub(fds0);
+        assert!(
+            held >= connections * 9 / 10,
+            "{label}: the server holds {held} more descriptors for {connections} clients"
+        );
+        rows.push((label, held, rss1.saturating_sub(rss0)));
+        drop(clients);
+    }
+    rows
 }

@@ -174,7 +174,7 @@ pub fn prioritise(pid: u32) {
 /// What TLS adds, measured with the node's own client (`Transport::http_client_for`, as
 /// `HttpTrackers`): the server's CPU per new connection (full mutual-TLS handshake, ECDSA
 /// P-256, plus one small request), and per request on a kept-alive connection, over TLS and
-/// plaintext.
+/// plaintext; then its resident memory per connection kept open (`connections` of them).
 pub fn measure_tls(
     binary: &Path,
     core: usize,

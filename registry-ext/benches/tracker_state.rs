@@ -124,6 +124,7 @@ fn main() {
             let start = Instant::now();
             let first = list(&mut tracker, timed_json);
             let took = start.elapsed();
+            let size = first.len();
             let second = list(&mut tracker, !timed_json);
             let first: PeerList = serde_json::from_slice(&first).expect("a peer list");
             let second: PeerList = serde_json::from_slice(&second).expect("a peer list");
@@ -136,7 +137,7 @@ fn main() {
                     entries += took;
                     entry_lists += 1;
                 }
-                bytes += serde_json::to_vec(&first).map_or(0, |b| b.len());
+                bytes += size;
                 lists += 1;
             }
         }

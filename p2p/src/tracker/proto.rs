@@ -32,6 +32,14 @@ use crate::digest::Digest;
 /// give them, so the registry side sends each chunk about once.
 pub const SEEDER_ID_PREFIX: &str = "registry-ext@";
 
+/// The nodes `peers` names: not registry-side seeders, not `me`.
+pub fn nodes_named(peers: &[PeerEntry], me: &str) -> usize {
+    peers
+        .iter()
+        .filter(|e| e.peer_id != me && !e.peer_id.starts_with(SEEDER_ID_PREFIX))
+        .count()
+}
+
 /// Most chunks a blob may have in the protocol (a 64 GiB blob in 64 KiB chunks): a chunk set
 /// declaring more is refused before anything is allocated for it (its bitmap is at most
 /// 128 KiB).

@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use super::proto::{AnnounceReply, ErrorBody};
 use super::*;
 use crate::chunk::{ChunkManifestBuilder, ChunkManifestError};
+use crate::swarm::planner::refresh::SHORT_LIST_NODES;
 use crate::tls::Transport;
 
 mod failures;
@@ -447,9 +448,25 @@ async fn a_tracker_without_deltas_gets_whole_states_on_the_older_route() {
     assert!(deltas[1].blobs.is_empty() && deltas[2].base == Some(2));
 }
 
+/// A peer list naming `nodes` other nodes, the seeder and the asking node ("me", which the
+/// trackers' client leaves out of what it returns).
+fn list_naming(nodes: usize) -> Vec<PeerEntry> {
+    let mut list: Vec<PeerEntry> = (0..nodes)
+        .map(|k| entry(&format!("other-{k}"), 4, &[1]))
+        .collect();
+    list.push(entry(
+        &format!("{SEEDER_ID_PREFIX}10.0.0.1:7080"),
+        4,
+        &[0, 1, 2, 3],
+    ));
+    list.push(entry("me", 4, &[2]));
+    list
+}
+
 #[tokio::test]
 async fn a_paced_node_skips_rounds_and_reuses_peer_lists_until_the_tracker_says() {
-    let ((up, seen, _), queries) = paced_tracker(300, 300, vec![entry("other", 4, &[1])]).await;
+    let full = list_naming(SHORT_LIST_NODES);
+    let ((up, seen, _), queries) = paced_tracker(300, 300, full.clone()).await;
     let t = trackers(vec![up.url.clone()]);
     let d = Digest::of(b"blob");
     let mut state = announce();
@@ -459,7 +476,7 @@ async fn a_paced_node_skips_rounds_and_reuses_peer_lists_until_the_tracker_says(
     t.announce(&state).await.unwrap();
     assert_eq!(seen.lock().unwrap().len(), 1);
     for _ in 0..3 {
-        assert_eq!(t.peers(&d, "me").await.unwrap().len(), 1);
+        assert_eq!(t.peers(&d, "me").await.unwrap().len(), full.len() - 1);
     }
     assert_eq!(
         queries.lock().unwrap().len(),
@@ -472,10 +489,28 @@ async fn a_paced_node_skips_rounds_and_reuses_peer_lists_until_the_tracker_says(
     assert_eq!(sent.len(), 2);
     assert_eq!((sent[1].seq, sent[1].base), (2, Some(1)));
     assert_eq!(sent[1].blobs, state.blobs);
-    assert_eq!(t.peers(&d, "me").await.unwrap().len(), 1);
+    assert_eq!(t.peers(&d, "me").await.unwrap().len(), full.len() - 1);
     assert_eq!(
         queries.lock().unwrap().len(),
         2,
         "asked again past the pacing"
+    );
+}
+
+#[tokio::test]
+async fn a_short_peer_list_is_not_reused_under_the_pacing() {
+    // One node fewer than a full list; the seeder and the node itself are not counted.
+    let short = list_naming(SHORT_LIST_NODES - 1);
+    let ((up, _, _), queries) = paced_tracker(300, 300, short.clone()).await;
+    let t = trackers(vec![up.url.clone()]);
+    t.announce(&announce()).await.unwrap();
+    let d = Digest::of(b"blob");
+    for _ in 0..3 {
+        assert_eq!(t.peers(&d, "me").await.unwrap().len(), short.len() - 1);
+    }
+    assert_eq!(
+        queries.lock().unwrap().len(),
+        3,
+        "a short list is asked for again each time"
     );
 }

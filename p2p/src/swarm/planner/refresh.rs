@@ -14,6 +14,11 @@ use std::time::Duration;
 
 /// The longest interval, as a multiple of the configured one.
 pub const MAX_BACKOFF: u32 = 8;
+/// A peer list naming fewer nodes than this (seeders and the asking node not counted) is
+/// short: the trackers knew few of the blob's nodes when they made it (a rollout just
+/// started, or a tracker restarted), and the trackers' client does not reuse it under their
+/// pacing ([`crate::tracker::HttpTrackers`]): the next refresh asks again.
+pub const SHORT_LIST_NODES: usize = 8;
 
 /// The interval between one download's peer lists (see the module documentation).
 #[derive(Clone, Debug)]

@@ -349,12 +349,12 @@ impl<'a> Sim<'a> {
         }
         let interval = sc.settings.announce_interval.as_secs_f64();
         for (i, spec) in sc.nodes.iter().enumerate() {
-            sim.at(spec.start, Event::Start(i));
+            sim.at(sc.warmup + spec.start, Event::Start(i));
             // The announcer has run since shoald started: some phase of its interval.
             let phase = sim.nodes[i].rng.f64() * interval;
             sim.at(phase, Event::AnnounceWake(i, 0));
             if let Some(t) = spec.dies {
-                sim.at(t, Event::Die(i));
+                sim.at(sc.warmup + t, Event::Die(i));
             }
         }
         Ok(sim)
@@ -380,7 +380,7 @@ impl<'a> Sim<'a> {
             match (next_event, next_flow) {
                 (None, None) => break,
                 (e, Some((t, flow))) if e.is_none_or(|e| t < e) => {
-                    if t > self.sc.horizon {
+                    if t > self.sc.warmup + self.sc.horizon {
                         break;
                     }
                     self.now = t;
@@ -391,7 +391,7 @@ impl<'a> Sim<'a> {
                         break;
                     };
                     let t = q.at as f64 / 1e9;
-                    if t > self.sc.horizon {
+                    if t > self.sc.warmup + self.sc.horizon {
                         break;
                     }
                     self.now = t;
@@ -401,6 +401,8 @@ impl<'a> Sim<'a> {
             self.out.events += 1;
         }
         self.out.end = self.now;
+        // Counted from the pulls' start, as the pull times are.
+        self.out.registry_last = (self.out.registry_last - self.sc.warmup).max(0.0);
         self.out.announces = self.tracker.announces;
         self.out.paced_announces = self.tracker.paced_announces;
         self.out.reused_lists = self.tracker.reused_lists;
@@ -608,7 +610,7 @@ impl<'a> Sim<'a> {
         }
         if self.nodes[i].downloads.iter().all(|d| d.done) {
             self.nodes[i].finished = true;
-            let start = self.sc.nodes[i].start;
+            let start = self.sc.warmup + self.sc.nodes[i].start;
             self.out.pulls[i] = Some(self.now - start + self.sc.pull_overhead);
             self.open -= 1;
         }

@@ -76,9 +76,15 @@ enum Command {
         /// default 0); past them, busy.
         #[arg(long)]
         seeder_queue: Option<usize>,
-        /// Prints the swarm's state (links' use, requests) every this many ms (stderr).
+        /// Prints the swarm's state (links' use, requests) every this many ms (stderr; times
+        /// from the simulation's start, the warm-up included)
         #[arg(long)]
         sample_ms: Option<u64>,
+        /// shoald has run this long before the pulls start (s): its announcer has announced
+        /// and taken the tracker's pacing, as in a cluster where shoald runs all along
+        /// (0: the announcers start with the pulls)
+        #[arg(long, default_value_t = 0.0)]
+        warm_secs: f64,
         /// Run kinds, comma-separated: equal, hetero, rolling, dying.
         #[arg(long, default_value = "equal", value_delimiter = ',')]
         kinds: Vec<String>,
@@ -154,6 +160,7 @@ fn main() -> Result<()> {
             seeder_queue,
             sharing,
             sample_ms,
+            warm_secs,
             peer_refresh_ms,
             in_flight,
             max_peers,
@@ -197,6 +204,7 @@ fn main() -> Result<()> {
                             sc.settings.max_uploads = k;
                         }
                         sc.sample_every = sample_ms.map(|ms| ms as f64 / 1e3);
+                        sc.warmup = warm_secs;
                         if let Some(k) = seeder_max_uploads {
                             sc.registry.seeder_max_uploads = k;
                         }

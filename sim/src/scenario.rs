@@ -116,6 +116,12 @@ pub struct Scenario {
     pub pull_overhead: f64,
     /// Seed of every random draw (the planners', the tracker's).
     pub seed: u64,
+    /// How long shoald has run before the pulls (s): the nodes' start and death times count
+    /// from then, and so do the pull times and the registry side's last byte. With 0 (the
+    /// default) the announcers start with the pulls, and the tracker's pacing comes on only
+    /// once its replies to the first announces carry it; in a cluster shoald runs all along,
+    /// and a pull starts paced (docs/simulator.md "Paced from the start").
+    pub warmup: f64,
     /// Give up at this simulated time (s).
     pub horizon: f64,
     /// Sample the swarm's state this often (s; none when `None`), into
@@ -145,6 +151,7 @@ impl Scenario {
             sharing: crate::net::Sharing::Equal,
             pull_overhead: 0.0,
             seed: 1,
+            warmup: 0.0,
             horizon: 3600.0,
             sample_every: None,
         }
@@ -155,6 +162,9 @@ impl Scenario {
         let bad = |what: String| Err(SimError::Scenario(what));
         if self.nodes.is_empty() {
             return bad("no nodes".into());
+        }
+        if !(self.warmup.is_finite() && self.warmup >= 0.0) {
+            return bad(format!("warmup {} s: must be 0 or more", self.warmup));
         }
         if self.blobs.is_empty() || self.blobs.contains(&0) {
             return bad("the image needs at least one blob, none empty".into());

@@ -166,3 +166,33 @@ fn a_nodes_layers_share_its_chunk_requests() {
         out.max_peer_requests
     );
 }
+
+#[test]
+fn a_warmed_up_swarm_counts_its_pulls_and_the_registry_side_from_the_pulls_start() {
+    // 20 nodes, 64 MiB: shoald running 3 s before the pulls (its announcer has announced).
+    let sc = report::scenario(Kind::Equal, 20, 64 * MIB, 4 * MIB, report::mbit(1000.0), 3);
+    let cold = run(&sc).expect("simulation");
+    let mut warm_sc = sc.clone();
+    warm_sc.warmup = 3.0;
+    let warm = run(&warm_sc).expect("simulation");
+    let (cold_t, warm_t) = (cold.sorted_times(), warm.sorted_times());
+    assert_eq!(warm_t.len(), 20, "every node finishes: {warm:?}");
+    assert!(
+        warm_t[0] >= sc.fluid_bound(),
+        "the fastest warm pull {:.3}s beats the fluid bound {:.3}s",
+        warm_t[0],
+        sc.fluid_bound()
+    );
+    // The announcers' phases differ, so the figures do, by far less than the warm-up.
+    let (c, w) = (percentile(&cold_t, 50.0), percentile(&warm_t, 50.0));
+    assert!((w - c).abs() < 1.0, "p50 cold {c:.3}s, warm {w:.3}s");
+    assert!(
+        (warm.registry_last - cold.registry_last).abs() < 1.0,
+        "the registry side's last byte: cold {:.3}s, warm {:.3}s",
+        cold.registry_last,
+        warm.registry_last
+    );
+    let mut bad = sc.clone();
+    bad.warmup = -1.0;
+    assert!(run(&bad).is_err(), "a negative warm-up is refused");
+}

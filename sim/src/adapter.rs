@@ -57,6 +57,13 @@ pub fn nodes_named(list: &[PeerEntry], me: usize) -> usize {
     shoal_p2p::tracker::proto::nodes_named(list, &node_id(me))
 }
 
+/// The blobs an announce names: those holding or fetching a chunk.
+fn announced<'a, 'b>(blobs: &'a [BlobState<'b>]) -> impl Iterator<Item = &'a BlobState<'b>> {
+    blobs
+        .iter()
+        .filter(|b| b.have.count() > 0 || b.fetching.is_some_and(|f| f.count() > 0))
+}
+
 /// Blob `k`'s digest.
 pub fn blob_digest(k: usize) -> Digest {
     Digest::of(format!("shoal-sim blob {k}").as_bytes())
@@ -144,11 +151,19 @@ impl TrackerSim {
         self.tracker.lost(&self.digests[blob], chunk, since, now)
     }
 
-    /// Whether node `node`'s announce round at `now` (s) skips the tracker: it took an
-    /// announce and its pacing has not passed (the changes go with the next round).
-    pub fn paced(&mut self, node: usize, now: f64) -> bool {
+    /// Whether node `node`'s announce round at `now` (s), naming `blobs` (their indices),
+    /// skips the tracker: it took an announce, its pacing has not passed (the changes go with
+    /// the next round) and the round names no blob the tracker was not told of, as shoald's
+    /// client decides ([`Announce::names_new_blob`]).
+    pub fn paced(&mut self, node: usize, now: f64, blobs: &[BlobState<'_>]) -> bool {
         let c = &self.clients[node];
-        let paced = c.acked.is_some() && now < c.next_announce;
+        let new_blob = |taken: &Announce| {
+            announced(blobs).any(|b| !taken.blobs.iter().any(|t| t.digest == self.digests[b.blob]))
+        };
+        let paced = match &c.acked {
+            Some((_, taken)) => now < c.next_announce && !new_blob(taken),
+            None => false,
+        };
         if paced {
             self.paced_announces += 1;
         }
@@ -172,9 +187,7 @@ impl TrackerSim {
         sent: f64,
         now: Instant,
     ) -> Result<(), SimError> {
-        let mut list: Vec<BlobHave> = blobs
-            .iter()
-            .filter(|b| b.have.count() > 0 || b.fetching.is_some_and(|f| f.count() > 0))
+        let mut list: Vec<BlobHave> = announced(blobs)
             .map(|b| {
                 let have = BlobHave::new(self.digests[b.blob].clone(), b.have);
                 match b.fetching {
@@ -406,7 +419,7 @@ mod tests {
     fn announces_are_deltas_and_the_pacing_is_followed_past_a_thousand_peers() {
         let t0 = Instant::now();
         let n = 1001;
-        let mut t = TrackerSim::new(&RegistrySide::new(1e6), vec![4], n, 7);
+        let mut t = TrackerSim::new(&RegistrySide::new(1e6), vec![4, 4], n, 7);
         let mut have = ChunkSet::empty(4);
         have.insert(1);
         let state = [BlobState {
@@ -415,7 +428,7 @@ mod tests {
             fetching: None,
         }];
         for node in 0..n {
-            assert!(!t.paced(node, 0.0), "nothing taken yet: not paced");
+            assert!(!t.paced(node, 0.0, &state), "nothing taken yet: not paced");
             t.announce(node, UploadStats::default(), &state, 0.0, t0)
                 .unwrap();
         }
@@ -424,8 +437,24 @@ mod tests {
         // 1,001 peers: two steps of pacing, 400 ms between announces, 1 s between lists.
         assert_eq!(t.pacing(), (0.4, 1.0));
         let last = n - 1;
-        assert!(t.paced(last, 0.3));
-        assert!(!t.paced(last, 0.4));
+        assert!(t.paced(last, 0.3, &state));
+        assert!(!t.paced(last, 0.4, &state));
+        // A round naming a blob the tracker was not told of (a download that just started)
+        // is not paced, as shoald's client does not pace it.
+        let fetching = ChunkSet::full(4);
+        let started = [
+            BlobState {
+                blob: 0,
+                have: &have,
+                fetching: None,
+            },
+            BlobState {
+                blob: 1,
+                have: &ChunkSet::empty(4),
+                fetching: Some(&fetching),
+            },
+        ];
+        assert!(!t.paced(last, 0.3, &started));
         // A delta on top of the last announce taken: the tracker takes it.
         have.insert(2);
         let state = [BlobState {

@@ -184,9 +184,13 @@ impl HttpTrackers {
         let delta = {
             let mut state = self.delta_state(i);
             let now = Instant::now();
-            if state.acked.is_some() && state.next_announce.is_some_and(|t| now < t) {
-                // Paced: the changes go with the next delta.
-                return Ok(());
+            let paced = state.next_announce.is_some_and(|t| now < t);
+            if let (Some((_, taken)), true) = (&state.acked, paced) {
+                // Paced: the changes go with the next delta; but a blob the tracker was not
+                // told of (a download that just started) goes at once.
+                if !announce.names_new_blob(taken) {
+                    return Ok(());
+                }
             }
             match state.legacy_until {
                 Some(until) if now < until => None,

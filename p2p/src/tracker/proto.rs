@@ -295,6 +295,18 @@ pub struct Announce {
 }
 
 /// The tracker's answer to an announce.
+impl Announce {
+    /// Whether it names a blob `taken` (the last announce a tracker took) does not: a
+    /// download that just started. Such an announce is not held back by the tracker's
+    /// pacing: the others' lists learn of the pull's first fetches and chunks through it
+    /// (docs/simulator.md "Paced from the start").
+    pub fn names_new_blob(&self, taken: &Announce) -> bool {
+        let known: std::collections::HashSet<&Digest> =
+            taken.blobs.iter().map(|b| &b.digest).collect();
+        self.blobs.iter().any(|b| !known.contains(&b.digest))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AnnounceReply {

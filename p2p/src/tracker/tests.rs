@@ -498,6 +498,32 @@ async fn a_paced_node_skips_rounds_and_reuses_peer_lists_until_the_tracker_says(
 }
 
 #[tokio::test]
+async fn a_blob_the_tracker_was_not_told_of_is_announced_within_the_pacing() {
+    let ((up, seen, _), _) = paced_tracker(300, 300, vec![]).await;
+    let t = trackers(vec![up.url.clone()]);
+    let mut state = announce();
+    t.announce(&state).await.unwrap();
+    // A download starts within the pacing: its blob goes at once.
+    let new = Digest::of(b"new");
+    state
+        .blobs
+        .push(BlobHave::new(new.clone(), &ChunkSet::empty(2)));
+    t.announce(&state).await.unwrap();
+    // Its first chunk, still within the pacing: held back for the next delta.
+    let mut one = ChunkSet::empty(2);
+    one.insert(0);
+    state.blobs[1] = BlobHave::new(new.clone(), &one);
+    t.announce(&state).await.unwrap();
+    let sent = seen.lock().unwrap().clone();
+    assert_eq!(
+        sent.len(),
+        2,
+        "the new blob sent at once, the change to it paced"
+    );
+    assert_eq!(sent[1].blobs, vec![BlobHave::new(new, &ChunkSet::empty(2))]);
+}
+
+#[tokio::test]
 async fn a_short_peer_list_is_not_reused_under_the_pacing() {
     // One node fewer than a full list; the seeder and the node itself are not counted.
     let short = list_naming(SHORT_LIST_NODES - 1);

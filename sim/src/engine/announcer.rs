@@ -4,6 +4,7 @@
 use shoal_p2p::tracker::proto::UploadStats;
 
 use super::{Announced, Event, Sim, ANNOUNCE_PAUSE};
+use crate::adapter::BlobState;
 
 impl Sim<'_> {
     /// Node `i`'s announcer wakes (`generation`: a stale wake-up is ignored).
@@ -40,7 +41,25 @@ impl Sim<'_> {
     /// Node `i` announces its state now (the tracker hears it one latency later; a round
     /// within the tracker's pacing skips it), then pauses.
     pub(super) fn announce(&mut self, i: usize) {
-        let paced = self.tracker.paced(i, self.now);
+        let blobs: Vec<_> = self.nodes[i]
+            .downloads
+            .iter()
+            .enumerate()
+            .filter_map(|(k, d)| {
+                let have = d.have.clone()?;
+                Some((k, have, d.fetching.clone()))
+            })
+            .collect();
+        let states: Vec<BlobState<'_>> = blobs
+            .iter()
+            .map(|(blob, have, fetching)| BlobState {
+                blob: *blob,
+                have,
+                fetching: fetching.as_ref(),
+            })
+            .collect();
+        let paced = self.tracker.paced(i, self.now, &states);
+        drop(states);
         let rate = self.net.upload_rate(i);
         let node = &mut self.nodes[i];
         node.upload_peak = node.upload_peak.max(rate);
@@ -50,18 +69,7 @@ impl Sim<'_> {
             active: self.net.uploads(i) as u32,
             max: self.sc.settings.max_uploads as u32,
         };
-        let blobs = if paced {
-            Vec::new()
-        } else {
-            node.downloads
-                .iter()
-                .enumerate()
-                .filter_map(|(k, d)| {
-                    let have = d.have.clone()?;
-                    Some((k, have, d.fetching.clone()))
-                })
-                .collect()
-        };
+        let blobs = if paced { Vec::new() } else { blobs };
         node.waiting = false;
         node.notified = false;
         node.announce_gen += 1;

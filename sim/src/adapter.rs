@@ -151,8 +151,8 @@ impl TrackerSim {
         self.tracker.lost(&self.digests[blob], chunk, since, now)
     }
 
-    /// Whether node `node`'s announce round at `now` (s), naming `blobs` (their indices),
-    /// skips the tracker: it took an announce, its pacing has not passed (the changes go with
+    /// Whether node `node`'s announce round at `now` (s), of its downloads' states `blobs`
+    /// (those holding or fetching a chunk are named, as shoald names them), skips the tracker: it took an announce, its pacing has not passed (the changes go with
     /// the next round) and the round names no blob the tracker was not told of, as shoald's
     /// client decides ([`Announce::names_new_blob`]).
     pub fn paced(&mut self, node: usize, now: f64, blobs: &[BlobState<'_>]) -> bool {

@@ -151,6 +151,18 @@ struct Announced {
     blobs: Vec<(usize, ChunkSet, Option<ChunkSet>)>,
 }
 
+/// A node's downloads' states (blob, held, fetching) as the adapter takes them.
+fn blob_states(blobs: &[(usize, ChunkSet, Option<ChunkSet>)]) -> Vec<BlobState<'_>> {
+    blobs
+        .iter()
+        .map(|(blob, have, fetching)| BlobState {
+            blob: *blob,
+            have,
+            fetching: fetching.as_ref(),
+        })
+        .collect()
+}
+
 struct Queued {
     at: u64,
     seq: u64,
@@ -415,15 +427,7 @@ impl<'a> Sim<'a> {
             Event::Tick(i) => self.tick(i)?,
             Event::AnnounceWake(i, generation) => self.announce_wake(i, generation),
             Event::Announced(i, a) => {
-                let blobs: Vec<BlobState<'_>> = a
-                    .blobs
-                    .iter()
-                    .map(|(blob, have, fetching)| BlobState {
-                        blob: *blob,
-                        have,
-                        fetching: fetching.as_ref(),
-                    })
-                    .collect();
+                let blobs = blob_states(&a.blobs);
                 let now = self.instant(self.now);
                 self.tracker.announce(i, a.upload, &blobs, a.sent, now)?;
             }

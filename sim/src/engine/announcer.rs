@@ -4,7 +4,6 @@
 use shoal_p2p::tracker::proto::UploadStats;
 
 use super::{Announced, Event, Sim, ANNOUNCE_PAUSE};
-use crate::adapter::BlobState;
 
 impl Sim<'_> {
     /// Node `i`'s announcer wakes (`generation`: a stale wake-up is ignored).
@@ -50,14 +49,7 @@ impl Sim<'_> {
                 Some((k, have, d.fetching.clone()))
             })
             .collect();
-        let states: Vec<BlobState<'_>> = blobs
-            .iter()
-            .map(|(blob, have, fetching)| BlobState {
-                blob: *blob,
-                have,
-                fetching: fetching.as_ref(),
-            })
-            .collect();
+        let states = super::blob_states(&blobs);
         let paced = self.tracker.paced(i, self.now, &states);
         drop(states);
         let rate = self.net.upload_rate(i);

@@ -9,10 +9,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use shoal_p2p::swarm::planner::refresh::SHORT_LIST_NODES;
 use shoal_p2p::swarm::planner::{PeerInfo, PlannerConfig};
 use shoal_p2p::tracker::proto::{
-    Announce, BlobHave, ChunkSet, DeltaAnnounce, PeerEntry, UploadStats,
+    reusable_list, Announce, BlobHave, ChunkSet, DeltaAnnounce, PeerEntry, UploadStats,
 };
 use shoal_p2p::tracker::SEEDER_ID_PREFIX;
 use shoal_p2p::Digest;
@@ -50,11 +49,6 @@ pub fn seeder_id() -> String {
 /// Who a peer id names: `Some(i)` for node `i`, `None` for the seeder.
 pub fn endpoint_of(id: &str) -> Option<usize> {
     id.strip_prefix("node-").and_then(|i| i.parse().ok())
-}
-
-/// The nodes `list` names for node `me` (shoald's scheduler counts them the same way).
-pub fn nodes_named(list: &[PeerEntry], me: usize) -> usize {
-    shoal_p2p::tracker::proto::nodes_named(list, &node_id(me))
 }
 
 /// The blobs an announce names: those holding or fetching a chunk.
@@ -280,7 +274,7 @@ impl TrackerSim {
         );
         let client = &mut self.clients[asking];
         // Short lists are not kept, as shoald's client does not keep them.
-        if client.peer_list_interval > 0.0 && nodes_named(&list, asking) >= SHORT_LIST_NODES {
+        if client.peer_list_interval > 0.0 && reusable_list(&list, &node_id(asking)) {
             client.lists.insert(blob, (asked, list.clone()));
         }
         list

@@ -23,7 +23,6 @@ use super::proto::{Announce, ChunkSet, DeltaAnnounce, DeltaReply, PeerEntry, Pee
 use super::{Failure, Request, Tracker, TrackerError};
 use crate::chunk::ChunkManifest;
 use crate::digest::Digest;
-use crate::swarm::planner::refresh::SHORT_LIST_NODES;
 use crate::tls::{Expect, TlsError, Transport};
 
 /// Most bytes of a tracker answer read (peer lists and chunk manifests are far smaller: a
@@ -319,12 +318,8 @@ impl HttpTrackers {
         let asked = Instant::now();
         let list = self.ask_peer_list(url, digest, self_id).await?;
         let mut state = self.delta_state(i);
-        // A short list is not kept: the tracker knew few of the blob's nodes when it made it
-        // (the pulls of a rollout just started, before their announces), so reusing it for
-        // the pacing's interval (2.5 s at 5,000 nodes) left a node knowing nobody that long;
-        // it costs the tracker little, and the next refresh asks again.
-        if !state.peer_list_interval.is_zero()
-            && super::proto::nodes_named(&list.peers, self_id) >= SHORT_LIST_NODES
+        // A short list is not kept (it costs the tracker little; the next refresh asks again).
+        if !state.peer_list_interval.is_zero() && super::proto::reusable_list(&list.peers, self_id)
         {
             state.lists.insert(digest.clone(), (asked, list.clone()));
         }

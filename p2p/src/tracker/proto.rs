@@ -26,18 +26,29 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
+use crate::swarm::planner::refresh::SHORT_LIST_NODES;
 
 /// `peer_id` prefix of a registry extension's own seeder (followed by its address). Nodes
 /// may not announce with it; their schedulers use a seeder only for chunks no other peer can
 /// give them, so the registry side sends each chunk about once.
 pub const SEEDER_ID_PREFIX: &str = "registry-ext@";
 
-/// The nodes `peers` names: not registry-side seeders, not `me`.
-pub fn nodes_named(peers: &[PeerEntry], me: &str) -> usize {
-    peers
-        .iter()
-        .filter(|e| e.peer_id != me && !e.peer_id.starts_with(SEEDER_ID_PREFIX))
+/// Whether node `me` may answer a peer list asked again within the tracker's pacing with
+/// `peers`, the last one that tracker gave: not when it is short (names fewer than
+/// [`SHORT_LIST_NODES`] nodes), made before the blob's other nodes announced (a rollout's
+/// first lists; reusing one for the pacing's interval, 2.5 s at 5,000 nodes, left a node
+/// knowing nobody that long). shoald's client, the simulator and the tracker's load bench
+/// follow this one rule.
+pub fn reusable_list(peers: &[PeerEntry], me: &str) -> bool {
+    reusable_list_of(peers.iter().map(|e| e.peer_id.as_str()), me)
+}
+
+/// [`reusable_list`] of a list's `peer_id`s alone (the tracker's load bench reads only those).
+pub fn reusable_list_of<'a>(ids: impl IntoIterator<Item = &'a str>, me: &str) -> bool {
+    ids.into_iter()
+        .filter(|&id| id != me && !id.starts_with(SEEDER_ID_PREFIX))
         .count()
+        >= SHORT_LIST_NODES
 }
 
 /// Most chunks a blob may have in the protocol (a 64 GiB blob in 64 KiB chunks): a chunk set

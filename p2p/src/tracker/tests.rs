@@ -463,6 +463,21 @@ fn list_naming(nodes: usize) -> Vec<PeerEntry> {
     list
 }
 
+#[test]
+fn a_list_is_reusable_when_it_names_enough_nodes_besides_seeders_and_the_asker() {
+    use super::proto::{reusable_list, reusable_list_of};
+    for (nodes, reusable) in [(SHORT_LIST_NODES, true), (SHORT_LIST_NODES - 1, false)] {
+        // Each list also names the seeder and the asker ("me"): neither counts.
+        let list = list_naming(nodes);
+        assert_eq!(list.len(), nodes + 2);
+        assert_eq!(reusable_list(&list, "me"), reusable, "{nodes} nodes");
+        let ids = list.iter().map(|e| e.peer_id.as_str());
+        assert_eq!(reusable_list_of(ids, "me"), reusable, "{nodes} nodes, ids");
+    }
+    // Another asker counts "me" as a node.
+    assert!(reusable_list(&list_naming(SHORT_LIST_NODES - 1), "other"));
+}
+
 #[tokio::test]
 async fn a_paced_node_skips_rounds_and_reuses_peer_lists_until_the_tracker_says() {
     let full = list_naming(SHORT_LIST_NODES);

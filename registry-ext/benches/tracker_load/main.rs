@@ -14,7 +14,10 @@
 //! (one for announces, one for peer lists), speaking HTTP/1.1 directly (cheaper than a full
 //! client, so the generator keeps up), at shoald's cadence (`Swarm::run_announcer`: an
 //! announce, 200 ms, then the rest of the 1 s interval unless a chunk arrived; while
-//! downloading, a peer list of each blob in progress every 500 ms).
+//! downloading, a peer list of each blob in progress every 500 ms), paced as `HttpTrackers`
+//! paces by a delta tracker's `min_interval_ms` and `peer_list_interval_ms`, with its two
+//! exceptions: an announce naming a blob the tracker was not told of (a layer's download
+//! starting) goes at once, and a short list (`proto::reusable_list`) is not reused.
 //!
 //! Node state: every node holds 3 of 12 images (4-10 layers each, 256 MiB to 2 GiB, half in
 //! 1 MiB chunks and half in 4 MiB chunks). Two phases, each `SHOAL_BENCH_SECS` long after a
@@ -51,7 +54,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoal_p2p::tracker::proto::{Announce, DeltaAnnounce, DeltaReply};
+use shoal_p2p::tracker::proto::{reusable_list_of, Announce, DeltaAnnounce, DeltaReply};
 use shoal_p2p::Digest;
 
 use conn::{get, post, Conn};
@@ -138,8 +141,13 @@ async fn announce_once(
             Ok(Some((req.len() as u64, a.status, false)))
         }
         Protocol::Delta => {
-            if state.acked.is_some() && state.next_announce.is_some_and(|t| Instant::now() < t) {
-                return Ok(None);
+            // Paced as `HttpTrackers` paces: a round within the pacing is skipped unless it
+            // names a blob the tracker was not told of (a layer's download starting).
+            let paced = state.next_announce.is_some_and(|t| Instant::now() < t);
+            if let (Some((_, taken)), true) = (&state.acked, paced) {
+                if !announce.names_new_blob(taken) {
+                    return Ok(None);
+                }
             }
             state.seq += 1;
             let seq = state.seq;
@@ -224,6 +232,18 @@ async fn run_node(
     (tally, conn, state)
 }
 
+/// A peer list's ids (the rest of [`shoal_p2p::tracker::proto::PeerList`] skipped).
+#[derive(serde::Deserialize)]
+struct ListIds<'a> {
+    #[serde(borrow)]
+    peers: Vec<ListId<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ListId<'a> {
+    peer_id: &'a str,
+}
+
 async fn run_peer_lists(
     plan: Arc<Plan>,
     node: Arc<std::sync::Mutex<Node>>,
@@ -231,7 +251,9 @@ async fn run_peer_lists(
     offset: Duration,
     mut conn: Conn,
 ) -> (Tally, Conn) {
-    let mut asked: std::collections::HashMap<Digest, Instant> = Default::default();
+    // When each blob's last list kept for reuse was asked (`HttpTrackers` keeps only those
+    // `reusable_list` allows).
+    let mut kept: std::collections::HashMap<Digest, Instant> = Default::default();
     let mut tally = Tally::default();
     tokio::time::sleep(offset).await;
     let id = node.lock().expect("lock").id.clone();
@@ -246,14 +268,20 @@ async fn run_peer_lists(
         // The scheduler's refresh is every 500 ms; a paced client reuses a list for longer.
         let every = (*peers_every.lock().expect("lock")).max(Duration::from_millis(500));
         for digest in active {
-            if asked.get(&digest).is_some_and(|&at| round < at + every) {
+            if kept.get(&digest).is_some_and(|&at| round < at + every) {
                 continue;
             }
-            asked.insert(digest.clone(), round);
             let req = get(&format!("/v1/peers/{digest}?peer={id}"));
             let start = Instant::now();
             let result = conn.request(&req).await;
             let took = start.elapsed();
+            if let Ok(a) = &result {
+                // Only the ids are read: parsing whole lists took the generator's core.
+                let list = serde_json::from_slice::<ListIds>(&a.body);
+                if list.is_ok_and(|l| reusable_list_of(l.peers.iter().map(|p| p.peer_id), &id)) {
+                    kept.insert(digest.clone(), round);
+                }
+            }
             if plan.measuring(start) {
                 tally.bytes += req.len() as u64;
                 match result {

@@ -142,7 +142,8 @@ impl SwarmConfig {
 /// Have streams a download keeps open by default ([`SwarmConfig::have_peers`]).
 pub const DEFAULT_HAVE_PEERS: usize = 16;
 
-/// Least time between two announces. A chunk is relayed only once the others know it is
+/// Least time between two announces (but for a download's first, see
+/// [`Swarm::run_announcer`]). A chunk is relayed only once the others know it is
 /// here (this node's announce, then their peer refresh), so each hop of a chunk through the
 /// swarm waits about half of this plus half a `peer_refresh`. 50 ms (and a 200 ms refresh)
 /// made no measurable difference on the emulated cluster while asking 4 times as much of the
@@ -177,8 +178,10 @@ pub(crate) struct Inner {
     seeded: Mutex<HashMap<Digest, u32>>,
     /// Upload stats reported with each announce.
     upload_stats: Mutex<Option<UploadStatsFn>>,
-    /// Wakes the announcer (a chunk arrived).
+    /// Wakes the announcer (a chunk arrived), after the gap since its last round.
     pub(crate) announce_now: Notify,
+    /// Wakes the announcer within the gap too: a download's first chunks are in flight.
+    pub(crate) announce_new_blob: Notify,
     /// Throughput seen from each peer (bytes/s, smoothed), across blobs.
     pub(crate) peer_speed: Mutex<HashMap<SocketAddr, f64>>,
     /// Requests in flight to each registry-side seeder, across blobs.
@@ -212,6 +215,7 @@ impl Swarm {
                 seeded: Mutex::new(seeded),
                 upload_stats: Mutex::new(None),
                 announce_now: Notify::new(),
+                announce_new_blob: Notify::new(),
                 peer_speed: Mutex::new(HashMap::new()),
                 seeder_requests: Mutex::new(HashMap::new()),
                 peer_requests: AtomicUsize::new(0),
@@ -265,7 +269,8 @@ impl Swarm {
     }
 
     /// Announces to the trackers every `announce_interval`, and soon after a chunk arrives
-    /// (at most every [`ANNOUNCE_GAP`]). Runs until the future is dropped; tracker failures are logged
+    /// (at most every [`ANNOUNCE_GAP`]), at once when a download's first chunks are in
+    /// flight. Runs until the future is dropped; tracker failures are logged
     /// (once per outage) and retried at the next round.
     pub async fn run_announcer(self) {
         let mut failing = false;
@@ -285,7 +290,16 @@ impl Swarm {
                     failing = true;
                 }
             }
-            tokio::time::sleep(ANNOUNCE_GAP).await;
+            // A download's first chunks in flight do not wait out the gap: the others' lists
+            // learn of a pull's fetchers through that announce (the trackers do not pace it
+            // either: it names a blob they were not told of).
+            let new_blob = tokio::select! {
+                _ = tokio::time::sleep(ANNOUNCE_GAP) => false,
+                _ = self.inner.announce_new_blob.notified() => true,
+            };
+            if new_blob {
+                continue;
+            }
             let rest = self
                 .inner
                 .config
@@ -293,6 +307,7 @@ impl Swarm {
                 .saturating_sub(ANNOUNCE_GAP);
             tokio::select! {
                 _ = self.inner.announce_now.notified() => {}
+                _ = self.inner.announce_new_blob.notified() => {}
                 _ = tokio::time::sleep(rest) => {}
             }
         }

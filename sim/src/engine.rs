@@ -10,7 +10,7 @@
 //! - After a plan the chunks in flight are published; new ones wake the announcer, as does
 //!   every verified chunk and every finished download.
 //! - The announcer announces, sleeps 200 ms, then waits for a wake-up or the rest of the
-//!   announce interval.
+//!   announce interval; a download's first chunks in flight wake it within the 200 ms too.
 //! - A request reaches its source after one round trip (request out, first byte back); a
 //!   source with all upload slots taken answers busy, one without the chunk "not held", the
 //!   seeder refuses a chunk it sent less than its deferral ago; otherwise the chunk flows.
@@ -85,6 +85,9 @@ pub struct Outcome {
     pub announces: u64,
     pub paced_announces: u64,
     pub reused_lists: u64,
+    /// The longest a node's pull waited for its first announce naming a blob (s, from the
+    /// pull's start to the announce's sending).
+    pub first_announce_wait: f64,
     /// The swarm's state every `Scenario::sample_every`.
     pub samples: Vec<Sample>,
     /// Events processed.
@@ -249,6 +252,8 @@ struct NodeRt {
     /// The announcer waits for a wake-up (not pausing).
     waiting: bool,
     announce_gen: u64,
+    /// An announce naming a blob went out since the pull started.
+    announced_pull: bool,
 }
 
 /// The node's budget as shoald's executor keeps it (`Swarm`): its seeder slots and its chunk
@@ -330,6 +335,7 @@ impl<'a> Sim<'a> {
                 notified: false,
                 waiting: true,
                 announce_gen: 0,
+                announced_pull: false,
             })
             .collect();
         let mut sim = Self {
@@ -582,9 +588,15 @@ impl<'a> Sim<'a> {
             Some(old) => fetching.iter().any(|c| !old.contains(c)),
             None => fetching.count() > 0,
         };
+        // The download's first chunks in flight (the announce names the blob from now on):
+        // the announcer goes at once, within its pause too, as shoald's does.
+        let first = d.fetching.as_ref().is_none_or(|f| f.count() == 0)
+            && d.have.as_ref().is_none_or(|h| h.count() == 0);
         let changed = d.fetching.as_ref() != Some(&fetching);
         d.fetching = Some(fetching);
-        if grew {
+        if grew && first && !self.nodes[i].waiting {
+            self.announce(i);
+        } else if grew {
             self.notify(i);
         }
         if changed {

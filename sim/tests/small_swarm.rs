@@ -196,3 +196,20 @@ fn a_warmed_up_swarm_counts_its_pulls_and_the_registry_side_from_the_pulls_start
     bad.warmup = -1.0;
     assert!(run(&bad).is_err(), "a negative warm-up is refused");
 }
+
+#[test]
+fn a_warmed_up_nodes_first_announce_of_its_pull_does_not_wait_out_the_announcers_pause() {
+    // 50 nodes whose announcers have run 3 s: about a fifth are in their 200 ms pause after a
+    // round when the pulls start. The first chunk requests wake the announcer within it, as
+    // they wake shoald's (`Swarm::run_announcer`).
+    let mut sc = report::scenario(Kind::Equal, 50, 64 * MIB, 4 * MIB, report::mbit(1000.0), 4);
+    sc.warmup = 3.0;
+    let out = run(&sc).expect("simulation");
+    assert_eq!(out.sorted_times().len(), 50, "every node finishes: {out:?}");
+    // A peer list's round trip and a plan; waiting out the pause would take up to 200 ms.
+    assert!(
+        out.first_announce_wait < 0.05,
+        "a pull waited {:.3}s for its first announce",
+        out.first_announce_wait
+    );
+}

@@ -38,6 +38,20 @@ pub(crate) struct Grant {
     pub(crate) reader: Reader,
 }
 
+/// What a change of a download's chunks in flight asks of the announcer
+/// ([`Swarm::run_announcer`](crate::swarm::Swarm::run_announcer)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AnnounceWake {
+    /// Nothing the trackers were not told.
+    No,
+    /// New chunks in flight: the next round, after the gap since the last.
+    Soon,
+    /// The download's first chunks in flight: the announce names the blob for the first
+    /// time, and the others' peer lists learn of this fetcher through it, so it does not
+    /// wait out the gap (docs/simulator.md "A pull's first announce without the gap").
+    Now,
+}
+
 /// A blob download shared by every reader of it.
 pub(crate) struct Download {
     image: ImageReference,
@@ -158,18 +172,24 @@ impl Download {
         self.state.lock().expect("lock").fetching.clone()
     }
 
-    /// Records the chunks being fetched now; true if it names a chunk it did not before.
-    pub(crate) fn set_fetching(&self, fetching: ChunkSet) -> bool {
+    /// Records the chunks being fetched now, and says what that asks of the announcer.
+    pub(crate) fn set_fetching(&self, fetching: ChunkSet) -> AnnounceWake {
         let mut state = self.state.lock().expect("lock");
         if state.fetching == fetching {
-            return false;
+            return AnnounceWake::No;
         }
         let grew = fetching.iter().any(|i| !state.fetching.contains(i));
+        // The announce names a download once it holds or fetches a chunk.
+        let first = state.held.count() == 0 && state.fetching.count() == 0;
         state.fetching = fetching;
         drop(state);
         // For the have streams.
         self.changed.send_modify(|v| *v += 1);
-        grew
+        match (grew, first) {
+            (false, _) => AnnounceWake::No,
+            (true, false) => AnnounceWake::Soon,
+            (true, true) => AnnounceWake::Now,
+        }
     }
 
     /// The state the download's have streams report.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use super::download::Download;
+use super::download::{AnnounceWake, Download};
 use super::error::RequestError;
 use super::planner::{
     Action, DropReason, Failure, NodeBudget, PeerInfo, PeerRefresh, Planner, PlannerConfig, ReqId,
@@ -556,10 +556,13 @@ impl Scheduler {
     }
 
     /// Tells the download which chunks are in flight (for the announce); wakes the announcer
-    /// when that names new ones.
+    /// when that names new ones, at once when they are the download's first.
     fn publish_fetching(&self) {
-        if self.download.set_fetching(self.planner.fetching()) {
-            self.swarm.inner().announce_now.notify_one();
+        let inner = self.swarm.inner();
+        match self.download.set_fetching(self.planner.fetching()) {
+            AnnounceWake::No => {}
+            AnnounceWake::Soon => inner.announce_now.notify_one(),
+            AnnounceWake::Now => inner.announce_new_blob.notify_one(),
         }
     }
 }

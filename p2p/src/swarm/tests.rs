@@ -488,6 +488,57 @@ async fn chunks_are_announced_while_the_blob_downloads() {
 }
 
 #[tokio::test]
+async fn a_downloads_first_chunks_in_flight_are_announced_without_waiting_out_the_gap() {
+    // A long interval: past the gap, only a wake-up brings the next round.
+    let rig = rig_in(tempfile::tempdir().unwrap(), |c| {
+        c.announce_interval = Duration::from_secs(10);
+    });
+    let data = blob(8 * CHUNK as usize, 14);
+    let digest = rig.registry.add(&data);
+    rig.tracker.add_manifest(manifest_of(&data));
+    rig.peers
+        .add(addr(12), Behaviour::Slow(Duration::from_millis(100)), &data);
+    rig.tracker.add_peer(digest.clone(), peer_entry(12, &data));
+    let announcer = tokio::spawn(rig.swarm.clone().run_announcer());
+    // The idle round, then a pull starting within the gap after it.
+    while rig.tracker.announces().is_empty() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let idle = std::time::Instant::now();
+    let pulling = tokio::spawn({
+        let (swarm, image, digest) = (rig.swarm.clone(), rig.image.clone(), digest.clone());
+        async move {
+            let stream = swarm.fetch(&image, &digest).await.unwrap();
+            stream.try_collect::<Vec<Bytes>>().await.unwrap().concat()
+        }
+    });
+    let names = |a: &Announce| a.blobs.iter().any(|b| b.digest == digest);
+    while !rig.tracker.announces().iter().any(names) {
+        assert!(
+            idle.elapsed() < Duration::from_secs(5),
+            "the blob never announced"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let after = idle.elapsed();
+    // Waiting out the gap would be at least ANNOUNCE_GAP (200 ms) after the idle round.
+    assert!(
+        after < ANNOUNCE_GAP * 3 / 4,
+        "the download's first announce came {after:?} after the idle round"
+    );
+    let first = rig.tracker.announces().into_iter().find(names).unwrap();
+    let blob = first.blobs.iter().find(|b| b.digest == digest).unwrap();
+    assert_eq!(
+        blob.set().unwrap().count(),
+        0,
+        "announced before any chunk arrived"
+    );
+    assert!(blob.fetching_set().unwrap().count() > 0);
+    assert_eq!(pulling.await.unwrap(), data);
+    announcer.abort();
+}
+
+#[tokio::test]
 async fn a_node_asks_a_registry_side_seeder_for_one_chunk_at_a_time() {
     let rig = rig();
     let a = blob(6 * CHUNK as usize, 12);

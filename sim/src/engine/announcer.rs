@@ -66,6 +66,14 @@ impl Sim<'_> {
         node.notified = false;
         node.announce_gen += 1;
         let generation = node.announce_gen;
+        let names_one = blobs.iter().any(|(_, have, fetching)| {
+            have.count() > 0 || fetching.as_ref().is_some_and(|f| f.count() > 0)
+        });
+        if !paced && node.pulling && !node.announced_pull && names_one {
+            node.announced_pull = true;
+            let wait = self.now - (self.sc.warmup + self.sc.nodes[i].start);
+            self.out.first_announce_wait = self.out.first_announce_wait.max(wait);
+        }
         if !paced {
             let sent = self.now;
             self.at(

@@ -52,7 +52,9 @@ pub fn endpoint_of(id: &str) -> Option<usize> {
 }
 
 /// The blobs an announce names: those holding or fetching a chunk.
-fn announced<'a, 'b>(blobs: &'a [BlobState<'b>]) -> impl Iterator<Item = &'a BlobState<'b>> {
+pub(crate) fn announced<'a, 'b>(
+    blobs: &'a [BlobState<'b>],
+) -> impl Iterator<Item = &'a BlobState<'b>> {
     blobs
         .iter()
         .filter(|b| b.have.count() > 0 || b.fetching.is_some_and(|f| f.count() > 0))
@@ -146,16 +148,17 @@ impl TrackerSim {
     }
 
     /// Whether node `node`'s announce round at `now` (s), of its downloads' states `blobs`
-    /// (those holding or fetching a chunk are named, as shoald names them), skips the tracker: it took an announce, its pacing has not passed (the changes go with
-    /// the next round) and the round names no blob the tracker was not told of, as shoald's
-    /// client decides ([`Announce::names_new_blob`]).
+    /// (those holding or fetching a chunk are named, as shoald names them), skips the
+    /// tracker: it took an announce, its pacing has not passed (the changes go with the next
+    /// round) and the round names no blob the tracker was not told of, as shoald's client
+    /// decides ([`Announce::names_new_blob`]).
     pub fn paced(&mut self, node: usize, now: f64, blobs: &[BlobState<'_>]) -> bool {
         let c = &self.clients[node];
-        let new_blob = |taken: &Announce| {
-            announced(blobs).any(|b| !taken.blobs.iter().any(|t| t.digest == self.digests[b.blob]))
-        };
         let paced = match &c.acked {
-            Some((_, taken)) => now < c.next_announce && !new_blob(taken),
+            Some((_, taken)) => {
+                now < c.next_announce
+                    && !taken.lacks_any(announced(blobs).map(|b| &self.digests[b.blob]))
+            }
             None => false,
         };
         if paced {

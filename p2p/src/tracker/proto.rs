@@ -312,9 +312,17 @@ impl Announce {
     /// pacing: the others' lists learn of the pull's first fetches and chunks through it
     /// (docs/simulator.md "Paced from the start").
     pub fn names_new_blob(&self, taken: &Announce) -> bool {
+        taken.lacks_any(self.blobs.iter().map(|b| &b.digest))
+    }
+
+    /// Whether one of `digests` is a blob this announce does not name ([`names_new_blob`]
+    /// of a round's digests alone; the simulator's client decides with it).
+    ///
+    /// [`names_new_blob`]: Announce::names_new_blob
+    pub fn lacks_any<'a>(&self, digests: impl IntoIterator<Item = &'a Digest>) -> bool {
         let known: std::collections::HashSet<&Digest> =
-            taken.blobs.iter().map(|b| &b.digest).collect();
-        self.blobs.iter().any(|b| !known.contains(&b.digest))
+            self.blobs.iter().map(|b| &b.digest).collect();
+        digests.into_iter().any(|d| !known.contains(d))
     }
 }
 

@@ -51,6 +51,7 @@ impl Sim<'_> {
             .collect();
         let states = super::blob_states(&blobs);
         let paced = self.tracker.paced(i, self.now, &states);
+        let names_one = crate::adapter::announced(&states).next().is_some();
         drop(states);
         let rate = self.net.upload_rate(i);
         let node = &mut self.nodes[i];
@@ -66,9 +67,6 @@ impl Sim<'_> {
         node.notified = false;
         node.announce_gen += 1;
         let generation = node.announce_gen;
-        let names_one = blobs.iter().any(|(_, have, fetching)| {
-            have.count() > 0 || fetching.as_ref().is_some_and(|f| f.count() > 0)
-        });
         if !paced && node.pulling && !node.announced_pull && names_one {
             node.announced_pull = true;
             let wait = self.now - (self.sc.warmup + self.sc.nodes[i].start);

@@ -33,6 +33,17 @@ pub trait Tracker: Send + Sync {
         self_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<PeerEntry>, TrackerError>>;
 
+    /// [`Tracker::peers`] for a download that knows no free holder of what it lacks
+    /// ([`crate::swarm::planner::Planner::starved`]): a client that reuses lists under the
+    /// trackers' pacing asks them again instead. The same as `peers` for the others.
+    fn fresh_peers<'a>(
+        &'a self,
+        digest: &'a Digest,
+        self_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PeerEntry>, TrackerError>> {
+        self.peers(digest, self_id)
+    }
+
     /// The chunk manifest of blob `digest` of `repository` on registry `registry` (a host, as
     /// in the image reference). The caller validates it against the digest.
     fn chunk_manifest<'a>(

@@ -117,6 +117,10 @@ pub struct TrackerSim {
     /// Announce rounds skipped for the pacing, and peer lists answered from the last one.
     pub paced_announces: u64,
     pub reused_lists: u64,
+    /// Peer lists the tracker made, and those of them asked within the pacing because the
+    /// download was starved ([`shoal_p2p::swarm::planner::Planner::starved`]).
+    pub lists: u64,
+    pub fresh_lists: u64,
 }
 
 impl TrackerSim {
@@ -138,6 +142,8 @@ impl TrackerSim {
             full_states_asked: 0,
             paced_announces: 0,
             reused_lists: 0,
+            lists: 0,
+            fresh_lists: 0,
         }
     }
 
@@ -236,15 +242,25 @@ impl TrackerSim {
     }
 
     /// Node `node`'s last peer list of `blob`, if the pacing says to use it again at `now`
-    /// (s).
-    pub fn recent_list(&mut self, node: usize, blob: usize, now: f64) -> Option<Vec<PeerEntry>> {
+    /// (s) and the download is not `starved` (then it asks anew, as shoald's
+    /// `Tracker::fresh_peers`).
+    pub fn recent_list(
+        &mut self,
+        node: usize,
+        blob: usize,
+        now: f64,
+        starved: bool,
+    ) -> Option<Vec<PeerEntry>> {
         let c = &self.clients[node];
         let (at, list) = c.lists.get(&blob)?;
-        if now - at < c.peer_list_interval {
+        if now - at >= c.peer_list_interval {
+            None
+        } else if starved {
+            self.fresh_lists += 1;
+            None
+        } else {
             self.reused_lists += 1;
             Some(list.clone())
-        } else {
-            None
         }
     }
 
@@ -258,6 +274,7 @@ impl TrackerSim {
         asked: f64,
         now: Instant,
     ) -> Vec<PeerEntry> {
+        self.lists += 1;
         let chunks = self.chunks[blob];
         let seeder = PeerEntry {
             peer_id: seeder_id(),
@@ -477,11 +494,14 @@ mod tests {
         );
         // Within the peer-list pacing (its last announce's reply) the last list is used
         // again; past it, a new one.
-        assert_eq!(t.recent_list(last, 0, 1.4), Some(list));
-        assert_eq!(t.recent_list(last, 0, 1.5), None);
+        assert_eq!(t.recent_list(last, 0, 1.4, false), Some(list));
+        assert_eq!(t.recent_list(last, 0, 1.5, false), None);
+        // A starved download asks anew within the pacing too (shoald's `fresh_peers`).
+        assert_eq!(t.recent_list(last, 0, 1.4, true), None);
+        assert_eq!((t.reused_lists, t.fresh_lists, t.lists), (1, 1, 1));
         // Node 0 announced when the tracker knew one peer: not paced until its next reply.
         t.peers(0, 0, UploadStats::default(), 0.5, t0);
-        assert_eq!(t.recent_list(0, 0, 0.6), None);
+        assert_eq!(t.recent_list(0, 0, 0.6, false), None);
     }
 
     /// No chunk is ever lost.

@@ -85,6 +85,10 @@ pub struct Outcome {
     pub announces: u64,
     pub paced_announces: u64,
     pub reused_lists: u64,
+    /// Peer lists the tracker made, and those of them asked within its pacing because the
+    /// download was starved.
+    pub lists: u64,
+    pub fresh_lists: u64,
     /// The longest a node's pull waited for its first announce naming a blob (s, from the
     /// pull's start to the announce's sending).
     pub first_announce_wait: f64,
@@ -424,6 +428,8 @@ impl<'a> Sim<'a> {
         self.out.announces = self.tracker.announces;
         self.out.paced_announces = self.tracker.paced_announces;
         self.out.reused_lists = self.tracker.reused_lists;
+        self.out.lists = self.tracker.lists;
+        self.out.fresh_lists = self.tracker.fresh_lists;
         Ok(self.out)
     }
 
@@ -521,7 +527,9 @@ impl<'a> Sim<'a> {
         let d = &mut self.nodes[i].downloads[blob];
         d.refreshing = true;
         d.last_refresh = self.now;
-        match self.tracker.recent_list(i, blob, self.now) {
+        // shoald's scheduler asks `fresh_peers` for a starved download.
+        let starved = d.planner.as_ref().is_some_and(|p| p.starved());
+        match self.tracker.recent_list(i, blob, self.now, starved) {
             Some(list) => self.at(self.now, Event::Peers(i, blob, list)),
             None => self.at(self.now + self.sc.latency, Event::PeersAsked(i, blob)),
         }

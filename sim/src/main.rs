@@ -227,7 +227,7 @@ fn main() -> Result<()> {
                             eprintln!("{}", report::samples(&out.samples));
                         }
                         eprintln!(
-                            "{} N={n} F={f}: p50 {:.2}s p99 {:.2}s max {:.2}s ({} done, {} died, {} failed; {} events, busy {} (seeder {}, {} waited), not held {}, transport {}, overdue {}; registry side's last byte at {:.2}s, the seeder sent {:.3} F ({} lost chunks again) and the registry by Range {:.3} F; have streams {} opened, {} refused, {} lines; {} announces, {} paced, {} lists reused; {:.1}s)",
+                            "{} N={n} F={f}: p50 {:.2}s p99 {:.2}s max {:.2}s ({} done, {} died, {} failed; {} events, busy {} (seeder {}, {} waited), not held {}, transport {}, overdue {}; registry side's last byte at {:.2}s, the seeder sent {:.3} F ({} lost chunks again) and the registry by Range {:.3} F; have streams {} opened, {} refused, {} lines; {} announces, {} paced; {} peer lists ({} within the pacing for starved downloads), {} reused; {:.1}s)",
                             kind.name(),
                             row.p(50.0),
                             row.p(99.0),
@@ -251,6 +251,8 @@ fn main() -> Result<()> {
                             out.have_lines,
                             out.announces,
                             out.paced_announces,
+                            out.lists,
+                            out.fresh_lists,
                             out.reused_lists,
                             row.wall_secs
                         );

@@ -708,3 +708,50 @@ fn an_overdue_chunk_is_asked_again_without_node_room_and_counted() {
     assert_eq!(peer_fetches(&actions).len(), 1);
     assert_eq!(budget.counted, counted + 1);
 }
+
+#[test]
+fn a_download_is_starved_when_its_plan_leaves_request_room_for_lack_of_a_free_holder() {
+    let t0 = Instant::now();
+    let n = 12;
+    let (mut p, mut rng) = planner(n, 3, t0);
+    assert!(!p.starved(), "nothing planned yet");
+    // One node holds every chunk: its two slots (`per_peer_in_flight`) leave 6 of the 8.
+    p.peers(vec![node(2, n, 0..n)]);
+    let mut budget = Budget::new(1);
+    let mut fetches = peer_fetches(&p.plan(t0, &mut rng, &mut budget));
+    assert_eq!(fetches.len(), 2, "{fetches:?}");
+    // Its first quarter: what a download lacks then is mostly what nobody holds yet.
+    assert!(!p.starved(), "under a quarter of the blob held");
+    while p.held().count() * STARVED_FROM < n {
+        let mut next = Vec::new();
+        for (_, i, req) in &fetches {
+            next.extend(peer_fetches(&p.chunk(t0, *req, *i, 1 << 20, true).unwrap()));
+            next.extend(peer_fetches(&p.ended(t0, *req, None).unwrap()));
+        }
+        next.extend(peer_fetches(&p.plan(t0, &mut rng, &mut budget)));
+        assert!(!next.is_empty(), "the holder's slots are free again");
+        fetches = next;
+    }
+    assert_eq!(fetches.len(), 2, "{fetches:?}");
+    assert!(p.starved(), "6 requests of room and no free holder");
+    // A peer list naming three more holders fills the room: no longer starved.
+    p.peers(vec![
+        node(2, n, 0..n),
+        node(3, n, 0..n),
+        node(4, n, 0..n),
+        node(5, n, 0..n),
+    ]);
+    let more = peer_fetches(&p.plan(t0, &mut rng, &mut budget));
+    assert_eq!(more.len(), 6, "{more:?}");
+    assert!(!p.starved());
+    // A busy answer leaves the room unused again.
+    p.ended(t0, more[0].2, Some(Failure::Busy)).unwrap();
+    let after = p.plan(t0, &mut rng, &mut budget);
+    assert!(peer_fetches(&after).is_empty(), "{after:?}");
+    assert!(p.starved());
+    // Room the node's budget does not give (its other blobs hold its requests) is not
+    // starving this download.
+    budget.requests = Some(budget.counted);
+    p.plan(t0, &mut rng, &mut budget);
+    assert!(!p.starved(), "the node has no request to spare");
+}

@@ -247,9 +247,15 @@ impl Scheduler {
         let swarm = self.swarm.clone();
         let digest = self.download.digest().clone();
         let tx = self.events_tx.clone();
+        let starved = self.planner.starved();
         tokio::spawn(async move {
             let inner = swarm.inner();
-            let peers = inner.tracker.peers(&digest, &inner.config.node_name).await;
+            let name = &inner.config.node_name;
+            let peers = if starved {
+                inner.tracker.fresh_peers(&digest, name).await
+            } else {
+                inner.tracker.peers(&digest, name).await
+            };
             let _ = tx.send(Event::Peers(peers));
         });
     }

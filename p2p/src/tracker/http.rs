@@ -303,16 +303,19 @@ impl HttpTrackers {
         Self::announce_outcome(announce, self.announce_each(announce).await)
     }
 
-    /// One tracker's peer list of `digest` (the last one, within its pacing).
+    /// One tracker's peer list of `digest` (with `reuse`, the last one within its pacing).
     async fn peer_list(
         &self,
         i: usize,
         url: &str,
         digest: &Digest,
         self_id: &str,
+        reuse: bool,
     ) -> Result<PeerList, TrackerError> {
-        if let Some(list) = self.delta_state(i).recent_list(digest) {
-            return Ok(list);
+        if reuse {
+            if let Some(list) = self.delta_state(i).recent_list(digest) {
+                return Ok(list);
+            }
         }
         // Paced from when it was asked, as the scheduler's refreshes are.
         let asked = Instant::now();
@@ -357,16 +360,19 @@ impl HttpTrackers {
         Ok(list)
     }
 
+    /// Every tracker's peer list of `digest`, merged; `reuse`: a tracker's last list within
+    /// its pacing stands for a new one.
     async fn all_peers(
         &self,
         digest: &Digest,
         self_id: &str,
+        reuse: bool,
     ) -> Result<Vec<PeerEntry>, TrackerError> {
         let results = join_all(
             self.urls
                 .iter()
                 .enumerate()
-                .map(|(i, url)| self.peer_list(i, url, digest, self_id)),
+                .map(|(i, url)| self.peer_list(i, url, digest, self_id, reuse)),
         )
         .await;
         let mut lists = Vec::new();
@@ -552,7 +558,15 @@ impl Tracker for HttpTrackers {
         digest: &'a Digest,
         self_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<PeerEntry>, TrackerError>> {
-        Box::pin(self.all_peers(digest, self_id))
+        Box::pin(self.all_peers(digest, self_id, true))
+    }
+
+    fn fresh_peers<'a>(
+        &'a self,
+        digest: &'a Digest,
+        self_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PeerEntry>, TrackerError>> {
+        Box::pin(self.all_peers(digest, self_id, false))
     }
 
     fn chunk_manifest<'a>(

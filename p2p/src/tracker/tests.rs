@@ -555,3 +555,28 @@ async fn a_short_peer_list_is_not_reused_under_the_pacing() {
         "a short list is asked for again each time"
     );
 }
+
+#[tokio::test]
+async fn a_starved_download_asks_for_a_fresh_list_within_the_pacing() {
+    let full = list_naming(SHORT_LIST_NODES);
+    // A pacing far longer than the test: only `fresh_peers` asks again.
+    let ((up, _, _), queries) = paced_tracker(60_000, 60_000, full.clone()).await;
+    let t = trackers(vec![up.url.clone()]);
+    t.announce(&announce()).await.unwrap();
+    let d = Digest::of(b"blob");
+    let asked = || queries.lock().unwrap().len();
+    assert_eq!(t.peers(&d, "me").await.unwrap().len(), full.len() - 1);
+    assert_eq!(t.peers(&d, "me").await.unwrap().len(), full.len() - 1);
+    assert_eq!(asked(), 1, "reused within the pacing");
+    for _ in 0..2 {
+        assert_eq!(t.fresh_peers(&d, "me").await.unwrap().len(), full.len() - 1);
+    }
+    assert_eq!(
+        asked(),
+        3,
+        "a starved download's list is asked anew each time"
+    );
+    // The fresh list is the one kept: a later paced ask reuses it.
+    assert_eq!(t.peers(&d, "me").await.unwrap().len(), full.len() - 1);
+    assert_eq!(asked(), 3);
+}

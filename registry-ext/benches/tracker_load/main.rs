@@ -15,9 +15,12 @@
 //! client, so the generator keeps up), at shoald's cadence (`Swarm::run_announcer`: an
 //! announce, 200 ms, then the rest of the 1 s interval unless a chunk arrived; while
 //! downloading, a peer list of each blob in progress every 500 ms), paced as `HttpTrackers`
-//! paces by a delta tracker's `min_interval_ms` and `peer_list_interval_ms`, with its two
-//! exceptions: an announce naming a blob the tracker was not told of (a layer's download
-//! starting) goes at once, and a short list (`proto::reusable_list`) is not reused.
+//! paces by a delta tracker's `min_interval_ms` and `peer_list_interval_ms`, with two of its
+//! three exceptions: an announce naming a blob the tracker was not told of (a layer's
+//! download starting) goes at once, and a short list (`proto::reusable_list`) is not reused.
+//! The third, a fresh list for a starved download (`Planner::starved`), is not modelled:
+//! these nodes take chunks at a fixed rate and never starve (docs/tracker.md counts what it
+//! adds in the simulator).
 //!
 //! Node state: every node holds 3 of 12 images (4-10 layers each, 256 MiB to 2 GiB, half in
 //! 1 MiB chunks and half in 4 MiB chunks). Two phases, each `SHOAL_BENCH_SECS` long after a

@@ -34,6 +34,8 @@
 //! max_uploads = 8             # default 8: chunks served at once (more get "busy")
 //! upload_bytes_per_sec = 0    # default 0 = unlimited: this node's total upload rate
 //!                             # (set: uploads paced at it, the oldest served first)
+//! peer_refresh_ms = 500       # default 500, or 200 when upload_bytes_per_sec is set;
+//!                             # 50-10000: a download asks the trackers for peers this often
 //! chunks_in_flight = 8        # default 8: chunk requests in flight on this node, shared
 //!                             # by its blobs (each sure of one)
 //! chunks_per_peer = 1         # default 1: chunk requests in flight per peer, per blob
@@ -76,6 +78,9 @@
 use std::path::{Path, PathBuf};
 
 use std::net::SocketAddr;
+use std::time::Duration;
+
+use shoal_p2p::swarm::{DEFAULT_PEER_REFRESH, PACED_PEER_REFRESH};
 
 use serde::Deserialize;
 use shoal_p2p::config_file;
@@ -229,6 +234,9 @@ pub struct SwarmSection {
     pub max_uploads: usize,
     #[serde(default)]
     pub upload_bytes_per_sec: u64,
+    /// Unset: [`SwarmSection::peer_refresh`]'s default.
+    #[serde(default)]
+    pub peer_refresh_ms: Option<u64>,
     #[serde(default = "default_chunks_in_flight")]
     pub chunks_in_flight: usize,
     #[serde(default = "default_chunks_per_peer")]
@@ -237,6 +245,22 @@ pub struct SwarmSection {
     pub have_peers: usize,
     #[serde(default = "default_max_have_streams")]
     pub max_have_streams: usize,
+}
+
+/// The accepted range of `peer_refresh_ms`.
+const PEER_REFRESH_MS: std::ops::RangeInclusive<u64> = 50..=10_000;
+
+impl SwarmSection {
+    /// How often a download asks the trackers for peers: `peer_refresh_ms` if set, else
+    /// [`PACED_PEER_REFRESH`] when uploads are paced (`upload_bytes_per_sec`) and
+    /// [`DEFAULT_PEER_REFRESH`] when not.
+    pub fn peer_refresh(&self) -> Duration {
+        match self.peer_refresh_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None if self.upload_bytes_per_sec > 0 => PACED_PEER_REFRESH,
+            None => DEFAULT_PEER_REFRESH,
+        }
+    }
 }
 
 fn default_swarm_listen() -> SocketAddr {
@@ -275,6 +299,7 @@ impl Default for SwarmSection {
             tls: None,
             max_uploads: default_max_uploads(),
             upload_bytes_per_sec: 0,
+            peer_refresh_ms: None,
             chunks_in_flight: default_chunks_in_flight(),
             chunks_per_peer: default_chunks_per_peer(),
             have_peers: default_have_peers(),
@@ -477,6 +502,15 @@ impl Config {
                      must be at least 1"
                         .into(),
                 ));
+            }
+            if let Some(ms) = swarm.peer_refresh_ms {
+                if !PEER_REFRESH_MS.contains(&ms) {
+                    return Err(invalid(format!(
+                        "swarm.peer_refresh_ms {ms} is outside {}-{}",
+                        PEER_REFRESH_MS.start(),
+                        PEER_REFRESH_MS.end()
+                    )));
+                }
             }
             if !swarm.advertise.is_empty()
                 && swarm.advertise.parse::<SocketAddr>().is_err()

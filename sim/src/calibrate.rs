@@ -186,7 +186,7 @@ fn compare_run(bench: &Bench, run: &BenchRun, twin: &Twin) -> Result<Vec<Compari
     let mut reg = 0.0;
     for seed in 1..=seeds {
         let mut sc = bench.scenario(twin.latency, twin.overhead, seed);
-        sc.sharing = twin.sharing;
+        sc.set_sharing(twin.sharing);
         sc.nodes = caps
             .iter()
             .map(|&c| crate::scenario::NodeSpec {

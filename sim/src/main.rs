@@ -36,7 +36,8 @@ enum Command {
         /// Every cap (nodes up and down, the registry side up), Mbit/s.
         #[arg(long, default_value_t = 1000.0)]
         mbit: f64,
-        /// shoald's peer refresh (ms; default its default, 500).
+        /// shoald's peer refresh (ms; default its default: 500, or 200 with `--sharing
+        /// oldest`, where every node paces its uploads).
         #[arg(long)]
         peer_refresh_ms: Option<u64>,
         /// The tracker's `max_peers` (longest peer list; default 30).
@@ -68,8 +69,9 @@ enum Command {
         #[arg(long)]
         seeder_max_uploads: Option<usize>,
         /// What-if: how links are shared: equal (the default), maxmin, oldest (uploaders
-        /// send to their oldest flow first; downloads max-min), seeder-oldest (max-min, the
-        /// registry side's uploads oldest first). Slower than equal.
+        /// send to their oldest flow first, as shoald's with `upload_bytes_per_sec`; downloads
+        /// max-min), seeder-oldest (max-min, the registry side's uploads oldest first).
+        /// Slower than equal.
         #[arg(long, value_parser = parse_sharing, default_value = "equal")]
         sharing: Sharing,
         /// What-if: chunk requests that wait for a seeder slot (the seeder has no queue:
@@ -184,9 +186,6 @@ fn main() -> Result<()> {
                         let mut sc =
                             report::scenario(kind, n, f, chunk_mib << 20, report::mbit(mbit), seed);
                         sc.latency = latency_ms / 1e3;
-                        if let Some(ms) = peer_refresh_ms {
-                            sc.settings.peer_refresh = std::time::Duration::from_millis(ms);
-                        }
                         if let Some(k) = max_peers {
                             sc.registry.max_peers = k;
                         }
@@ -208,7 +207,10 @@ fn main() -> Result<()> {
                         if let Some(k) = seeder_max_uploads {
                             sc.registry.seeder_max_uploads = k;
                         }
-                        sc.sharing = sharing;
+                        sc.set_sharing(sharing);
+                        if let Some(ms) = peer_refresh_ms {
+                            sc.settings.peer_refresh = std::time::Duration::from_millis(ms);
+                        }
                         if let Some(k) = seeder_queue {
                             sc.registry.seeder_queue = k;
                         }

@@ -130,6 +130,19 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// Shares links as `sharing` says; under [`Sharing::OldestFirst`] (every node pacing its
+    /// uploads, shoald's `upload_bytes_per_sec` set) a download's peer refresh is shoald's
+    /// for paced uploads ([`PACED_PEER_REFRESH`]), as shoald takes it.
+    ///
+    /// [`Sharing::OldestFirst`]: crate::net::Sharing::OldestFirst
+    /// [`PACED_PEER_REFRESH`]: shoal_p2p::swarm::PACED_PEER_REFRESH
+    pub fn set_sharing(&mut self, sharing: crate::net::Sharing) {
+        self.sharing = sharing;
+        if sharing == crate::net::Sharing::OldestFirst {
+            self.settings.peer_refresh = shoal_p2p::swarm::PACED_PEER_REFRESH;
+        }
+    }
+
     /// `n` nodes with equal caps `cap` (bytes/s both ways), all starting at 0, pulling one
     /// blob of `bytes` in `chunk_size` chunks from a registry side capped at `cap` too.
     pub fn equal(n: usize, cap: f64, bytes: u64, chunk_size: u64) -> Self {

@@ -139,6 +139,30 @@ fn reads_and_checks_the_swarm_section() {
             .have_peers,
         0
     );
+    // The peer refresh: 500 ms, 200 ms once uploads are paced, or as set (50 ms-10 s).
+    let c = Config::parse(ok, Path::new("x.toml")).unwrap();
+    assert_eq!(c.swarm.peer_refresh_ms, None);
+    assert_eq!(c.swarm.peer_refresh(), Duration::from_millis(500));
+    let paced = ok.replace(
+        "enabled = true",
+        "enabled = true\nupload_bytes_per_sec = 12500000",
+    );
+    let paced = Config::parse(&paced, Path::new("x.toml")).unwrap();
+    assert_eq!(paced.swarm.peer_refresh(), Duration::from_millis(200));
+    let set = ok.replace(
+        "enabled = true",
+        "enabled = true\nupload_bytes_per_sec = 12500000\npeer_refresh_ms = 300",
+    );
+    let set = Config::parse(&set, Path::new("x.toml")).unwrap();
+    assert_eq!(set.swarm.peer_refresh(), Duration::from_millis(300));
+    for ms in [0, 49, 10_001] {
+        let bad = ok.replace(
+            "enabled = true",
+            &format!("enabled = true\npeer_refresh_ms = {ms}"),
+        );
+        let e = Config::parse(&bad, Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("swarm.peer_refresh_ms"), "{e}");
+    }
     let none = ok.replace("enabled = true", "enabled = true\nmax_have_streams = 0");
     let e = Config::parse(&none, Path::new("x.toml")).unwrap_err();
     assert!(e.to_string().contains("max_have_streams"), "{e}");

@@ -167,6 +167,7 @@ async fn start_swarm(s: &SwarmStarter) -> Result<(Swarm, Vec<JoinHandle<()>>), S
     swarm_config.in_flight = section.chunks_in_flight;
     swarm_config.per_peer_in_flight = section.chunks_per_peer;
     swarm_config.have_peers = section.have_peers;
+    swarm_config.peer_refresh = section.peer_refresh();
     let swarm = Swarm::new(
         swarm_config,
         Arc::new(trackers),

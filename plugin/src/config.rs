@@ -80,12 +80,11 @@ use std::path::{Path, PathBuf};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use shoal_p2p::swarm::{DEFAULT_PEER_REFRESH, PACED_PEER_REFRESH};
-
 use serde::Deserialize;
 use shoal_p2p::config_file;
 pub use shoal_p2p::config_file::ConfigError;
 use shoal_p2p::registry::ClientConfig;
+use shoal_p2p::swarm::{DEFAULT_PEER_REFRESH, PACED_PEER_REFRESH};
 use shoal_p2p::tls::TlsFiles;
 
 /// The whole of shoald's configuration.

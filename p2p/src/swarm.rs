@@ -155,6 +155,17 @@ pub const DEFAULT_PEER_REFRESH: Duration = Duration::from_millis(500);
 /// ([`crate::tracker::Tracker::fresh_peers`]) coming at this refresh (docs/tracker.md).
 pub const PACED_PEER_REFRESH: Duration = Duration::from_millis(200);
 
+/// A download's peer refresh when none is configured: [`PACED_PEER_REFRESH`] on a node that
+/// paces its uploads, else [`DEFAULT_PEER_REFRESH`]. shoald's config and the simulator's
+/// paced network both take it from here.
+pub fn peer_refresh_for(paced_uploads: bool) -> Duration {
+    if paced_uploads {
+        PACED_PEER_REFRESH
+    } else {
+        DEFAULT_PEER_REFRESH
+    }
+}
+
 /// Have streams a download keeps open by default ([`SwarmConfig::have_peers`]).
 pub const DEFAULT_HAVE_PEERS: usize = 16;
 

@@ -84,7 +84,7 @@ use serde::Deserialize;
 use shoal_p2p::config_file;
 pub use shoal_p2p::config_file::ConfigError;
 use shoal_p2p::registry::ClientConfig;
-use shoal_p2p::swarm::{DEFAULT_PEER_REFRESH, PACED_PEER_REFRESH};
+use shoal_p2p::swarm::peer_refresh_for;
 use shoal_p2p::tls::TlsFiles;
 
 /// The whole of shoald's configuration.
@@ -251,13 +251,12 @@ const PEER_REFRESH_MS: std::ops::RangeInclusive<u64> = 50..=10_000;
 
 impl SwarmSection {
     /// How often a download asks the trackers for peers: `peer_refresh_ms` if set, else
-    /// [`PACED_PEER_REFRESH`] when uploads are paced (`upload_bytes_per_sec`) and
-    /// [`DEFAULT_PEER_REFRESH`] when not.
+    /// shoal's default for paced uploads (`upload_bytes_per_sec` set) or unpaced ones
+    /// ([`peer_refresh_for`]).
     pub fn peer_refresh(&self) -> Duration {
         match self.peer_refresh_ms {
             Some(ms) => Duration::from_millis(ms),
-            None if self.upload_bytes_per_sec > 0 => PACED_PEER_REFRESH,
-            None => DEFAULT_PEER_REFRESH,
+            None => peer_refresh_for(self.upload_bytes_per_sec > 0),
         }
     }
 }

@@ -130,17 +130,17 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// Shares links as `sharing` says; under [`Sharing::OldestFirst`] (every node pacing its
-    /// uploads, shoald's `upload_bytes_per_sec` set) a download's peer refresh is shoald's
-    /// for paced uploads ([`PACED_PEER_REFRESH`]), as shoald takes it.
+    /// Shares links as `sharing` says, and takes shoald's peer refresh for it: under
+    /// [`Sharing::OldestFirst`] every node paces its uploads (shoald's
+    /// `upload_bytes_per_sec` set), so the refresh is shoald's for paced uploads
+    /// ([`peer_refresh_for`]).
     ///
     /// [`Sharing::OldestFirst`]: crate::net::Sharing::OldestFirst
-    /// [`PACED_PEER_REFRESH`]: shoal_p2p::swarm::PACED_PEER_REFRESH
+    /// [`peer_refresh_for`]: shoal_p2p::swarm::peer_refresh_for
     pub fn set_sharing(&mut self, sharing: crate::net::Sharing) {
         self.sharing = sharing;
-        if sharing == crate::net::Sharing::OldestFirst {
-            self.settings.peer_refresh = shoal_p2p::swarm::PACED_PEER_REFRESH;
-        }
+        self.settings.peer_refresh =
+            shoal_p2p::swarm::peer_refresh_for(sharing == crate::net::Sharing::OldestFirst);
     }
 
     /// `n` nodes with equal caps `cap` (bytes/s both ways), all starting at 0, pulling one

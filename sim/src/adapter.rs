@@ -242,20 +242,20 @@ impl TrackerSim {
     }
 
     /// Node `node`'s last peer list of `blob`, if the pacing says to use it again at `now`
-    /// (s) and the download is not `starved` (then it asks anew, as shoald's
-    /// `Tracker::fresh_peers`).
+    /// (s) and the download does not ask a `fresh` one (a starved download, as shoald's
+    /// `Tracker::fresh_peers`; `PeerRefresh::fresh`).
     pub fn recent_list(
         &mut self,
         node: usize,
         blob: usize,
         now: f64,
-        starved: bool,
+        fresh: bool,
     ) -> Option<Vec<PeerEntry>> {
         let c = &self.clients[node];
         let (at, list) = c.lists.get(&blob)?;
         if now - at >= c.peer_list_interval {
             None
-        } else if starved {
+        } else if fresh {
             self.fresh_lists += 1;
             None
         } else {

@@ -524,12 +524,15 @@ impl<'a> Sim<'a> {
 
     /// Asks the tracker for the peers of `blob` (its last list, within its pacing).
     fn refresh(&mut self, i: usize, blob: usize) {
+        let now = self.instant(self.now);
         let d = &mut self.nodes[i].downloads[blob];
         d.refreshing = true;
         d.last_refresh = self.now;
-        // shoald's scheduler asks `fresh_peers` for a starved download.
+        // shoald's scheduler asks `fresh_peers` for a starved download, at most once per
+        // `FRESH_LIST_EVERY`.
         let starved = d.planner.as_ref().is_some_and(|p| p.starved());
-        match self.tracker.recent_list(i, blob, self.now, starved) {
+        let fresh = d.refresh.as_mut().is_some_and(|r| r.fresh(starved, now));
+        match self.tracker.recent_list(i, blob, self.now, fresh) {
             Some(list) => self.at(self.now, Event::Peers(i, blob, list)),
             None => self.at(self.now + self.sc.latency, Event::PeersAsked(i, blob)),
         }

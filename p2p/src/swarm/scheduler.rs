@@ -247,11 +247,11 @@ impl Scheduler {
         let swarm = self.swarm.clone();
         let digest = self.download.digest().clone();
         let tx = self.events_tx.clone();
-        let starved = self.planner.starved();
+        let fresh = self.refresh.fresh(self.planner.starved(), Instant::now());
         tokio::spawn(async move {
             let inner = swarm.inner();
             let name = &inner.config.node_name;
-            let peers = if starved {
+            let peers = if fresh {
                 inner.tracker.fresh_peers(&digest, name).await
             } else {
                 inner.tracker.peers(&digest, name).await

@@ -9,8 +9,12 @@
 //! The lists are the largest answers the registry side sends besides chunks, on the link its
 //! seeder sends on: on the emulated cluster (16 nodes, 4 layers, streams to every peer) they
 //! were about 8% of what that link carried.
+//!
+//! A download that is starved ([`super::Planner::starved`]) asks for a fresh list, not the
+//! one the trackers' client keeps under their pacing, at most once per [`FRESH_LIST_EVERY`]
+//! whatever its refresh ([`PeerRefresh::fresh`]).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The longest interval, as a multiple of the configured one.
 pub const MAX_BACKOFF: u32 = 8;
@@ -19,18 +23,46 @@ pub const MAX_BACKOFF: u32 = 8;
 /// started, or a tracker restarted), and the trackers' client does not reuse it under their
 /// pacing ([`crate::tracker::HttpTrackers`]): the next refresh asks again.
 pub const SHORT_LIST_NODES: usize = 8;
+/// The least time between two fresh peer lists of one download
+/// ([`crate::tracker::Tracker::fresh_peers`]): the default refresh
+/// ([`crate::swarm::DEFAULT_PEER_REFRESH`]), so that a node with a faster one (a paced node's
+/// [`crate::swarm::PACED_PEER_REFRESH`]) asks no more fresh lists than one with the default.
+/// Simulated, 5,000 paced nodes starting at once asked 2.3 times the lists of unpaced ones
+/// when a starved download's every refresh was fresh (docs/simulator.md, "Paced uploads and
+/// the peer refresh").
+pub const FRESH_LIST_EVERY: Duration = crate::swarm::DEFAULT_PEER_REFRESH;
+/// Slack for a clock's rounding when comparing with [`FRESH_LIST_EVERY`]: a download
+/// refreshing exactly every [`FRESH_LIST_EVERY`] gets a fresh list at each refresh.
+const FRESH_SLACK: Duration = Duration::from_millis(1);
 
 /// The interval between one download's peer lists (see the module documentation).
 #[derive(Clone, Debug)]
 pub struct PeerRefresh {
     base: Duration,
     every: Duration,
+    last_fresh: Option<Instant>,
 }
 
 impl PeerRefresh {
     /// Every `base` (shoald's `peer_refresh`) to begin with.
     pub fn new(base: Duration) -> Self {
-        Self { base, every: base }
+        Self {
+            base,
+            every: base,
+            last_fresh: None,
+        }
+    }
+
+    /// Whether the refresh made at `now` asks for a fresh list: the download is `starved`
+    /// and its last fresh list, if any, was asked [`FRESH_LIST_EVERY`] or more before.
+    pub fn fresh(&mut self, starved: bool, now: Instant) -> bool {
+        let due = self
+            .last_fresh
+            .is_none_or(|at| now.saturating_duration_since(at) + FRESH_SLACK >= FRESH_LIST_EVERY);
+        if starved && due {
+            self.last_fresh = Some(now);
+        }
+        starved && due
     }
 
     /// How long after the last list to ask again.
@@ -74,5 +106,24 @@ mod tests {
         r.listed(false);
         r.stream_ended();
         assert_eq!(r.every(), base);
+    }
+
+    #[test]
+    fn a_starved_download_asks_a_fresh_list_at_most_once_per_fresh_list_every() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // A paced node's 200 ms refresh: fresh at 0, 600, 1200 (not 200 or 400).
+        let mut r = PeerRefresh::new(Duration::from_millis(200));
+        let asked: Vec<bool> = (0..=6).map(|k| r.fresh(true, at(k * 200))).collect();
+        assert_eq!(asked, [true, false, false, true, false, false, true]);
+        // Not starved: never fresh, and it does not count as one.
+        let mut r = PeerRefresh::new(Duration::from_millis(200));
+        assert!(!r.fresh(false, at(0)));
+        assert!(r.fresh(true, at(200)));
+        // The default 500 ms refresh is fresh at every refresh, even a clock's rounding early.
+        let mut r = PeerRefresh::new(FRESH_LIST_EVERY);
+        assert!(r.fresh(true, at(0)));
+        assert!(r.fresh(true, t0 + Duration::from_nanos(499_999_999)));
+        assert!(r.fresh(true, t0 + Duration::from_nanos(999_999_998)));
     }
 }

@@ -4,7 +4,7 @@
 //! ```sh
 //! cargo bench -p shoal-registry-ext --bench tracker_load
 //! # SHOAL_BENCH_NODES=5000 SHOAL_BENCH_SECS=15 SHOAL_BENCH_PROTOCOLS=full,delta
-//! # SHOAL_BENCH_SERVER_CORE=0 SHOAL_BENCH_LOAD_CORE=1 SHOAL_BENCH_PEERS=1
+//! # SHOAL_BENCH_SERVER_CORE=0 SHOAL_BENCH_LOAD_CORE=1 SHOAL_BENCH_PEERS=1 SHOAL_BENCH_FRESH=0
 //! # SHOAL_BENCH_BASELINE=/path/to/an/older/shoal-registry-ext (run "full" against it too)
 //! ```
 //!
@@ -18,9 +18,13 @@
 //! paces by a delta tracker's `min_interval_ms` and `peer_list_interval_ms`, with two of its
 //! three exceptions: an announce naming a blob the tracker was not told of (a layer's
 //! download starting) goes at once, and a short list (`proto::reusable_list`) is not reused.
-//! The third, a fresh list for a starved download (`Planner::starved`), is not modelled:
-//! these nodes take chunks at a fixed rate and never starve (docs/tracker.md counts what it
-//! adds in the simulator).
+//! The third, a fresh list for a starved download (`Planner::starved`, at most one per
+//! 500 ms: `PeerRefresh::fresh`), is not modelled by default: these nodes take chunks at a
+//! fixed rate and never starve (docs/tracker.md counts what it adds in the simulator).
+//! `SHOAL_BENCH_FRESH` (0 to 1, default 0) plays it as a share: of a downloading blob's
+//! 500 ms refreshes that would reuse the kept list, that share asks a fresh one instead (so
+//! 1 is every download starved all the time), to load the tracker with the lists the
+//! simulator counted.
 //!
 //! Node state: every node holds 3 of 12 images (4-10 layers each, 256 MiB to 2 GiB, half in
 //! 1 MiB chunks and half in 4 MiB chunks). Two phases, each `SHOAL_BENCH_SECS` long after a
@@ -111,6 +115,8 @@ struct Plan {
     from: Instant,
     until: Instant,
     peers: bool,
+    /// The share of refreshes within the pacing that ask a fresh list (`SHOAL_BENCH_FRESH`).
+    fresh: f64,
 }
 
 impl Plan {
@@ -260,6 +266,10 @@ async fn run_peer_lists(
     let mut tally = Tally::default();
     tokio::time::sleep(offset).await;
     let id = node.lock().expect("lock").id.clone();
+    let seed = id.bytes().fold(offset.as_nanos() as u64, |h, b| {
+        h.wrapping_mul(31).wrapping_add(u64::from(b))
+    });
+    let mut rng = fastrand::Rng::with_seed(seed);
     while Instant::now() < plan.until {
         let active = {
             let mut n = node.lock().expect("lock");
@@ -271,7 +281,9 @@ async fn run_peer_lists(
         // The scheduler's refresh is every 500 ms; a paced client reuses a list for longer.
         let every = (*peers_every.lock().expect("lock")).max(Duration::from_millis(500));
         for digest in active {
-            if kept.get(&digest).is_some_and(|&at| round < at + every) {
+            if kept.get(&digest).is_some_and(|&at| round < at + every)
+                && (plan.fresh <= 0.0 || rng.f64() >= plan.fresh)
+            {
                 continue;
             }
             let req = get(&format!("/v1/peers/{digest}?peer={id}"));
@@ -320,10 +332,11 @@ struct Row {
     load: String,
 }
 
-fn print_rows(nodes: usize, rows: &mut [Row]) {
+fn print_rows(nodes: usize, fresh: f64, rows: &mut [Row]) {
     println!();
     println!(
-        "tracker load: {nodes} nodes, server pinned to one core, server and generator at nice {}",
+        "tracker load: {nodes} nodes, server pinned to one core, server and generator at nice {}, \
+         fresh lists for {fresh} of the refreshes within the pacing",
         nice()
     );
     println!(
@@ -367,6 +380,8 @@ struct Settings {
     core: usize,
     /// Peer lists asked during the rollout.
     peers: bool,
+    /// `SHOAL_BENCH_FRESH`.
+    fresh: f64,
 }
 
 /// Runs both phases against `binary` with `protocol`.
@@ -376,6 +391,7 @@ fn run(binary: &Path, label: &str, protocol: Protocol, settings: Settings, rows:
         secs,
         core,
         peers,
+        fresh,
     } = settings;
     let server = Server::start(binary, core);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -420,6 +436,7 @@ fn run(binary: &Path, label: &str, protocol: Protocol, settings: Settings, rows:
             from: begin + WARMUP,
             until: begin + WARMUP + Duration::from_secs(secs),
             peers,
+            fresh,
         });
         if phase == "rollout" {
             for n in &node_list {
@@ -535,6 +552,11 @@ fn main() {
     let server_core: usize = env("SHOAL_BENCH_SERVER_CORE", 0);
     let load_core: usize = env("SHOAL_BENCH_LOAD_CORE", 1);
     let peers = env("SHOAL_BENCH_PEERS", 1u8) != 0;
+    let fresh: f64 = env("SHOAL_BENCH_FRESH", 0.0);
+    assert!(
+        (0.0..=1.0).contains(&fresh),
+        "SHOAL_BENCH_FRESH is a share, 0 to 1: {fresh}"
+    );
     assert!(
         nodes <= 20_000 && secs <= 600,
         "bounded: at most 20,000 nodes and 600 s"
@@ -548,6 +570,7 @@ fn main() {
         secs,
         core: server_core,
         peers,
+        fresh,
     };
     if let Ok(baseline) = std::env::var("SHOAL_BENCH_BASELINE") {
         let baseline = Path::new(&baseline);
@@ -567,7 +590,7 @@ fn main() {
         };
         run(&binary, label, protocol, settings, &mut rows);
     }
-    print_rows(nodes, &mut rows);
+    print_rows(nodes, fresh, &mut rows);
     let handshakes: usize = env("SHOAL_BENCH_TLS_HANDSHAKES", 2000);
     if handshakes > 0 {
         let connections: usize = env("SHOAL_BENCH_TLS_CONNECTIONS", 2000);

@@ -35,7 +35,8 @@ pub trait Tracker: Send + Sync {
 
     /// [`Tracker::peers`] for a download that knows no free holder of what it lacks
     /// ([`crate::swarm::planner::Planner::starved`]): a client that reuses lists under the
-    /// trackers' pacing asks them again instead. The same as `peers` for the others.
+    /// trackers' pacing reuses one only while it is younger than half the pacing
+    /// ([`proto::reuse_kept_list`]). The same as `peers` for the others.
     fn fresh_peers<'a>(
         &'a self,
         digest: &'a Digest,

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use shoal_p2p::swarm::planner::{PeerInfo, PlannerConfig};
 use shoal_p2p::tracker::proto::{
-    reusable_list, Announce, BlobHave, ChunkSet, DeltaAnnounce, PeerEntry, UploadStats,
+    reusable_list, reuse_kept_list, Announce, BlobHave, ChunkSet, DeltaAnnounce, PeerEntry,
+    UploadStats,
 };
 use shoal_p2p::tracker::SEEDER_ID_PREFIX;
 use shoal_p2p::Digest;
@@ -242,8 +243,8 @@ impl TrackerSim {
     }
 
     /// Node `node`'s last peer list of `blob`, if the pacing says to use it again at `now`
-    /// (s) and the download does not ask a `fresh` one (a starved download, as shoald's
-    /// `Tracker::fresh_peers`; `PeerRefresh::fresh`).
+    /// (s), for a starved download's `fresh` ask (shoald's `Tracker::fresh_peers`, made
+    /// when `PeerRefresh::fresh` says) or not: `proto::reuse_kept_list`.
     pub fn recent_list(
         &mut self,
         node: usize,
@@ -253,14 +254,16 @@ impl TrackerSim {
     ) -> Option<Vec<PeerEntry>> {
         let c = &self.clients[node];
         let (at, list) = c.lists.get(&blob)?;
-        if now - at >= c.peer_list_interval {
-            None
-        } else if fresh {
-            self.fresh_lists += 1;
-            None
-        } else {
+        let age = Duration::from_secs_f64((now - at).max(0.0));
+        let pacing = Duration::from_secs_f64(c.peer_list_interval);
+        if reuse_kept_list(age, pacing, fresh) {
             self.reused_lists += 1;
             Some(list.clone())
+        } else {
+            if fresh && reuse_kept_list(age, pacing, false) {
+                self.fresh_lists += 1;
+            }
+            None
         }
     }
 
@@ -494,11 +497,13 @@ mod tests {
         );
         // Within the peer-list pacing (its last announce's reply) the last list is used
         // again; past it, a new one.
-        assert_eq!(t.recent_list(last, 0, 1.4, false), Some(list));
+        assert_eq!(t.recent_list(last, 0, 1.4, false), Some(list.clone()));
         assert_eq!(t.recent_list(last, 0, 1.5, false), None);
-        // A starved download asks anew within the pacing too (shoald's `fresh_peers`).
-        assert_eq!(t.recent_list(last, 0, 1.4, true), None);
-        assert_eq!((t.reused_lists, t.fresh_lists, t.lists), (1, 1, 1));
+        // A starved download asks anew once the list is half the pacing old (shoald's
+        // `fresh_peers`), and reuses it before.
+        assert_eq!(t.recent_list(last, 0, 0.99, true), Some(list));
+        assert_eq!(t.recent_list(last, 0, 1.0, true), None);
+        assert_eq!((t.reused_lists, t.fresh_lists, t.lists), (2, 1, 1));
         // Node 0 announced when the tracker knew one peer: not paced until its next reply.
         t.peers(0, 0, UploadStats::default(), 0.5, t0);
         assert_eq!(t.recent_list(0, 0, 0.6, false), None);

@@ -9,7 +9,8 @@
 //! A delta tracker paces its nodes ([`DeltaReply::min_interval_ms`] and
 //! [`DeltaReply::peer_list_interval_ms`], growing with the peers it tracks): a round sooner
 //! than its announce interval skips that tracker (the changes go with the next delta), and a
-//! peer list of a blob asked again sooner than its peer-list interval is the one it gave last.
+//! peer list of a blob asked again sooner than its peer-list interval is the one it gave last
+//! (sooner than half of it, for a starved download: [`super::proto::reuse_kept_list`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -100,10 +101,12 @@ impl DeltaState {
             .retain(|_, (at, _)| now.duration_since(*at) < keep);
     }
 
-    /// The last peer list of `digest`, if the pacing says to use it again.
-    fn recent_list(&self, digest: &Digest) -> Option<PeerList> {
+    /// The last peer list of `digest`, if the pacing says to use it again for a `fresh` ask
+    /// or not ([`super::proto::reuse_kept_list`]).
+    fn recent_list(&self, digest: &Digest, fresh: bool) -> Option<PeerList> {
         let (at, list) = self.lists.get(digest)?;
-        (at.elapsed() < self.peer_list_interval).then(|| list.clone())
+        super::proto::reuse_kept_list(at.elapsed(), self.peer_list_interval, fresh)
+            .then(|| list.clone())
     }
 }
 
@@ -303,19 +306,18 @@ impl HttpTrackers {
         Self::announce_outcome(announce, self.announce_each(announce).await)
     }
 
-    /// One tracker's peer list of `digest` (with `reuse`, the last one within its pacing).
+    /// One tracker's peer list of `digest`: the last one while its pacing says to use it
+    /// again, for a starved download's `fresh` ask or not.
     async fn peer_list(
         &self,
         i: usize,
         url: &str,
         digest: &Digest,
         self_id: &str,
-        reuse: bool,
+        fresh: bool,
     ) -> Result<PeerList, TrackerError> {
-        if reuse {
-            if let Some(list) = self.delta_state(i).recent_list(digest) {
-                return Ok(list);
-            }
+        if let Some(list) = self.delta_state(i).recent_list(digest, fresh) {
+            return Ok(list);
         }
         // Paced from when it was asked, as the scheduler's refreshes are.
         let asked = Instant::now();
@@ -360,19 +362,19 @@ impl HttpTrackers {
         Ok(list)
     }
 
-    /// Every tracker's peer list of `digest`, merged; `reuse`: a tracker's last list within
-    /// its pacing stands for a new one.
+    /// Every tracker's peer list of `digest`, merged; `fresh`: for a starved download
+    /// ([`Tracker::fresh_peers`]).
     async fn all_peers(
         &self,
         digest: &Digest,
         self_id: &str,
-        reuse: bool,
+        fresh: bool,
     ) -> Result<Vec<PeerEntry>, TrackerError> {
         let results = join_all(
             self.urls
                 .iter()
                 .enumerate()
-                .map(|(i, url)| self.peer_list(i, url, digest, self_id, reuse)),
+                .map(|(i, url)| self.peer_list(i, url, digest, self_id, fresh)),
         )
         .await;
         let mut lists = Vec::new();
@@ -558,7 +560,7 @@ impl Tracker for HttpTrackers {
         digest: &'a Digest,
         self_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<PeerEntry>, TrackerError>> {
-        Box::pin(self.all_peers(digest, self_id, true))
+        Box::pin(self.all_peers(digest, self_id, false))
     }
 
     fn fresh_peers<'a>(
@@ -566,7 +568,7 @@ impl Tracker for HttpTrackers {
         digest: &'a Digest,
         self_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<PeerEntry>, TrackerError>> {
-        Box::pin(self.all_peers(digest, self_id, false))
+        Box::pin(self.all_peers(digest, self_id, true))
     }
 
     fn chunk_manifest<'a>(

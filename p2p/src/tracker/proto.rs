@@ -21,6 +21,7 @@
 //! Errors are an HTTP status with body [`ErrorBody`].
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,19 @@ pub fn reusable_list_of<'a>(ids: impl IntoIterator<Item = &'a str>, me: &str) ->
         .filter(|&id| id != me && !id.starts_with(SEEDER_ID_PREFIX))
         .count()
         >= SHORT_LIST_NODES
+}
+
+/// Whether a peer list kept for reuse, asked `age` ago, stands for a new one under a
+/// tracker's peer-list pacing `pacing`: while it is younger than the pacing, and for a
+/// starved download's `fresh` ask ([`crate::tracker::Tracker::fresh_peers`]) while it is
+/// younger than half the pacing. The pacing grows with the peers the tracker knows, so a
+/// starved download's lists do too: at 5,000 peers (2.5 s) one per 1.25 s, where one per
+/// [`crate::swarm::planner::refresh::FRESH_LIST_EVERY`] made paced nodes ask 1.42 times
+/// the lists of unpaced ones (docs/simulator.md, "A starved download's fresh lists, half
+/// the pacing"). shoald's client, the simulator and the tracker's load bench follow this one
+/// rule.
+pub fn reuse_kept_list(age: Duration, pacing: Duration, fresh: bool) -> bool {
+    age < if fresh { pacing / 2 } else { pacing }
 }
 
 /// Most chunks a blob may have in the protocol (a 64 GiB blob in 64 KiB chunks): a chunk set
@@ -474,6 +488,20 @@ pub struct ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_list_stands_for_the_pacing_and_for_a_starved_download_half_of_it() {
+        let ms = Duration::from_millis;
+        let pacing = ms(2500);
+        assert!(reuse_kept_list(ms(0), pacing, false));
+        assert!(reuse_kept_list(ms(2499), pacing, false));
+        assert!(!reuse_kept_list(ms(2500), pacing, false));
+        assert!(reuse_kept_list(ms(1249), pacing, true));
+        assert!(!reuse_kept_list(ms(1250), pacing, true));
+        // No pacing (up to 1,000 peers): nothing is reused.
+        assert!(!reuse_kept_list(ms(0), Duration::ZERO, false));
+        assert!(!reuse_kept_list(ms(0), Duration::ZERO, true));
+    }
 
     #[test]
     fn chunk_set_round_trips() {

@@ -557,26 +557,31 @@ async fn a_short_peer_list_is_not_reused_under_the_pacing() {
 }
 
 #[tokio::test]
-async fn a_starved_download_asks_for_a_fresh_list_within_the_pacing() {
+async fn a_starved_download_asks_for_a_fresh_list_once_the_kept_one_is_half_the_pacing_old() {
     let full = list_naming(SHORT_LIST_NODES);
-    // A pacing far longer than the test: only `fresh_peers` asks again.
-    let ((up, _, _), queries) = paced_tracker(60_000, 60_000, full.clone()).await;
+    // A peer-list pacing of 2 s: a starved download's ask reuses the kept list for 1 s.
+    let ((up, _, _), queries) = paced_tracker(60_000, 2_000, full.clone()).await;
     let t = trackers(vec![up.url.clone()]);
     t.announce(&announce()).await.unwrap();
     let d = Digest::of(b"blob");
     let asked = || queries.lock().unwrap().len();
     assert_eq!(t.peers(&d, "me").await.unwrap().len(), full.len() - 1);
     assert_eq!(t.peers(&d, "me").await.unwrap().len(), full.len() - 1);
-    assert_eq!(asked(), 1, "reused within the pacing");
-    for _ in 0..2 {
-        assert_eq!(t.fresh_peers(&d, "me").await.unwrap().len(), full.len() - 1);
-    }
+    assert_eq!(t.fresh_peers(&d, "me").await.unwrap().len(), full.len() - 1);
     assert_eq!(
         asked(),
-        3,
-        "a starved download's list is asked anew each time"
+        1,
+        "reused within the pacing, and half of it for a fresh ask"
     );
-    // The fresh list is the one kept: a later paced ask reuses it.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(t.fresh_peers(&d, "me").await.unwrap().len(), full.len() - 1);
+    assert_eq!(
+        asked(),
+        2,
+        "a starved download's list is asked anew past half the pacing"
+    );
+    // The fresh list is the one kept: a later ask, fresh or not, reuses it.
     assert_eq!(t.peers(&d, "me").await.unwrap().len(), full.len() - 1);
-    assert_eq!(asked(), 3);
+    assert_eq!(t.fresh_peers(&d, "me").await.unwrap().len(), full.len() - 1);
+    assert_eq!(asked(), 2);
 }

@@ -53,17 +53,14 @@ fn main() {
     let t0 = Instant::now();
     let mut nodes: Vec<Node> = (0..n)
         .map(|i| {
-            let mut node = Node {
-                id: format!("node-{i:05}"),
-                addr: SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 7443)),
-                held: (0..3)
+            let mut node = Node::new(
+                format!("node-{i:05}"),
+                SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 7443)),
+                (0..3)
                     .flat_map(|_| images[rng.usize(..images.len())].clone())
                     .collect(),
-                pull: Vec::new(),
-                pull_started: None,
-                pulled: 0,
-                rng: fastrand::Rng::with_seed(i as u64),
-            };
+                fastrand::Rng::with_seed(i as u64),
+            );
             node.start_pull(&rollout, t0 + Duration::from_millis(rng.u64(0..5000)));
             node
         })

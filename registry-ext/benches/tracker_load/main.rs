@@ -19,12 +19,12 @@
 //! three exceptions: an announce naming a blob the tracker was not told of (a layer's
 //! download starting) goes at once, and a short list (`proto::reusable_list`) is not reused.
 //! The third, a fresh list for a starved download (`Planner::starved`, at most one per
-//! 500 ms: `PeerRefresh::fresh`), is not modelled by default: these nodes take chunks at a
-//! fixed rate and never starve (docs/tracker.md counts what it adds in the simulator).
-//! `SHOAL_BENCH_FRESH` (0 to 1, default 0) plays it as a share: of a downloading blob's
-//! 500 ms refreshes that would reuse the kept list, that share asks a fresh one instead (so
-//! 1 is every download starved all the time), to load the tracker with the lists the
-//! simulator counted.
+//! 500 ms, `PeerRefresh::fresh`, once the kept list is half the pacing old,
+//! `proto::reuse_kept_list`), is not modelled by default: these nodes take chunks at a fixed
+//! rate and never starve (docs/tracker.md counts what it adds in the simulator).
+//! `SHOAL_BENCH_FRESH` (0 to 1, default 0) plays it as a share: that share of a downloading
+//! blob's 500 ms refreshes are a starved download's (so 1 is every download starved all the
+//! time), to load the tracker with the lists the simulator counted.
 //!
 //! Node state: every node holds 3 of 12 images (4-10 layers each, 256 MiB to 2 GiB, half in
 //! 1 MiB chunks and half in 4 MiB chunks). Two phases, each `SHOAL_BENCH_SECS` long after a
@@ -61,7 +61,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoal_p2p::tracker::proto::{reusable_list_of, Announce, DeltaAnnounce, DeltaReply};
+use shoal_p2p::tracker::proto::{
+    reusable_list_of, reuse_kept_list, Announce, DeltaAnnounce, DeltaReply,
+};
 use shoal_p2p::Digest;
 
 use conn::{get, post, Conn};
@@ -115,7 +117,7 @@ struct Plan {
     from: Instant,
     until: Instant,
     peers: bool,
-    /// The share of refreshes within the pacing that ask a fresh list (`SHOAL_BENCH_FRESH`).
+    /// The share of refreshes that are a starved download's (`SHOAL_BENCH_FRESH`).
     fresh: f64,
 }
 
@@ -281,8 +283,10 @@ async fn run_peer_lists(
         // The scheduler's refresh is every 500 ms; a paced client reuses a list for longer.
         let every = (*peers_every.lock().expect("lock")).max(Duration::from_millis(500));
         for digest in active {
-            if kept.get(&digest).is_some_and(|&at| round < at + every)
-                && (plan.fresh <= 0.0 || rng.f64() >= plan.fresh)
+            let fresh = plan.fresh > 0.0 && rng.f64() < plan.fresh;
+            if kept
+                .get(&digest)
+                .is_some_and(|&at| reuse_kept_list(round - at, every, fresh))
             {
                 continue;
             }
@@ -336,7 +340,7 @@ fn print_rows(nodes: usize, fresh: f64, rows: &mut [Row]) {
     println!();
     println!(
         "tracker load: {nodes} nodes, server pinned to one core, server and generator at nice {}, \
-         fresh lists for {fresh} of the refreshes within the pacing",
+         {fresh} of the refreshes a starved download's",
         nice()
     );
     println!(
@@ -409,15 +413,12 @@ fn run(binary: &Path, label: &str, protocol: Protocol, settings: Settings, rows:
             for &p in &picks[..3] {
                 held.extend(catalog[p].iter().cloned());
             }
-            Arc::new(std::sync::Mutex::new(Node {
-                id: format!("node-{i:05}.cluster.example"),
-                addr: SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 7070)),
+            Arc::new(std::sync::Mutex::new(Node::new(
+                format!("node-{i:05}.cluster.example"),
+                SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 7070)),
                 held,
-                pull: Vec::new(),
-                pull_started: None,
-                pulled: 0,
-                rng: fastrand::Rng::with_seed(i as u64),
-            }))
+                fastrand::Rng::with_seed(i as u64),
+            )))
         })
         .collect();
     let mut clients: Vec<Option<Client>> = (0..nodes)

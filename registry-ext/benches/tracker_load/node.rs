@@ -1,6 +1,5 @@
 //! The simulated nodes: what they hold and pull, and what they would announce.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -56,13 +55,17 @@ pub struct Pulling {
     pub layer: Layer,
     pub order: Vec<u32>,
     pub done: usize,
+    /// `order[..done]` as a set, kept as chunks arrive.
+    pub held: ChunkSet,
 }
 
 /// A simulated node.
 pub struct Node {
     pub id: String,
     pub addr: SocketAddr,
-    pub held: Vec<Layer>,
+    /// The announce entries of the layers held whole, made once (they do not change):
+    /// building them at every announce took a quarter of the generator's core.
+    held: Vec<BlobHave>,
     pub pull: Vec<Pulling>,
     pub pull_started: Option<Instant>,
     /// Chunks pulled so far.
@@ -76,6 +79,32 @@ pub const PULL_PARALLEL: usize = 3;
 pub const IN_FLIGHT: usize = 8;
 
 impl Node {
+    pub fn new(id: String, addr: SocketAddr, held: Vec<Layer>, rng: fastrand::Rng) -> Self {
+        let mut node = Self {
+            id,
+            addr,
+            held: Vec::new(),
+            pull: Vec::new(),
+            pull_started: None,
+            pulled: 0,
+            rng,
+        };
+        node.hold(held);
+        node
+    }
+
+    /// `layers` are held whole from now on.
+    fn hold(&mut self, layers: impl IntoIterator<Item = Layer>) {
+        self.held.extend(
+            layers
+                .into_iter()
+                .map(|l| BlobHave::new(l.digest, &ChunkSet::full(l.chunks))),
+        );
+        // A layer named twice (an image picked twice) is one blob.
+        self.held.sort_by(|a, b| a.digest.hex().cmp(b.digest.hex()));
+        self.held.dedup_by(|a, b| a.digest == b.digest);
+    }
+
     /// Advances the pull to `now`: `PULL_CHUNKS_PER_SEC` shared by the first three layers
     /// not done, one chunk each in turn; a finished pull becomes held.
     pub fn advance(&mut self, now: Instant) {
@@ -90,6 +119,7 @@ impl Node {
                 if gave == PULL_PARALLEL || self.pulled == due {
                     break;
                 }
+                p.held.insert(p.order[p.done]);
                 p.done += 1;
                 self.pulled += 1;
                 gave += 1;
@@ -99,9 +129,8 @@ impl Node {
             }
         }
         if self.pull.iter().all(|p| p.done == p.order.len()) {
-            for p in self.pull.drain(..) {
-                self.held.push(p.layer);
-            }
+            let done: Vec<Layer> = self.pull.drain(..).map(|p| p.layer).collect();
+            self.hold(done);
             self.pull_started = None;
         }
     }
@@ -126,19 +155,10 @@ impl Node {
     /// What shoald's `Swarm::announcement` would say now.
     pub fn announcement(&mut self, now: Instant) -> Announce {
         self.advance(now);
-        let mut blobs: BTreeMap<String, BlobHave> = BTreeMap::new();
-        for l in &self.held {
-            blobs.insert(
-                l.digest.hex().to_string(),
-                BlobHave::new(l.digest.clone(), &ChunkSet::full(l.chunks)),
-            );
-        }
+        let mut blobs = self.held.clone();
         let active = self.active_layers(now);
         for p in &self.pull {
-            let mut held = ChunkSet::empty(p.layer.chunks);
-            for &c in &p.order[..p.done] {
-                held.insert(c);
-            }
+            let held = &p.held;
             let mut fetching = ChunkSet::empty(p.layer.chunks);
             if active.contains(&p.layer.digest) {
                 let end = (p.done + IN_FLIGHT).min(p.order.len());
@@ -147,12 +167,11 @@ impl Node {
                 }
             }
             if held.count() > 0 || fetching.count() > 0 {
-                blobs.insert(
-                    p.layer.digest.hex().to_string(),
-                    BlobHave::new(p.layer.digest.clone(), &held).with_fetching(&fetching),
-                );
+                blobs.push(BlobHave::new(p.layer.digest.clone(), held).with_fetching(&fetching));
             }
         }
+        // In digest order, as a map by digest gave them.
+        blobs.sort_unstable_by(|a, b| a.digest.hex().cmp(b.digest.hex()));
         let rate = if self.downloading(now) {
             self.rng.u64(0..50 * MIB)
         } else {
@@ -167,7 +186,7 @@ impl Node {
                 active: (rate / (10 * MIB)) as u32,
                 max: 8,
             },
-            blobs: blobs.into_values().collect(),
+            blobs,
         }
     }
 
@@ -178,6 +197,7 @@ impl Node {
                 let mut order: Vec<u32> = (0..l.chunks).collect();
                 self.rng.shuffle(&mut order);
                 Pulling {
+                    held: ChunkSet::empty(l.chunks),
                     layer: l.clone(),
                     order,
                     done: 0,

@@ -254,8 +254,11 @@ impl TrackerSim {
     ) -> Option<Vec<PeerEntry>> {
         let c = &self.clients[node];
         let (at, list) = c.lists.get(&blob)?;
-        let age = Duration::from_secs_f64((now - at).max(0.0));
-        let pacing = Duration::from_secs_f64(c.peer_list_interval);
+        // Truncated to whole nanoseconds, so that a refresh falling on the pacing's end up to
+        // the clock's rounding compares as the seconds compare (`from_secs_f64` rounds up to
+        // it and turns such a tie into a new list).
+        let nanos = |s: f64| Duration::from_nanos((s.max(0.0) * 1e9) as u64);
+        let (age, pacing) = (nanos(now - at), nanos(c.peer_list_interval));
         if reuse_kept_list(age, pacing, fresh) {
             self.reused_lists += 1;
             Some(list.clone())

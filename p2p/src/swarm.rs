@@ -150,11 +150,12 @@ pub const DEFAULT_PEER_REFRESH: Duration = Duration::from_millis(500);
 /// (docs/simulator.md, "Paced uploads and the peer refresh"): paced uploads took 1.141x the
 /// chunked bound at the median (p99 1.189x) with a 500 ms refresh, against 1.159x (1.165x)
 /// unpaced, and 1.124x (1.136x) with 200 ms; 100 ms asked twice as many lists for no more.
-/// Its cost is in the trackers' lists: below 1,000 peers 2.4 times as many, and at 5,000
-/// nodes starting at once 1.42 times, mostly starved downloads' fresh lists within the
-/// pacing ([`crate::tracker::Tracker::fresh_peers`]), which come at most once per
-/// [`crate::swarm::planner::refresh::FRESH_LIST_EVERY`] whatever the refresh (2.3 times
-/// when they came at every refresh; docs/tracker.md).
+/// Its cost is in the trackers' lists: below 1,000 peers 2.4 times as many; at 5,000 nodes
+/// starting at once 0.90 times the lists of unpaced nodes before starved downloads' fresh
+/// lists ([`crate::tracker::Tracker::fresh_peers`]) waited for half the trackers' pacing
+/// ([`crate::tracker::proto::reuse_kept_list`]), 1.42 times when they came once per
+/// [`crate::swarm::planner::refresh::FRESH_LIST_EVERY`], and 2.3 times when they came at
+/// every refresh (docs/simulator.md, docs/tracker.md).
 pub const PACED_PEER_REFRESH: Duration = Duration::from_millis(200);
 
 /// A download's peer refresh when none is configured: [`PACED_PEER_REFRESH`] on a node that

@@ -529,7 +529,7 @@ impl<'a> Sim<'a> {
         d.refreshing = true;
         d.last_refresh = self.now;
         // shoald's scheduler asks `fresh_peers` for a starved download, at most once per
-        // `FRESH_LIST_EVERY`.
+        // `FRESH_LIST_EVERY`; its client makes one once the kept list is half the pacing old.
         let starved = d.planner.as_ref().is_some_and(|p| p.starved());
         let fresh = d.refresh.as_mut().is_some_and(|r| r.fresh(starved, now));
         match self.tracker.recent_list(i, blob, self.now, fresh) {

@@ -390,7 +390,7 @@ impl Planner {
     /// [`STARVED_FROM`] of the blob: it could ask for more chunks than it has in flight, and
     /// so could the node ([`NodeBudget`]), but it knew no free holder of a chunk it lacks
     /// (they were busy, or the chunks are with nodes it has not heard of). A paced trackers'
-    /// client does not reuse its last peer list then
+    /// client reuses its last peer list then only while it is younger than half the pacing
     /// ([`crate::tracker::Tracker::fresh_peers`]): the holders such a download waits for may
     /// have announced after that list was made. Simulated, 5,000 nodes joining over 30 s:
     /// the first to join waited on lists reused for the pacing's 2.5 s (docs/simulator.md,

@@ -12,7 +12,8 @@
 //!
 //! A download that is starved ([`super::Planner::starved`]) asks for a fresh list, not the
 //! one the trackers' client keeps under their pacing, at most once per [`FRESH_LIST_EVERY`]
-//! whatever its refresh ([`PeerRefresh::fresh`]).
+//! whatever its refresh ([`PeerRefresh::fresh`]); the client makes one only once the list it
+//! keeps is half the pacing old ([`crate::tracker::proto::reuse_kept_list`]).
 
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,8 @@ pub const SHORT_LIST_NODES: usize = 8;
 /// Simulated, 5,000 paced nodes starting at once asked 2.3 times the lists of unpaced ones
 /// when a starved download's every refresh was fresh, and 1.42 times with this (84,338 and
 /// 51,696 lists against 36,473) for the same pull times (docs/simulator.md, "A starved
-/// download's fresh lists, one per 500 ms").
+/// download's fresh lists, one per 500 ms"); the trackers' client now also waits for the
+/// kept list to be half the pacing old ([`crate::tracker::proto::reuse_kept_list`]: 32,814).
 pub const FRESH_LIST_EVERY: Duration = crate::swarm::DEFAULT_PEER_REFRESH;
 /// Slack for a clock's rounding when comparing with [`FRESH_LIST_EVERY`]: a download
 /// refreshing exactly every [`FRESH_LIST_EVERY`] gets a fresh list at each refresh.
